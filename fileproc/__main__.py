@@ -1,0 +1,3 @@
+from fileproc.cli import main
+
+main()

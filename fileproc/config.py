@@ -1,0 +1,210 @@
+"""Settings: every knob defined once, read from a file and the environment.
+
+Sources, later ones winning: the defaults below, the config file (TOML or
+YAML, from ``--config`` or ``FILEPROC_CONFIG``), then ``FILEPROC_*``
+environment variables. A setting ``[section] name`` is read from
+``FILEPROC_SECTION_NAME`` (``data_dir`` from ``FILEPROC_DATA_DIR``). This
+module is the only one that reads the environment.
+
+Pipelines live in the file only (``[[pipelines]]``); with no config file the
+demo pipeline (images in ``uploads`` -> thumbnails in ``derived``) is active.
+
+A bad value stops the program at start with a message naming the field::
+
+    >>> load_settings(env={"FILEPROC_API_PORT": "eighty"})
+    Traceback (most recent call last):
+    ConfigError: api.port: Input should be a valid integer ...
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from fileproc.errors import ConfigError
+from fileproc.rules import Pipeline
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StorageSettings(Section):
+    backend: Literal["local", "s3"] = Field("local", description="Where buckets live: `local` (folders under data_dir/buckets) or `s3` (any S3-compatible store).")
+    endpoint: str = Field("", description="S3 endpoint as host:port, e.g. `s3.example.com` or `127.0.0.1:7070` (backend = s3).")
+    access_key: SecretStr = Field(SecretStr(""), description="S3 access key (backend = s3). Never logged.")
+    secret_key: SecretStr = Field(SecretStr(""), description="S3 secret key (backend = s3). Never logged.")
+    secure: bool = Field(True, description="Use TLS (https) to reach the S3 endpoint.")
+    region: str = Field("", description="S3 region; empty lets the store decide.")
+
+
+class BrokerSettings(Section):
+    url: SecretStr = Field(SecretStr(""), description="Celery broker URL (`redis://host:6379/0`, `amqp://...`). Empty: the embedded Redis under data_dir/broker, started by `fileproc serve`.")
+    visibility_timeout: int = Field(300, ge=1, description="Seconds before a message taken by a worker that died (kill -9) is handed to another worker (Redis broker).")
+
+
+class DatabaseSettings(Section):
+    url: SecretStr = Field(SecretStr(""), description="SQLAlchemy URL of the state database. Empty: SQLite at data_dir/state.db. PostgreSQL: `postgresql+psycopg://user:pass@host/db`.")
+
+
+class ApiSettings(Section):
+    host: str = Field("127.0.0.1", description="Address the HTTP API listens on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port the HTTP API listens on.")
+    webhook_token: SecretStr = Field(SecretStr(""), description="Bearer token that `POST /events` requires (MinIO's `auth_token`). Empty: only the embedded default allows that, on 127.0.0.1.")
+    admin_token: SecretStr = Field(SecretStr(""), description="Bearer token for the admin API (jobs, retry, backfill). Must differ from webhook_token.")
+
+
+class WorkerSettings(Section):
+    concurrency: int = Field(2, ge=1, description="Steps one `fileproc worker` runs at once.")
+    queues: list[str] = Field(default_factory=list, description="Queues a worker consumes; empty: every registered function's queue.")
+
+
+class FunctionSettings(Section):
+    paths: list[Path] = Field(default_factory=list, description="Directories of user function modules (`*.py`), loaded at start like the built-ins.")
+
+
+class WatcherSettings(Section):
+    enabled: bool = Field(True, description="With local storage, watch the bucket folders for dropped files (`fileproc serve`).")
+    settle_seconds: float = Field(1.0, ge=0, description="A dropped file counts as complete once it has not changed for this long.")
+
+
+class Settings(Section):
+    """Everything fileproc can be told. See the README for each field."""
+
+    data_dir: Path = Field(Path("fileproc-data"), description="Where the embedded default keeps buckets, state.db, the broker's data and scratch files.")
+    log_level: str = Field("INFO", description="Logging level: DEBUG, INFO, WARNING, ERROR.")
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    functions: FunctionSettings = Field(default_factory=FunctionSettings)
+    watcher: WatcherSettings = Field(default_factory=WatcherSettings)
+    pipelines: list[Pipeline] = Field(default_factory=list, description="Which objects go through which functions (config file only).")
+    config_file: Path | None = Field(None, description="The file these settings were read from (set by the loader).")
+
+    @property
+    def buckets_dir(self) -> Path:
+        return self.data_dir / "buckets"
+
+    @property
+    def database_url(self) -> str:
+        url = self.database.url.get_secret_value()
+        return url or f"sqlite:///{(self.data_dir / 'state.db').resolve()}"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return not self.broker.url.get_secret_value()
+
+
+DEMO_PIPELINE: dict[str, Any] = {
+    "name": "thumbnails",
+    "match": {"bucket": "uploads", "suffix": [".jpg", ".jpeg", ".png", ".webp", ".gif"]},
+    "steps": [{"function": "thumbnail", "params": {"sizes": [256], "format": "webp"}}],
+    "output": {"bucket": "derived", "key": "thumbnails/{key}/{name}"},
+}
+
+
+def env_name(section: str | None, name: str) -> str:
+    """The environment variable that sets ``[section] name``."""
+    parts = ["FILEPROC", section, name] if section else ["FILEPROC", name]
+    return "_".join(parts).upper()
+
+
+def setting_names() -> list[tuple[str, str, str]]:
+    """(dotted name, environment variable, description) of every setting."""
+    rows = []
+    for name, info in Settings.model_fields.items():
+        if name in {"pipelines", "config_file"}:
+            continue
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, Section):
+            for sub, subinfo in annotation.model_fields.items():
+                rows.append((f"{name}.{sub}", env_name(name, sub), subinfo.description or ""))
+        else:
+            rows.append((name, env_name(None, name), info.description or ""))
+    return rows
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for dotted, var, _ in setting_names():
+        if var not in env:
+            continue
+        raw: Any = env[var]
+        if dotted in {"worker.queues", "functions.paths"}:
+            raw = [part.strip() for part in raw.split(",") if part.strip()]
+        section, _, name = dotted.rpartition(".")
+        (values.setdefault(section, {}) if section else values)[name] = raw
+    return values
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        if path.suffix in {".yaml", ".yml"}:
+            data = yaml.safe_load(text) or {}
+        else:
+            data = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.') or 'TOML'}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a table of settings")
+    return data
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"{where}: {item['msg']}")
+    return "; ".join(lines)
+
+
+def load_settings(config: Path | str | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings from ``config`` (or ``FILEPROC_CONFIG``) and the environment."""
+    env = os.environ if env is None else env
+    path = Path(config) if config else (Path(env["FILEPROC_CONFIG"]) if env.get("FILEPROC_CONFIG") else None)
+    data = _read_file(path) if path else {}
+    data = _merge(data, _from_env(env))
+    if path is None or "pipelines" not in data:
+        data.setdefault("pipelines", [DEMO_PIPELINE] if path is None else [])
+    data["config_file"] = path
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        source = f"{path}: " if path else ""
+        raise ConfigError(f"{source}{_describe(exc)}") from exc
+    _check(settings)
+    return settings
+
+
+def _check(settings: Settings) -> None:
+    if settings.storage.backend == "s3" and not settings.storage.endpoint:
+        raise ConfigError("storage.endpoint: required when storage.backend is s3")
+    webhook, admin = settings.api.webhook_token.get_secret_value(), settings.api.admin_token.get_secret_value()
+    if webhook and webhook == admin:
+        raise ConfigError("api.admin_token: must differ from api.webhook_token")
+    names = [pipeline.name for pipeline in settings.pipelines]
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise ConfigError(f"pipelines: duplicate name {duplicated[0]!r}")

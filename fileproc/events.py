@@ -1,0 +1,88 @@
+"""ObjectEvent: what every notification source is turned into.
+
+Webhooks, queues, the folder watcher, ``fileproc put`` and backfill all
+produce the same ``ObjectEvent``; the rest of fileproc never sees a raw
+notification. :meth:`ObjectEvent.to_record` turns it back into the AWS S3
+event record a Lambda-style handler expects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote_plus
+
+
+def normalize_etag(etag: str | None) -> str | None:
+    """ETags arrive quoted (``"abc"``) from some sources and bare from others."""
+    if etag is None:
+        return None
+    etag = etag.strip().strip('"')
+    return etag or None
+
+
+@dataclass(frozen=True)
+class ObjectEvent:
+    """One change to one object. ``key`` is always decoded."""
+
+    bucket: str
+    key: str
+    event_name: str = "s3:ObjectCreated:Put"
+    size: int | None = None
+    etag: str | None = None
+    version_id: str | None = None
+    sequencer: str | None = None
+    time: datetime = field(default_factory=lambda: datetime.now(UTC))
+    content_type: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    source: str = "webhook"
+
+    def __post_init__(self) -> None:
+        if not self.event_name.startswith("s3:"):
+            object.__setattr__(self, "event_name", f"s3:{self.event_name}")
+        object.__setattr__(self, "etag", normalize_etag(self.etag))
+
+    @property
+    def is_creation(self) -> bool:
+        return self.event_name.startswith("s3:ObjectCreated:")
+
+    @property
+    def version(self) -> str:
+        """What tells two versions of one key apart: version id, else etag."""
+        return self.version_id or self.etag or ""
+
+    def to_record(self) -> dict[str, Any]:
+        """The AWS S3 notification record (``event["Records"][0]`` in Lambda)."""
+        obj: dict[str, Any] = {"key": quote_plus(self.key, safe="/"), "size": self.size or 0}
+        if self.etag:
+            obj["eTag"] = self.etag
+        if self.version_id:
+            obj["versionId"] = self.version_id
+        if self.sequencer:
+            obj["sequencer"] = self.sequencer
+        return {
+            "eventVersion": "2.1",
+            "eventSource": "aws:s3",
+            "awsRegion": "",
+            "eventTime": self.time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+            "eventName": self.event_name.removeprefix("s3:"),
+            "s3": {
+                "s3SchemaVersion": "1.0",
+                "bucket": {"name": self.bucket, "arn": f"arn:aws:s3:::{self.bucket}"},
+                "object": obj,
+            },
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["time"] = self.time.isoformat()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ObjectEvent:
+        """Inverse of :meth:`to_dict`; tolerates missing fields (old queued work)."""
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if isinstance(known.get("time"), str):
+            known["time"] = datetime.fromisoformat(known["time"])
+        return cls(**known)

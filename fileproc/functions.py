@@ -1,0 +1,255 @@
+"""The function interface: ``handler(event, context)``, as on AWS Lambda.
+
+A function is a plain callable registered with :func:`function`::
+
+    from fileproc import function
+
+    @function("shout", timeout=30, memory_mb=256)
+    def handler(event, context):
+        key = event["Records"][0]["s3"]["object"]["key"]      # URL-encoded, as on AWS
+        with context.input.open() as src:
+            data = src.read().upper()
+        context.output.put("shout.txt", data, content_type="text/plain")
+
+``event`` is the AWS S3 event (``{"Records": [record]}``), so a handler written
+for Lambda's S3 trigger runs unchanged. ``context`` carries Lambda's attributes
+(``aws_request_id``, ``function_name``, ``memory_limit_in_mb``,
+``get_remaining_time_in_millis()``) and fileproc's own: ``params``, ``input``,
+``output``, ``storage``, ``logger``.
+
+A handler SHALL write its results through ``context.output`` (so they are
+recorded, carry provenance and appear atomically) and SHALL raise
+``InvalidInput`` for input it cannot process. It MAY raise ``TransientError``
+to ask for a retry; any other exception is retried up to ``retries`` times.
+The built-ins in ``workers/`` use this interface and nothing else.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from fileproc.errors import ConfigError, FunctionNotFound
+from fileproc.events import ObjectEvent
+from fileproc.storage import ObjectInfo, PutSource, Storage
+
+Handler = Callable[[dict[str, Any], "Context"], Any]
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """A registered function and its defaults."""
+
+    name: str
+    handler: Handler
+    queue: str
+    timeout: float = 60.0
+    memory_mb: int = 1024
+    retries: int = 2
+
+    @property
+    def module(self) -> str:
+        return getattr(self.handler, "__module__", "?")
+
+
+_REGISTRY: dict[str, FunctionSpec] = {}
+
+
+def function(
+    name: str,
+    *,
+    queue: str | None = None,
+    timeout: float = 60.0,
+    memory_mb: int = 1024,
+    retries: int = 2,
+) -> Callable[[Handler], Handler]:
+    """Register ``handler`` under ``name`` with its defaults.
+
+    ``queue`` defaults to the function's name, so each function has its own
+    Celery queue and a long transcode never delays a thumbnail. ``timeout`` is
+    in seconds; ``memory_mb`` is the most the step may allocate beyond the
+    worker's own footprint; ``retries`` counts re-runs after a failure that
+    may pass (never after ``InvalidInput`` or a timeout).
+    """
+
+    def register(handler: Handler) -> Handler:
+        existing = _REGISTRY.get(name)
+        if existing and existing.module != getattr(handler, "__module__", "?"):
+            raise ConfigError(f"function {name!r} is registered twice: in {existing.module} and {handler.__module__}")
+        _REGISTRY[name] = FunctionSpec(name, handler, queue or name, timeout, memory_mb, retries)
+        return handler
+
+    return register
+
+
+def get_function(name: str) -> FunctionSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY)) or "none"
+        raise FunctionNotFound(f"no function named {name!r} (registered: {known})") from None
+
+
+def registered() -> dict[str, FunctionSpec]:
+    return dict(_REGISTRY)
+
+
+def load_functions(paths: list[Path] | None = None) -> dict[str, FunctionSpec]:
+    """Import the built-ins (``workers``) and every ``*.py`` in ``paths``."""
+    import workers  # noqa: F401  (registers the built-ins)
+
+    for directory in paths or []:
+        if not directory.is_dir():
+            raise ConfigError(f"functions.paths: {directory} is not a directory")
+        for file in sorted(directory.glob("*.py")):
+            module_name = f"fileproc_user.{directory.name}.{file.stem}"
+            if module_name in sys.modules:
+                continue
+            spec = importlib.util.spec_from_file_location(module_name, file)
+            if spec is None or spec.loader is None:
+                raise ConfigError(f"functions.paths: cannot load {file}")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            try:
+                spec.loader.exec_module(module)
+            except Exception as exc:
+                del sys.modules[module_name]
+                raise ConfigError(f"functions.paths: {file} failed to import: {exc!r}") from exc
+    return registered()
+
+
+class InputObject:
+    """The object that triggered the step: stream it, or ask for a local path."""
+
+    def __init__(self, storage: Storage, info: ObjectInfo, scratch: Path) -> None:
+        self._storage = storage
+        self.info = info
+        self._scratch = scratch
+        self._path: Path | None = None
+        self.bytes_read = 0
+
+    @property
+    def bucket(self) -> str:
+        return self.info.bucket
+
+    @property
+    def key(self) -> str:
+        return self.info.key
+
+    @property
+    def size(self) -> int:
+        return self.info.size
+
+    @property
+    def content_type(self) -> str:
+        return self.info.content_type
+
+    def open(self) -> IO[bytes]:
+        """A streaming reader of the object."""
+        self.bytes_read += self.info.size
+        return self._storage.open(self.info.bucket, self.info.key)
+
+    @property
+    def path(self) -> Path:
+        """A local file with the object's bytes (downloaded once, on first use)."""
+        if self._path is None:
+            suffix = Path(self.info.key).suffix
+            target = self._scratch / f"input{suffix}"
+            self._storage.download(self.info.bucket, self.info.key, target)
+            self.bytes_read += self.info.size
+            self._path = target
+        return self._path
+
+
+@dataclass(frozen=True)
+class OutputRef:
+    bucket: str
+    key: str
+    size: int
+    etag: str
+    content_type: str
+
+
+class OutputWriter:
+    """Writes a step's results under the pipeline's output location.
+
+    Each output gets provenance metadata (source bucket, key, etag, pipeline)
+    and is recorded for the job; the store makes each write atomic.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        bucket: str,
+        key_for: Callable[[str], str],
+        provenance: dict[str, str],
+    ) -> None:
+        self._storage = storage
+        self.bucket = bucket
+        self._key_for = key_for
+        self._provenance = provenance
+        self.written: list[OutputRef] = []
+
+    def key_for(self, name: str) -> str:
+        """The key output ``name`` will be written to."""
+        return self._key_for(name)
+
+    def put(self, name: str, source: PutSource, *, content_type: str | None = None,
+            metadata: dict[str, str] | None = None) -> OutputRef:
+        key = self.key_for(name)
+        info = self._storage.put(
+            self.bucket, key, source,
+            content_type=content_type,
+            metadata={**(metadata or {}), **self._provenance},
+        )
+        ref = OutputRef(self.bucket, key, info.size, info.etag, info.content_type)
+        self.written.append(ref)
+        return ref
+
+
+@dataclass
+class Context:
+    """What a handler gets besides the event. Lambda's attributes come first."""
+
+    aws_request_id: str
+    function_name: str
+    memory_limit_in_mb: int
+    deadline: float
+    params: dict[str, Any]
+    input: InputObject
+    output: OutputWriter
+    storage: Storage
+    logger: logging.Logger
+    pipeline: str
+    event: ObjectEvent
+    function_version: str = "$LATEST"
+    scratch_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"arn:fileproc:function:{self.function_name}"
+
+    @property
+    def log_group_name(self) -> str:
+        return f"/fileproc/{self.function_name}"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self.deadline - time.monotonic()) * 1000))
+
+
+def scratch_dir(root: Path, request_id: str) -> Path:
+    path = root / request_id
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def remove_scratch(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,119 @@
+"""Bucket notification bodies -> ObjectEvents.
+
+Understands the S3 event shape every store sends in its own dialect:
+
+- AWS S3, versitygw, Ceph RGW: ``{"Records": [{"eventName": "ObjectCreated:Put", "s3": {...}}]}``
+- MinIO webhooks: the same ``Records`` plus ``EventName``/``Key`` at the top,
+  ``s3:``-prefixed event names and ``userMetadata`` on the object;
+- test probes (``{"Event": "s3:TestEvent"}``), which carry no object.
+
+Keys arrive URL-encoded the way AWS encodes them (``+`` for a space, ``%XX``
+for the rest) and are decoded here, once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote_plus
+
+from fileproc.errors import FileprocError
+from fileproc.events import ObjectEvent
+
+
+class BadNotification(FileprocError):
+    """The body is not a bucket notification we understand."""
+
+
+@dataclass
+class Parsed:
+    """What one notification body held."""
+
+    events: list[ObjectEvent] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    test: bool = False
+
+
+_META_PREFIX = "x-amz-meta-"
+
+
+def _metadata(obj: dict[str, Any]) -> dict[str, str]:
+    raw = obj.get("userMetadata") or {}
+    out = {}
+    for name, value in raw.items() if isinstance(raw, dict) else []:
+        name = str(name).lower()
+        if name.startswith(_META_PREFIX):
+            out[name[len(_META_PREFIX):]] = str(value)
+    return out
+
+
+def _time(value: Any) -> datetime:
+    if isinstance(value, str) and value:
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        except ValueError:
+            pass
+    return datetime.now(UTC)
+
+
+def parse_record(record: dict[str, Any], source: str = "webhook") -> ObjectEvent:
+    """One ``Records[]`` item. Raises BadNotification naming what is missing."""
+    if not isinstance(record, dict):
+        raise BadNotification("a record is not a JSON object")
+    s3 = record.get("s3")
+    name = record.get("eventName")
+    if not isinstance(s3, dict) or not isinstance(name, str):
+        raise BadNotification("record has no 's3' object or 'eventName'")
+    bucket = (s3.get("bucket") or {}).get("name")
+    obj = s3.get("object") or {}
+    key = obj.get("key")
+    if not isinstance(bucket, str) or not bucket or not isinstance(key, str) or not key:
+        raise BadNotification("record has no bucket name or object key")
+    size = obj.get("size")
+    return ObjectEvent(
+        bucket=bucket,
+        key=unquote_plus(key),
+        event_name=name,
+        size=int(size) if isinstance(size, int | float | str) and str(size).isdigit() else None,
+        etag=obj.get("eTag") or obj.get("etag") or None,
+        version_id=obj.get("versionId") or None,
+        sequencer=obj.get("sequencer") or None,
+        time=_time(record.get("eventTime")),
+        content_type=obj.get("contentType") or None,
+        metadata=_metadata(obj),
+        source=source,
+    )
+
+
+def parse_body(body: bytes | str | dict[str, Any], source: str = "webhook") -> Parsed:
+    """Every event in one notification body.
+
+    Records that cannot be read are listed in ``rejected`` with the reason;
+    a body with nothing usable at all raises BadNotification.
+    """
+    if isinstance(body, bytes | str):
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadNotification(f"body is not JSON: {exc}") from exc
+    else:
+        data = body
+    if not isinstance(data, dict):
+        raise BadNotification("body is not a JSON object")
+    if data.get("Event") == "s3:TestEvent" or data.get("EventName") == "s3:TestEvent":
+        return Parsed(test=True)
+    records = data.get("Records")
+    if not isinstance(records, list):
+        raise BadNotification("body has no 'Records' list (not an S3 event notification)")
+    parsed = Parsed()
+    for index, record in enumerate(records):
+        try:
+            parsed.events.append(parse_record(record, source))
+        except BadNotification as exc:
+            parsed.rejected.append(f"Records[{index}]: {exc}")
+    if records and not parsed.events:
+        raise BadNotification("; ".join(parsed.rejected))
+    return parsed

@@ -1,0 +1,176 @@
+"""Pipelines: which objects go through which functions, and where results go.
+
+A pipeline is declared in the config file::
+
+    [[pipelines]]
+    name = "thumbnails"
+    match = { bucket = "uploads", suffix = [".jpg", ".png"], events = ["s3:ObjectCreated:*"] }
+    steps = [{ function = "thumbnail", params = { sizes = [256] } }]
+    output = { bucket = "derived", key = "thumbnails/{key}/{name}" }
+
+Matching is pure: :func:`match` takes an event and the pipelines and returns
+the ones that apply, so ``fileproc match`` and dispatch share it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import posixpath
+import re
+import string
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fileproc.events import ObjectEvent
+
+DEFAULT_EVENTS = ["s3:ObjectCreated:*"]
+PROVENANCE_PIPELINE = "fileproc-pipeline"
+"""Metadata key naming the pipeline that wrote an object."""
+
+
+class Match(BaseModel):
+    """Which objects a pipeline takes. Every given condition must hold."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bucket: str = Field(description="Bucket name, or a glob such as `uploads-*`.")
+    prefix: str = ""
+    suffix: list[str] = Field(default_factory=list, description="One or several key endings (case-insensitive).")
+    glob: str = Field("", description="Glob on the whole key, e.g. `photos/**/*.jpg` (`*` does not cross `/`, `**` does).")
+    events: list[str] = Field(default_factory=lambda: list(DEFAULT_EVENTS))
+    content_type: list[str] = Field(default_factory=list, description="Content types, `image/*` allowed.")
+    min_size: int = Field(0, ge=0)
+    max_size: int | None = Field(None, ge=0)
+
+    @field_validator("suffix", "events", "content_type", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("events")
+    @classmethod
+    def _event_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not name.startswith("s3:"):
+                raise ValueError(f"event type {name!r} must look like s3:ObjectCreated:*")
+        return value
+
+
+class Step(BaseModel):
+    """One function call. Unset limits fall back to the function's own defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    function: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    queue: str | None = None
+    timeout: float | None = Field(None, gt=0)
+    memory_mb: int | None = Field(None, gt=0)
+    retries: int | None = Field(None, ge=0)
+
+
+class Output(BaseModel):
+    """Where a pipeline's results go. ``key`` is a template; see :func:`render_key`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bucket: str = Field(description="Bucket for the outputs; `{bucket}` means the source bucket.")
+    key: str = Field("{pipeline}/{key}/{name}")
+
+    @field_validator("key")
+    @classmethod
+    def _known_fields(cls, value: str) -> str:
+        for _, field, _, _ in string.Formatter().parse(value):
+            if field is not None and field not in TEMPLATE_FIELDS:
+                raise ValueError(f"unknown placeholder {{{field}}}; known: {', '.join(sorted(TEMPLATE_FIELDS))}")
+        if "{name}" not in value:
+            raise ValueError("the key template must contain {name} so outputs do not overwrite each other")
+        return value
+
+
+class Pipeline(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    match: Match
+    steps: list[Step] = Field(min_length=1)
+    output: Output
+
+
+TEMPLATE_FIELDS = {"bucket", "key", "dirname", "basename", "stem", "ext", "name", "pipeline"}
+
+
+def render_key(template: str, *, pipeline: str, bucket: str, key: str, name: str) -> str:
+    """The output key for output ``name`` of source ``bucket/key``.
+
+    >>> render_key("{pipeline}/{dirname}/{stem}-{name}", pipeline="p", bucket="b", key="a/cat.jpg", name="256.webp")
+    'p/a/cat-256.webp'
+    """
+    dirname, basename = posixpath.split(key)
+    stem, ext = posixpath.splitext(basename)
+    rendered = template.format(
+        bucket=bucket, key=key, dirname=dirname, basename=basename, stem=stem,
+        ext=ext.lstrip("."), name=name, pipeline=pipeline,
+    )
+    return re.sub(r"/{2,}", "/", rendered).lstrip("/")
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def event_matches(pattern: str, event_name: str) -> bool:
+    """``s3:ObjectCreated:*`` matches ``s3:ObjectCreated:Put`` (and ``ObjectCreated:Put``)."""
+    name = event_name if event_name.startswith("s3:") else f"s3:{event_name}"
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def matches(pipeline: Pipeline, event: ObjectEvent) -> bool:
+    """Whether ``event`` goes through ``pipeline``."""
+    m = pipeline.match
+    if event.key.endswith("/"):  # folder placeholder objects
+        return False
+    if not fnmatch.fnmatchcase(event.bucket, m.bucket):
+        return False
+    if not any(event_matches(pattern, event.event_name) for pattern in m.events):
+        return False
+    if not event.key.startswith(m.prefix):
+        return False
+    if m.suffix and not event.key.lower().endswith(tuple(s.lower() for s in m.suffix)):
+        return False
+    if m.glob and not _glob_regex(m.glob).match(event.key):
+        return False
+    if m.content_type and event.content_type is not None:
+        if not any(fnmatch.fnmatchcase(event.content_type, ct) for ct in m.content_type):
+            return False
+    if event.size is not None and (event.size < m.min_size or (m.max_size is not None and event.size > m.max_size)):
+        return False
+    return True
+
+
+def match(pipelines: list[Pipeline], event: ObjectEvent) -> list[Pipeline]:
+    """The pipelines ``event`` goes through, in config order.
+
+    An object that carries provenance metadata naming a pipeline is never fed
+    back to that pipeline, so outputs written into a watched bucket cannot loop.
+    """
+    made_by = event.metadata.get(PROVENANCE_PIPELINE)
+    return [p for p in pipelines if p.name != made_by and matches(p, event)]

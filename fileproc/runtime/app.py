@@ -1,0 +1,78 @@
+"""The Celery application: broker settings and sending a step to its queue.
+
+Delivery is at-least-once: messages are acknowledged only after the step ran
+(``acks_late``), and a message taken by a worker that died is handed to
+another one (``reject_on_worker_lost``, and the Redis visibility timeout for a
+worker killed outright). Running a step twice is made harmless by the job's
+lease in the state database, not by the broker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+
+from celery import Celery
+from kombu.exceptions import KombuError, OperationalError
+
+from fileproc.config import Settings
+from fileproc.errors import BrokerUnavailable
+
+celery_app = Celery("fileproc")
+celery_app.conf.update(
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_ignore_result=True,
+    result_backend=None,
+    task_serializer="json",
+    accept_content=["json"],
+    broker_connection_retry_on_startup=True,
+    broker_connection_timeout=5,
+    worker_hijack_root_logger=False,
+    worker_send_task_events=False,
+    task_default_queue="fileproc",
+)
+
+RUN_STEP = "fileproc.run_step"
+
+
+def broker_url(settings: Settings) -> str:
+    """The configured broker, or the embedded Redis's socket under the data dir."""
+    url = settings.broker.url.get_secret_value()
+    if url:
+        return url
+    return f"redis+socket://{embedded_socket(settings)}"
+
+
+def embedded_socket(settings: Settings) -> str:
+    """The embedded broker's socket; in /tmp when the data dir's path is too long for one."""
+    path = str((settings.data_dir / "broker" / "redis.sock").resolve())
+    if len(path) < 100:  # AF_UNIX paths are limited to 108 bytes
+        return path
+    digest = hashlib.sha1(path.encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"fileproc-{digest}.sock")
+
+
+def configure(settings: Settings) -> Celery:
+    celery_app.conf.update(
+        broker_url=broker_url(settings),
+        broker_transport_options={
+            "visibility_timeout": settings.broker.visibility_timeout,
+            "socket_timeout": 10,
+            "socket_connect_timeout": 5,
+        },
+    )
+    return celery_app
+
+
+def send_step(job_id: int, step_index: int, queue: str, countdown: float | None = None) -> None:
+    """Put one step of one job on its function's queue. Raises BrokerUnavailable."""
+    try:
+        celery_app.send_task(
+            RUN_STEP, args=(job_id, step_index), queue=queue, countdown=countdown,
+            retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        )
+    except (OperationalError, KombuError, OSError) as exc:
+        raise BrokerUnavailable(f"cannot reach the broker to queue job {job_id}: {type(exc).__name__}") from exc

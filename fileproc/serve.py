@@ -1,0 +1,148 @@
+"""``fileproc serve``: the whole service in one process tree, for one machine.
+
+The embedded broker (a redis-server child), the HTTP API (in this process),
+one supervised ``fileproc worker`` child, the folder watcher and the
+catch-up scan for local buckets. Ctrl-C or SIGTERM stops the API, lets the
+worker finish what it is running (its unfinished messages go back to the
+queue), and shuts the broker down with its data saved.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import signal
+import subprocess
+import sys
+import threading
+from typing import IO
+
+import uvicorn
+
+from fileproc import dispatch
+from fileproc.api import create_app
+from fileproc.broker import EmbeddedBroker
+from fileproc.config import Settings
+from fileproc.errors import FileprocError
+from fileproc.events import ObjectEvent
+from fileproc.intake.watcher import FolderWatcher
+from fileproc.runtime.app import embedded_socket
+from fileproc.service import Service
+from fileproc.tokens import load_tokens
+
+log = logging.getLogger(__name__)
+
+
+class SupervisedWorker:
+    """A ``fileproc worker`` child, restarted if it dies (say, killed)."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
+        self.process: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="fileproc-worker-supervisor", daemon=True)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        delay = 1.0
+        while not self._stopping.is_set():
+            assert self.process is not None
+            code = self.process.wait()
+            if self._stopping.is_set():
+                return
+            log.warning("the worker exited (status %s); restarting it in %.0f s", code, delay)
+            if self._stopping.wait(delay):
+                return
+            delay = min(delay * 2, 30.0)
+            self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self._stopping.set()
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)  # Celery's warm shutdown
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("the worker did not stop in %.0f s; killing it (its steps will run again)", timeout)
+            self.process.kill()
+            self.process.wait()
+
+
+def watch_local_buckets(service: Service) -> FolderWatcher:
+    """Feed files dropped into bucket folders (and those already there) to dispatch."""
+
+    def on_object(bucket: str, key: str) -> None:
+        try:
+            info = service.storage.head(bucket, key)
+        except FileprocError as exc:
+            log.warning("cannot read %s/%s: %s", bucket, key, exc)
+            return
+        event = ObjectEvent(bucket=bucket, key=key, event_name="s3:ObjectCreated:Put", size=info.size,
+                            etag=info.etag, content_type=info.content_type, metadata=info.metadata,
+                            source="watcher")
+        dispatch.submit(service, event)
+
+    root = service.settings.buckets_dir
+    root.mkdir(parents=True, exist_ok=True)
+    watcher = FolderWatcher(root, on_object, settle_seconds=service.settings.watcher.settle_seconds)
+    watcher.start()
+
+    def catch_up() -> None:
+        for bucket, key in watcher.scan():
+            on_object(bucket, key)
+
+    threading.Thread(target=catch_up, name="fileproc-catch-up", daemon=True).start()
+    return watcher
+
+
+def lock_data_dir(settings: Settings) -> IO[str]:
+    """Hold a lock on the data dir for as long as this process lives: one serve per data dir."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(settings.data_dir / "serve.lock", "w")  # noqa: SIM115  (held until exit)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise FileprocError(f"another `fileproc serve` is already using {settings.data_dir}") from None
+    return handle
+
+
+def serve(service: Service, host: str, port: int, config_argv: list[str]) -> None:
+    settings = service.settings
+    lock = lock_data_dir(settings)
+    broker = None
+    if settings.embedded_broker:
+        broker = EmbeddedBroker(settings.data_dir / "broker", embedded_socket(settings))
+        broker.start()
+    service.prepare_buckets()
+    worker = SupervisedWorker([sys.executable, "-m", "fileproc", *config_argv, "worker"])
+    watcher = None
+    try:
+        worker.start()
+        if settings.storage.backend == "local" and settings.watcher.enabled:
+            watcher = watch_local_buckets(service)
+        tokens = load_tokens(settings)
+        log.info("tokens are in %s (or set api.webhook_token / api.admin_token)", settings.data_dir / "tokens.json")
+        dispatch.flush_pending(service)
+        app = create_app(service, tokens)
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, access_log=False,
+                                               log_level=settings.log_level.lower(), lifespan="on"))
+        log.info("fileproc serving on http://%s:%d (data in %s)", host, port, settings.data_dir.resolve())
+        server.run()
+        if not server.started:
+            raise FileprocError(f"could not listen on {host}:{port} (in use, or not an address of this machine)")
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        worker.stop()
+        if broker is not None:
+            broker.stop()
+        lock.close()
+        log.info("fileproc stopped")
+
+
+__all__ = ["SupervisedWorker", "serve", "watch_local_buckets"]
