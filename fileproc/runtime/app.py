@@ -56,10 +56,15 @@ def embedded_socket(settings: Settings) -> str:
 
 
 def configure(settings: Settings) -> Celery:
+    visibility = settings.broker.visibility_timeout
     celery_app.conf.update(
         broker_url=broker_url(settings),
         broker_transport_options={
-            "visibility_timeout": settings.broker.visibility_timeout,
+            "visibility_timeout": visibility,
+            # kombu sweeps for abandoned messages every interval x throttle seconds
+            # (100 s by default); keep the sweep well inside the visibility timeout.
+            "unacked_restore_interval": max(1, min(10, visibility // 3)),
+            "unacked_restore_throttle": 1,
             "socket_timeout": 10,
             "socket_connect_timeout": 5,
         },

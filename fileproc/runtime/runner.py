@@ -30,7 +30,7 @@ from fileproc.storage import ObjectInfo, open_storage
 
 log = logging.getLogger(__name__)
 
-LEASE_GRACE_SECONDS = 15.0
+LEASE_GRACE_SECONDS = 5.0
 """How long past its timeout a step's lease lasts, for the worker to record the end."""
 
 PERMANENT: tuple[type[Exception], ...] = (InvalidInput, PermanentError, FunctionNotFound, ConfigError)
@@ -131,10 +131,16 @@ def run_step(service: Service, job_id: int, step_index: int, worker: str) -> Out
         db.finish(job_id, "succeeded")
         return Outcome("succeeded")
 
+    # Time and memory limits are not retried: the same input would hit them again.
     if result.timed_out:
         db.finish_attempt(attempt_id, "timed_out", error=result.error, **usage)
         db.finish(job_id, "failed", f"step {spec.name!r} {result.error}")
         return Outcome("failed", result.error or "")
+    if isinstance(exception, MemoryError) or result.error_type == "MemoryError":
+        reason = f"step {spec.name!r} needed more than its memory limit of {limits.memory_mb} MB"
+        db.finish_attempt(attempt_id, "failed", error=reason, **usage)
+        db.finish(job_id, "failed", reason)
+        return Outcome("failed", reason)
     error = f"{type(exception).__name__}: {exception}" if exception else f"{result.error_type}: {result.error}"
     db.finish_attempt(attempt_id, "failed", error=error, **usage)
     return _failed(service, job, None, limits, exception, result, step_name=spec.name)

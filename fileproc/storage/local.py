@@ -1,0 +1,394 @@
+"""Buckets as folders: the embedded default backend.
+
+Bucket ``B``'s object ``K`` is the file ``root/B/K``, so people can drop files
+in by hand and read results with any tool. Keys map to paths one to one:
+``photos/2024/cat.jpg`` is ``root/B/photos/2024/cat.jpg``; a key that would
+leave its bucket (``..``, an absolute path, NUL) is refused.
+
+Writes never show a partial file: ``put`` streams into a temporary file in
+``tmp_dir`` (outside the buckets, on the same filesystem), fsyncs it and
+renames it onto the key, so a folder watcher only ever sees complete files
+appear.
+
+What S3 keeps beside an object (content type, user metadata, etag) lives in
+one user extended attribute, ``user.fileproc.meta``, as JSON. A file dropped
+in by hand has none: its etag is computed on first ``head`` and cached in the
+attribute together with the size and mtime it was computed for, so a file
+changed later by hand is hashed again.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import errno
+import hashlib
+import json
+import mimetypes
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from fileproc.errors import BucketNotFound, ObjectNotFound, StorageError, StorageUnavailable
+from fileproc.storage import ObjectInfo, PutSource, Storage
+
+META_XATTR = "user.fileproc.meta"
+"""The extended attribute holding an object's content type, metadata and etag."""
+
+CHUNK = 1024 * 1024
+"""Bytes read or written per step when streaming."""
+
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+
+
+class LocalStorage(Storage):
+    """Buckets are the directories under ``root``; objects are the files below them.
+
+    >>> storage = LocalStorage(Path("data/buckets"))   # temp files in data/tmp
+    >>> storage.ensure_bucket("uploads")
+    >>> storage.put("uploads", "a/b.txt", b"hi", content_type="text/plain").etag
+    '49f68a5c8493ec2c0bf489821c21fc3b'
+    """
+
+    name = "local"
+
+    def __init__(self, root: Path, tmp_dir: Path | None = None) -> None:
+        self.root = Path(root)
+        self.tmp_dir = Path(tmp_dir) if tmp_dir is not None else self.root.parent / "tmp"
+
+    # --- reading -------------------------------------------------------------------------
+
+    def head(self, bucket: str, key: str) -> ObjectInfo:
+        with self._open_object(bucket, key) as file:
+            return self._info(bucket, key, file)
+
+    def open(self, bucket: str, key: str) -> IO[bytes]:
+        return self._open_object(bucket, key)
+
+    def download(self, bucket: str, key: str, path: Path) -> ObjectInfo:
+        with self._open_object(bucket, key) as source:
+            info = self._info(bucket, key, source)
+            source.seek(0)  # _info may have read the file to hash it
+            try:
+                with builtins.open(path, "wb") as target:
+                    shutil.copyfileobj(source, target, CHUNK)
+            except OSError as exc:
+                raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        return info
+
+    def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object under ``prefix`` in key order (UTF-8 byte order, as S3).
+
+        Files dropped in by hand are hashed on first listing (then cached).
+        """
+        bucket_dir = self._require_bucket(bucket)
+        if "\0" in prefix:
+            raise StorageError(f"invalid prefix {prefix!r}: contains NUL")
+        folder, _, name_start = prefix.rpartition("/")
+        if folder:
+            _check_segments(folder, what=f"prefix {prefix!r}")
+        start = bucket_dir / folder if folder else bucket_dir
+        for key in _walk_keys(start, folder + "/" if folder else "", name_start):
+            try:
+                yield self.head(bucket, key)
+            except ObjectNotFound:
+                continue  # deleted while we listed: S3 would not list it either
+
+    # --- writing -------------------------------------------------------------------------
+
+    def put(
+        self,
+        bucket: str,
+        key: str,
+        source: PutSource,
+        *,
+        content_type: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> ObjectInfo:
+        target = self._object_path(bucket, key)
+        # Checked before reading the source, so a typo fails fast, not after a 4 GiB upload.
+        self._require_bucket(bucket)
+        meta: dict[str, Any] = {
+            "content_type": content_type or _guess_type(key),
+            "metadata": {str(k).lower(): str(v) for k, v in (metadata or {}).items()},
+        }
+        try:
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, prefix="put-", suffix=".part")
+        except OSError as exc:
+            raise StorageError(f"cannot create a temporary file in {self.tmp_dir}: {exc.strerror or exc}") from exc
+        try:
+            with os.fdopen(fd, "wb") as out:
+                meta["etag"] = _copy_hashing(source, out)
+                out.flush()
+                os.fsync(out.fileno())
+                # mkstemp makes 0600 files; objects should be readable like any dropped file.
+                os.fchmod(out.fileno(), 0o644)
+                st = os.fstat(out.fileno())
+                _write_meta(out.fileno(), {**meta, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+            self._move_into_place(Path(tmp_name), target, bucket, key)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+            raise
+        return ObjectInfo(
+            bucket=bucket,
+            key=key,
+            size=st.st_size,
+            etag=meta["etag"],
+            content_type=meta["content_type"],
+            last_modified=_mtime(st),
+            metadata=meta["metadata"],
+        )
+
+    def delete(self, bucket: str, key: str) -> None:
+        path = self._object_path(bucket, key)
+        bucket_dir = self._bucket_dir(bucket)
+        try:
+            path.unlink()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            # Not an object (missing, or a folder of other objects): nothing to delete.
+            if not bucket_dir.is_dir():
+                raise BucketNotFound(f"bucket {bucket!r} does not exist") from None
+            return
+        except OSError as exc:
+            raise StorageError(f"cannot delete {key!r} from bucket {bucket!r}: {exc.strerror or exc}") from exc
+        # S3 has no folders: drop the ones this object was the last file in.
+        folder = path.parent
+        while folder != bucket_dir:
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty (or already gone): stop climbing
+            folder = folder.parent
+
+    def ensure_bucket(self, bucket: str) -> None:
+        try:
+            self._bucket_dir(bucket).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create bucket {bucket!r} under {self.root}: {exc.strerror or exc}") from exc
+
+    def check(self) -> None:
+        """Create ``root`` and ``tmp_dir`` if needed; verify both are usable together.
+
+        Writes a probe file in ``tmp_dir`` (with the metadata attribute, which
+        needs a filesystem with user xattrs) and checks it shares a filesystem
+        with ``root``, which the atomic rename of ``put`` needs.
+        """
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.root, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "permission denied")
+            with tempfile.TemporaryFile(dir=self.tmp_dir, prefix="check-") as probe:
+                probe.write(b"fileproc")
+                os.fsync(probe.fileno())
+                _write_meta(probe.fileno(), {"probe": True})
+        except StorageError as exc:
+            raise StorageUnavailable(str(exc)) from exc
+        except OSError as exc:
+            raise StorageUnavailable(f"local storage at {self.root} is not writable: {exc.strerror or exc}") from exc
+        if os.stat(self.root).st_dev != os.stat(self.tmp_dir).st_dev:
+            raise StorageUnavailable(
+                f"tmp_dir {self.tmp_dir} is not on the same filesystem as {self.root}; "
+                "atomic writes need both on one filesystem"
+            )
+
+    # --- paths ---------------------------------------------------------------------------
+
+    def _bucket_dir(self, bucket: str) -> Path:
+        if not bucket or bucket in (".", "..") or "/" in bucket or "\0" in bucket:
+            raise StorageError(f"invalid bucket name {bucket!r}")
+        return self.root / bucket
+
+    def _object_path(self, bucket: str, key: str) -> Path:
+        _check_segments(key, what=f"object key {key!r}")
+        return self._bucket_dir(bucket) / key
+
+    def _open_object(self, bucket: str, key: str) -> IO[bytes]:
+        path = self._object_path(bucket, key)
+        try:
+            file = builtins.open(path, "rb")  # noqa: SIM115 (the caller closes it)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            if not self._bucket_dir(bucket).is_dir():
+                raise BucketNotFound(f"bucket {bucket!r} does not exist") from None
+            raise ObjectNotFound(f"no object {key!r} in bucket {bucket!r}") from None
+        except OSError as exc:
+            raise StorageError(f"cannot open {key!r} in bucket {bucket!r}: {exc.strerror or exc}") from exc
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            file.close()
+            raise ObjectNotFound(f"no object {key!r} in bucket {bucket!r} (not a regular file)")
+        return file
+
+    def _require_bucket(self, bucket: str) -> Path:
+        bucket_dir = self._bucket_dir(bucket)
+        if not bucket_dir.is_dir():
+            raise BucketNotFound(f"bucket {bucket!r} does not exist")
+        return bucket_dir
+
+    def _move_into_place(self, tmp: Path, target: Path, bucket: str, key: str) -> None:
+        """Rename the finished temp file onto the key, creating its folders."""
+        # A concurrent delete() may remove a folder we just created; try again then.
+        for _ in range(3):
+            try:
+                # Never mkdir the bucket itself: a bucket deleted meanwhile stays deleted.
+                self._require_bucket(bucket)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, target)
+                break
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StorageError(_put_error(bucket, key, exc)) from exc
+        else:
+            raise StorageError(f"cannot write {key!r} in bucket {bucket!r}: its folder keeps disappearing")
+        _fsync_dir(target.parent)
+
+    # --- metadata ------------------------------------------------------------------------
+
+    def _info(self, bucket: str, key: str, file: IO[bytes]) -> ObjectInfo:
+        """The object's info from an open file, hashing it if no fresh etag is cached."""
+        fd = file.fileno()
+        st = os.fstat(fd)
+        meta = _read_meta(fd)
+        if meta.get("size") != st.st_size or meta.get("mtime_ns") != st.st_mtime_ns:
+            # Dropped in or rewritten by hand: what put() stored no longer describes
+            # these bytes, so start over from the content itself.
+            meta = {"etag": _md5_of(file), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+            with contextlib.suppress(OSError):
+                # Only a cache: a read-only file or filesystem just means hashing again.
+                _write_meta(fd, meta)
+        return ObjectInfo(
+            bucket=bucket,
+            key=key,
+            size=st.st_size,
+            etag=str(meta["etag"]),
+            content_type=str(meta.get("content_type") or _guess_type(key)),
+            last_modified=_mtime(st),
+            metadata=dict(meta.get("metadata") or {}),
+        )
+
+
+def _check_segments(path: str, *, what: str) -> None:
+    """Refuse a key (or prefix folder) that is not a plain relative path inside the bucket."""
+    if not path:
+        raise StorageError(f"invalid {what}: empty")
+    if "\0" in path:
+        raise StorageError(f"invalid {what}: contains NUL")
+    if path.startswith("/"):
+        raise StorageError(f"invalid {what}: absolute paths are not allowed")
+    for segment in path.split("/"):
+        if segment in ("", ".", ".."):
+            raise StorageError(
+                f"invalid {what}: empty, '.' and '..' path segments are not allowed (keys stay inside their bucket)"
+            )
+
+
+def _walk_keys(folder: Path, key_prefix: str, name_start: str) -> Iterator[str]:
+    """Keys of the files below ``folder`` whose name starts with ``name_start``, in key order.
+
+    Sorting a folder's entries with "/" appended to sub-folder names yields
+    whole keys in byte order: "a-c" (0x2d) sorts before "a/b" (0x2f).
+    """
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    sortable: list[tuple[str, os.DirEntry[str], bool]] = []
+    for entry in entries:
+        if not entry.name.startswith(name_start):
+            continue
+        # Do not follow symlinked folders: they could loop or lead out of the bucket.
+        is_dir = entry.is_dir(follow_symlinks=False)
+        if is_dir or entry.is_file():
+            sortable.append((entry.name + "/" if is_dir else entry.name, entry, is_dir))
+    for _, entry, is_dir in sorted(sortable, key=lambda item: item[0]):
+        if is_dir:
+            yield from _walk_keys(Path(entry.path), key_prefix + entry.name + "/", "")
+        else:
+            yield key_prefix + entry.name
+
+
+def _copy_hashing(source: PutSource, out: IO[bytes]) -> str:
+    """Write ``source`` to ``out``; return the md5 hex of what was written."""
+    digest = hashlib.md5(usedforsecurity=False)
+    if isinstance(source, bytes | bytearray | memoryview):
+        digest.update(source)
+        out.write(source)
+        return digest.hexdigest()
+    if isinstance(source, Path):
+        try:
+            stream: IO[bytes] = builtins.open(source, "rb")  # noqa: SIM115 (closed just below)
+        except OSError as exc:
+            raise StorageError(f"cannot read {source}: {exc.strerror or exc}") from exc
+        with stream:
+            return _copy_stream(stream, out, digest)
+    return _copy_stream(source, out, digest)
+
+
+def _copy_stream(stream: IO[bytes], out: IO[bytes], digest: Any) -> str:
+    while chunk := stream.read(CHUNK):
+        digest.update(chunk)
+        out.write(chunk)
+    return str(digest.hexdigest())
+
+
+def _md5_of(file: IO[bytes]) -> str:
+    file.seek(0)
+    digest = hashlib.md5(usedforsecurity=False)
+    while chunk := file.read(CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_meta(fd: int) -> dict[str, Any]:
+    try:
+        value = json.loads(os.getxattr(fd, META_XATTR))
+    except (OSError, ValueError):
+        return {}  # no attribute (a dropped file), or not ours to trust
+    return value if isinstance(value, dict) else {}
+
+
+def _write_meta(fd: int, meta: dict[str, Any]) -> None:
+    try:
+        os.setxattr(fd, META_XATTR, json.dumps(meta, separators=(",", ":")).encode())
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise StorageError(
+                "the filesystem does not support user extended attributes, which local storage "
+                "needs for object metadata (use ext4, xfs or btrfs)"
+            ) from exc
+        if exc.errno in (errno.E2BIG, errno.ENOSPC, errno.ERANGE):
+            raise StorageError(f"object metadata too large for an extended attribute: {exc.strerror}") from exc
+        raise
+
+
+def _put_error(bucket: str, key: str, exc: OSError) -> str:
+    if exc.errno == errno.EXDEV:
+        return "tmp_dir is not on the same filesystem as the buckets; atomic writes need both on one filesystem"
+    if isinstance(exc, IsADirectoryError | NotADirectoryError | FileExistsError):
+        # Files and folders share one namespace: "a" and "a/b" cannot both be objects.
+        return f"cannot write {key!r} in bucket {bucket!r}: a folder and a file would share a name"
+    return f"cannot write {key!r} in bucket {bucket!r}: {exc.strerror or exc}"
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename into ``folder`` survive a power cut."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _guess_type(key: str) -> str:
+    return mimetypes.guess_type(key, strict=False)[0] or DEFAULT_CONTENT_TYPE
+
+
+def _mtime(st: os.stat_result) -> datetime:
+    return datetime.fromtimestamp(st.st_mtime_ns / 1e9, tz=UTC)

@@ -1,0 +1,404 @@
+"""Any S3-compatible store (MinIO, versitygw, Ceph RGW, AWS S3) through the ``minio`` SDK.
+
+Everything the SDK or urllib3 raises is translated here, at the boundary:
+``NoSuchKey`` -> :class:`ObjectNotFound`, ``NoSuchBucket`` ->
+:class:`BucketNotFound`, a store that cannot be reached (refused, timed out,
+5xx after retries) -> :class:`StorageUnavailable`, anything else ->
+:class:`StorageError`. Messages name the endpoint, bucket and key, never the
+credentials.
+
+The HTTP client gives up quickly (a few seconds for a dead endpoint) so a
+step fails and is retried by the runtime instead of hanging a worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import mimetypes
+import shutil
+import socket
+import ssl
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import IO, Any, NoReturn
+
+import urllib3
+from minio import Minio
+from minio.error import InvalidResponseError, S3Error, ServerError
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import MaxRetryError
+
+from fileproc.errors import BucketNotFound, ObjectNotFound, StorageError, StorageUnavailable
+from fileproc.storage import ObjectInfo, PutSource, Storage
+
+PART_SIZE = 16 * 1024 * 1024
+"""Multipart part size: objects above it are uploaded in parts of this size."""
+
+PARALLEL_PARTS_FILE = 2
+"""Parts of a file upload sent at once; it holds about one part more than this in memory."""
+
+PARALLEL_PARTS_STREAM = 1
+"""Parts of a stream of unknown length sent at once. The SDK copies each part
+about three times while cutting it from such a stream (~48 MiB at 16 MiB
+parts), so one part at a time keeps an upload's memory bounded and small."""
+
+CONNECT_TIMEOUT = 3.0
+"""Seconds to open a connection: a dead endpoint fails after about three of these."""
+
+READ_TIMEOUT = 60.0
+"""Seconds to wait for the next bytes of a response (not for the whole body)."""
+
+RETRIES = 2
+"""Extra attempts for a failed connection or a 5xx answer, with short backoff."""
+
+CHUNK = 1024 * 1024
+"""Read size when streaming a download."""
+
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+META_PREFIX = "x-amz-meta-"
+CREDENTIAL_ERRORS = frozenset({
+    "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+    "XAdminUserNotFound",  # versitygw's answer to an unknown access key
+})
+BUSY_ERRORS = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"})
+"""S3 error codes that mean "try again later" rather than "no"."""
+
+
+class S3Storage(Storage):
+    """An S3 endpoint as fileproc storage.
+
+    >>> storage = S3Storage(endpoint="127.0.0.1:7070", access_key="ak", secret_key="sk", secure=False)
+    >>> storage.check()
+    """
+
+    name = "s3"
+
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        secure: bool = True,
+        region: str | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT),
+            # Enough for the parallel parts of a few concurrent uploads.
+            maxsize=10,
+            # TLS is verified against the system's trust store, where a
+            # self-hosted store's private CA is usually installed.
+            cert_reqs="CERT_REQUIRED",
+            retries=urllib3.Retry(
+                total=RETRIES,
+                backoff_factor=0.2,
+                status_forcelist=(500, 502, 503, 504),
+                # minio reads the status itself; raising here would hide the S3 error body.
+                raise_on_status=False,
+            ),
+        )
+        try:
+            self._client = Minio(
+                endpoint,
+                access_key=access_key or None,
+                secret_key=secret_key or None,
+                secure=secure,
+                region=region or None,
+                http_client=http,
+            )
+        except ValueError as exc:
+            raise StorageError(f"invalid S3 endpoint {endpoint!r}: {exc}") from exc
+
+    # --- reading -------------------------------------------------------------------------
+
+    def head(self, bucket: str, key: str) -> ObjectInfo:
+        try:
+            stat = self._client.stat_object(bucket, key)
+        except S3Error as exc:
+            # A HEAD answer has no body, so the SDK calls every 404 NoSuchKey;
+            # ask again to tell a missing bucket from a missing object.
+            if exc.code == "NoSuchKey" and not self._bucket_exists(bucket):
+                raise BucketNotFound(f"bucket {bucket!r} does not exist") from exc
+            self._raise(exc, bucket, key)
+        except Exception as exc:
+            self._raise(exc, bucket, key)
+        return _info_from_headers(bucket, key, stat.metadata or {})
+
+    def open(self, bucket: str, key: str) -> IO[bytes]:
+        return io.BufferedReader(self._get(bucket, key), buffer_size=CHUNK)
+
+    def download(self, bucket: str, key: str, path: Path) -> ObjectInfo:
+        raw = self._get(bucket, key)
+        # The GET answer carries the same headers as HEAD: one request, and the
+        # info describes exactly the bytes written.
+        info = _info_from_headers(bucket, key, raw.headers)
+        with io.BufferedReader(raw, buffer_size=CHUNK) as source:
+            try:
+                with path.open("wb") as target:
+                    shutil.copyfileobj(source, target, CHUNK)
+            except OSError as exc:
+                raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        return info
+
+    def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object under ``prefix`` in key order.
+
+        S3 listings carry no content type or metadata: those fields keep their
+        defaults here; ``head`` an object for them.
+        """
+        try:
+            for obj in self._client.list_objects(bucket, prefix=prefix or None, recursive=True):
+                if obj.is_dir or obj.object_name is None:
+                    continue
+                yield ObjectInfo(
+                    bucket=bucket,
+                    key=obj.object_name,
+                    size=obj.size or 0,
+                    etag=obj.etag or "",
+                    last_modified=obj.last_modified,
+                    version_id=obj.version_id,
+                )
+        except Exception as exc:
+            self._raise(exc, bucket)
+
+    # --- writing -------------------------------------------------------------------------
+
+    def put(
+        self,
+        bucket: str,
+        key: str,
+        source: PutSource,
+        *,
+        content_type: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> ObjectInfo:
+        content_type = content_type or mimetypes.guess_type(key, strict=False)[0] or DEFAULT_CONTENT_TYPE
+        user_meta = _user_metadata(metadata or {})
+        # Prefixed here so that a name like "cache-control" stays user metadata
+        # instead of becoming the HTTP header the SDK would take it for.
+        headers: dict[str, Any] = {META_PREFIX + name: value for name, value in user_meta.items()}
+        options: dict[str, Any] = {"content_type": content_type, "metadata": headers, "part_size": PART_SIZE}
+        try:
+            if isinstance(source, Path):
+                size = _file_size(source)
+                result = self._client.fput_object(bucket, key, str(source), num_parallel_uploads=PARALLEL_PARTS_FILE,
+                                                  **options)
+            elif isinstance(source, bytes | bytearray | memoryview):
+                size = len(source)
+                result = self._client.put_object(bucket, key, io.BytesIO(source), size,
+                                                 num_parallel_uploads=PARALLEL_PARTS_FILE, **options)
+            else:
+                counted = _CountingReader(source)
+                # Buffered so each part is read in one call instead of being
+                # glued together from many small reads.
+                stream = io.BufferedReader(counted, buffer_size=CHUNK)
+                result = self._client.put_object(bucket, key, stream, -1, num_parallel_uploads=PARALLEL_PARTS_STREAM,
+                                                 **options)
+                size = counted.count
+        except Exception as exc:
+            self._raise(exc, bucket, key)
+        return ObjectInfo(
+            bucket=bucket,
+            key=key,
+            size=size,
+            etag=(result.etag or "").strip('"'),
+            content_type=content_type,
+            last_modified=result.last_modified,
+            version_id=result.version_id,
+            metadata=user_meta,
+        )
+
+    def delete(self, bucket: str, key: str) -> None:
+        try:
+            self._client.remove_object(bucket, key)
+        except Exception as exc:
+            self._raise(exc, bucket, key)
+
+    def ensure_bucket(self, bucket: str) -> None:
+        try:
+            if not self._client.bucket_exists(bucket):
+                self._client.make_bucket(bucket)
+        except S3Error as exc:
+            if exc.code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                return  # created by someone else meanwhile; ours is fine
+            self._raise(exc, bucket)
+        except Exception as exc:
+            self._raise(exc, bucket)
+
+    def check(self) -> None:
+        """List buckets: proves the endpoint answers and accepts the credentials."""
+        try:
+            self._client.list_buckets()
+        except S3Error as exc:
+            if exc.code == "AccessDenied":
+                return  # signed in, just not allowed to list every bucket
+            if exc.code in CREDENTIAL_ERRORS:
+                raise StorageUnavailable(f"S3 endpoint {self.endpoint} refused the credentials ({exc.code})") from exc
+            raise StorageUnavailable(f"S3 endpoint {self.endpoint} answered {exc.code}: {exc.message}") from exc
+        except Exception as exc:
+            self._raise(exc)
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _get(self, bucket: str, key: str) -> _ResponseStream:
+        try:
+            response = self._client.get_object(bucket, key)
+        except Exception as exc:
+            self._raise(exc, bucket, key)
+        return _ResponseStream(response, self._raise, bucket, key)
+
+    def _bucket_exists(self, bucket: str) -> bool:
+        try:
+            return bool(self._client.bucket_exists(bucket))
+        except Exception as exc:
+            self._raise(exc, bucket)
+
+    def _raise(self, exc: BaseException, bucket: str | None = None, key: str | None = None) -> NoReturn:
+        """Re-raise ``exc`` as one of ours (``raise ... from``), without secrets."""
+        where = f"{key!r} in bucket {bucket!r}" if key is not None else f"bucket {bucket!r}" if bucket else ""
+        if isinstance(exc, S3Error):
+            if exc.code == "NoSuchKey":
+                raise ObjectNotFound(f"no object {where}") from exc
+            if exc.code == "NoSuchBucket":
+                raise BucketNotFound(f"bucket {bucket!r} does not exist") from exc
+            if exc.code in CREDENTIAL_ERRORS:
+                raise StorageError(f"S3 endpoint {self.endpoint} refused the credentials ({exc.code})") from exc
+            if exc.code in BUSY_ERRORS or exc.response.status >= 500:
+                raise StorageUnavailable(f"S3 endpoint {self.endpoint} is unwell: {exc.code}: {exc.message}") from exc
+            raise StorageError(f"S3 refused the request for {where or 'the endpoint'}: {exc.code}: {exc.message}") \
+                from exc
+        if isinstance(exc, ServerError):
+            raise StorageUnavailable(f"S3 endpoint {self.endpoint} failed: HTTP {exc.status_code}") from exc
+        if isinstance(exc, InvalidResponseError):
+            # An HTML error page from a proxy in front of the store, usually.
+            raise StorageUnavailable(f"S3 endpoint {self.endpoint} gave a response that is not S3's") from exc
+        if isinstance(exc, Urllib3Error | OSError):
+            raise StorageUnavailable(f"cannot reach S3 endpoint {self.endpoint}: {_plain_reason(exc)}") from exc
+        if isinstance(exc, _SourceReadError):
+            # The caller's stream failed, not the store: let its own error through.
+            raise exc.__cause__ or exc
+        if isinstance(exc, ValueError):
+            # The SDK validates names and metadata before sending anything.
+            raise StorageError(f"invalid request for {where or 'S3'}: {exc}") from exc
+        raise exc
+
+
+class _ResponseStream(io.RawIOBase):
+    """An object's body as a raw stream; ``close`` returns the connection to the pool."""
+
+    def __init__(self, response: Any, on_error: Callable[..., NoReturn], bucket: str, key: str) -> None:
+        self._response = response
+        self._on_error = on_error
+        self._where = (bucket, key)
+        self.headers: Mapping[str, str] = response.headers
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            # decode_content=False: the stored bytes, even for an object saved
+            # with Content-Encoding: gzip (its etag and size describe those).
+            data = self._response.read(len(buffer), decode_content=False)
+        except Exception as exc:
+            self._on_error(exc, *self._where)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._response.close()
+            self._response.release_conn()
+        super().close()
+
+
+class _SourceReadError(Exception):
+    """Marks an error raised by the stream being uploaded (its cause), as opposed to the store."""
+
+
+class _CountingReader(io.RawIOBase):
+    """A stream adapter that counts the bytes read through it."""
+
+    def __init__(self, source: IO[bytes]) -> None:
+        self._source = source
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            # At most CHUNK at a time: the buffer above asks for a whole part, and
+            # a part-sized temporary copy here would be one more part in memory.
+            data = self._source.read(min(len(buffer), CHUNK))
+        except Exception as exc:
+            raise _SourceReadError() from exc
+        if not data:
+            return 0
+        buffer[: len(data)] = data
+        self.count += len(data)
+        return len(data)
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _user_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """Lower-cased user metadata; S3 carries it in HTTP headers, so ASCII only."""
+    result: dict[str, str] = {}
+    for name, value in metadata.items():
+        name, value = str(name).lower(), str(value)
+        if not name.isascii() or not value.isascii() or any(c in name for c in " :\r\n") or "\n" in value:
+            raise StorageError(f"metadata {name!r} cannot be sent to S3: names and values must be plain ASCII")
+        result[name] = value
+    return result
+
+
+def _info_from_headers(bucket: str, key: str, headers: Mapping[str, str]) -> ObjectInfo:
+    """An ObjectInfo from the headers of a HEAD or GET answer."""
+    modified: datetime | None = None
+    with contextlib.suppress(TypeError, ValueError):
+        modified = parsedate_to_datetime(headers.get("last-modified", ""))
+    return ObjectInfo(
+        bucket=bucket,
+        key=key,
+        size=int(headers.get("content-length") or 0),
+        etag=(headers.get("etag") or "").strip('"'),
+        content_type=headers.get("content-type") or DEFAULT_CONTENT_TYPE,
+        last_modified=modified,
+        version_id=headers.get("x-amz-version-id"),
+        metadata={
+            name.lower()[len(META_PREFIX):]: value
+            for name, value in headers.items()
+            if name.lower().startswith(META_PREFIX)
+        },
+    )
+
+
+def _plain_reason(exc: BaseException) -> str:
+    """'connection refused', 'timed out' ... from a urllib3 or socket error chain."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, MaxRetryError) and seen.reason is not None:
+            seen = seen.reason
+            continue
+        if isinstance(seen, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(seen, TimeoutError | socket.timeout) or "timed out" in str(seen).lower():
+            return "timed out"
+        if isinstance(seen, socket.gaierror):
+            return "host name not found"
+        if isinstance(seen, ssl.SSLError):
+            return f"TLS failed: {seen.reason or seen}"
+        if isinstance(seen, ConnectionResetError):
+            return "connection reset"
+        seen = seen.__cause__ or seen.__context__
+    return type(exc).__name__

@@ -1,0 +1,68 @@
+"""User functions for the tests, loaded through ``functions.paths`` like anyone's."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from fileproc import TransientError, function
+
+
+@function("slow", timeout=20, retries=2)
+def slow(event, context):
+    """Sleeps ``seconds`` (writing its pid to ``pidfile`` first), then writes one output."""
+    if context.params.get("pidfile"):
+        Path(context.params["pidfile"]).write_text(str(os.getpid()))
+    time.sleep(float(context.params.get("seconds", 3)))
+    with context.input.open() as src:
+        data = src.read()
+    context.output.put("done.txt", b"processed %d bytes" % len(data), content_type="text/plain")
+
+
+@function("hang", timeout=1.5, retries=0)
+def hang(event, context):
+    """Starts a child process and never finishes: the timeout must stop both."""
+    child = subprocess.Popen(["sleep", "300"])
+    Path(context.params["pidfile"]).write_text(str(child.pid))
+    time.sleep(300)
+
+
+@function("flaky", retries=3)
+def flaky(event, context):
+    """Fails with a transient error until ``succeed_after`` attempts were made (counted in a file)."""
+    counter = Path(context.params["counter"])
+    count = int(counter.read_text()) + 1 if counter.exists() else 1
+    counter.write_text(str(count))
+    if count < int(context.params.get("succeed_after", 2)):
+        raise TransientError(f"dependency not ready (attempt {count})")
+    context.output.put("ok.txt", b"ok")
+
+
+@function("hog", memory_mb=64, retries=0)
+def hog(event, context):
+    """Allocates far more than its memory limit."""
+    blocks = [bytearray(32 * 1024 * 1024) for _ in range(16)]
+    context.output.put("never.txt", bytes(len(blocks)))
+
+
+@function("describe")
+def describe(event, context):
+    """Writes what it was given: the Lambda-shaped event and context attributes."""
+    import json
+
+    record = event["Records"][0]
+    info = {
+        "key": record["s3"]["object"]["key"],
+        "bucket": record["s3"]["bucket"]["name"],
+        "event": record["eventName"],
+        "request_id": context.aws_request_id,
+        "function_name": context.function_name,
+        "memory": context.memory_limit_in_mb,
+        "remaining_ms": context.get_remaining_time_in_millis(),
+        "params": context.params,
+        "input_key": context.input.key,
+        "path_exists": context.input.path.exists(),
+    }
+    context.output.put("describe.json", json.dumps(info).encode(), content_type="application/json")

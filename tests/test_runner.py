@@ -1,0 +1,185 @@
+"""run_step without a broker: limits, retries, failures and what gets recorded.
+
+Real local storage and SQLite in a temp dir; the steps run in real child
+processes, exactly as in a worker.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from fileproc import dispatch
+from fileproc.config import load_settings
+from fileproc.events import ObjectEvent
+from fileproc.runtime.runner import run_step
+from fileproc.service import Service
+from fileproc.state import Job
+from tests.procs import FUNCTIONS_DIR, write_config
+
+
+def make_service(tmp_path: Path, steps: list[dict[str, Any]]) -> Service:
+    config = write_config(tmp_path / "fileproc.toml", {
+        "data_dir": str(tmp_path / "data"),
+        "functions": {"paths": [str(FUNCTIONS_DIR)]},
+        "pipelines": [{"name": "p", "match": {"bucket": "in"}, "steps": steps,
+                       "output": {"bucket": "out", "key": "{key}/{name}"}}],
+    })
+    service = Service(load_settings(config, env={}))
+    service.prepare_buckets()
+    return service
+
+
+def upload(service: Service, key: str, data: bytes) -> Job:
+    info = service.storage.put("in", key, data)
+    (item,) = dispatch.submit(service, ObjectEvent("in", key, size=info.size, etag=info.etag), send=False)
+    return item.job
+
+
+def jpeg() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (640, 480), "navy").save(out, "JPEG")
+    return out.getvalue()
+
+
+def test_a_step_runs_with_a_lambda_shaped_event_and_context(tmp_path: Path) -> None:
+    service = make_service(tmp_path, [{"function": "describe", "params": {"answer": 42}, "timeout": 30}])
+    job = upload(service, "dir/a b+c.txt", b"hello")
+    assert run_step(service, job.id, 0, "test-worker").status == "succeeded"
+    done = service.db.get_job(job.id)
+    assert done is not None and done.status == "succeeded"
+    assert [o.key for o in done.outputs] == ["dir/a b+c.txt/describe.json"]
+    with service.storage.open("out", "dir/a b+c.txt/describe.json") as fh:
+        seen = json.load(fh)
+    assert seen["key"] == "dir/a+b%2Bc.txt"  # URL-encoded, as AWS sends it
+    assert seen["input_key"] == "dir/a b+c.txt"
+    assert seen["function_name"] == "describe" and seen["params"] == {"answer": 42}
+    assert 0 < seen["remaining_ms"] <= 30_000 and seen["path_exists"] is True
+    assert seen["request_id"].startswith(f"{job.id}-0-")
+    meta = service.storage.head("out", "dir/a b+c.txt/describe.json").metadata
+    assert meta["fileproc-pipeline"] == "p" and meta["fileproc-source-key"] == "dir/a b+c.txt"
+    (attempt,) = done.attempts
+    assert attempt.worker == "test-worker" and attempt.bytes_read == 5 and attempt.peak_memory_kb
+
+
+def test_running_a_finished_step_again_does_nothing(tmp_path: Path) -> None:
+    service = make_service(tmp_path, [{"function": "thumbnail"}])
+    job = upload(service, "a.jpg", jpeg())
+    assert run_step(service, job.id, 0, "w").status == "succeeded"
+    assert run_step(service, job.id, 0, "w").status == "stale"
+    done = service.db.get_job(job.id)
+    assert done is not None and len(done.attempts) == 1
+
+
+def test_timeout_stops_the_step_and_what_it_started(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    service = make_service(tmp_path, [{"function": "hang", "params": {"pidfile": str(pidfile)}}])
+    job = upload(service, "a.bin", b"x")
+    outcome = run_step(service, job.id, 0, "w")
+    assert outcome.status == "failed"
+    done = service.db.get_job(job.id)
+    assert done is not None and done.status == "failed"
+    assert "timed out after 1.5 s" in (done.error or "")
+    assert [a.status for a in done.attempts] == ["timed_out"]
+    assert not alive(int(pidfile.read_text()))  # the `sleep 300` the function started is gone too
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie waiting to be reaped does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_transient_failures_are_retried_with_backoff(tmp_path: Path) -> None:
+    counter = tmp_path / "count"
+    service = make_service(tmp_path, [{"function": "flaky", "params": {"counter": str(counter), "succeed_after": 3}}])
+    job = upload(service, "a.bin", b"x")
+    first = run_step(service, job.id, 0, "w")
+    assert first.status == "retry" and first.retry_in is not None and 1 <= first.retry_in <= 3
+    queued = service.db.get_job(job.id)
+    assert queued is not None and queued.status == "queued" and "dependency not ready" in (queued.error or "")
+    second = run_step(service, job.id, 0, "w")
+    assert second.status == "retry" and second.retry_in is not None and second.retry_in > 3
+    assert run_step(service, job.id, 0, "w").status == "succeeded"
+    done = service.db.get_job(job.id)
+    assert done is not None and [a.status for a in done.attempts] == ["failed", "failed", "succeeded"]
+
+
+def test_retries_run_out(tmp_path: Path) -> None:
+    counter = tmp_path / "count"
+    service = make_service(tmp_path, [{"function": "flaky", "retries": 1,
+                                       "params": {"counter": str(counter), "succeed_after": 99}}])
+    job = upload(service, "a.bin", b"x")
+    assert run_step(service, job.id, 0, "w").status == "retry"
+    assert run_step(service, job.id, 0, "w").status == "failed"
+    done = service.db.get_job(job.id)
+    assert done is not None and done.error is not None and "failed 2 times" in done.error
+
+
+def test_memory_limit(tmp_path: Path) -> None:
+    service = make_service(tmp_path, [{"function": "hog"}])
+    job = upload(service, "a.bin", b"x")
+    assert run_step(service, job.id, 0, "w").status == "failed"
+    done = service.db.get_job(job.id)
+    assert done is not None and "memory limit of 64 MB" in (done.error or "")
+
+
+def test_a_step_that_keeps_losing_its_worker_gives_up(tmp_path: Path) -> None:
+    service = make_service(tmp_path, [{"function": "thumbnail", "retries": 1}])
+    job = upload(service, "a.jpg", jpeg())
+    # Two workers took the step and died with it (their leases ran out at once).
+    for _ in range(2):
+        claim = service.db.claim(job.id, 0, "thumbnail", "doomed", lease_seconds=0)
+        assert claim.attempt_id is not None
+    outcome = run_step(service, job.id, 0, "w")
+    assert outcome.status == "failed"
+    done = service.db.get_job(job.id)
+    assert done is not None and done.status == "failed"
+    assert "was lost 2 times" in (done.error or "")
+    assert [a.status for a in done.attempts] == ["lost", "lost", "failed"]
+
+
+def test_a_live_lease_makes_a_duplicate_delivery_wait(tmp_path: Path) -> None:
+    service = make_service(tmp_path, [{"function": "thumbnail"}])
+    job = upload(service, "a.jpg", jpeg())
+    assert service.db.claim(job.id, 0, "thumbnail", "other", lease_seconds=60).attempt_id
+    outcome = run_step(service, job.id, 0, "w")
+    assert outcome.status == "busy" and outcome.retry_in is not None and 55 < outcome.retry_in <= 61
+
+
+def test_a_changed_object_supersedes_the_old_notification(tmp_path: Path) -> None:
+    service = make_service(tmp_path, [{"function": "thumbnail"}])
+    old = upload(service, "a.jpg", jpeg())
+    new = upload(service, "a.jpg", jpeg() + b"\0")  # same key, new content: a new job
+    assert old.id != new.id
+    assert run_step(service, old.id, 0, "w").status == "skipped"
+    assert run_step(service, new.id, 0, "w").status == "succeeded"
+    stale = service.db.get_job(old.id)
+    assert stale is not None and "superseded" in (stale.error or "")
+
+
+def test_outputs_written_into_the_source_bucket_do_not_loop(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "fileproc.toml", {
+        "data_dir": str(tmp_path / "data"),
+        "pipelines": [{"name": "self", "match": {"bucket": "in", "suffix": ".jpg"},
+                       "steps": [{"function": "thumbnail", "params": {"format": "jpeg"}}],
+                       "output": {"bucket": "{bucket}", "key": "thumbs/{key}/{name}"}}],
+    })
+    service = Service(load_settings(config, env={}))
+    service.prepare_buckets()
+    job = upload(service, "a.jpg", jpeg())
+    assert run_step(service, job.id, 0, "w").status == "succeeded"
+    output = service.storage.head("in", "thumbs/a.jpg/thumb-256.jpg")
+    again = ObjectEvent("in", output.key, size=output.size, etag=output.etag, source="watcher",
+                        metadata=output.metadata)
+    assert dispatch.submit(service, again, send=False) == []
+    without_metadata = ObjectEvent("in", output.key, size=output.size, etag=output.etag)
+    assert dispatch.submit(service, without_metadata, send=False) == []  # known from the outputs table

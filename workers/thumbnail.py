@@ -1,0 +1,324 @@
+"""The built-in ``thumbnail`` function: one small image per requested size.
+
+Params (``context.params``)::
+
+    sizes:   [256, 1024]   # longest edge in pixels; default [256]
+    format:  webp          # jpeg (or jpg) | png | webp; default webp
+    quality: 85            # 1-100, for jpeg and webp; default 85
+
+Each size becomes the output ``thumb-{size}.{ext}`` (for example
+``thumb-256.webp``), so the same input always yields the same keys. A
+thumbnail keeps the aspect ratio, is never larger than the source, is turned
+the way the camera's EXIF orientation says, and carries no metadata except the
+ICC colour profile (no EXIF, so no GPS position leaks).
+
+Bad params fail the job as a configuration error (``PermanentError``); an
+input that is not a readable image (corrupt, truncated, unknown format, a
+decompression bomb) fails it with ``InvalidInput``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import struct
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any, TypeGuard
+
+from PIL import ExifTags, Image, ImageCms, ImageFile, UnidentifiedImageError
+
+from fileproc import Context, InvalidInput, PermanentError, function
+
+DEFAULT_SIZES = (256,)
+DEFAULT_FORMAT = "webp"
+DEFAULT_QUALITY = 85
+
+REDUCING_GAP = 2.0
+"""JPEGs are decoded at the smallest 1/2..1/8 scale still this many times the
+largest thumbnail, then resampled: close to a full-quality resize, a fraction
+of the time and memory of a full decode."""
+
+INPUT_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP", "ICO", "AVIF")
+"""What Pillow may open (JPEG includes MPO, the multi-picture JPEG of many
+cameras). A closed list: formats such as EPS hand the bytes to external
+programs (Ghostscript), which an upload should never reach."""
+
+SPOOL_IN_MEMORY = 16 * 1024 * 1024
+"""A non-seekable input stream is copied to a spool file; up to this many
+bytes stay in memory, the rest goes to the scratch directory."""
+
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
+"""What Pillow raises on a corrupt or truncated file (it has no single base class)."""
+
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+"""EXIF orientation -> the transposition that shows the image upright (as in
+``PIL.ImageOps.exif_transpose``)."""
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """How one output format is written, and which pixels it can hold."""
+
+    pillow: str
+    ext: str
+    content_type: str
+    alpha: bool
+    grayscale: bool
+    lossy: bool
+
+
+FORMATS = {
+    "jpeg": OutputFormat("JPEG", "jpg", "image/jpeg", alpha=False, grayscale=True, lossy=True),
+    "png": OutputFormat("PNG", "png", "image/png", alpha=True, grayscale=True, lossy=False),
+    "webp": OutputFormat("WEBP", "webp", "image/webp", alpha=True, grayscale=False, lossy=True),
+}
+_FORMAT_ALIASES = {"jpg": "jpeg"}
+
+
+@dataclass(frozen=True)
+class ThumbnailParams:
+    """The validated params of one step."""
+
+    sizes: tuple[int, ...]
+    format: OutputFormat
+    quality: int
+
+
+@function("thumbnail", timeout=60, memory_mb=1024, retries=2)
+def handler(event: dict[str, Any], context: Context) -> dict[str, Any]:
+    """Write ``thumb-{size}.{ext}`` for each requested size; return what was written."""
+    params = parse_params(context.params)
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        # A process-wide Pillow switch some other code may have flipped: with it
+        # a half-uploaded JPEG would pass as a valid image with a grey bottom.
+        raise PermanentError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set in this worker; thumbnail refuses to run")
+    with _seekable_input(context) as source:
+        image, source_size, orientation = _decode(source, max(params.sizes), context)
+    icc = image.info.get("icc_profile") or None
+    image.info = {}  # no metadata of the source (EXIF, XMP, comments) may reach an output
+    written: dict[int, dict[str, Any]] = {}
+    for size in sorted(params.sizes, reverse=True):
+        # Largest first, each from the one before: the big decoded image is
+        # resampled once, not once per size. In place: `image` is ours.
+        image.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=REDUCING_GAP)  # never enlarges
+        written[size] = _write_thumbnail(image, size, orientation, icc, params, context)
+    thumbnails = [written[size] for size in params.sizes]
+    context.logger.info(
+        "thumbnail %s (%dx%d): wrote %s", context.input.key, *source_size, ", ".join(t["key"] for t in thumbnails)
+    )
+    return {
+        "format": params.format.ext,
+        "source": {"width": source_size[0], "height": source_size[1]},
+        "thumbnails": thumbnails,
+    }
+
+
+def parse_params(params: dict[str, Any]) -> ThumbnailParams:
+    """Validate the step's params; a mistake is a configuration error, so PermanentError."""
+    unknown = sorted(set(params) - {"sizes", "format", "quality"})
+    if unknown:
+        raise PermanentError(f"thumbnail: unknown param(s) {', '.join(unknown)} (known: sizes, format, quality)")
+    return ThumbnailParams(
+        sizes=_parse_sizes(params.get("sizes", list(DEFAULT_SIZES))),
+        format=_parse_format(params.get("format", DEFAULT_FORMAT)),
+        quality=_parse_quality(params.get("quality", DEFAULT_QUALITY)),
+    )
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    # bool is a subclass of int, but `sizes: [true]` is a typo, not a size.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_sizes(value: object) -> tuple[int, ...]:
+    if not isinstance(value, list | tuple) or not value:
+        raise PermanentError(f"thumbnail: sizes must be a non-empty list of pixel sizes, got {value!r}")
+    bad = [v for v in value if not _is_int(v) or v < 1]
+    if bad:
+        raise PermanentError(f"thumbnail: sizes must be positive integers (longest edge in px), got {bad!r}")
+    return tuple(dict.fromkeys(value))  # drop repeats: each size is one output key
+
+
+def _parse_format(value: object) -> OutputFormat:
+    if isinstance(value, str):
+        name = _FORMAT_ALIASES.get(value.lower(), value.lower())
+        if name in FORMATS:
+            return FORMATS[name]
+    raise PermanentError(f"thumbnail: format must be one of jpeg, jpg, png, webp, got {value!r}")
+
+
+def _parse_quality(value: object) -> int:
+    if _is_int(value) and 1 <= value <= 100:
+        return value
+    raise PermanentError(f"thumbnail: quality must be an integer from 1 to 100, got {value!r}")
+
+
+@contextlib.contextmanager
+def _seekable_input(context: Context) -> Iterator[IO[bytes]]:
+    """The input as a seekable file: the stream itself, or a spooled copy of it.
+
+    Pillow seeks while identifying a file. A remote stream cannot seek, so it
+    is copied once to a spool file: one read of the object (not a second
+    download through ``context.input.path``), and no whole-file buffer in memory.
+    """
+    with context.input.open() as stream:
+        if stream.seekable():
+            yield stream
+            return
+        with tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY, dir=str(context.scratch_dir)) as spool:
+            shutil.copyfileobj(stream, spool)
+            spool.seek(0)
+            yield spool
+
+
+def _decode(source: IO[bytes], largest: int, context: Context) -> tuple[Image.Image, tuple[int, int], int]:
+    """Decode just enough of ``source``: (image in a resizable mode, original size, EXIF orientation)."""
+    # catch_warnings is process-wide state: fine in Celery's prefork workers (one
+    # task per process); under a threads pool a racing task could miss the filter.
+    with warnings.catch_warnings():
+        # Pillow only warns between 1x and 2x its pixel limit; both are bombs to us.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(source, formats=INPUT_FORMATS)
+            original_size = image.size
+            # draft() is what makes a 12 MP JPEG cheap: libjpeg decodes at 1/2..1/8
+            # scale. Must come before load(); other formats ignore it.
+            image.draft(None, (int(largest * REDUCING_GAP), int(largest * REDUCING_GAP)))
+            image.load()  # decode now, while `source` is open; a truncated file fails here
+            orientation = _orientation(image, context)
+            return _resizable(image), original_size, orientation
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise InvalidInput(f"image too large to process safely (possible decompression bomb): {exc}") from exc
+        except UnidentifiedImageError as exc:
+            known = ", ".join(INPUT_FORMATS)
+            raise InvalidInput(f"not a readable image: not a recognised image format (known: {known})") from exc
+        except _DECODE_ERRORS as exc:
+            raise InvalidInput(f"not a readable image: {exc}") from exc
+
+
+def _orientation(image: Image.Image, context: Context) -> int:
+    """The EXIF orientation (1 = upright), read once from the source.
+
+    Read here rather than with ``ImageOps.exif_transpose`` on each thumbnail:
+    a resized copy keeps EXIF and XMP but loses TIFF tags, the source has all three.
+    """
+    try:
+        return int(image.getexif().get(ExifTags.Base.Orientation, 1))
+    except (*_DECODE_ERRORS, TypeError) as exc:
+        # Broken EXIF on a good picture: an unrotated thumbnail beats none.
+        context.logger.warning("thumbnail %s: ignoring unreadable EXIF: %s", context.input.key, exc)
+        return 1
+
+
+def _resizable(image: Image.Image) -> Image.Image:
+    """``image`` in L, LA, RGB, RGBA or CMYK: modes that resample well.
+
+    Resizing P or 1 would fall back to nearest-neighbour, and 16-bit modes
+    would clip to white on the way to 8 bits, so they are converted first.
+    """
+    mode = image.mode
+    if mode in ("L", "LA", "RGB", "RGBA", "CMYK"):
+        return image
+    if mode in ("P", "PA"):
+        return image.convert("RGBA" if image.has_transparency_data else "RGB")
+    if mode == "1":
+        return image.convert("L")
+    if mode.startswith("I"):  # I;16, I;16B, I: 16-bit samples scaled down to 8 bits
+        return image.convert("I").point(lambda v: v / 256).convert("L")
+    if mode == "F":
+        low, high = image.getextrema()
+        scale = 255 / (high - low) if high > low else 0  # type: ignore[operator]
+        return image.point(lambda v: (v - low) * scale).convert("L")
+    if mode in ("La", "RGBa"):
+        return image.convert(mode.upper())
+    return image.convert("RGB")  # RGBX, YCbCr, LAB, HSV
+
+
+def _write_thumbnail(
+    image: Image.Image,
+    size: int,
+    orientation: int,
+    icc: bytes | None,
+    params: ThumbnailParams,
+    context: Context,
+) -> dict[str, Any]:
+    """Turn upright, convert, encode and write the already shrunk ``image``."""
+    # Orientation after shrinking: transposing the small image is cheap, and a
+    # square bounding box fits the same either way round.
+    if orientation in _ORIENTATION_TRANSPOSE:
+        image = image.transpose(_ORIENTATION_TRANSPOSE[orientation])
+    image, icc = _for_format(image, icc, params.format, context)
+    data = _encode(image, icc, params)
+    name = f"thumb-{size}.{params.format.ext}"
+    ref = context.output.put(name, data, content_type=params.format.content_type)
+    return {"size": size, "key": ref.key, "width": image.width, "height": image.height, "bytes": ref.size}
+
+
+def _for_format(
+    image: Image.Image, icc: bytes | None, fmt: OutputFormat, context: Context
+) -> tuple[Image.Image, bytes | None]:
+    """``image`` in a mode ``fmt`` stores, and the ICC profile that describes it now."""
+    alpha = image.getchannel("A") if image.mode in ("LA", "RGBA") else None
+    color = image.convert(image.mode.rstrip("A")) if alpha else image
+    if color.mode == "CMYK" or (color.mode == "L" and not fmt.grayscale):
+        color, icc = _to_rgb(color, icc, context)
+    if alpha is None:
+        return color, icc
+    if fmt.alpha:
+        color.putalpha(alpha)
+        return color, icc
+    # No alpha channel (JPEG): what was see-through shows the page, white.
+    flattened = Image.new(color.mode, color.size, "white")
+    flattened.paste(color, mask=alpha)
+    return flattened, icc
+
+
+_SRGB = ImageCms.createProfile("sRGB")
+
+
+def _to_rgb(image: Image.Image, icc: bytes | None, context: Context) -> tuple[Image.Image, None]:
+    """CMYK or grey -> RGB. The source's profile no longer fits, so it is dropped.
+
+    With a profile, colours go through it to sRGB (a print CMYK profile makes
+    a large difference); without one, or if the profile is unusable, Pillow's
+    plain conversion is the best guess.
+    """
+    if icc:
+        try:
+            source_profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            converted = ImageCms.profileToProfile(image, source_profile, _SRGB, outputMode="RGB")
+            if converted is not None:
+                return converted, None
+        except (ImageCms.PyCMSError, OSError, ValueError) as exc:
+            context.logger.warning("thumbnail %s: ignoring unusable ICC profile: %s", context.input.key, exc)
+    return image.convert("RGB"), None
+
+
+def _encode(image: Image.Image, icc: bytes | None, params: ThumbnailParams) -> bytes:
+    """The encoded thumbnail, with no metadata but the ICC profile.
+
+    Pillow writes EXIF and XMP only when asked to, and the handler emptied
+    ``image.info`` (which PNG and JPEG fall back to for profiles and comments).
+    """
+    options: dict[str, Any] = {}
+    if params.format.lossy:
+        options["quality"] = params.quality
+    if params.format.pillow == "JPEG":
+        options["optimize"] = True  # a few % smaller, costs next to nothing at thumbnail size
+    if icc:
+        options["icc_profile"] = icc
+    buffer = io.BytesIO()
+    image.save(buffer, params.format.pillow, **options)
+    return buffer.getvalue()
