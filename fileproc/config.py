@@ -56,8 +56,8 @@ class DatabaseSettings(Section):
 class ApiSettings(Section):
     host: str = Field("127.0.0.1", description="Address the HTTP API listens on.")
     port: int = Field(8080, ge=0, le=65535, description="Port the HTTP API listens on.")
-    webhook_token: SecretStr = Field(SecretStr(""), description="Bearer token that `POST /events` requires (MinIO's `auth_token`). Empty: only the embedded default allows that, on 127.0.0.1.")
-    admin_token: SecretStr = Field(SecretStr(""), description="Bearer token for the admin API (jobs, retry, backfill). Must differ from webhook_token.")
+    webhook_token: SecretStr = Field(SecretStr(""), description="Bearer token that `POST /events` requires (MinIO's `auth_token`; or `?token=` in the URL). Empty: a random one is made and kept in data_dir/tokens.json.")
+    admin_token: SecretStr = Field(SecretStr(""), description="Bearer token for the admin API (jobs, retry, backfill). Must differ from webhook_token. Empty: made and kept like webhook_token.")
 
 
 class WorkerSettings(Section):
@@ -156,7 +156,8 @@ def _read_file(path: Path) -> dict[str, Any]:
         else:
             data = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.') or 'TOML'}: {exc}") from exc
+        kind = "YAML" if path.suffix in {".yaml", ".yml"} else "TOML"
+        raise ConfigError(f"{path}: not valid {kind}: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a table of settings")
     return data

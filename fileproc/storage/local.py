@@ -89,6 +89,8 @@ class LocalStorage(Storage):
         bucket_dir = self._require_bucket(bucket)
         if "\0" in prefix:
             raise StorageError(f"invalid prefix {prefix!r}: contains NUL")
+        if prefix.startswith("/"):
+            return  # no key starts with "/" here
         folder, _, name_start = prefix.rpartition("/")
         if folder:
             _check_segments(folder, what=f"prefix {prefix!r}")

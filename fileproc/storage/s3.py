@@ -45,11 +45,13 @@ PARALLEL_PARTS_STREAM = 1
 about three times while cutting it from such a stream (~48 MiB at 16 MiB
 parts), so one part at a time keeps an upload's memory bounded and small."""
 
-CONNECT_TIMEOUT = 3.0
-"""Seconds to open a connection: a dead endpoint fails after about three of these."""
+CONNECT_TIMEOUT = 2.0
+"""Seconds to open a connection. A refused connection fails at once; an endpoint
+that does not answer at all fails after (RETRIES + 1) of these."""
 
-READ_TIMEOUT = 60.0
-"""Seconds to wait for the next bytes of a response (not for the whole body)."""
+READ_TIMEOUT = 30.0
+"""Seconds to wait for the next bytes of an answer (not for the whole body). A
+store that accepts connections but never answers fails after two of these."""
 
 RETRIES = 2
 """Extra attempts for a failed connection or a 5xx answer, with short backoff."""
@@ -84,10 +86,12 @@ class S3Storage(Storage):
         secret_key: str,
         secure: bool = True,
         region: str | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        read_timeout: float = READ_TIMEOUT,
     ) -> None:
         self.endpoint = endpoint
         http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT),
+            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
             # Enough for the parallel parts of a few concurrent uploads.
             maxsize=10,
             # TLS is verified against the system's trust store, where a
@@ -95,6 +99,8 @@ class S3Storage(Storage):
             cert_reqs="CERT_REQUIRED",
             retries=urllib3.Retry(
                 total=RETRIES,
+                # A read timeout means a hung store: one more try, not RETRIES more.
+                read=1,
                 backoff_factor=0.2,
                 status_forcelist=(500, 502, 503, 504),
                 # minio reads the status itself; raising here would hide the S3 error body.

@@ -1,0 +1,32 @@
+# The two commands a new user needs (see README):
+#   make serve   run fileproc on its embedded default (no servers to install)
+#   make test    run the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install serve test lint bench clean
+
+$(BIN)/fileproc: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/fileproc
+
+serve: install
+	$(BIN)/fileproc serve
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy fileproc
+
+bench: install
+	$(BIN)/python -m bench.thumbnail_bench
+
+clean:
+	rm -rf $(VENV) fileproc-data .pytest_cache .ruff_cache .mypy_cache

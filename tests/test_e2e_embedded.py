@@ -1,0 +1,99 @@
+"""End to end on the embedded default: `fileproc serve` with nothing else installed."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import signal
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from tests.procs import FUNCTIONS_DIR, Process, fileproc, jobs, settled, wait_for, wait_healthy, write_config
+from tests.servers import free_port
+
+
+def jpeg(width: int = 900, height: int = 600, color: str = "purple") -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(out, "JPEG", quality=95)
+    return out.getvalue()
+
+
+def test_demo_pipeline_on_dropped_and_put_files(tmp_path: Path) -> None:
+    port = free_port()
+    server = Process(None, ["serve", "--port", str(port)], tmp_path / "serve.log", cwd=tmp_path)
+    try:
+        wait_healthy(port, server)
+        uploads = tmp_path / "fileproc-data" / "buckets" / "uploads"
+        wait_for(uploads.is_dir, 10, "the uploads bucket folder", server)
+
+        # A file written slowly, in pieces: processed once, whole.
+        data = jpeg()
+        target = uploads / "slow writer.jpg"
+        with target.open("wb") as fh:
+            for start in range(0, len(data), len(data) // 3 + 1):
+                fh.write(data[start:start + len(data) // 3 + 1])
+                fh.flush()
+                time.sleep(0.6)
+        (uploads / "photos" / "2026").mkdir(parents=True)
+        (uploads / "photos" / "2026" / "ünï côdé.png").write_bytes(_png())
+        source = tmp_path / "cat.jpg"
+        source.write_bytes(jpeg(400, 800))
+        fileproc(None, "put", str(source), "uploads/from put/cat.jpg", cwd=tmp_path)
+        (uploads / "ignored.txt").write_text("no pipeline takes text")
+
+        found = wait_for(settled(None, 3, cwd=tmp_path), 60, "3 finished jobs", server)
+        assert sorted(j["key"] for j in found) == ["from put/cat.jpg", "photos/2026/ünï côdé.png", "slow writer.jpg"]
+        assert all(j["status"] == "succeeded" for j in found), found
+        slow = next(j for j in found if j["key"] == "slow writer.jpg")
+        assert slow["version"] == hashlib.md5(data).hexdigest()  # the whole file, not a piece of it
+        derived = tmp_path / "fileproc-data" / "buckets" / "derived" / "thumbnails"
+        assert Image.open(derived / "slow writer.jpg" / "thumb-256.webp").size == (256, 171)
+        assert Image.open(derived / "from put" / "cat.jpg" / "thumb-256.webp").size == (128, 256)
+        assert (derived / "photos" / "2026" / "ünï côdé.png" / "thumb-256.webp").exists()
+        time.sleep(1.5)  # the thumbnails landing in `derived` must not start anything
+        assert len(jobs(None, cwd=tmp_path)) == 3
+    finally:
+        assert server.stop() == 0, server.tail()
+
+
+def _png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGBA", (300, 300), (255, 0, 0, 128)).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_queued_work_survives_a_restart(tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(tmp_path / "fileproc.toml", {
+        "data_dir": str(tmp_path / "data"),
+        "functions": {"paths": [str(FUNCTIONS_DIR)]},
+        "worker": {"concurrency": 1},
+        "api": {"port": port},
+        "pipelines": [{"name": "slow", "match": {"bucket": "in"},
+                       "steps": [{"function": "slow", "params": {"seconds": 5}}],
+                       "output": {"bucket": "out", "key": "{key}/{name}"}}],
+    })
+    source = tmp_path / "f.bin"
+    source.write_bytes(b"payload")
+    server = Process(config, ["serve"], tmp_path / "serve-1.log")
+    wait_healthy(port, server)
+    for n in range(3):
+        fileproc(config, "put", str(source), f"in/file-{n}.bin")
+    wait_for(lambda: any(j["status"] == "running" for j in jobs(config)), 30, "a step to start", server)
+    server.popen.send_signal(signal.SIGTERM)  # like Ctrl-C
+    assert server.popen.wait(60) == 0, server.tail()
+    before = {j["key"]: j["status"] for j in jobs(config)}
+    assert "queued" in before.values(), before  # stopped with work still queued
+
+    # While nothing runs: an upload is recorded and waits for the broker.
+    fileproc(config, "put", str(source), "in/while-down.bin")
+
+    again = Process(config, ["serve"], tmp_path / "serve-2.log")
+    try:
+        found = wait_for(settled(config, 4), 90, "every job to finish after the restart", again)
+        assert all(j["status"] == "succeeded" for j in found), found
+        assert all(len(j["outputs"]) == 1 for j in found)
+    finally:
+        assert again.stop() == 0, again.tail()
