@@ -2,7 +2,8 @@
 #   make serve   run fileproc on its embedded default (no servers to install)
 #   make test    run the whole test suite
 PYTHON ?= python3
-VENV   ?= .venv
+# An active virtualenv (as .ci/run sets up) is used as it is; otherwise .venv/.
+VENV   ?= $(or $(VIRTUAL_ENV),.venv)
 BIN    := $(VENV)/bin
 
 .PHONY: install serve test lint bench clean

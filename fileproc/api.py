@@ -3,8 +3,10 @@
 - ``POST /events``: bucket notifications (MinIO, AWS, versitygw, RGW bodies).
   Needs the webhook token, as ``Authorization: Bearer T`` (MinIO's
   ``auth_token``) or, for stores that cannot set headers (versitygw), as
-  ``?token=T`` in the webhook URL. Answers 200 only once every event is
-  committed to the state database; the broker is told afterwards.
+  ``?token=T`` in the webhook URL. Keys are taken as URL-encoded (AWS,
+  MinIO, RGW) unless the URL says ``?keys=raw`` (versitygw). Answers 200 only
+  once every event is committed to the state database; the broker is told
+  afterwards.
 - ``/jobs``, ``/jobs/{id}``, ``/jobs/{id}/retry``, ``/jobs/retry-failed``,
   ``/backfill``: the admin API, behind a different (admin) token.
 - ``GET /healthz``: open; 200 once the service can reach its database.
@@ -90,8 +92,11 @@ def create_app(service: Service, tokens: Tokens, *, sweep_seconds: float = 5.0) 
     @app.post("/events", dependencies=[Depends(webhook_auth)])
     async def events(request: Request, background: BackgroundTasks) -> dict[str, Any]:
         body = await request.body()
+        keys = request.query_params.get("keys", "url")
+        if keys not in ("url", "raw"):
+            raise HTTPException(400, "keys must be 'url' (URL-encoded keys, as AWS and MinIO send) or 'raw'")
         try:
-            parsed = parse_body(body)
+            parsed = parse_body(body, raw_keys=keys == "raw")
         except BadNotification as exc:
             log.warning("rejected a notification: %s", exc)
             raise HTTPException(400, str(exc)) from exc

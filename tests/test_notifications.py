@@ -73,3 +73,8 @@ def test_record_round_trip_is_lambda_shaped() -> None:
     assert record["s3"]["object"]["key"] == "my+photos/a%2Bb.jpg"
     assert record["eventName"] == "ObjectCreated:Put"
     assert parse_body({"Records": [record]}).events[0].key == event.key
+
+
+def test_raw_keys_are_taken_as_they_are() -> None:
+    (event,) = parse_body(aws_body("plus+sign/100%25 a+b.jpg"), raw_keys=True).events
+    assert event.key == "plus+sign/100%25 a+b.jpg"

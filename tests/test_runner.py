@@ -62,7 +62,7 @@ def test_a_step_runs_with_a_lambda_shaped_event_and_context(tmp_path: Path) -> N
     assert 0 < seen["remaining_ms"] <= 30_000 and seen["path_exists"] is True
     assert seen["request_id"].startswith(f"{job.id}-0-")
     meta = service.storage.head("out", "dir/a b+c.txt/describe.json").metadata
-    assert meta["fileproc-pipeline"] == "p" and meta["fileproc-source-key"] == "dir/a b+c.txt"
+    assert meta["fileproc-pipeline"] == "p" and meta["fileproc-source-key"] == "dir/a%20b%2Bc.txt"
     (attempt,) = done.attempts
     assert attempt.worker == "test-worker" and attempt.bytes_read == 5 and attempt.peak_memory_kb
 

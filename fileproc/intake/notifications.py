@@ -8,7 +8,9 @@ Understands the S3 event shape every store sends in its own dialect:
 - test probes (``{"Event": "s3:TestEvent"}``), which carry no object.
 
 Keys arrive URL-encoded the way AWS encodes them (``+`` for a space, ``%XX``
-for the rest) and are decoded here, once.
+for the rest) and are decoded here, once. Some senders (versitygw) send keys
+as they are; for those, pass ``raw_keys=True`` (``?keys=raw`` on the webhook
+URL), so a literal ``+`` stays a ``+``.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def _time(value: Any) -> datetime:
     return datetime.now(UTC)
 
 
-def parse_record(record: dict[str, Any], source: str = "webhook") -> ObjectEvent:
+def parse_record(record: dict[str, Any], source: str = "webhook", *, raw_keys: bool = False) -> ObjectEvent:
     """One ``Records[]`` item. Raises BadNotification naming what is missing."""
     if not isinstance(record, dict):
         raise BadNotification("a record is not a JSON object")
@@ -75,7 +77,7 @@ def parse_record(record: dict[str, Any], source: str = "webhook") -> ObjectEvent
     size = obj.get("size")
     return ObjectEvent(
         bucket=bucket,
-        key=unquote_plus(key),
+        key=key if raw_keys else unquote_plus(key),
         event_name=name,
         size=int(size) if isinstance(size, int | float | str) and str(size).isdigit() else None,
         etag=obj.get("eTag") or obj.get("etag") or None,
@@ -88,7 +90,7 @@ def parse_record(record: dict[str, Any], source: str = "webhook") -> ObjectEvent
     )
 
 
-def parse_body(body: bytes | str | dict[str, Any], source: str = "webhook") -> Parsed:
+def parse_body(body: bytes | str | dict[str, Any], source: str = "webhook", *, raw_keys: bool = False) -> Parsed:
     """Every event in one notification body.
 
     Records that cannot be read are listed in ``rejected`` with the reason;
@@ -111,7 +113,7 @@ def parse_body(body: bytes | str | dict[str, Any], source: str = "webhook") -> P
     parsed = Parsed()
     for index, record in enumerate(records):
         try:
-            parsed.events.append(parse_record(record, source))
+            parsed.events.append(parse_record(record, source, raw_keys=raw_keys))
         except BadNotification as exc:
             parsed.rejected.append(f"Records[{index}]: {exc}")
     if records and not parsed.events:

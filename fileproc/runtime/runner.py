@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+from urllib.parse import quote
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,7 +193,7 @@ def _call_handler(service: Service, pipeline: Pipeline, step: Step, spec: Functi
     source = info or ObjectInfo(event.bucket, event.key, event.size or 0, event.etag or "")
     provenance = {
         "fileproc-source-bucket": event.bucket,
-        "fileproc-source-key": event.key,
+        "fileproc-source-key": quote(event.key, safe="/"),  # S3 metadata must be ASCII
         "fileproc-source-etag": source.etag,
         PROVENANCE_PIPELINE: pipeline.name,
     }

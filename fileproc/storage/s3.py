@@ -72,6 +72,10 @@ BUSY_ERRORS = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "Req
 class S3Storage(Storage):
     """An S3 endpoint as fileproc storage.
 
+    ``endpoint`` is ``host:port`` (no scheme; ``secure`` picks https). The
+    timeouts bound how long a dead or hung store can hold a caller; see
+    CONNECT_TIMEOUT and READ_TIMEOUT.
+
     >>> storage = S3Storage(endpoint="127.0.0.1:7070", access_key="ak", secret_key="sk", secure=False)
     >>> storage.check()
     """
@@ -300,6 +304,7 @@ class _ResponseStream(io.RawIOBase):
         self._response = response
         self._on_error = on_error
         self._where = (bucket, key)
+        self._at_end = False
         self.headers: Mapping[str, str] = response.headers
 
     def readable(self) -> bool:
@@ -313,11 +318,15 @@ class _ResponseStream(io.RawIOBase):
         except Exception as exc:
             self._on_error(exc, *self._where)
         buffer[: len(data)] = data
+        self._at_end = not data
         return len(data)
 
     def close(self) -> None:
         if not self.closed:
-            self._response.close()
+            if not self._at_end:
+                # The rest of the body is still on the wire: this connection cannot
+                # be reused, and draining a large object just to reuse it costs more.
+                self._response.close()
             self._response.release_conn()
         super().close()
 
