@@ -62,10 +62,8 @@ class EmbeddedBroker:
         """Shut down, writing the data to disk first (SHUTDOWN SAVE)."""
         if self._process is None or self._process.poll() is not None:
             return
-        try:
+        with contextlib.suppress(redis.RedisError):  # the server closes the connection as it exits
             redis.Redis(unix_socket_path=self.socket_path, socket_timeout=timeout).shutdown(save=True)
-        except redis.RedisError:  # the server closes the connection as it exits
-            pass
         try:
             self._process.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -36,8 +36,13 @@ class Section(BaseModel):
 
 
 class StorageSettings(Section):
-    backend: Literal["local", "s3"] = Field("local", description="Where buckets live: `local` (folders under data_dir/buckets) or `s3` (any S3-compatible store).")
-    endpoint: str = Field("", description="S3 endpoint as host:port, e.g. `s3.example.com` or `127.0.0.1:7070` (backend = s3).")
+    backend: Literal["local", "s3"] = Field(
+        "local",
+        description="Where buckets live: `local` (folders under data_dir/buckets) or `s3` (any S3-compatible store).",
+    )
+    endpoint: str = Field(
+        "", description="S3 endpoint as host:port, e.g. `s3.example.com` or `127.0.0.1:7070` (backend = s3)."
+    )
     access_key: SecretStr = Field(SecretStr(""), description="S3 access key (backend = s3). Never logged.")
     secret_key: SecretStr = Field(SecretStr(""), description="S3 secret key (backend = s3). Never logged.")
     secure: bool = Field(True, description="Use TLS (https) to reach the S3 endpoint.")
@@ -45,39 +50,71 @@ class StorageSettings(Section):
 
 
 class BrokerSettings(Section):
-    url: SecretStr = Field(SecretStr(""), description="Celery broker URL (`redis://host:6379/0`, `amqp://...`). Empty: the embedded Redis under data_dir/broker, started by `fileproc serve`.")
-    visibility_timeout: int = Field(300, ge=1, description="Seconds before a message taken by a worker that died (kill -9) is handed to another worker (Redis broker).")
+    url: SecretStr = Field(
+        SecretStr(""),
+        description="Celery broker URL (`redis://host:6379/0`, `amqp://...`). "
+        "Empty: the embedded Redis under data_dir/broker, started by `fileproc serve`.",
+    )
+    visibility_timeout: int = Field(
+        300,
+        ge=1,
+        description="Seconds before a message taken by a worker that died (kill -9) is handed to another worker "
+        "(Redis broker).",
+    )
 
 
 class DatabaseSettings(Section):
-    url: SecretStr = Field(SecretStr(""), description="SQLAlchemy URL of the state database. Empty: SQLite at data_dir/state.db. PostgreSQL: `postgresql+psycopg://user:pass@host/db`.")
+    url: SecretStr = Field(
+        SecretStr(""),
+        description="SQLAlchemy URL of the state database. Empty: SQLite at data_dir/state.db. PostgreSQL: `postgresql+psycopg://user:pass@host/db`.",
+    )
 
 
 class ApiSettings(Section):
     host: str = Field("127.0.0.1", description="Address the HTTP API listens on.")
     port: int = Field(8080, ge=0, le=65535, description="Port the HTTP API listens on.")
-    webhook_token: SecretStr = Field(SecretStr(""), description="Bearer token that `POST /events` requires (MinIO's `auth_token`; or `?token=` in the URL). Empty: a random one is made and kept in data_dir/tokens.json.")
-    admin_token: SecretStr = Field(SecretStr(""), description="Bearer token for the admin API (jobs, retry, backfill). Must differ from webhook_token. Empty: made and kept like webhook_token.")
+    webhook_token: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer token that `POST /events` requires (MinIO's `auth_token`; or `?token=` in the URL). "
+        "Empty: a random one is made and kept in data_dir/tokens.json.",
+    )
+    admin_token: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer token for the admin API (jobs, retry, backfill). Must differ from webhook_token. "
+        "Empty: made and kept like webhook_token.",
+    )
 
 
 class WorkerSettings(Section):
     concurrency: int = Field(2, ge=1, description="Steps one `fileproc worker` runs at once.")
-    queues: list[str] = Field(default_factory=list, description="Queues a worker consumes; empty: every registered function's queue.")
+    queues: list[str] = Field(
+        default_factory=list, description="Queues a worker consumes; empty: every registered function's queue."
+    )
 
 
 class FunctionSettings(Section):
-    paths: list[Path] = Field(default_factory=list, description="Directories of user function modules (`*.py`), loaded at start like the built-ins.")
+    paths: list[Path] = Field(
+        default_factory=list,
+        description="Directories of user function modules (`*.py`), loaded at start like the built-ins.",
+    )
 
 
 class WatcherSettings(Section):
-    enabled: bool = Field(True, description="With local storage, watch the bucket folders for dropped files (`fileproc serve`).")
-    settle_seconds: float = Field(1.0, ge=0, description="A dropped file counts as complete once it has not changed for this long.")
+    enabled: bool = Field(
+        True, description="With local storage, watch the bucket folders for dropped files (`fileproc serve`)."
+    )
+    settle_seconds: float = Field(
+        1.0, ge=0, description="A dropped file counts as complete once it has not changed for this long."
+    )
 
 
 class Settings(Section):
     """Everything fileproc can be told. See the README for each field."""
 
-    data_dir: Path = Field(Path("fileproc-data"), description="Where the embedded default keeps buckets, state.db, the broker's data and scratch files.")
+    data_dir: Path = Field(
+        Path("fileproc-data"),
+        description="Where the embedded default keeps buckets, state.db, the broker's data and scratch files.",
+    )
     log_level: str = Field("INFO", description="Logging level: DEBUG, INFO, WARNING, ERROR.")
     storage: StorageSettings = Field(default_factory=StorageSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
@@ -86,7 +123,9 @@ class Settings(Section):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     functions: FunctionSettings = Field(default_factory=FunctionSettings)
     watcher: WatcherSettings = Field(default_factory=WatcherSettings)
-    pipelines: list[Pipeline] = Field(default_factory=list, description="Which objects go through which functions (config file only).")
+    pipelines: list[Pipeline] = Field(
+        default_factory=list, description="Which objects go through which functions (config file only)."
+    )
     config_file: Path | None = Field(None, description="The file these settings were read from (set by the loader).")
 
     @property
@@ -151,10 +190,7 @@ def _read_file(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     try:
-        if path.suffix in {".yaml", ".yml"}:
-            data = yaml.safe_load(text) or {}
-        else:
-            data = tomllib.loads(text)
+        data = yaml.safe_load(text) or {} if path.suffix in {".yaml", ".yml"} else tomllib.loads(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         kind = "YAML" if path.suffix in {".yaml", ".yml"} else "TOML"
         raise ConfigError(f"{path}: not valid {kind}: {exc}") from exc

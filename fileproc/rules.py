@@ -37,7 +37,7 @@ class Match(BaseModel):
     bucket: str = Field(description="Bucket name, or a glob such as `uploads-*`.")
     prefix: str = ""
     suffix: list[str] = Field(default_factory=list, description="One or several key endings (case-insensitive).")
-    glob: str = Field("", description="Glob on the whole key, e.g. `photos/**/*.jpg` (`*` does not cross `/`, `**` does).")
+    glob: str = Field("", description="Glob on the whole key: `photos/**/*.jpg` (`*` stays in a folder, `**` crosses).")
     events: list[str] = Field(default_factory=lambda: list(DEFAULT_EVENTS))
     content_type: list[str] = Field(default_factory=list, description="Content types, `image/*` allowed.")
     min_size: int = Field(0, ge=0)
@@ -158,12 +158,12 @@ def matches(pipeline: Pipeline, event: ObjectEvent) -> bool:
         return False
     if m.glob and not _glob_regex(m.glob).match(event.key):
         return False
-    if m.content_type and event.content_type is not None:
-        if not any(fnmatch.fnmatchcase(event.content_type, ct) for ct in m.content_type):
-            return False
-    if event.size is not None and (event.size < m.min_size or (m.max_size is not None and event.size > m.max_size)):
+    if m.content_type and event.content_type is not None and not any(
+        fnmatch.fnmatchcase(event.content_type, ct) for ct in m.content_type
+    ):
         return False
-    return True
+    too_big = m.max_size is not None and event.size is not None and event.size > m.max_size
+    return not (too_big or (event.size is not None and event.size < m.min_size))
 
 
 def match(pipelines: list[Pipeline], event: ObjectEvent) -> list[Pipeline]:

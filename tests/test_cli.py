@@ -22,7 +22,7 @@ def test_every_command_is_documented_with_an_example(name: str) -> None:
     command = cli.commands[name]
     assert f"fileproc {name}" in README, f"README does not describe `fileproc {name}`"
     help_text = command.help or ""
-    assert "Example:" in help_text and f"fileproc" in help_text.split("Example:")[1]
+    assert "Example:" in help_text and "fileproc" in help_text.split("Example:")[1]
 
 
 @pytest.mark.parametrize(("dotted", "env"), [(d, e) for d, e, _ in setting_names()])

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import random
-from urllib.parse import quote
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from fileproc.errors import (
     TRANSIENT,

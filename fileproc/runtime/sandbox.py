@@ -9,6 +9,7 @@ peak memory comes from the kernel's accounting (``wait4``), not from sampling.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import pickle
@@ -123,7 +124,7 @@ def run_in_child(target: Callable[[], Any], *, timeout: float, memory_mb: int) -
                            peak_memory_kb=peak), None
     if not chunks:
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-        reason = f"killed by signal {signal.Signals(sig).name}" if sig else f"exited with status {os.WEXITSTATUS(status)}"
+        reason = f"killed by {signal.Signals(sig).name}" if sig else f"exited with status {os.WEXITSTATUS(status)}"
         return ChildResult(False, error_type="StepCrashed", error=f"the step's process died ({reason})",
                            signal=sig, duration_ms=duration_ms, peak_memory_kb=peak), None
     payload = pickle.loads(b"".join(chunks))
@@ -135,7 +136,5 @@ def run_in_child(target: Callable[[], Any], *, timeout: float, memory_mb: int) -
 
 
 def _kill_group(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, and_, create_engine, event, func, or_, select, update
@@ -248,7 +248,7 @@ class Database:
         now = utcnow()
         with self.session() as s:
             # One conditional UPDATE, so two workers racing for the step cannot both win.
-            taken = s.execute(
+            taken = s.execute(  # type: ignore[attr-defined]
                 update(JobRow)
                 .where(JobRow.id == job_id, JobRow.step_index == step_index,
                        or_(JobRow.status == "queued",

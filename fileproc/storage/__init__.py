@@ -24,12 +24,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Union
+from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
     from fileproc.config import Settings
 
-PutSource = Union[bytes, Path, IO[bytes]]
+PutSource = bytes | Path | IO[bytes]
 """What ``Storage.put`` accepts: the bytes, a local file, or a readable stream."""
 
 
