@@ -151,6 +151,10 @@ def test_uploads_to_versitygw_get_thumbnails(running: Stack) -> None:
     assert meta["x-amz-meta-fileproc-source-key"] == "cat.jpg"
     usage = job["usage"]
     assert usage["bytes_read"] > 0 and usage["bytes_written"] > 0 and usage["peak_memory_kb"] > 0
+    records = json.dumps(running.jobs()) + fileproc(running.config, "job", str(job["id"])).stdout
+    for text in [records, *(p.log.read_text() for p in running.processes)]:
+        for secret in (WEBHOOK_TOKEN, ADMIN_TOKEN, running.gw.secret_key):
+            assert secret not in text
 
 
 def test_duplicate_notification_makes_one_job(running: Stack) -> None:

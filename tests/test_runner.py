@@ -20,13 +20,14 @@ from fileproc.runtime.runner import run_step
 from fileproc.service import Service
 from fileproc.state import Job
 from tests.procs import FUNCTIONS_DIR, write_config
+from tests.servers import free_port
 
 
 def make_service(tmp_path: Path, steps: list[dict[str, Any]]) -> Service:
     config = write_config(tmp_path / "fileproc.toml", {
         "data_dir": str(tmp_path / "data"),
         "functions": {"paths": [str(FUNCTIONS_DIR)]},
-        "pipelines": [{"name": "p", "match": {"bucket": "in"}, "steps": steps,
+        "pipelines": [{"name": "p", "match": {"bucket": "inbox"}, "steps": steps,
                        "output": {"bucket": "out", "key": "{key}/{name}"}}],
     })
     service = Service(load_settings(config, env={}))
@@ -35,8 +36,8 @@ def make_service(tmp_path: Path, steps: list[dict[str, Any]]) -> Service:
 
 
 def upload(service: Service, key: str, data: bytes) -> Job:
-    info = service.storage.put("in", key, data)
-    (item,) = dispatch.submit(service, ObjectEvent("in", key, size=info.size, etag=info.etag), send=False)
+    info = service.storage.put("inbox", key, data)
+    (item,) = dispatch.submit(service, ObjectEvent("inbox", key, size=info.size, etag=info.etag), send=False)
     return item.job
 
 
@@ -168,7 +169,7 @@ def test_a_changed_object_supersedes_the_old_notification(tmp_path: Path) -> Non
 def test_outputs_written_into_the_source_bucket_do_not_loop(tmp_path: Path) -> None:
     config = write_config(tmp_path / "fileproc.toml", {
         "data_dir": str(tmp_path / "data"),
-        "pipelines": [{"name": "self", "match": {"bucket": "in", "suffix": ".jpg"},
+        "pipelines": [{"name": "self", "match": {"bucket": "inbox", "suffix": ".jpg"},
                        "steps": [{"function": "thumbnail", "params": {"format": "jpeg"}}],
                        "output": {"bucket": "{bucket}", "key": "thumbs/{key}/{name}"}}],
     })
@@ -176,9 +177,24 @@ def test_outputs_written_into_the_source_bucket_do_not_loop(tmp_path: Path) -> N
     service.prepare_buckets()
     job = upload(service, "a.jpg", jpeg())
     assert run_step(service, job.id, 0, "w").status == "succeeded"
-    output = service.storage.head("in", "thumbs/a.jpg/thumb-256.jpg")
-    again = ObjectEvent("in", output.key, size=output.size, etag=output.etag, source="watcher",
+    output = service.storage.head("inbox", "thumbs/a.jpg/thumb-256.jpg")
+    again = ObjectEvent("inbox", output.key, size=output.size, etag=output.etag, source="watcher",
                         metadata=output.metadata)
     assert dispatch.submit(service, again, send=False) == []
-    without_metadata = ObjectEvent("in", output.key, size=output.size, etag=output.etag)
+    without_metadata = ObjectEvent("inbox", output.key, size=output.size, etag=output.etag)
     assert dispatch.submit(service, without_metadata, send=False) == []  # known from the outputs table
+
+
+def test_a_storage_outage_is_retried_not_failed(tmp_path: Path) -> None:
+    service = make_service(tmp_path, [{"function": "thumbnail"}])
+    job = upload(service, "a.jpg", jpeg())
+    dead = free_port()
+    settings = load_settings(tmp_path / "fileproc.toml", env={
+        "FILEPROC_STORAGE_BACKEND": "s3", "FILEPROC_STORAGE_ENDPOINT": f"127.0.0.1:{dead}",
+        "FILEPROC_STORAGE_SECURE": "false", "FILEPROC_STORAGE_SECRET_KEY": "s3cr3t-value"})
+    outcome = run_step(Service(settings), job.id, 0, "w")
+    assert outcome.status == "retry" and outcome.retry_in is not None
+    queued = service.db.get_job(job.id)
+    assert queued is not None and queued.status == "queued"
+    assert "cannot reach S3 endpoint" in (queued.error or "") and "s3cr3t" not in (queued.error or "")
+    assert run_step(service, job.id, 0, "w").status == "succeeded"  # the store is back
