@@ -14,9 +14,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import threading
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Query, Request
@@ -55,14 +57,7 @@ class BackfillRequest(BaseModel):
 
 def create_app(service: Service, tokens: Tokens, *, sweep_seconds: float = 5.0) -> FastAPI:
     """The ASGI app. ``sweep_seconds``: how often jobs that missed the broker are re-sent."""
-    app = FastAPI(title="fileproc", version="0.1.0")
     stop = threading.Event()
-
-    def webhook_auth(request: Request) -> None:
-        _require(tokens.webhook, request)
-
-    def admin_auth(request: Request) -> None:
-        _require(tokens.admin, request)
 
     def sweep() -> None:
         while not stop.wait(sweep_seconds):
@@ -71,13 +66,19 @@ def create_app(service: Service, tokens: Tokens, *, sweep_seconds: float = 5.0) 
             except FileprocError as exc:
                 log.warning("re-sending pending jobs failed: %s", exc)
 
-    @app.on_event("startup")
-    def _start() -> None:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         threading.Thread(target=sweep, name="fileproc-sweeper", daemon=True).start()
-
-    @app.on_event("shutdown")
-    def _stop() -> None:
+        yield
         stop.set()
+
+    app = FastAPI(title="fileproc", version="0.1.0", lifespan=lifespan)
+
+    def webhook_auth(request: Request) -> None:
+        _require(tokens.webhook, request)
+
+    def admin_auth(request: Request) -> None:
+        _require(tokens.admin, request)
 
     @app.exception_handler(FileprocError)
     def _fileproc_error(_: Request, exc: FileprocError) -> JSONResponse:

@@ -198,3 +198,12 @@ def test_a_storage_outage_is_retried_not_failed(tmp_path: Path) -> None:
     assert queued is not None and queued.status == "queued"
     assert "cannot reach S3 endpoint" in (queued.error or "") and "s3cr3t" not in (queued.error or "")
     assert run_step(service, job.id, 0, "w").status == "succeeded"  # the store is back
+
+
+def test_any_exception_fails_the_step_with_its_message(tmp_path: Path) -> None:
+    service = make_service(tmp_path, [{"function": "unpicklable"}])
+    job = upload(service, "a.bin", b"x")
+    assert run_step(service, job.id, 0, "w").status == "failed"
+    done = service.db.get_job(job.id)
+    assert done is not None and done.outputs == []
+    assert done.attempts[0].error == "Unpicklable: a failure carrying a lock"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from fileproc.dispatch import enqueue
 from fileproc.errors import (
     TRANSIENT,
     ConfigError,
@@ -24,7 +25,7 @@ from fileproc.errors import (
 from fileproc.events import ObjectEvent
 from fileproc.functions import Context, FunctionSpec, InputObject, OutputWriter, remove_scratch, scratch_dir
 from fileproc.rules import PROVENANCE_PIPELINE, Pipeline, Step, render_key
-from fileproc.runtime.sandbox import ChildResult, run_in_child
+from fileproc.runtime.sandbox import run_in_child
 from fileproc.service import Service
 from fileproc.state import Job, Output
 from fileproc.storage import ObjectInfo, open_storage
@@ -100,7 +101,8 @@ def run_step(service: Service, job_id: int, step_index: int, worker: str) -> Out
     except ObjectNotFound:
         return _skip(service, job, attempt_id, "the object no longer exists")
     except StorageError as exc:
-        return _failed(service, job, attempt_id, limits, exc, ChildResult(False, error=str(exc)))
+        db.finish_attempt(attempt_id, "failed", error=str(exc))
+        return _failed(service, job, limits, spec.name, _kind(exc), str(exc))
     if info is not None:
         if info.metadata.get(PROVENANCE_PIPELINE) == job.pipeline:
             return _skip(service, job, attempt_id, f"the object was written by pipeline {job.pipeline!r} itself")
@@ -108,43 +110,36 @@ def run_step(service: Service, job_id: int, step_index: int, worker: str) -> Out
             return _skip(service, job, attempt_id, "superseded: the object changed since this notification")
 
     request_id = f"{job_id}-{step_index}-{attempt_id}"
-    result, exception = run_in_child(
+    result = run_in_child(
         lambda: _call_handler(service, pipeline, step, spec, limits, event, info, request_id),
         timeout=limits.timeout, memory_mb=limits.memory_mb,
     )
     value: dict[str, Any] = result.value or {}
-    exception = value.get("exception") or exception
     usage = {"duration_ms": result.duration_ms, "peak_memory_kb": result.peak_memory_kb,
              "bytes_read": value.get("bytes_read", 0), "bytes_written": value.get("bytes_written", 0)}
 
-    if result.ok and exception is None:
-        outputs = [Output(**o, step_index=step_index) for o in value.get("outputs", [])]
-        db.record_outputs(job_id, step_index, outputs)
-        db.finish_attempt(attempt_id, "succeeded", **usage)
-        if step_index + 1 < len(pipeline.steps):
-            db.advance(job_id, step_index + 1)
-            from fileproc.dispatch import enqueue
-
-            nxt = db.get_job(job_id)
-            if nxt is not None:
-                enqueue(service, nxt)
-            return Outcome("next")
-        db.finish(job_id, "succeeded")
-        return Outcome("succeeded")
-
-    # Time and memory limits are not retried: the same input would hit them again.
-    if result.timed_out:
+    if result.timed_out:  # not retried: the same input would time out again
         db.finish_attempt(attempt_id, "timed_out", error=result.error, **usage)
         db.finish(job_id, "failed", f"step {spec.name!r} {result.error}")
         return Outcome("failed", result.error or "")
-    if isinstance(exception, MemoryError) or result.error_type == "MemoryError":
-        reason = f"step {spec.name!r} needed more than its memory limit of {limits.memory_mb} MB"
-        db.finish_attempt(attempt_id, "failed", error=reason, **usage)
-        db.finish(job_id, "failed", reason)
-        return Outcome("failed", reason)
-    error = f"{type(exception).__name__}: {exception}" if exception else f"{result.error_type}: {result.error}"
-    db.finish_attempt(attempt_id, "failed", error=error, **usage)
-    return _failed(service, job, None, limits, exception, result, step_name=spec.name)
+    if not result.ok:  # the child died (a signal, the OOM killer) without reporting
+        db.finish_attempt(attempt_id, "failed", error=result.error, **usage)
+        return _failed(service, job, limits, spec.name, "error", result.error or "the step's process died")
+    error = value.get("error")
+    if error is not None:
+        db.finish_attempt(attempt_id, "failed", error=f"{error['type']}: {error['message']}", **usage)
+        return _failed(service, job, limits, spec.name, error["kind"], error["message"])
+
+    db.record_outputs(job_id, step_index, [Output(**o, step_index=step_index) for o in value["outputs"]])
+    db.finish_attempt(attempt_id, "succeeded", **usage)
+    if step_index + 1 < len(pipeline.steps):
+        db.advance(job_id, step_index + 1)
+        following = db.get_job(job_id)
+        if following is not None:
+            enqueue(service, following)
+        return Outcome("next")
+    db.finish(job_id, "succeeded")
+    return Outcome("succeeded")
 
 
 def _current_object(service: Service, job: Job, event: ObjectEvent) -> ObjectInfo | None:
@@ -159,16 +154,25 @@ def _skip(service: Service, job: Job, attempt_id: int, reason: str) -> Outcome:
     return Outcome("skipped", reason)
 
 
-def _failed(service: Service, job: Job, attempt_id: int | None, limits: Limits, exception: Any,
-            result: ChildResult, step_name: str = "") -> Outcome:
+def _kind(exc: BaseException) -> str:
+    """How a failure is handled: ``permanent``, ``memory`` (both fail at once), ``transient`` or ``error``."""
+    if isinstance(exc, MemoryError):
+        return "memory"
+    if isinstance(exc, PERMANENT):
+        return "permanent"
+    if isinstance(exc, TRANSIENT):
+        return "transient"
+    return "error"
+
+
+def _failed(service: Service, job: Job, limits: Limits, step_name: str, kind: str, message: str) -> Outcome:
     """Retry a failure that may pass; fail the job on one that cannot, or when out of retries."""
     db = service.db
-    message = str(exception) if exception else (result.error or "unknown error")
-    if attempt_id is not None:
-        db.finish_attempt(attempt_id, "failed", error=message)
-    where = f"step {step_name!r}: " if step_name else ""
-    if isinstance(exception, PERMANENT):
-        db.finish(job.id, "failed", f"{where}{message}")
+    where = f"step {step_name!r}: "
+    if kind == "memory":
+        message = f"needed more than its memory limit of {limits.memory_mb} MB"
+    if kind in ("permanent", "memory"):
+        db.finish(job.id, "failed", where + message)
         return Outcome("failed", message)
     failures = db.failures(job.id, job.step_index)
     if failures > limits.retries:
@@ -177,8 +181,7 @@ def _failed(service: Service, job: Job, attempt_id: int | None, limits: Limits, 
         return Outcome("failed", reason)
     delay = backoff(failures)
     db.requeue(job.id, f"retrying in {delay:.0f} s after: {message}")
-    kind = "transient" if isinstance(exception, TRANSIENT) else "unexpected"
-    log.warning("job %s: %s error, retry %d/%d in %.1f s: %s", job.id, kind, failures, limits.retries,
+    log.warning("job %s: %s failure, retry %d/%d in %.1f s: %s", job.id, kind, failures, limits.retries,
                 delay, message)
     return Outcome("retry", message, retry_in=delay)
 
@@ -219,11 +222,12 @@ def _call_handler(service: Service, pipeline: Pipeline, step: Step, spec: Functi
         event=event,
         scratch_dir=scratch,
     )
-    outcome: dict[str, Any] = {"exception": None}
+    outcome: dict[str, Any] = {"error": None}
     try:
         spec.handler({"Records": [event.to_record()]}, context)
-    except Exception as exc:
-        outcome["exception"] = exc
+    except Exception as exc:  # reported to the parent, which decides
+        # Classified here: the exception object itself may not survive pickling.
+        outcome["error"] = {"kind": _kind(exc), "type": type(exc).__name__, "message": str(exc) or type(exc).__name__}
     finally:
         remove_scratch(scratch)
     outcome["outputs"] = [

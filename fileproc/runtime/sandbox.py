@@ -17,7 +17,6 @@ import resource
 import select
 import signal
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -69,22 +68,14 @@ def _child(target: Callable[[], Any], write_fd: int, memory_mb: int) -> None:
     except MemoryError:
         payload = {"ok": False, "error_type": "MemoryError",
                    "error": f"the step needed more than its memory limit of {memory_mb} MB"}
-    except BaseException as exc:
-        payload = {"ok": False, "error_type": type(exc).__name__, "error": str(exc) or type(exc).__name__,
-                   "traceback": traceback.format_exc(limit=8)}
-        payload["exception"] = exc
-    try:
-        data = pickle.dumps(payload)
-    except Exception:
-        payload.pop("exception", None)
-        payload["value"] = None
-        data = pickle.dumps(payload)
+    except BaseException as exc:  # everything is reported to the parent
+        payload = {"ok": False, "error_type": type(exc).__name__, "error": str(exc) or type(exc).__name__}
     with os.fdopen(write_fd, "wb") as pipe:
-        pipe.write(data)
+        pipe.write(pickle.dumps(payload))
 
 
-def run_in_child(target: Callable[[], Any], *, timeout: float, memory_mb: int) -> tuple[ChildResult, Any]:
-    """Call ``target()`` in a forked child; return how it ended and the exception it raised (if any)."""
+def run_in_child(target: Callable[[], Any], *, timeout: float, memory_mb: int) -> ChildResult:
+    """Call ``target()`` in a forked child and say how it ended. ``target`` must return picklable data."""
     read_fd, write_fd = os.pipe()
     started = time.monotonic()
     pid = os.fork()
@@ -120,19 +111,17 @@ def run_in_child(target: Callable[[], Any], *, timeout: float, memory_mb: int) -
     peak = int(usage.ru_maxrss)
     if timed_out:
         return ChildResult(False, timed_out=True, error_type="StepTimeout",
-                           error=f"timed out after {timeout:g} s", duration_ms=duration_ms,
-                           peak_memory_kb=peak), None
+                           error=f"timed out after {timeout:g} s", duration_ms=duration_ms, peak_memory_kb=peak)
     if not chunks:
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         reason = f"killed by {signal.Signals(sig).name}" if sig else f"exited with status {os.WEXITSTATUS(status)}"
         return ChildResult(False, error_type="StepCrashed", error=f"the step's process died ({reason})",
-                           signal=sig, duration_ms=duration_ms, peak_memory_kb=peak), None
+                           signal=sig, duration_ms=duration_ms, peak_memory_kb=peak)
     payload = pickle.loads(b"".join(chunks))
-    exception = payload.pop("exception", None)
     return ChildResult(
         ok=payload["ok"], value=payload.get("value"), error_type=payload.get("error_type"),
         error=payload.get("error"), duration_ms=duration_ms, peak_memory_kb=peak,
-    ), exception
+    )
 
 
 def _kill_group(pid: int) -> None:

@@ -66,3 +66,18 @@ def describe(event, context):
         "path_exists": context.input.path.exists(),
     }
     context.output.put("describe.json", json.dumps(info).encode(), content_type="application/json")
+
+
+class Unpicklable(Exception):
+    """An exception that cannot cross a process boundary (it holds a lock)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        super().__init__("a failure carrying a lock")
+        self.lock = threading.Lock()
+
+
+@function("unpicklable", retries=0)
+def unpicklable(event, context):
+    raise Unpicklable()
