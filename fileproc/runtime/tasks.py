@@ -23,7 +23,7 @@ def bind_service(service: Service) -> None:
 @worker_process_init.connect
 def _after_fork(**_: Any) -> None:
     if _service is not None:
-        _service.db.after_fork()
+        _service.after_fork()
 
 
 @celery_app.task(name=RUN_STEP, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
