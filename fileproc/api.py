@@ -24,9 +24,12 @@ from typing import Annotated, Any
 from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fileproc import dispatch
 from fileproc.errors import BucketNotFound, FileprocError
+from fileproc.events import ObjectEvent
 from fileproc.intake.backfill import backfill
 from fileproc.intake.notifications import BadNotification, parse_body
 from fileproc.service import Service
@@ -80,10 +83,15 @@ def create_app(service: Service, tokens: Tokens, *, sweep_seconds: float = 5.0) 
     def admin_auth(request: Request) -> None:
         _require(tokens.admin, request)
 
+    # Every error answers the same way: a status code and {"error": "<reason>"}.
     @app.exception_handler(FileprocError)
     def _fileproc_error(_: Request, exc: FileprocError) -> JSONResponse:
         status = 503 if isinstance(exc, DatabaseUnavailable) else 400
         return JSONResponse({"error": str(exc)}, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -103,17 +111,13 @@ def create_app(service: Service, tokens: Tokens, *, sweep_seconds: float = 5.0) 
             raise HTTPException(400, str(exc)) from exc
         if parsed.test:
             return {"test": True}
-        created: list[Job] = []
-        jobs: list[int] = []
-        for event in parsed.events:
-            for item in dispatch.submit(service, event, send=False):
-                jobs.append(item.job.id)
-                if item.created:
-                    created.append(item.job)
         for reason in parsed.rejected:
             log.warning("rejected a notification record: %s", reason)
-        background.add_task(_send_all, service, created)
-        return {"recorded": len(parsed.events), "jobs": jobs, "rejected": parsed.rejected}
+        # Committed before answering, so the sender's own retry covers any outage of ours.
+        results = await run_in_threadpool(_record_all, service, parsed.events)
+        background.add_task(_send_all, service, [item.job for item in results if item.created])
+        return {"recorded": len(parsed.events), "jobs": [item.job.id for item in results],
+                "rejected": parsed.rejected}
 
     @app.get("/jobs", dependencies=[Depends(admin_auth)])
     def jobs(status: Annotated[str | None, Query()] = None, limit: int = 100) -> list[dict[str, Any]]:
@@ -151,6 +155,10 @@ def create_app(service: Service, tokens: Tokens, *, sweep_seconds: float = 5.0) 
         return report.to_dict()
 
     return app
+
+
+def _record_all(service: Service, events: list[ObjectEvent]) -> list[dispatch.Dispatched]:
+    return [item for event in events for item in dispatch.submit(service, event, send=False)]
 
 
 def _send_all(service: Service, jobs: list[Job]) -> None:

@@ -199,7 +199,8 @@ def test_odd_keys_round_trip(running: Stack) -> None:
 def test_wrong_or_missing_token_is_refused_and_records_nothing(running: Stack) -> None:
     body = {"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "uploads"},
                          "object": {"key": "sneaky.jpg", "size": 1, "eTag": "abc"}}}]}
-    assert running.post_events(body, token=None).status_code == 401
+    refused = running.post_events(body, token=None)
+    assert (refused.status_code, refused.json()) == (401, {"error": "missing or wrong token"})
     assert running.post_events(body, token="wrong").status_code == 401
     assert running.post_events(body, token=ADMIN_TOKEN).status_code == 401  # admin token is not the webhook's
     url = f"http://127.0.0.1:{running.api_port}"
@@ -208,6 +209,9 @@ def test_wrong_or_missing_token_is_refused_and_records_nothing(running: Stack) -
     assert httpx.get(f"{url}/jobs", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json() == []
     assert running.jobs() == []
     assert running.post_events({"Event": "s3:TestEvent", "Service": "Amazon S3"}).json() == {"test": True}
+    bad = running.post_events(b"{not json")
+    assert bad.status_code == 400 and bad.json()["error"].startswith("body is not JSON")
+    assert running.jobs() == []
 
 
 def test_corrupt_jpeg_fails_alone(running: Stack) -> None:
