@@ -14,11 +14,14 @@ real storage backend, for an object that is already stored::
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from fileproc import Context, InputObject, OutputWriter
 from fileproc.events import ObjectEvent
@@ -82,3 +85,11 @@ def read_object(storage: Storage, bucket: str, key: str) -> bytes:
     """The whole stored object (tests only: objects here are small)."""
     with storage.open(bucket, key) as stream:
         return stream.read()
+
+
+def image_bytes(width: int = 800, height: int = 600, color: str = "teal", fmt: str = "JPEG") -> bytes:
+    """A real image file of one colour, encoded as ``fmt``."""
+    mode = "RGBA" if fmt == "PNG" else "RGB"
+    out = io.BytesIO()
+    Image.new(mode, (width, height), color).save(out, fmt)
+    return out.getvalue()

@@ -21,6 +21,15 @@ from tests.servers import free_port
 FUNCTIONS_DIR = Path(__file__).parent / "functions"
 
 
+def process_running(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie waiting to be reaped does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 def write_config(path: Path, settings: dict[str, Any]) -> Path:
     path.write_text(tomli_w.dumps(settings))
     return path
@@ -126,5 +135,5 @@ def settled(config: Path | None, count: int, cwd: Path | None = None,
     return check
 
 
-__all__ = ["FUNCTIONS_DIR", "Process", "fileproc", "free_port", "jobs", "running", "settled", "wait_for",
-           "wait_healthy", "write_config"]
+__all__ = ["FUNCTIONS_DIR", "Process", "fileproc", "free_port", "jobs", "process_running", "running", "settled",
+           "wait_for", "wait_healthy", "write_config"]

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import signal
 import time
 from pathlib import Path
 
 from PIL import Image
 
-from tests.procs import FUNCTIONS_DIR, Process, fileproc, jobs, settled, wait_for, wait_healthy, write_config
+from tests.helpers import image_bytes
+from tests.procs import (
+    FUNCTIONS_DIR,
+    Process,
+    fileproc,
+    jobs,
+    process_running,
+    settled,
+    wait_for,
+    wait_healthy,
+    write_config,
+)
 from tests.servers import free_port
-
-
-def jpeg(width: int = 900, height: int = 600, color: str = "purple") -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (width, height), color).save(out, "JPEG", quality=95)
-    return out.getvalue()
 
 
 def test_demo_pipeline_on_dropped_and_put_files(tmp_path: Path) -> None:
@@ -29,7 +33,7 @@ def test_demo_pipeline_on_dropped_and_put_files(tmp_path: Path) -> None:
         wait_for(uploads.is_dir, 10, "the uploads bucket folder", server)
 
         # A file written slowly, in pieces: processed once, whole.
-        data = jpeg()
+        data = image_bytes(900, 600, "purple")
         target = uploads / "slow writer.jpg"
         with target.open("wb") as fh:
             for start in range(0, len(data), len(data) // 3 + 1):
@@ -37,9 +41,9 @@ def test_demo_pipeline_on_dropped_and_put_files(tmp_path: Path) -> None:
                 fh.flush()
                 time.sleep(0.6)
         (uploads / "photos" / "2026").mkdir(parents=True)
-        (uploads / "photos" / "2026" / "ünï côdé.png").write_bytes(_png())
+        (uploads / "photos" / "2026" / "ünï côdé.png").write_bytes(image_bytes(300, 300, "red", "PNG"))
         source = tmp_path / "cat.jpg"
-        source.write_bytes(jpeg(400, 800))
+        source.write_bytes(image_bytes(400, 800))
         fileproc(None, "put", str(source), "uploads/from put/cat.jpg", cwd=tmp_path)
         (uploads / "ignored.txt").write_text("no pipeline takes text")
 
@@ -56,12 +60,6 @@ def test_demo_pipeline_on_dropped_and_put_files(tmp_path: Path) -> None:
         assert len(jobs(None, cwd=tmp_path)) == 3
     finally:
         assert server.stop() == 0, server.tail()
-
-
-def _png() -> bytes:
-    out = io.BytesIO()
-    Image.new("RGBA", (300, 300), (255, 0, 0, 128)).save(out, "PNG")
-    return out.getvalue()
 
 
 def test_queued_work_survives_a_restart(tmp_path: Path) -> None:
@@ -106,14 +104,6 @@ def _children(pid: int) -> set[int]:
     return found
 
 
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 def test_nothing_outlives_a_killed_serve(tmp_path: Path) -> None:
     port = free_port()
     server = Process(None, ["serve", "--port", str(port)], tmp_path / "serve.log", cwd=tmp_path)
@@ -122,7 +112,7 @@ def test_nothing_outlives_a_killed_serve(tmp_path: Path) -> None:
                         20, "the broker and worker processes", server)
     server.popen.send_signal(signal.SIGKILL)  # only serve itself, not its process group
     server.popen.wait(10)
-    wait_for(lambda: not any(_running(pid) for pid in children), 30, "serve's children to stop")
+    wait_for(lambda: not any(process_running(pid) for pid in children), 30, "serve's children to stop")
     # The data survives: a new serve on the same data dir starts and answers.
     again = Process(None, ["serve", "--port", str(port)], tmp_path / "serve-2.log", cwd=tmp_path)
     try:

@@ -21,6 +21,7 @@ import redis
 from minio import Minio
 from PIL import Image
 
+from tests.helpers import image_bytes
 from tests.procs import FUNCTIONS_DIR, Process, fileproc, jobs, settled, wait_for, wait_healthy, write_config
 from tests.servers import Versitygw, free_port
 
@@ -28,12 +29,6 @@ pytestmark = pytest.mark.services
 
 WEBHOOK_TOKEN = "hook-" + os.urandom(8).hex()
 ADMIN_TOKEN = "admin-" + os.urandom(8).hex()
-
-
-def jpeg(width: int = 800, height: int = 600, color: str = "teal") -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (width, height), color).save(out, "JPEG", quality=90)
-    return out.getvalue()
 
 
 @dataclass
@@ -113,8 +108,14 @@ def stack(tmp_path: Path, redis_url: str, versitygw: Callable[..., Versitygw],
         "api": {"host": "127.0.0.1", "port": api_port, "webhook_token": WEBHOOK_TOKEN,
                 "admin_token": ADMIN_TOKEN},
         "functions": {"paths": [str(FUNCTIONS_DIR)]},
-        "pipelines": PIPELINES,
     }
+    settings["pipelines"] = [*PIPELINES, {
+        "name": "flaky",
+        "match": {"bucket": "flaky"},
+        "steps": [{"function": "flaky", "retries": 0,
+                   "params": {"counter": str(tmp_path / "flaky-count"), "succeed_after": 2}}],
+        "output": {"bucket": "flaky-out", "key": "{key}/{name}"},
+    }]
     write_config(config, settings)
     api = Process(config, ["api"], tmp_path / "api.log")
     processes = [api]
@@ -137,7 +138,7 @@ def running(stack: Stack) -> Stack:
 
 
 def test_uploads_to_versitygw_get_thumbnails(running: Stack) -> None:
-    running.upload("uploads", "cat.jpg", jpeg(1600, 1200))
+    running.upload("uploads", "cat.jpg", image_bytes(1600, 1200))
     running.upload("uploads", "notes.txt", b"not matched by any pipeline", "text/plain")
     (job,) = running.settled(1)
     assert job["status"] == "succeeded", job
@@ -158,7 +159,7 @@ def test_uploads_to_versitygw_get_thumbnails(running: Stack) -> None:
 
 
 def test_duplicate_notification_makes_one_job(running: Stack) -> None:
-    running.upload("uploads", "dup.jpg", jpeg())
+    running.upload("uploads", "dup.jpg", image_bytes())
     (job,) = running.settled(1)
     etag = running.client.stat_object("uploads", "dup.jpg").etag
     body = {"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "uploads"},
@@ -187,7 +188,7 @@ ODD_KEYS = [
 
 def test_odd_keys_round_trip(running: Stack) -> None:
     for key in ODD_KEYS:
-        running.upload("uploads", key, jpeg(400, 300))
+        running.upload("uploads", key, image_bytes(400, 300))
     found = running.settled(len(ODD_KEYS))
     assert sorted(j["key"] for j in found) == sorted(ODD_KEYS)
     assert all(j["status"] == "succeeded" for j in found), found
@@ -215,11 +216,11 @@ def test_wrong_or_missing_token_is_refused_and_records_nothing(running: Stack) -
 
 
 def test_corrupt_jpeg_fails_alone(running: Stack) -> None:
-    good = jpeg()
+    good = image_bytes()
     running.upload("uploads", "good-1.jpg", good)
     running.upload("uploads", "broken.jpg", good[: len(good) // 3])
     running.upload("uploads", "text.jpg", b"this is not an image at all")
-    running.upload("uploads", "good-2.jpg", jpeg(color="orange"))
+    running.upload("uploads", "good-2.jpg", image_bytes(color="orange"))
     found = {j["key"]: j for j in running.settled(4)}
     assert found["good-1.jpg"]["status"] == found["good-2.jpg"]["status"] == "succeeded"
     for key in ("broken.jpg", "text.jpg"):
@@ -246,7 +247,7 @@ def test_worker_killed_mid_step_runs_again_and_succeeds_once(stack: Stack) -> No
 def test_backfill_finds_objects_uploaded_while_nothing_listened(stack: Stack) -> None:
     stack.processes[0].stop()  # the API: versitygw's notifications now go nowhere
     for name in ("a.jpg", "b.jpg", "sub/c.jpg"):
-        stack.upload("uploads", name, jpeg())
+        stack.upload("uploads", name, image_bytes())
     stack.upload("uploads", "readme.txt", b"no pipeline for this", "text/plain")
     assert stack.jobs() == []
     out = fileproc(stack.config, "backfill", "uploads").stdout
@@ -262,7 +263,19 @@ def test_backfill_finds_objects_uploaded_while_nothing_listened(stack: Stack) ->
 @pytest.mark.parametrize("stack", ["postgres"], indirect=True)
 def test_postgresql_as_state_database(stack: Stack) -> None:
     stack.worker()
-    stack.upload("uploads", "pg.jpg", jpeg())
+    stack.upload("uploads", "pg.jpg", image_bytes())
     (job,) = stack.settled(1)
     assert job["status"] == "succeeded"
     assert len(job["outputs"]) == 2
+
+
+def test_retry_runs_a_failed_job_again(running: Stack) -> None:
+    running.upload("flaky", "once.bin", b"data", "application/octet-stream")
+    (job,) = running.settled(1)
+    assert job["status"] == "failed" and "dependency not ready (attempt 1)" in job["error"]
+    out = fileproc(running.config, "retry", "--failed").stdout
+    assert out.strip() == f"job {job['id']}: queued"
+    (again,) = running.settled(1)
+    assert again["status"] == "succeeded" and again["error"] is None
+    assert [a["status"] for a in again["attempts"]] == ["failed-before-retry", "succeeded"]
+    assert running.read("flaky-out", "once.bin/ok.txt") == b"ok"

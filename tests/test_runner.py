@@ -6,12 +6,9 @@ processes, exactly as in a worker.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
-
-from PIL import Image
 
 from fileproc import dispatch
 from fileproc.config import load_settings
@@ -19,7 +16,8 @@ from fileproc.events import ObjectEvent
 from fileproc.runtime.runner import run_step
 from fileproc.service import Service
 from fileproc.state import Job
-from tests.procs import FUNCTIONS_DIR, write_config
+from tests.helpers import image_bytes
+from tests.procs import FUNCTIONS_DIR, process_running, write_config
 from tests.servers import free_port
 
 
@@ -39,12 +37,6 @@ def upload(service: Service, key: str, data: bytes) -> Job:
     info = service.storage.put("inbox", key, data)
     (item,) = dispatch.submit(service, ObjectEvent("inbox", key, size=info.size, etag=info.etag), send=False)
     return item.job
-
-
-def jpeg() -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (640, 480), "navy").save(out, "JPEG")
-    return out.getvalue()
 
 
 def test_a_step_runs_with_a_lambda_shaped_event_and_context(tmp_path: Path) -> None:
@@ -69,7 +61,7 @@ def test_a_step_runs_with_a_lambda_shaped_event_and_context(tmp_path: Path) -> N
 
 def test_running_a_finished_step_again_does_nothing(tmp_path: Path) -> None:
     service = make_service(tmp_path, [{"function": "thumbnail"}])
-    job = upload(service, "a.jpg", jpeg())
+    job = upload(service, "a.jpg", image_bytes())
     assert run_step(service, job.id, 0, "w").status == "succeeded"
     assert run_step(service, job.id, 0, "w").status == "stale"
     done = service.db.get_job(job.id)
@@ -86,16 +78,7 @@ def test_timeout_stops_the_step_and_what_it_started(tmp_path: Path) -> None:
     assert done is not None and done.status == "failed"
     assert "timed out after 1.5 s" in (done.error or "")
     assert [a.status for a in done.attempts] == ["timed_out"]
-    assert not alive(int(pidfile.read_text()))  # the `sleep 300` the function started is gone too
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` still runs (a zombie waiting to be reaped does not)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state not in ("Z", "X")
+    assert not process_running(int(pidfile.read_text()))  # the `sleep 300` the function started is gone too
 
 
 def test_transient_failures_are_retried_with_backoff(tmp_path: Path) -> None:
@@ -134,7 +117,7 @@ def test_memory_limit(tmp_path: Path) -> None:
 
 def test_a_step_that_keeps_losing_its_worker_gives_up(tmp_path: Path) -> None:
     service = make_service(tmp_path, [{"function": "thumbnail", "retries": 1}])
-    job = upload(service, "a.jpg", jpeg())
+    job = upload(service, "a.jpg", image_bytes())
     # Two workers took the step and died with it (their leases ran out at once).
     for _ in range(2):
         claim = service.db.claim(job.id, 0, "thumbnail", "doomed", lease_seconds=0)
@@ -149,7 +132,7 @@ def test_a_step_that_keeps_losing_its_worker_gives_up(tmp_path: Path) -> None:
 
 def test_a_live_lease_makes_a_duplicate_delivery_wait(tmp_path: Path) -> None:
     service = make_service(tmp_path, [{"function": "thumbnail"}])
-    job = upload(service, "a.jpg", jpeg())
+    job = upload(service, "a.jpg", image_bytes())
     assert service.db.claim(job.id, 0, "thumbnail", "other", lease_seconds=60).attempt_id
     outcome = run_step(service, job.id, 0, "w")
     assert outcome.status == "busy" and outcome.retry_in is not None and 55 < outcome.retry_in <= 61
@@ -157,8 +140,8 @@ def test_a_live_lease_makes_a_duplicate_delivery_wait(tmp_path: Path) -> None:
 
 def test_a_changed_object_supersedes_the_old_notification(tmp_path: Path) -> None:
     service = make_service(tmp_path, [{"function": "thumbnail"}])
-    old = upload(service, "a.jpg", jpeg())
-    new = upload(service, "a.jpg", jpeg() + b"\0")  # same key, new content: a new job
+    old = upload(service, "a.jpg", image_bytes())
+    new = upload(service, "a.jpg", image_bytes() + b"\0")  # same key, new content: a new job
     assert old.id != new.id
     assert run_step(service, old.id, 0, "w").status == "skipped"
     assert run_step(service, new.id, 0, "w").status == "succeeded"
@@ -175,7 +158,7 @@ def test_outputs_written_into_the_source_bucket_do_not_loop(tmp_path: Path) -> N
     })
     service = Service(load_settings(config, env={}))
     service.prepare_buckets()
-    job = upload(service, "a.jpg", jpeg())
+    job = upload(service, "a.jpg", image_bytes())
     assert run_step(service, job.id, 0, "w").status == "succeeded"
     output = service.storage.head("inbox", "thumbs/a.jpg/thumb-256.jpg")
     again = ObjectEvent("inbox", output.key, size=output.size, etag=output.etag, source="watcher",
@@ -187,7 +170,7 @@ def test_outputs_written_into_the_source_bucket_do_not_loop(tmp_path: Path) -> N
 
 def test_a_storage_outage_is_retried_not_failed(tmp_path: Path) -> None:
     service = make_service(tmp_path, [{"function": "thumbnail"}])
-    job = upload(service, "a.jpg", jpeg())
+    job = upload(service, "a.jpg", image_bytes())
     dead = free_port()
     settings = load_settings(tmp_path / "fileproc.toml", env={
         "FILEPROC_STORAGE_BACKEND": "s3", "FILEPROC_STORAGE_ENDPOINT": f"127.0.0.1:{dead}",
