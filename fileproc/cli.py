@@ -47,8 +47,8 @@ pass_state = click.make_pass_decorator(State)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "-c", type=click.Path(path_type=Path, dir_okay=False), envvar="FILEPROC_CONFIG",
-              help="Config file (TOML or YAML). Default: none, the embedded demo setup.")
+@click.option("--config", "-c", type=click.Path(path_type=Path, dir_okay=False),
+              help="Config file (TOML or YAML); default: $FILEPROC_CONFIG, else none (the embedded demo setup).")
 @click.version_option(package_name="fileproc")
 @click.pass_context
 def cli(ctx: click.Context, config: Path | None) -> None:
@@ -337,9 +337,9 @@ def retry(state: State, job_id: int | None, failed: bool) -> None:
 
     if (job_id is None) == (not failed):
         raise click.UsageError("give a JOB_ID or --failed")
-    ids = state.service.db.failed_job_ids() if failed else [job_id]
+    ids = state.service.db.failed_job_ids() if job_id is None else [job_id]
     for one in ids:
-        found = dispatch.retry(state.service, one)  # type: ignore[arg-type]
+        found = dispatch.retry(state.service, one)
         if found is None:
             raise click.ClickException(f"no job {one}")
         click.echo(f"job {one}: {found.status}")
