@@ -13,9 +13,10 @@ The tree::
     └── StepError              raised by (or on behalf of) a function
         ├── InvalidInput       permanent: the input itself is bad (corrupt, wrong type)
         ├── PermanentError     permanent: fail the job at once, do not retry
-        ├── TransientError     retry with backoff
-        ├── StepTimeout        the step ran past its time limit and was killed
-        └── StepCrashed        the step's process died (signal, out of memory)
+        └── TransientError     retry with backoff
+
+A step that runs past its time limit or whose process dies raises nothing:
+the worker sees it from outside (``runtime.sandbox``) and records it.
 
 Foreign exceptions (minio, SQLAlchemy, kombu, Pillow) are translated at the
 boundary with ``raise ... from``, so callers only ever catch these.
@@ -73,14 +74,6 @@ class PermanentError(StepError):
 
 class TransientError(StepError):
     """A failure that may pass (a flaky dependency). The step is retried."""
-
-
-class StepTimeout(StepError):
-    """The step ran past its time limit and was stopped."""
-
-
-class StepCrashed(StepError):
-    """The step's process died without reporting a result."""
 
 
 TRANSIENT: tuple[type[Exception], ...] = (StorageUnavailable, BrokerUnavailable, TransientError)

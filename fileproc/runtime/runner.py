@@ -122,9 +122,10 @@ def run_step(service: Service, job_id: int, step_index: int, worker: str) -> Out
         db.finish_attempt(attempt_id, "timed_out", error=result.error, **usage)
         db.finish(job_id, "failed", f"step {spec.name!r} {result.error}")
         return Outcome("failed", result.error or "")
-    if not result.ok:  # the child died (a signal, the OOM killer) without reporting
+    if not result.ok:  # it failed outside the handler, or died (a signal, the OOM killer) without reporting
         db.finish_attempt(attempt_id, "failed", error=result.error, **usage)
-        return _failed(service, job, limits, spec.name, "error", result.error or "the step's process died")
+        kind = "memory" if result.error_type == "MemoryError" else "error"
+        return _failed(service, job, limits, spec.name, kind, result.error or "the step's process died")
     error = value.get("error")
     if error is not None:
         db.finish_attempt(attempt_id, "failed", error=f"{error['type']}: {error['message']}", **usage)

@@ -32,7 +32,6 @@ class ChildResult:
     error_type: str | None = None
     error: str | None = None
     timed_out: bool = False
-    signal: int | None = None
     duration_ms: int = 0
     peak_memory_kb: int = 0
 
@@ -107,7 +106,7 @@ def run_in_child(target: Callable[[], Any], *, timeout: float, memory_mb: int) -
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         reason = f"killed by {signal.Signals(sig).name}" if sig else f"exited with status {os.WEXITSTATUS(status)}"
         return ChildResult(False, error_type="StepCrashed", error=f"the step's process died ({reason})",
-                           signal=sig, duration_ms=duration_ms, peak_memory_kb=peak)
+                           duration_ms=duration_ms, peak_memory_kb=peak)
     payload = pickle.loads(b"".join(chunks))
     return ChildResult(
         ok=payload["ok"], value=payload.get("value"), error_type=payload.get("error_type"),
