@@ -7,6 +7,8 @@ The tree::
     ├── StorageError           the object store said no
     │   ├── ObjectNotFound
     │   ├── BucketNotFound
+    │   ├── InvalidName        permanent: a bucket name or key no store may hold
+    │   ├── InvalidMetadata    permanent: metadata or content type every store cannot carry
     │   └── StorageUnavailable transient: the store cannot be reached (retried)
     ├── BrokerUnavailable      transient: the Celery broker cannot be reached
     ├── FunctionNotFound       a pipeline names a function nobody registered
@@ -45,6 +47,14 @@ class BucketNotFound(StorageError):
     """The bucket does not exist."""
 
 
+class InvalidName(StorageError):
+    """A bucket name, key or prefix that no backend may store. Permanent."""
+
+
+class InvalidMetadata(StorageError):
+    """Metadata (or a content type) that cannot be stored on every backend. Permanent."""
+
+
 class StorageUnavailable(StorageError):
     """The object store cannot be reached right now; worth retrying."""
 
@@ -78,3 +88,45 @@ class TransientError(StepError):
 
 TRANSIENT: tuple[type[Exception], ...] = (StorageUnavailable, BrokerUnavailable, TransientError)
 """Errors after which a step is retried with backoff rather than failed."""
+
+
+def network_reason(exc: BaseException) -> str | None:
+    """A network failure anywhere in ``exc``'s chain, in plain words; None if it is not one.
+
+    Libraries say the same thing many ways (``ETIMEDOUT``, ``timeout expired``,
+    ``ConnectTimeoutError``...); a person wants "timed out" or "network
+    unreachable"::
+
+        >>> network_reason(OSError(101, "Network is unreachable"))
+        'network unreachable'
+    """
+    import errno
+    import socket
+
+    by_errno = {
+        errno.ENETUNREACH: "network unreachable", errno.EHOSTUNREACH: "host unreachable",
+        errno.ECONNREFUSED: "connection refused (nothing listens there)", errno.ETIMEDOUT: "timed out",
+        errno.ECONNRESET: "connection reset",
+    }
+    by_text = (
+        ("network is unreachable", "network unreachable"), ("no route to host", "host unreachable"),
+        ("timed out", "timed out"), ("timeout", "timed out"), ("connection refused", "connection refused "
+         "(nothing listens there)"), ("name or service not known", "host name not found"),
+        ("temporary failure in name resolution", "host name not found"), ("connection reset", "connection reset"),
+    )
+    seen: BaseException | None = exc
+    for _ in range(10):  # a chain, not a loop
+        if seen is None:
+            return None
+        if isinstance(seen, socket.gaierror):
+            return "host name not found"
+        if isinstance(seen, TimeoutError | socket.timeout):
+            return "timed out"
+        if isinstance(seen, OSError) and seen.errno in by_errno:
+            return by_errno[seen.errno]
+        text = f"{type(seen).__name__} {seen}".lower()
+        for needle, reason in by_text:
+            if needle in text:
+                return reason
+        seen = seen.__cause__ or seen.__context__
+    return None

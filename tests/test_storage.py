@@ -1,38 +1,48 @@
 """The storage contract: one suite that every backend must pass.
 
-``storage`` runs each test against LocalStorage (folders in a temp dir) and
-S3Storage (a real versitygw on loopback). Backend-specific behaviour is at
-the end of the file.
+``storage`` runs each test against LocalStorage (folders in a temp dir),
+MemoryStorage and S3Storage (a real versitygw on loopback); ``versioned``
+runs the version tests against a versioned MemoryStorage and a versioned
+versitygw bucket. Backend-specific behaviour is at the end of the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import socket
+import stat
+import sys
 import threading
 import time
 import tracemalloc
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from minio import Minio
+from minio.commonconfig import ENABLED
+from minio.versioningconfig import VersioningConfig
 
 from fileproc.errors import BucketNotFound, ObjectNotFound, StorageError, StorageUnavailable
-from fileproc.storage import Storage
-from fileproc.storage.local import LocalStorage
+from fileproc.storage import DEFAULT_CONTENT_TYPE, InvalidMetadata, InvalidName, Storage
+from fileproc.storage.local import LocalStorage, signature_etag
+from fileproc.storage.memory import MemoryStorage
 from fileproc.storage.s3 import S3Storage
 from tests.servers import Versitygw, free_port, versitygw_server
 
 MiB = 1024 * 1024
+BACKENDS = ["local", "memory", "s3"]
 
 
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[Versitygw]:
-    with versitygw_server() as gw:
+    with versitygw_server(versioning=True) as gw:
         yield gw
 
 
@@ -40,27 +50,52 @@ def s3_storage(gw: Versitygw) -> S3Storage:
     return S3Storage(endpoint=gw.endpoint, access_key=gw.access_key, secret_key=gw.secret_key, secure=False)
 
 
-@pytest.fixture(params=["local", "s3"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
-    if request.param == "local":
+def make_storage(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+    if kind == "local":
         return LocalStorage(tmp_path / "buckets", tmp_dir=tmp_path / "tmp")
+    if kind == "memory":
+        return MemoryStorage()
     return s3_storage(request.getfixturevalue("gateway"))
 
 
-@pytest.fixture
-def bucket(storage: Storage) -> str:
+@pytest.fixture(params=BACKENDS)
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+    return make_storage(request.param, request, tmp_path)
+
+
+def new_bucket(storage: Storage) -> str:
     """A fresh, empty bucket (S3 bucket names: 3-63 lower-case letters, digits, '-')."""
     name = f"test-{uuid.uuid4().hex[:12]}"
     storage.ensure_bucket(name)
     return name
 
 
+@pytest.fixture
+def bucket(storage: Storage) -> str:
+    return new_bucket(storage)
+
+
+@pytest.fixture(params=["memory", "s3"])
+def versioned(request: pytest.FixtureRequest) -> tuple[Storage, str]:
+    """A storage and a fresh bucket of it that keeps versions."""
+    if request.param == "memory":
+        memory = MemoryStorage(versioned=True)
+        return memory, new_bucket(memory)
+    gw: Versitygw = request.getfixturevalue("gateway")
+    s3 = s3_storage(gw)
+    name = new_bucket(s3)
+    # Storage has no call to switch versioning on (buckets are set up by their owner): ask S3 directly.
+    Minio(gw.endpoint, gw.access_key, gw.secret_key, secure=False).set_bucket_versioning(
+        name, VersioningConfig(ENABLED))
+    return s3, name
+
+
 def md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
-def read(storage: Storage, bucket: str, key: str) -> bytes:
-    with storage.open(bucket, key) as stream:
+def read(storage: Storage, bucket: str, key: str, version_id: str | None = None) -> bytes:
+    with storage.open(bucket, key, version_id=version_id) as stream:
         return stream.read()
 
 
@@ -222,6 +257,15 @@ def test_ensure_bucket_is_idempotent(storage: Storage, bucket: str) -> None:
     assert [o.key for o in storage.list(bucket)] == ["keep"]
 
 
+def test_list_buckets_names_every_bucket(storage: Storage, bucket: str) -> None:
+    other = new_bucket(storage)
+
+    names = storage.list_buckets()
+
+    assert {bucket, other} <= set(names)
+    assert names == sorted(names)
+
+
 def test_check_passes_on_a_working_store(storage: Storage) -> None:
     storage.check()
 
@@ -251,7 +295,14 @@ class GeneratedStream(io.RawIOBase):
         return len(chunk)
 
 
-def test_large_stream_of_unknown_length_is_not_held_in_memory(storage: Storage, bucket: str) -> None:
+@pytest.fixture(params=[b for b in BACKENDS if b != "memory"])  # memory holds objects in memory by design
+def streaming_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+    return make_storage(request.param, request, tmp_path)
+
+
+def test_large_stream_of_unknown_length_is_not_held_in_memory(streaming_storage: Storage) -> None:
+    storage = streaming_storage
+    bucket = new_bucket(storage)
     size = 80 * MiB
     source = GeneratedStream(size)
     tracemalloc.start()
@@ -270,6 +321,212 @@ def test_large_stream_of_unknown_length_is_not_held_in_memory(storage: Storage, 
             readback.update(chunk)
     assert readback.hexdigest() == source.digest.hexdigest()
     assert storage.head(bucket, "video.bin").size == size
+
+
+# --- the shared rules: names, metadata, content type ------------------------------------
+
+
+@pytest.mark.parametrize("metadata", [
+    {"caption": "café au lait"},         # non-ASCII value
+    {"légende": "plain"},                # non-ASCII name
+    {"two words": "x"},                  # not a header name
+    {"note": "line one\nline two"},      # would split the header
+    {"Camera": "a", "camera": "b"},      # the same name once lower-cased
+    {"big": "x" * 3000},                 # more than S3's 2 KiB of metadata
+])
+def test_metadata_s3_cannot_carry_is_refused_on_every_backend(storage: Storage, bucket: str,
+                                                              metadata: dict[str, str]) -> None:
+    with pytest.raises(InvalidMetadata, match="metadata") as caught:
+        storage.put(bucket, "k", b"x", metadata=metadata)
+
+    assert isinstance(caught.value, StorageError)
+    assert list(storage.list(bucket)) == []
+
+
+def test_metadata_is_normalised_the_same_way_everywhere(storage: Storage, bucket: str) -> None:
+    written = storage.put(bucket, "k", b"x", metadata={"Camera": "X100", "ISO": 200, "note": "  padded  "})
+
+    expected = {"camera": "X100", "iso": "200", "note": "padded"}
+    assert written.metadata == expected
+    assert storage.head(bucket, "k").metadata == expected
+
+
+def test_content_type_must_be_plain_ascii(storage: Storage, bucket: str) -> None:
+    with pytest.raises(InvalidMetadata, match="content type"):
+        storage.put(bucket, "k", b"x", content_type="text/plain; name=\"ü\"")
+    assert storage.put(bucket, "k", b"x", content_type="  text/plain  ").content_type == "text/plain"
+
+
+@pytest.mark.parametrize("name", ["UPPER", "ab", "under_score", "-dash-first", "a..b", "192.168.1.1", "x" * 64])
+def test_bucket_names_s3_refuses_are_refused_on_every_backend(storage: Storage, name: str) -> None:
+    for attempt in (lambda: storage.ensure_bucket(name), lambda: storage.put(name, "k", b"x"),
+                    lambda: storage.head(name, "k"), lambda: storage.list(name)):
+        with pytest.raises(InvalidName, match="invalid bucket name"):
+            attempt()
+
+
+@pytest.mark.parametrize("key", ["../escape", "a/../b", "/abs", "a//b", "./a", "a/", "", "nul\0byte", "é" * 513])
+def test_keys_a_folder_cannot_hold_are_refused_on_every_backend(storage: Storage, bucket: str, key: str) -> None:
+    for attempt in (lambda: storage.put(bucket, key, b"x"), lambda: storage.head(bucket, key),
+                    lambda: storage.open(bucket, key), lambda: storage.delete(bucket, key)):
+        with pytest.raises(InvalidName, match="invalid object key"):
+            attempt()
+    assert list(storage.list(bucket)) == []
+
+
+def test_a_prefix_no_key_can_start_with_lists_nothing(storage: Storage, bucket: str) -> None:
+    storage.put(bucket, "a/b", b"1")
+
+    for prefix in ("/a", "a//", "../a", "./a", "a/../a"):
+        assert list(storage.list(bucket, prefix)) == [], prefix
+    with pytest.raises(InvalidName, match="NUL"):
+        storage.list(bucket, "a\0")
+    with pytest.raises(BucketNotFound):
+        list(storage.list("no-such-bucket", "../a"))
+
+
+# --- listing -----------------------------------------------------------------------------
+
+
+def test_list_gives_size_etag_and_time_but_no_content_type_or_metadata(storage: Storage, bucket: str) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=2)
+    storage.put(bucket, "docs/a.txt", b"hello", content_type="text/plain", metadata={"author": "ann"})
+    storage.put(bucket, "docs/b.png", b"\x89PNG....", metadata={"w": "1"})
+
+    listed = list(storage.list(bucket))
+
+    for info in listed:
+        head = storage.head(bucket, info.key)
+        assert (info.bucket, info.size, info.etag) == (bucket, head.size, head.etag)
+        # Not part of a listing on any backend (S3's has neither): head() gives them.
+        assert (info.content_type, info.metadata, info.version_id) == (DEFAULT_CONTENT_TYPE, {}, None)
+        assert info.last_modified is not None
+        assert before <= info.last_modified <= datetime.now(UTC) + timedelta(seconds=2)
+    assert [(i.key, i.size, i.etag) for i in listed] == [("docs/a.txt", 5, md5(b"hello")),
+                                                         ("docs/b.png", 8, md5(b"\x89PNG...."))]
+
+
+def test_every_backend_lists_and_heads_the_same_objects_alike(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    objects = {
+        "photos/2026/cat.jpg": (b"jpeg bytes", None, {"Camera": "X100"}),
+        "photos/2026/ünï côdé.png": (b"png", "image/png", {}),
+        "notes": (b"", None, {"n": 7}),
+    }
+
+    def describe(kind: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        storage = make_storage(kind, request, tmp_path / kind)
+        bucket = new_bucket(storage)
+        for key, (data, content_type, metadata) in objects.items():
+            storage.put(bucket, key, data, content_type=content_type, metadata=metadata)
+        listed = [(o.key, o.size, o.etag, o.content_type, o.metadata, o.version_id, o.last_modified is not None)
+                  for o in storage.list(bucket)]
+        heads = [(h.key, h.size, h.etag, h.content_type, h.metadata, h.version_id)
+                 for h in (storage.head(bucket, key) for key in sorted(objects))]
+        return listed, heads
+
+    local, memory, s3 = (describe(kind) for kind in BACKENDS)
+
+    assert local == memory == s3
+    assert {h[0]: h[3:5] for h in local[1]} == {
+        "notes": ("application/octet-stream", {"n": "7"}),
+        "photos/2026/cat.jpg": ("image/jpeg", {"camera": "X100"}),
+        "photos/2026/ünï côdé.png": ("image/png", {}),
+    }
+
+
+# --- versions ----------------------------------------------------------------------------
+
+
+def test_a_store_without_versions_has_no_version_ids(storage: Storage, bucket: str, tmp_path: Path) -> None:
+    written = storage.put(bucket, "k", b"current")
+
+    assert written.version_id is None
+    assert storage.head(bucket, "k").version_id is None
+    assert storage.head(bucket, "k", version_id="").etag == written.etag  # "" means the current one
+    assert read(storage, bucket, "k", version_id=None) == b"current"
+    # Not "null": S3 calls an object written without versioning that, and versitygw serves it to GET.
+    for version_id in ("3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY", "01M8F66RT6XX3EYP0T79FE3BDJ"):
+        with pytest.raises(ObjectNotFound, match="version"):
+            storage.head(bucket, "k", version_id=version_id)
+        with pytest.raises(ObjectNotFound, match="version"):
+            storage.open(bucket, "k", version_id=version_id)
+        with pytest.raises(ObjectNotFound, match="version"):
+            storage.download(bucket, "k", tmp_path / "v", version_id=version_id)
+    with pytest.raises(BucketNotFound):
+        storage.head("no-such-bucket", "k", version_id="v1")
+
+
+def test_versions_can_be_read_by_id(versioned: tuple[Storage, str], tmp_path: Path) -> None:
+    storage, bucket = versioned
+    first = storage.put(bucket, "doc.txt", b"first draft", metadata={"rev": "1"})
+    second = storage.put(bucket, "doc.txt", b"second draft", metadata={"rev": "2"})
+
+    assert first.version_id and second.version_id and first.version_id != second.version_id
+    assert storage.head(bucket, "doc.txt").version_id == second.version_id
+    old = storage.head(bucket, "doc.txt", version_id=first.version_id)
+    assert (old.etag, old.size, old.metadata, old.version_id) == (md5(b"first draft"), 11, {"rev": "1"},
+                                                                  first.version_id)
+    assert read(storage, bucket, "doc.txt", first.version_id) == b"first draft"
+    assert read(storage, bucket, "doc.txt") == b"second draft"
+    downloaded = storage.download(bucket, "doc.txt", tmp_path / "old.txt", version_id=first.version_id)
+    assert ((tmp_path / "old.txt").read_bytes(), downloaded.version_id) == (b"first draft", first.version_id)
+    assert [(o.key, o.version_id) for o in storage.list(bucket)] == [("doc.txt", None)]  # listings carry none
+
+    storage.delete(bucket, "doc.txt")
+
+    with pytest.raises(ObjectNotFound):
+        storage.head(bucket, "doc.txt")
+    assert list(storage.list(bucket)) == []
+    assert read(storage, bucket, "doc.txt", first.version_id) == b"first draft"  # old versions stay readable
+
+
+def test_a_version_the_store_does_not_have_is_not_found(versioned: tuple[Storage, str]) -> None:
+    storage, bucket = versioned
+    storage.put(bucket, "k", b"x")
+
+    for version_id in ("null", "0123456789abcdef", "v99999999"):
+        with pytest.raises(ObjectNotFound, match="version"):
+            storage.head(bucket, "k", version_id=version_id)
+        with pytest.raises(ObjectNotFound, match="version"):
+            storage.open(bucket, "k", version_id=version_id)
+
+
+# --- the in-memory backend ---------------------------------------------------------------
+
+
+def test_memory_storage_is_safe_for_threads() -> None:
+    storage = MemoryStorage()
+    storage.ensure_bucket("inbox")
+    payloads = {f"k{i % 4}": bytes([65 + i]) * 1000 for i in range(4)}
+
+    wrong: list[str] = []
+
+    def writer(n: int) -> None:
+        key = f"k{n % 4}"
+        for _ in range(200):
+            storage.put("inbox", key, payloads[key])
+            listed = {o.key: o.etag for o in storage.list("inbox")}
+            if listed[key] != md5(payloads[key]) or read(storage, "inbox", key) != payloads[key]:
+                wrong.append(key)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert wrong == []
+    assert {o.key: o.etag for o in storage.list("inbox")} == {k: md5(v) for k, v in payloads.items()}
+
+
+def test_memory_storage_hands_out_copies_of_metadata() -> None:
+    storage = MemoryStorage()
+    storage.ensure_bucket("inbox")
+    storage.put("inbox", "k", b"x", metadata={"a": "1"})
+
+    storage.head("inbox", "k").metadata["a"] = "changed"
+
+    assert storage.head("inbox", "k").metadata == {"a": "1"}
 
 
 # --- an unreachable store ----------------------------------------------------------------
@@ -394,16 +651,87 @@ def test_local_failed_write_leaves_no_temp_file(local: LocalStorage) -> None:
     assert not (local.root / "inbox" / "k").exists()
 
 
-def test_local_file_dropped_by_hand_gets_an_etag_that_follows_changes(local: LocalStorage) -> None:
+def test_local_file_dropped_by_hand_gets_a_signature_etag_that_follows_changes(local: LocalStorage) -> None:
     dropped = local.root / "inbox" / "scans" / "page 1.pdf"
     dropped.parent.mkdir()
     dropped.write_bytes(b"%PDF-1.7 first")
 
     first = local.head("inbox", "scans/page 1.pdf")
-    assert (first.etag, first.content_type, first.metadata) == (md5(b"%PDF-1.7 first"), "application/pdf", {})
+    assert (first.etag, first.content_type, first.metadata) == (signature_etag(dropped.stat()), "application/pdf", {})
+    assert first.etag.startswith("s") and len(first.etag) == 32
+    assert [o.etag for o in local.list("inbox")] == [first.etag]
 
     dropped.write_bytes(b"%PDF-1.7 second version")
-    assert local.head("inbox", "scans/page 1.pdf").etag == md5(b"%PDF-1.7 second version")
+    second = local.head("inbox", "scans/page 1.pdf")
+    assert second.etag != first.etag
+    assert [o.etag for o in local.list("inbox")] == [second.etag]
+
+    # Rewritten with the same size and mtime, the inode still tells the files apart.
+    replacement = local.root / "inbox" / "new.pdf"
+    replacement.write_bytes(b"%PDF-1.7 second versioN")
+    st = dropped.stat()
+    os.utime(replacement, ns=(st.st_atime_ns, st.st_mtime_ns))
+    replacement.replace(dropped)
+    assert local.head("inbox", "scans/page 1.pdf").etag not in (first.etag, second.etag)
+
+
+def test_local_head_and_list_agree_on_every_kind_of_file(local: LocalStorage) -> None:
+    local.put("inbox", "written.txt", b"by put", metadata={"k": "v"})
+    (local.root / "inbox" / "dropped.txt").write_bytes(b"by hand")
+    local.put("inbox", "edited.txt", b"by put")
+    (local.root / "inbox" / "edited.txt").write_bytes(b"then by hand, longer")
+
+    listed = {o.key: o.etag for o in local.list("inbox")}
+
+    assert listed == {key: local.head("inbox", key).etag for key in listed}
+    assert listed["written.txt"] == md5(b"by put")
+    assert listed["dropped.txt"].startswith("s") and listed["edited.txt"].startswith("s")
+
+
+def test_local_list_and_head_never_open_a_file(local: LocalStorage) -> None:
+    local.put("inbox", "a/written.bin", os.urandom(1000), metadata={"k": "v"})
+    (local.root / "inbox" / "a" / "dropped.bin").write_bytes(os.urandom(1000))
+    unreadable = local.root / "inbox" / "b" / "locked.bin"
+    unreadable.parent.mkdir()
+    unreadable.write_bytes(b"secret")
+    unreadable.chmod(0)
+
+    with opens_under(local.root) as opened:
+        listed = list(local.list("inbox"))
+        heads = [local.head("inbox", o.key) for o in listed]
+
+    assert opened == []
+    assert [o.key for o in listed] == ["a/dropped.bin", "a/written.bin", "b/locked.bin"]
+    assert [o.etag for o in listed] == [h.etag for h in heads]
+    assert stat.S_IMODE(unreadable.stat().st_mode) == 0  # still locked: listing changed nothing
+
+
+_OPEN_WATCHERS: list[tuple[str, list[str]]] = []
+
+
+def _record_opens(event: str, args: tuple[Any, ...]) -> None:
+    if event == "open" and _OPEN_WATCHERS and isinstance(args[0], str | bytes | os.PathLike):
+        path = os.fsdecode(args[0])
+        for root, opened in _OPEN_WATCHERS:
+            if path.startswith(root):
+                opened.append(path)
+
+
+@contextlib.contextmanager
+def opens_under(root: Path) -> Iterator[list[str]]:
+    """Every file opened below ``root`` (seen by Python's audit hook) while in the block."""
+    if not any(hook is _record_opens for hook in _INSTALLED_HOOKS):
+        sys.addaudithook(_record_opens)  # cannot be removed: installed once, idle outside the block
+        _INSTALLED_HOOKS.append(_record_opens)
+    watcher: tuple[str, list[str]] = (str(root), [])
+    _OPEN_WATCHERS.append(watcher)
+    try:
+        yield watcher[1]
+    finally:
+        _OPEN_WATCHERS.remove(watcher)
+
+
+_INSTALLED_HOOKS: list[Any] = []
 
 
 def test_local_file_rewritten_by_hand_loses_stale_metadata(local: LocalStorage) -> None:
@@ -411,7 +739,23 @@ def test_local_file_rewritten_by_hand_loses_stale_metadata(local: LocalStorage) 
     (local.root / "inbox" / "notes.txt").write_bytes(b"v2 by hand")
 
     info = local.head("inbox", "notes.txt")
-    assert (info.etag, info.content_type, info.metadata) == (md5(b"v2 by hand"), "text/plain", {})
+    st = (local.root / "inbox" / "notes.txt").stat()
+    assert (info.etag, info.content_type, info.metadata) == (signature_etag(st), "text/plain", {})
+
+
+def test_local_list_buckets_leaves_out_folders_no_bucket_may_be_called(local: LocalStorage) -> None:
+    (local.root / "Not A Bucket").mkdir()
+    (local.root / "stray-file").write_text("x")
+
+    assert local.list_buckets() == ["inbox"]
+
+
+def test_local_read_of_a_version_is_not_found(local: LocalStorage, tmp_path: Path) -> None:
+    local.put("inbox", "k", b"x")
+
+    with pytest.raises(ObjectNotFound, match="keeps no versions"):
+        local.download("inbox", "k", tmp_path / "k", version_id="anything")
+    assert not (tmp_path / "k").exists()
 
 
 def test_local_delete_removes_emptied_folders_but_not_the_bucket(local: LocalStorage) -> None:

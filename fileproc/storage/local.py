@@ -2,8 +2,8 @@
 
 Bucket ``B``'s object ``K`` is the file ``root/B/K``, so people can drop files
 in by hand and read results with any tool. Keys map to paths one to one:
-``photos/2024/cat.jpg`` is ``root/B/photos/2024/cat.jpg``; a key that would
-leave its bucket (``..``, an absolute path, NUL) is refused.
+``photos/2024/cat.jpg`` is ``root/B/photos/2024/cat.jpg`` (the shared key
+rules of :mod:`fileproc.storage` keep every key inside its bucket).
 
 Writes never show a partial file: ``put`` streams into a temporary file in
 ``tmp_dir`` (outside the buckets, on the same filesystem), fsyncs it and
@@ -11,10 +11,21 @@ renames it onto the key, so a folder watcher only ever sees complete files
 appear.
 
 What S3 keeps beside an object (content type, user metadata, etag) lives in
-one user extended attribute, ``user.fileproc.meta``, as JSON. A file dropped
-in by hand has none: its etag is computed on first ``head`` and cached in the
-attribute together with the size and mtime it was computed for, so a file
-changed later by hand is hashed again.
+one user extended attribute, ``user.fileproc.meta``, as JSON, together with
+the size and mtime the file had when ``put`` wrote it. The etag is never
+computed by reading a file afterwards, so ``head`` and ``list`` only stat
+(and read that attribute), and always agree:
+
+- the attribute's size and mtime match the file: the etag is the md5 that
+  ``put`` computed while writing, and content type and metadata are the
+  stored ones;
+- otherwise (a file dropped in by hand, or changed since ``put``): the etag is
+  a signature of (size, mtime_ns, inode), ``"s"`` and 31 hex digits, which
+  changes whenever the file is rewritten; the content type is guessed from the
+  key and there is no metadata.
+
+Folders keep no versions: every object's ``version_id`` is ``None``, and a
+read naming a version raises ObjectNotFound.
 """
 
 from __future__ import annotations
@@ -24,9 +35,7 @@ import contextlib
 import errno
 import hashlib
 import json
-import mimetypes
 import os
-import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -35,15 +44,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from fileproc.errors import BucketNotFound, ObjectNotFound, StorageError, StorageUnavailable
-from fileproc.storage import ObjectInfo, PutSource, Storage
+from fileproc.storage import ObjectInfo, PutSource, Storage, guess_content_type
 
 META_XATTR = "user.fileproc.meta"
 """The extended attribute holding an object's content type, metadata and etag."""
 
 CHUNK = 1024 * 1024
 """Bytes read or written per step when streaming."""
-
-DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 
 class LocalStorage(Storage):
@@ -63,62 +70,50 @@ class LocalStorage(Storage):
 
     # --- reading -------------------------------------------------------------------------
 
-    def head(self, bucket: str, key: str) -> ObjectInfo:
-        with self._open_object(bucket, key) as file:
-            return self._info(bucket, key, file)
+    def _do_head(self, bucket: str, key: str, version_id: str | None) -> ObjectInfo:
+        self._refuse_versions(bucket, key, version_id)
+        path = self.root / bucket / key
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._not_found(bucket, key) from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {key!r} in bucket {bucket!r}: {exc.strerror or exc}") from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise ObjectNotFound(f"no object {key!r} in bucket {bucket!r} (not a regular file)")
+        return _info(bucket, key, st, _read_meta(path))
 
-    def open(self, bucket: str, key: str) -> IO[bytes]:
-        return self._open_object(bucket, key)
+    def _do_read(self, bucket: str, key: str, version_id: str | None) -> tuple[ObjectInfo, IO[bytes]]:
+        self._refuse_versions(bucket, key, version_id)
+        file = self._open_object(bucket, key)
+        # From the open file: the info describes exactly the bytes it reads.
+        fd = file.fileno()
+        return _info(bucket, key, os.fstat(fd), _read_meta(fd)), file
 
-    def download(self, bucket: str, key: str, path: Path) -> ObjectInfo:
-        with self._open_object(bucket, key) as source:
-            info = self._info(bucket, key, source)
-            source.seek(0)  # _info may have read the file to hash it
-            try:
-                with builtins.open(path, "wb") as target:
-                    shutil.copyfileobj(source, target, CHUNK)
-            except OSError as exc:
-                raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        return info
-
-    def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every object under ``prefix`` in key order (UTF-8 byte order, as S3).
-
-        Files dropped in by hand are hashed on first listing (then cached).
-        """
+    def _do_list(self, bucket: str, prefix: str, *, possible: bool) -> Iterator[ObjectInfo]:
+        """Stats each file (and reads its attribute); never opens one."""
         bucket_dir = self._require_bucket(bucket)
-        if "\0" in prefix:
-            raise StorageError(f"invalid prefix {prefix!r}: contains NUL")
-        if prefix.startswith("/"):
-            return  # no key starts with "/" here
+        if not possible:
+            return
         folder, _, name_start = prefix.rpartition("/")
-        if folder:
-            _check_segments(folder, what=f"prefix {prefix!r}")
         start = bucket_dir / folder if folder else bucket_dir
-        for key in _walk_keys(start, folder + "/" if folder else "", name_start):
+        for key, path in _walk_keys(start, folder + "/" if folder else "", name_start):
             try:
-                yield self.head(bucket, key)
-            except ObjectNotFound:
+                st = os.stat(path)
+            except OSError:
                 continue  # deleted while we listed: S3 would not list it either
+            if stat.S_ISREG(st.st_mode):
+                full = _info(bucket, key, st, _read_meta(path))
+                yield ObjectInfo(bucket, key, full.size, full.etag, last_modified=full.last_modified)
 
     # --- writing -------------------------------------------------------------------------
 
-    def put(
-        self,
-        bucket: str,
-        key: str,
-        source: PutSource,
-        *,
-        content_type: str | None = None,
-        metadata: dict[str, str] | None = None,
-    ) -> ObjectInfo:
-        target = self._object_path(bucket, key)
+    def _do_put(self, bucket: str, key: str, source: PutSource, content_type: str,
+                metadata: dict[str, str]) -> ObjectInfo:
+        target = self.root / bucket / key
         # Checked before reading the source, so a typo fails fast, not after a 4 GiB upload.
         self._require_bucket(bucket)
-        meta: dict[str, Any] = {
-            "content_type": content_type or _guess_type(key),
-            "metadata": {str(k).lower(): str(v) for k, v in (metadata or {}).items()},
-        }
+        meta: dict[str, Any] = {"content_type": content_type, "metadata": metadata}
         try:
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
             fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, prefix="put-", suffix=".part")
@@ -132,6 +127,7 @@ class LocalStorage(Storage):
                 # mkstemp makes 0600 files; objects should be readable like any dropped file.
                 os.fchmod(out.fileno(), 0o644)
                 st = os.fstat(out.fileno())
+                # Size and mtime say which bytes the etag describes; a rename keeps both.
                 _write_meta(out.fileno(), {**meta, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
             self._move_into_place(Path(tmp_name), target, bucket, key)
         except BaseException:
@@ -143,14 +139,14 @@ class LocalStorage(Storage):
             key=key,
             size=st.st_size,
             etag=meta["etag"],
-            content_type=meta["content_type"],
+            content_type=content_type,
             last_modified=_mtime(st),
-            metadata=meta["metadata"],
+            metadata=dict(metadata),
         )
 
-    def delete(self, bucket: str, key: str) -> None:
-        path = self._object_path(bucket, key)
-        bucket_dir = self._bucket_dir(bucket)
+    def _do_delete(self, bucket: str, key: str) -> None:
+        bucket_dir = self.root / bucket
+        path = bucket_dir / key
         try:
             path.unlink()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
@@ -169,11 +165,19 @@ class LocalStorage(Storage):
                 break  # not empty (or already gone): stop climbing
             folder = folder.parent
 
-    def ensure_bucket(self, bucket: str) -> None:
+    def _do_ensure_bucket(self, bucket: str) -> None:
         try:
-            self._bucket_dir(bucket).mkdir(parents=True, exist_ok=True)
+            (self.root / bucket).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create bucket {bucket!r} under {self.root}: {exc.strerror or exc}") from exc
+
+    def _do_list_buckets(self) -> list[str]:
+        try:
+            return [entry.name for entry in os.scandir(self.root) if entry.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StorageError(f"cannot list the buckets under {self.root}: {exc.strerror or exc}") from exc
 
     def check(self) -> None:
         """Create ``root`` and ``tmp_dir`` if needed; verify both are usable together.
@@ -201,25 +205,13 @@ class LocalStorage(Storage):
                 "atomic writes need both on one filesystem"
             )
 
-    # --- paths ---------------------------------------------------------------------------
-
-    def _bucket_dir(self, bucket: str) -> Path:
-        if not bucket or bucket in (".", "..") or "/" in bucket or "\0" in bucket:
-            raise StorageError(f"invalid bucket name {bucket!r}")
-        return self.root / bucket
-
-    def _object_path(self, bucket: str, key: str) -> Path:
-        _check_segments(key, what=f"object key {key!r}")
-        return self._bucket_dir(bucket) / key
+    # --- helpers -------------------------------------------------------------------------
 
     def _open_object(self, bucket: str, key: str) -> IO[bytes]:
-        path = self._object_path(bucket, key)
         try:
-            file = builtins.open(path, "rb")  # noqa: SIM115 (the caller closes it)
+            file = builtins.open(self.root / bucket / key, "rb")  # noqa: SIM115 (the caller closes it)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            if not self._bucket_dir(bucket).is_dir():
-                raise BucketNotFound(f"bucket {bucket!r} does not exist") from None
-            raise ObjectNotFound(f"no object {key!r} in bucket {bucket!r}") from None
+            raise self._not_found(bucket, key) from None
         except OSError as exc:
             raise StorageError(f"cannot open {key!r} in bucket {bucket!r}: {exc.strerror or exc}") from exc
         if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
@@ -227,8 +219,20 @@ class LocalStorage(Storage):
             raise ObjectNotFound(f"no object {key!r} in bucket {bucket!r} (not a regular file)")
         return file
 
+    def _not_found(self, bucket: str, key: str) -> StorageError:
+        if not (self.root / bucket).is_dir():
+            return BucketNotFound(f"bucket {bucket!r} does not exist")
+        return ObjectNotFound(f"no object {key!r} in bucket {bucket!r}")
+
+    def _refuse_versions(self, bucket: str, key: str, version_id: str | None) -> None:
+        """Folders keep one version, whose id is None: any other is not found."""
+        if version_id is not None:
+            self._require_bucket(bucket)
+            raise ObjectNotFound(f"no version {version_id!r} of {key!r} in bucket {bucket!r} "
+                                 "(local storage keeps no versions)")
+
     def _require_bucket(self, bucket: str) -> Path:
-        bucket_dir = self._bucket_dir(bucket)
+        bucket_dir = self.root / bucket
         if not bucket_dir.is_dir():
             raise BucketNotFound(f"bucket {bucket!r} does not exist")
         return bucket_dir
@@ -251,48 +255,66 @@ class LocalStorage(Storage):
             raise StorageError(f"cannot write {key!r} in bucket {bucket!r}: its folder keeps disappearing")
         _fsync_dir(target.parent)
 
-    # --- metadata ------------------------------------------------------------------------
 
-    def _info(self, bucket: str, key: str, file: IO[bytes]) -> ObjectInfo:
-        """The object's info from an open file, hashing it if no fresh etag is cached."""
-        fd = file.fileno()
-        st = os.fstat(fd)
-        meta = _read_meta(fd)
-        if meta.get("size") != st.st_size or meta.get("mtime_ns") != st.st_mtime_ns:
-            # Dropped in or rewritten by hand: what put() stored no longer describes
-            # these bytes, so start over from the content itself.
-            meta = {"etag": _md5_of(file), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-            with contextlib.suppress(OSError):
-                # Only a cache: a read-only file or filesystem just means hashing again.
-                _write_meta(fd, meta)
-        return ObjectInfo(
-            bucket=bucket,
-            key=key,
-            size=st.st_size,
-            etag=str(meta["etag"]),
-            content_type=str(meta.get("content_type") or _guess_type(key)),
-            last_modified=_mtime(st),
-            metadata=dict(meta.get("metadata") or {}),
-        )
+# --- metadata ----------------------------------------------------------------------------
 
 
-def _check_segments(path: str, *, what: str) -> None:
-    """Refuse a key (or prefix folder) that is not a plain relative path inside the bucket."""
-    if not path:
-        raise StorageError(f"invalid {what}: empty")
-    if "\0" in path:
-        raise StorageError(f"invalid {what}: contains NUL")
-    if path.startswith("/"):
-        raise StorageError(f"invalid {what}: absolute paths are not allowed")
-    for segment in path.split("/"):
-        if segment in ("", ".", ".."):
+def _info(bucket: str, key: str, st: os.stat_result, meta: dict[str, Any]) -> ObjectInfo:
+    """The object's info from its stat and attribute, by the etag rule of the module docstring."""
+    if meta.get("size") == st.st_size and meta.get("mtime_ns") == st.st_mtime_ns and isinstance(meta.get("etag"), str):
+        etag = meta["etag"]
+        content_type = str(meta.get("content_type") or guess_content_type(key))
+        metadata = {str(k): str(v) for k, v in dict(meta.get("metadata") or {}).items()}
+    else:
+        # Dropped in or rewritten by hand: what put() stored no longer describes these bytes.
+        etag, content_type, metadata = signature_etag(st), guess_content_type(key), {}
+    return ObjectInfo(
+        bucket=bucket,
+        key=key,
+        size=st.st_size,
+        etag=etag,
+        content_type=content_type,
+        last_modified=_mtime(st),
+        metadata=metadata,
+    )
+
+
+def signature_etag(st: os.stat_result) -> str:
+    """The etag of a file fileproc did not write: changes whenever the file is rewritten.
+
+    32 characters like an md5, starting with ``s`` (which no md5 hex digest does).
+    """
+    signature = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}".encode()
+    return "s" + hashlib.sha1(signature, usedforsecurity=False).hexdigest()[:31]
+
+
+def _read_meta(file: int | str | Path) -> dict[str, Any]:
+    try:
+        value = json.loads(os.getxattr(file, META_XATTR))
+    except (OSError, ValueError):
+        return {}  # no attribute (a dropped file), or not ours to trust
+    return value if isinstance(value, dict) else {}
+
+
+def _write_meta(fd: int, meta: dict[str, Any]) -> None:
+    try:
+        os.setxattr(fd, META_XATTR, json.dumps(meta, separators=(",", ":")).encode())
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
             raise StorageError(
-                f"invalid {what}: empty, '.' and '..' path segments are not allowed (keys stay inside their bucket)"
-            )
+                "the filesystem does not support user extended attributes, which local storage "
+                "needs for object metadata (use ext4, xfs or btrfs)"
+            ) from exc
+        if exc.errno in (errno.E2BIG, errno.ENOSPC, errno.ERANGE):
+            raise StorageError(f"object metadata too large for an extended attribute: {exc.strerror}") from exc
+        raise
 
 
-def _walk_keys(folder: Path, key_prefix: str, name_start: str) -> Iterator[str]:
-    """Keys of the files below ``folder`` whose name starts with ``name_start``, in key order.
+# --- files -------------------------------------------------------------------------------
+
+
+def _walk_keys(folder: Path, key_prefix: str, name_start: str) -> Iterator[tuple[str, str]]:
+    """(key, path) of the files below ``folder`` whose name starts with ``name_start``, in key order.
 
     Sorting a folder's entries with "/" appended to sub-folder names yields
     whole keys in byte order: "a-c" (0x2d) sorts before "a/b" (0x2f).
@@ -313,7 +335,7 @@ def _walk_keys(folder: Path, key_prefix: str, name_start: str) -> Iterator[str]:
         if is_dir:
             yield from _walk_keys(Path(entry.path), key_prefix + entry.name + "/", "")
         else:
-            yield key_prefix + entry.name
+            yield key_prefix + entry.name, entry.path
 
 
 def _copy_hashing(source: PutSource, out: IO[bytes]) -> str:
@@ -340,36 +362,6 @@ def _copy_stream(stream: IO[bytes], out: IO[bytes], digest: Any) -> str:
     return str(digest.hexdigest())
 
 
-def _md5_of(file: IO[bytes]) -> str:
-    file.seek(0)
-    digest = hashlib.md5(usedforsecurity=False)
-    while chunk := file.read(CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _read_meta(fd: int) -> dict[str, Any]:
-    try:
-        value = json.loads(os.getxattr(fd, META_XATTR))
-    except (OSError, ValueError):
-        return {}  # no attribute (a dropped file), or not ours to trust
-    return value if isinstance(value, dict) else {}
-
-
-def _write_meta(fd: int, meta: dict[str, Any]) -> None:
-    try:
-        os.setxattr(fd, META_XATTR, json.dumps(meta, separators=(",", ":")).encode())
-    except OSError as exc:
-        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise StorageError(
-                "the filesystem does not support user extended attributes, which local storage "
-                "needs for object metadata (use ext4, xfs or btrfs)"
-            ) from exc
-        if exc.errno in (errno.E2BIG, errno.ENOSPC, errno.ERANGE):
-            raise StorageError(f"object metadata too large for an extended attribute: {exc.strerror}") from exc
-        raise
-
-
 def _put_error(bucket: str, key: str, exc: OSError) -> str:
     if exc.errno == errno.EXDEV:
         return "tmp_dir is not on the same filesystem as the buckets; atomic writes need both on one filesystem"
@@ -386,10 +378,6 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _guess_type(key: str) -> str:
-    return mimetypes.guess_type(key, strict=False)[0] or DEFAULT_CONTENT_TYPE
 
 
 def _mtime(st: os.stat_result) -> datetime:

@@ -9,14 +9,19 @@ credentials.
 
 The HTTP client gives up quickly (a few seconds for a dead endpoint) so a
 step fails and is retried by the runtime instead of hanging a worker.
+
+Versions: reads pass ``version_id`` to the store; on a versioned bucket
+``head``, ``download`` and ``put`` report the version id. A version the store
+does not have is ObjectNotFound, whatever the store calls it (NoSuchVersion,
+or versitygw's 400 for an id it never issued or any id on an unversioned
+bucket). One difference stays the store's: S3 names an object written while
+its bucket had no versioning ``"null"``, and some stores serve that id.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import mimetypes
-import shutil
 import socket
 import ssl
 from collections.abc import Callable, Iterator, Mapping
@@ -32,7 +37,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import MaxRetryError
 
 from fileproc.errors import BucketNotFound, ObjectNotFound, StorageError, StorageUnavailable
-from fileproc.storage import ObjectInfo, PutSource, Storage
+from fileproc.storage import DEFAULT_CONTENT_TYPE, ObjectInfo, PutSource, Storage
 
 PART_SIZE = 16 * 1024 * 1024
 """Multipart part size: objects above it are uploaded in parts of this size."""
@@ -59,12 +64,15 @@ RETRIES = 2
 CHUNK = 1024 * 1024
 """Read size when streaming a download."""
 
-DEFAULT_CONTENT_TYPE = "application/octet-stream"
 META_PREFIX = "x-amz-meta-"
 CREDENTIAL_ERRORS = frozenset({
     "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
     "XAdminUserNotFound",  # versitygw's answer to an unknown access key
 })
+VERSION_NOT_FOUND = frozenset({"NoSuchVersion", "NoSuchKey", "InvalidArgument", "BadRequest"})
+"""What stores answer a read of a version they do not have: versitygw says 400
+InvalidArgument (BadRequest for a HEAD) for an id that is not one of its ids,
+or any id on an unversioned bucket."""
 BUSY_ERRORS = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"})
 """S3 error codes that mean "try again later" rather than "no"."""
 
@@ -125,42 +133,36 @@ class S3Storage(Storage):
 
     # --- reading -------------------------------------------------------------------------
 
-    def head(self, bucket: str, key: str) -> ObjectInfo:
+    def _do_head(self, bucket: str, key: str, version_id: str | None) -> ObjectInfo:
         try:
-            stat = self._client.stat_object(bucket, key)
+            stat = self._client.stat_object(bucket, key, version_id=version_id)
         except S3Error as exc:
             # A HEAD answer has no body, so the SDK calls every 404 NoSuchKey;
             # ask again to tell a missing bucket from a missing object.
-            if exc.code == "NoSuchKey" and not self._bucket_exists(bucket):
+            if exc.code in ("NoSuchKey", "BadRequest") and not self._bucket_exists(bucket):
                 raise BucketNotFound(f"bucket {bucket!r} does not exist") from exc
-            self._raise(exc, bucket, key)
+            self._raise(exc, bucket, key, version_id)
         except Exception as exc:
-            self._raise(exc, bucket, key)
+            self._raise(exc, bucket, key, version_id)
         return _info_from_headers(bucket, key, stat.metadata or {})
 
-    def open(self, bucket: str, key: str) -> IO[bytes]:
-        return io.BufferedReader(self._get(bucket, key), buffer_size=CHUNK)
-
-    def download(self, bucket: str, key: str, path: Path) -> ObjectInfo:
-        raw = self._get(bucket, key)
-        # The GET answer carries the same headers as HEAD: one request, and the
-        # info describes exactly the bytes written.
-        info = _info_from_headers(bucket, key, raw.headers)
-        with io.BufferedReader(raw, buffer_size=CHUNK) as source:
-            try:
-                with path.open("wb") as target:
-                    shutil.copyfileobj(source, target, CHUNK)
-            except OSError as exc:
-                raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        return info
-
-    def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every object under ``prefix`` in key order.
-
-        S3 listings carry no content type or metadata: those fields keep their
-        defaults here; ``head`` an object for them.
-        """
+    def _do_read(self, bucket: str, key: str, version_id: str | None) -> tuple[ObjectInfo, IO[bytes]]:
         try:
+            response = self._client.get_object(bucket, key, version_id=version_id)
+        except Exception as exc:
+            self._raise(exc, bucket, key, version_id)
+        # The GET answer carries the same headers as HEAD: one request, and the
+        # info describes exactly the bytes read.
+        info = _info_from_headers(bucket, key, response.headers)
+        raw = _ResponseStream(response, self._raise, bucket, key)
+        return info, io.BufferedReader(raw, buffer_size=CHUNK)
+
+    def _do_list(self, bucket: str, prefix: str, *, possible: bool) -> Iterator[ObjectInfo]:
+        try:
+            if not possible:
+                if not self._client.bucket_exists(bucket):
+                    raise BucketNotFound(f"bucket {bucket!r} does not exist")
+                return
             for obj in self._client.list_objects(bucket, prefix=prefix or None, recursive=True):
                 if obj.is_dir or obj.object_name is None:
                     continue
@@ -168,29 +170,21 @@ class S3Storage(Storage):
                     bucket=bucket,
                     key=obj.object_name,
                     size=obj.size or 0,
-                    etag=obj.etag or "",
+                    etag=(obj.etag or "").strip('"'),
                     last_modified=obj.last_modified,
-                    version_id=obj.version_id,
                 )
+        except BucketNotFound:
+            raise
         except Exception as exc:
             self._raise(exc, bucket)
 
     # --- writing -------------------------------------------------------------------------
 
-    def put(
-        self,
-        bucket: str,
-        key: str,
-        source: PutSource,
-        *,
-        content_type: str | None = None,
-        metadata: dict[str, str] | None = None,
-    ) -> ObjectInfo:
-        content_type = content_type or mimetypes.guess_type(key, strict=False)[0] or DEFAULT_CONTENT_TYPE
-        user_meta = _user_metadata(metadata or {})
+    def _do_put(self, bucket: str, key: str, source: PutSource, content_type: str,
+                metadata: dict[str, str]) -> ObjectInfo:
         # Prefixed here so that a name like "cache-control" stays user metadata
         # instead of becoming the HTTP header the SDK would take it for.
-        headers: dict[str, Any] = {META_PREFIX + name: value for name, value in user_meta.items()}
+        headers: dict[str, Any] = {META_PREFIX + name: value for name, value in metadata.items()}
         options: dict[str, Any] = {"content_type": content_type, "metadata": headers, "part_size": PART_SIZE}
         try:
             if isinstance(source, Path):
@@ -218,17 +212,17 @@ class S3Storage(Storage):
             etag=(result.etag or "").strip('"'),
             content_type=content_type,
             last_modified=result.last_modified,
-            version_id=result.version_id,
-            metadata=user_meta,
+            version_id=result.version_id or None,
+            metadata=dict(metadata),
         )
 
-    def delete(self, bucket: str, key: str) -> None:
+    def _do_delete(self, bucket: str, key: str) -> None:
         try:
             self._client.remove_object(bucket, key)
         except Exception as exc:
             self._raise(exc, bucket, key)
 
-    def ensure_bucket(self, bucket: str) -> None:
+    def _do_ensure_bucket(self, bucket: str) -> None:
         try:
             if not self._client.bucket_exists(bucket):
                 self._client.make_bucket(bucket)
@@ -238,6 +232,12 @@ class S3Storage(Storage):
             self._raise(exc, bucket)
         except Exception as exc:
             self._raise(exc, bucket)
+
+    def _do_list_buckets(self) -> list[str]:
+        try:
+            return [bucket.name for bucket in self._client.list_buckets()]
+        except Exception as exc:
+            self._raise(exc)
 
     def check(self) -> None:
         """List buckets: proves the endpoint answers and accepts the credentials."""
@@ -254,22 +254,18 @@ class S3Storage(Storage):
 
     # --- helpers -------------------------------------------------------------------------
 
-    def _get(self, bucket: str, key: str) -> _ResponseStream:
-        try:
-            response = self._client.get_object(bucket, key)
-        except Exception as exc:
-            self._raise(exc, bucket, key)
-        return _ResponseStream(response, self._raise, bucket, key)
-
     def _bucket_exists(self, bucket: str) -> bool:
         try:
             return bool(self._client.bucket_exists(bucket))
         except Exception as exc:
             self._raise(exc, bucket)
 
-    def _raise(self, exc: BaseException, bucket: str | None = None, key: str | None = None) -> NoReturn:
+    def _raise(self, exc: BaseException, bucket: str | None = None, key: str | None = None,
+               version_id: str | None = None) -> NoReturn:
         """Re-raise ``exc`` as one of ours (``raise ... from``), without secrets."""
         where = f"{key!r} in bucket {bucket!r}" if key is not None else f"bucket {bucket!r}" if bucket else ""
+        if isinstance(exc, S3Error) and version_id is not None and exc.code in VERSION_NOT_FOUND:
+            raise ObjectNotFound(f"no version {version_id!r} of {where}") from exc
         if isinstance(exc, S3Error):
             if exc.code == "NoSuchKey":
                 raise ObjectNotFound(f"no object {where}") from exc
@@ -366,17 +362,6 @@ def _file_size(path: Path) -> int:
         raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
-def _user_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
-    """Lower-cased user metadata; S3 carries it in HTTP headers, so ASCII only."""
-    result: dict[str, str] = {}
-    for name, value in metadata.items():
-        name, value = str(name).lower(), str(value)
-        if not name.isascii() or not value.isascii() or any(c in name for c in " :\r\n") or "\n" in value:
-            raise StorageError(f"metadata {name!r} cannot be sent to S3: names and values must be plain ASCII")
-        result[name] = value
-    return result
-
-
 def _info_from_headers(bucket: str, key: str, headers: Mapping[str, str]) -> ObjectInfo:
     """An ObjectInfo from the headers of a HEAD or GET answer."""
     modified: datetime | None = None
@@ -389,7 +374,7 @@ def _info_from_headers(bucket: str, key: str, headers: Mapping[str, str]) -> Obj
         etag=(headers.get("etag") or "").strip('"'),
         content_type=headers.get("content-type") or DEFAULT_CONTENT_TYPE,
         last_modified=modified,
-        version_id=headers.get("x-amz-version-id"),
+        version_id=headers.get("x-amz-version-id") or None,
         metadata={
             name.lower()[len(META_PREFIX):]: value
             for name, value in headers.items()
