@@ -1,23 +1,25 @@
-"""Dispatch: from an ObjectEvent to queued jobs, exactly once per version.
+"""Dispatch: from ObjectEvents to queued jobs, exactly once per version.
 
 The idempotency key of a job is (pipeline, bucket, key, version id or etag):
-a duplicate notification finds the existing job and does nothing. A job is
-written to the state database before its message goes to the broker; if the
-broker is away the job waits as "not yet sent" and :func:`flush_pending`
-sends it later, so no recorded event is lost.
+a duplicate notification finds the existing job and does nothing. Jobs are
+written to the state database (many events in one transaction) before their
+messages go to the broker; a message that cannot go stays due in the outbox
+(:mod:`fileproc.outbox`) and is sent later, so no recorded event is lost.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from fileproc.errors import BrokerUnavailable
+from fileproc import outbox
 from fileproc.events import ObjectEvent
-from fileproc.rules import match
-from fileproc.runtime.app import send_step
+from fileproc.intake import queries
+from fileproc.intake.objects import complete
+from fileproc.rules import Pipeline, match
 from fileproc.service import Service
-from fileproc.state import Job
+from fileproc.state import Job, JobStatus, Send
 
 log = logging.getLogger(__name__)
 
@@ -29,54 +31,58 @@ class Dispatched:
 
 
 def submit(service: Service, event: ObjectEvent, *, send: bool = True) -> list[Dispatched]:
-    """Record ``event`` and create (and queue) a job for every pipeline it matches."""
-    service.db.record_event(event)
-    pipelines = match(list(service.pipelines.values()), event)
-    if pipelines:
-        made_by = service.db.output_of(event.bucket, event.key, event.etag)
-        pipelines = [p for p in pipelines if p.name not in made_by]
-    results = []
-    for pipeline in pipelines:
-        job, created = service.db.create_job(pipeline.name, event)
-        results.append(Dispatched(job, created))
-        if created:
-            log.info("job %s: %s on %s/%s", job.id, pipeline.name, event.bucket, event.key)
+    """Create (and queue) a job for every pipeline ``event`` matches."""
+    return submit_many(service, [event], send=send)
+
+
+def submit_many(service: Service, events: Iterable[ObjectEvent], *, send: bool = True,
+                completed: bool = False) -> list[Dispatched]:
+    """Create the jobs of many events in one transaction; send the new ones unless ``send`` is False.
+
+    The one path every intake source submits through. Events that left out
+    what rules and deduplication need are completed from a HEAD first
+    (:func:`fileproc.intake.objects.complete`); an event no pipeline matches
+    costs no database write. ``completed``: the caller did that already.
+
+    With ``send=False`` the caller sends them (:func:`send_new`) after it has
+    answered, or leaves them to the outbox.
+    """
+    pipelines = list(service.pipelines.values())
+    # A missing eTag or a size of 0 would mislead deduplication and size rules: HEAD the object first.
+    if not completed:
+        events = complete(service.storage, pipelines, events)
+    wanted = [(pipeline, event) for event in events for pipeline in match(pipelines, event)]
+    if not wanted:
+        return []
+    # An object a pipeline wrote never goes through that pipeline again. Only an event in
+    # a bucket the pipeline writes to can be one of its outputs: the rest cost no query.
+    suspect = [(p, e) for p, e in wanted if _may_write(p, e.bucket)]
+    if suspect:
+        written = service.db.outputs_among((e.bucket, e.key, e.etag or "") for _, e in suspect)
+        wanted = [(p, e) for p, e in wanted if p.name not in written.get((e.bucket, e.key, e.etag or ""), ())]
+    results = [Dispatched(job, created)
+               for job, created in queries.create_jobs(service.db, [(p.name, e) for p, e in wanted], sending=True)]
+    for item in results:
+        if item.created:
+            log.info("job %s: %s on %s/%s", item.job.id, item.job.pipeline, item.job.bucket, item.job.key)
     if send:
-        for item in results:
-            if item.created:
-                enqueue(service, item.job)
+        send_new(service, results)
     return results
 
 
-def enqueue(service: Service, job: Job) -> bool:
-    """Send the job's current step to its queue; False (and kept pending) if the broker is away."""
-    pipeline = service.pipelines.get(job.pipeline)
-    if pipeline is None:
-        service.db.finish(job.id, "failed", f"pipeline {job.pipeline!r} is no longer configured")
-        return False
-    step = pipeline.steps[job.step_index]
-    try:
-        send_step(job.id, job.step_index, service.queue_for(step))
-    except BrokerUnavailable as exc:
-        log.warning("job %s stays pending: %s", job.id, exc)
-        return False
-    service.db.mark_enqueued(job.id)
-    return True
+def _may_write(pipeline: Pipeline, bucket: str) -> bool:
+    """Whether ``pipeline`` can write outputs into ``bucket`` (a templated bucket: maybe)."""
+    return "{" in pipeline.output.bucket or pipeline.output.bucket == bucket
 
 
-def flush_pending(service: Service) -> int:
-    """Send every job whose message never reached the broker. Returns how many were sent."""
-    sent = 0
-    for job in service.db.pending_enqueue():
-        if not enqueue(service, job):
-            break
-        sent += 1
-    return sent
+def send_new(service: Service, results: Iterable[Dispatched]) -> None:
+    """Send the first step of every job just created (already marked sent)."""
+    outbox.send(service, [Send(item.job.id, 0, item.job.pipeline) for item in results if item.created])
 
 
 def retry(service: Service, job_id: int) -> Job | None:
     """Run a failed job again from the step that failed."""
     job = service.db.reset_for_retry(job_id)
-    if job is not None and job.status == "queued":
-        enqueue(service, job)
+    if job is not None and job.status == JobStatus.QUEUED:
+        outbox.relay(service)
     return job

@@ -76,7 +76,7 @@ def invocation(
         logger=logging.getLogger(f"fileproc.function.{function_name}"),
         pipeline=pipeline,
         event=event,
-        scratch_dir=scratch,
+        scratch=scratch,
     )
     return {"Records": [event.to_record()]}, context
 

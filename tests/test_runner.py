@@ -10,12 +10,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import update
+
 from fileproc import dispatch
 from fileproc.config import load_settings
 from fileproc.events import ObjectEvent
 from fileproc.runtime.runner import run_step
 from fileproc.service import Service
-from fileproc.state import Job
+from fileproc.state import Job, StepStart
+from fileproc.state.models import JobRow
 from tests.helpers import image_bytes
 from tests.procs import FUNCTIONS_DIR, process_running, write_config
 from tests.servers import free_port
@@ -81,6 +84,12 @@ def test_timeout_stops_the_step_and_what_it_started(tmp_path: Path) -> None:
     assert not process_running(int(pidfile.read_text()))  # the `sleep 300` the function started is gone too
 
 
+def backoff_passed(service: Service, job_id: int) -> None:
+    """Fast-forward a retried job past its backoff (the wait itself is tested in test_steps)."""
+    with service.db.session() as s:
+        s.execute(update(JobRow).where(JobRow.id == job_id).values(send_after=service.db.now(s)))
+
+
 def test_transient_failures_are_retried_with_backoff(tmp_path: Path) -> None:
     counter = tmp_path / "count"
     service = make_service(tmp_path, [{"function": "flaky", "params": {"counter": str(counter), "succeed_after": 3}}])
@@ -89,8 +98,11 @@ def test_transient_failures_are_retried_with_backoff(tmp_path: Path) -> None:
     assert first.status == "retry" and first.retry_in is not None and 1 <= first.retry_in <= 3
     queued = service.db.get_job(job.id)
     assert queued is not None and queued.status == "queued" and "dependency not ready" in (queued.error or "")
+    assert run_step(service, job.id, 0, "w").status == "stale"  # too early: the backoff is not over
+    backoff_passed(service, job.id)
     second = run_step(service, job.id, 0, "w")
     assert second.status == "retry" and second.retry_in is not None and second.retry_in > 3
+    backoff_passed(service, job.id)
     assert run_step(service, job.id, 0, "w").status == "succeeded"
     done = service.db.get_job(job.id)
     assert done is not None and [a.status for a in done.attempts] == ["failed", "failed", "succeeded"]
@@ -102,6 +114,7 @@ def test_retries_run_out(tmp_path: Path) -> None:
                                        "params": {"counter": str(counter), "succeed_after": 99}}])
     job = upload(service, "a.bin", b"x")
     assert run_step(service, job.id, 0, "w").status == "retry"
+    backoff_passed(service, job.id)
     assert run_step(service, job.id, 0, "w").status == "failed"
     done = service.db.get_job(job.id)
     assert done is not None and done.error is not None and "failed 2 times" in done.error
@@ -120,8 +133,8 @@ def test_a_step_that_keeps_losing_its_worker_gives_up(tmp_path: Path) -> None:
     job = upload(service, "a.jpg", image_bytes())
     # Two workers took the step and died with it (their leases ran out at once).
     for _ in range(2):
-        claim = service.db.claim(job.id, 0, "thumbnail", "doomed", lease_seconds=0)
-        assert claim.attempt_id is not None
+        claim = service.db.start_step(job.id, 0, "doomed", lease_seconds=0, function_of=service.function_name)
+        assert isinstance(claim, StepStart)
     outcome = run_step(service, job.id, 0, "w")
     assert outcome.status == "failed"
     done = service.db.get_job(job.id)
@@ -130,12 +143,15 @@ def test_a_step_that_keeps_losing_its_worker_gives_up(tmp_path: Path) -> None:
     assert [a.status for a in done.attempts] == ["lost", "lost", "failed"]
 
 
-def test_a_live_lease_makes_a_duplicate_delivery_wait(tmp_path: Path) -> None:
+def test_a_live_lease_makes_a_duplicate_delivery_do_nothing(tmp_path: Path) -> None:
     service = make_service(tmp_path, [{"function": "thumbnail"}])
     job = upload(service, "a.jpg", image_bytes())
-    assert service.db.claim(job.id, 0, "thumbnail", "other", lease_seconds=60).attempt_id
+    held = service.db.start_step(job.id, 0, "other", lease_seconds=60, function_of=service.function_name)
+    assert isinstance(held, StepStart)
     outcome = run_step(service, job.id, 0, "w")
-    assert outcome.status == "busy" and outcome.retry_in is not None and 55 < outcome.retry_in <= 61
+    assert outcome.status == "busy"
+    running = service.db.get_job(job.id)
+    assert running is not None and running.status == "running" and len(running.attempts) == 1
 
 
 def test_a_changed_object_supersedes_the_old_notification(tmp_path: Path) -> None:
@@ -180,6 +196,7 @@ def test_a_storage_outage_is_retried_not_failed(tmp_path: Path) -> None:
     queued = service.db.get_job(job.id)
     assert queued is not None and queued.status == "queued"
     assert "cannot reach S3 endpoint" in (queued.error or "") and "s3cr3t" not in (queued.error or "")
+    backoff_passed(service, job.id)
     assert run_step(service, job.id, 0, "w").status == "succeeded"  # the store is back
 
 

@@ -1,10 +1,11 @@
 """The Celery application: broker settings and sending a step to its queue.
 
 Delivery is at-least-once: messages are acknowledged only after the step ran
-(``acks_late``), and a message taken by a worker that died is handed to
-another one (``reject_on_worker_lost``, and the Redis visibility timeout for a
-worker killed outright). Running a step twice is made harmless by the job's
-lease in the state database, not by the broker.
+(``acks_late``). The broker is not what recovers lost work, though: the state
+database is (a step whose worker died is sent again by the outbox once its
+lease runs out, within seconds), so nothing waits on the broker's visibility
+timeout. Running a step twice at once is made impossible by the job's lease
+in the state database, not by the broker.
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ def configure(settings: Settings) -> Celery:
             # (100 s by default); keep the sweep well inside the visibility timeout.
             "unacked_restore_interval": max(1, min(10, visibility // 3)),
             "unacked_restore_throttle": 1,
+            # kombu's restore lock: a partitioned worker's late SET NX must not hold it for
+            # the default 300 s (recovery does not depend on it, but redelivery would stall).
+            "unacked_mutex_expire": max(1, min(15, visibility // 3)),
+            "health_check_interval": 10,
+            "socket_keepalive": True,
             "socket_timeout": 10,
             "socket_connect_timeout": 5,
         },
@@ -72,11 +78,11 @@ def configure(settings: Settings) -> Celery:
     return celery_app
 
 
-def send_step(job_id: int, step_index: int, queue: str, countdown: float | None = None) -> None:
+def send_step(job_id: int, step_index: int, queue: str) -> None:
     """Put one step of one job on its function's queue. Raises BrokerUnavailable."""
     try:
         celery_app.send_task(
-            RUN_STEP, args=(job_id, step_index), queue=queue, countdown=countdown,
+            RUN_STEP, args=(job_id, step_index), queue=queue,
             retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
         )
     except (OperationalError, KombuError, OSError) as exc:

@@ -1,48 +1,50 @@
 """``run_step``: one step of one job, from claim to recorded result.
 
+The whole path in one place::
+
+    start_step (transaction 1: claim, lease, attempt)
+      -> is the object still the notified version? (a HEAD)
+      -> run the handler in its own process, renewing the lease meanwhile
+    finish_step (transaction 2: attempt, outputs, usage, what becomes of the job)
+      -> send the next step (or nothing: the outbox covers a lost send)
+
 Plain functions, testable without a broker; the Celery task only calls
-:func:`run_step` and turns ``Outcome.retry_in`` into a Celery retry.
+:func:`run_step`. Retries are not Celery retries: a failed step is queued
+again in the state database with its backoff, and the outbox sends it when
+it is due, so no delay ever sits in the broker past its visibility timeout.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
+import shutil
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
-from fileproc.dispatch import enqueue
-from fileproc.errors import (
-    TRANSIENT,
-    ConfigError,
-    FunctionNotFound,
-    InvalidInput,
-    ObjectNotFound,
-    PermanentError,
-    StorageError,
-)
-from fileproc.events import ObjectEvent
-from fileproc.functions import Context, FunctionSpec, InputObject, OutputWriter, remove_scratch, scratch_dir
-from fileproc.rules import PROVENANCE_PIPELINE, Pipeline, Step, render_key
-from fileproc.runtime.sandbox import run_in_child
+from fileproc import outbox
+from fileproc.errors import ObjectNotFound, StorageError
+from fileproc.functions import FunctionSpec
+from fileproc.rules import PROVENANCE_PIPELINE, Step
+from fileproc.runtime.invoke import StepRequest, invoke, kind_of
+from fileproc.runtime.pool import Retire, pool, warm_hook
+from fileproc.runtime.sandbox import ChildResult
 from fileproc.service import Service
-from fileproc.state import Job, Output
-from fileproc.storage import ObjectInfo, open_storage
+from fileproc.state import AttemptStatus, DatabaseUnavailable, Job, JobStatus, Output, Send, StepEnd, StepStart
 
 log = logging.getLogger(__name__)
 
-LEASE_GRACE_SECONDS = 5.0
-"""How long past its timeout a step's lease lasts, for the worker to record the end."""
-
-PERMANENT: tuple[type[Exception], ...] = (InvalidInput, PermanentError, FunctionNotFound, ConfigError)
+MAX_BACKOFF_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
 class Outcome:
     """What became of one delivery of a step message."""
 
-    status: str  # succeeded, failed, skipped, next (the next step is queued), retry, busy, stale
+    status: str  # succeeded, failed, skipped, next (the next step is queued), retry, busy, stale, late
     detail: str = ""
     retry_in: float | None = None
 
@@ -64,177 +66,279 @@ def limits_for(spec: FunctionSpec, step: Step) -> Limits:
 
 def backoff(failures: int) -> float:
     """Seconds before retry number ``failures``: 2, 4, 8 ... up to 5 minutes, with jitter."""
-    return min(300.0, 2.0 ** failures) * random.uniform(0.8, 1.2)
+    return min(MAX_BACKOFF_SECONDS, 2.0 ** failures * random.uniform(0.8, 1.2))
 
 
 def run_step(service: Service, job_id: int, step_index: int, worker: str) -> Outcome:
     """Run step ``step_index`` of job ``job_id`` if it is still this step's turn."""
-    db = service.db
-    job = db.get_job(job_id)
-    if job is None or job.status in ("succeeded", "failed", "skipped") or job.step_index != step_index:
-        return Outcome("stale", "nothing to do: the job is finished or has moved on")
+    lease = service.settings.runtime.lease_seconds
+    asked_at = time.monotonic()
+    started = service.db.start_step(job_id, step_index, worker, lease, function_of=service.function_name)
+    if not isinstance(started, StepStart):
+        # Finished, moved on, or held by a live attempt. A live holder's lease is watched
+        # by the outbox, which sends the step again if the holder dies: drop this message.
+        busy = started is not None and started.status == JobStatus.RUNNING and started.step_index == step_index
+        return Outcome("busy" if busy else "stale", "another worker holds this step" if busy else "nothing to do")
+    job, attempt_id = started.job, started.attempt_id
     pipeline = service.pipelines.get(job.pipeline)
     if pipeline is None or step_index >= len(pipeline.steps):
-        db.finish(job_id, "failed", f"pipeline {job.pipeline!r} is no longer configured")
+        service.db.end_job(job_id, JobStatus.FAILED, f"pipeline {job.pipeline!r} is no longer configured")
         return Outcome("failed", "pipeline gone")
     step = pipeline.steps[step_index]
     spec = service.spec(step)
     limits = limits_for(spec, step)
+    end = _Ender(service, job, step_index, attempt_id, spec.name, limits, started.failures)
 
-    claim = db.claim(job_id, step_index, spec.name, worker, limits.timeout + LEASE_GRACE_SECONDS)
-    if claim.attempt_id is None:
-        if claim.retry_after is not None:
-            return Outcome("busy", "another worker holds this step", retry_in=claim.retry_after)
-        return Outcome("stale", "nothing to do")
-    attempt_id = claim.attempt_id
-
-    if claim.lost and db.failures(job_id, step_index) > limits.retries:
-        reason = (f"gave up: the worker running step {spec.name!r} was lost {claim.lost} times "
-                  "(killed, crashed or out of memory)")
-        db.finish_attempt(attempt_id, "failed", error=reason)
-        db.finish(job_id, "failed", reason)
-        return Outcome("failed", reason)
-
+    if started.lost and started.failures > limits.retries:
+        return end.fail("failed", f"gave up: the worker running step {spec.name!r} was lost {started.lost} times "
+                                  "(killed, crashed, out of memory or cut off)")
     event = job.object_event
     try:
-        info = _current_object(service, job, event)
+        info = service.storage.head(event.bucket, event.key) if event.is_creation else None
     except ObjectNotFound:
-        return _skip(service, job, attempt_id, "the object no longer exists")
+        return end.skip("the object no longer exists")
     except StorageError as exc:
-        db.finish_attempt(attempt_id, "failed", error=str(exc))
-        return _failed(service, job, limits, spec.name, _kind(exc), str(exc))
+        return end.failure(kind_of(exc), str(exc), ChildResult(False))
     if info is not None:
         if info.metadata.get(PROVENANCE_PIPELINE) == job.pipeline:
-            return _skip(service, job, attempt_id, f"the object was written by pipeline {job.pipeline!r} itself")
+            return end.skip(f"the object was written by pipeline {job.pipeline!r} itself")
         if event.version_id is None and event.etag and info.etag != event.etag:
-            return _skip(service, job, attempt_id, "superseded: the object changed since this notification")
+            return end.skip("superseded: the object changed since this notification")
 
     request_id = f"{job_id}-{step_index}-{attempt_id}"
-    result = run_in_child(
-        lambda: _call_handler(service, pipeline, step, spec, limits, event, info, request_id),
-        timeout=limits.timeout, memory_mb=limits.memory_mb,
-    )
-    value: dict[str, Any] = result.value or {}
-    usage = {"duration_ms": result.duration_ms, "peak_memory_kb": result.peak_memory_kb,
-             "bytes_read": value.get("bytes_read", 0), "bytes_written": value.get("bytes_written", 0)}
-
-    if result.timed_out:  # not retried: the same input would time out again
-        db.finish_attempt(attempt_id, "timed_out", error=result.error, **usage)
-        db.finish(job_id, "failed", f"step {spec.name!r} {result.error}")
-        return Outcome("failed", result.error or "")
-    if not result.ok:  # it failed outside the handler, or died (a signal, the OOM killer) without reporting
-        db.finish_attempt(attempt_id, "failed", error=result.error, **usage)
-        kind = "memory" if result.error_type == "MemoryError" else "error"
-        return _failed(service, job, limits, spec.name, kind, result.error or "the step's process died")
-    error = value.get("error")
-    if error is not None:
-        db.finish_attempt(attempt_id, "failed", error=f"{error['type']}: {error['message']}", **usage)
-        return _failed(service, job, limits, spec.name, error["kind"], error["message"])
-
-    db.record_outputs(job_id, step_index, [Output(**o, step_index=step_index) for o in value["outputs"]])
-    db.finish_attempt(attempt_id, "succeeded", **usage)
-    if step_index + 1 < len(pipeline.steps):
-        db.advance(job_id, step_index + 1)
-        following = db.get_job(job_id)
-        if following is not None:
-            enqueue(service, following)
-        return Outcome("next")
-    db.finish(job_id, "succeeded")
-    return Outcome("succeeded")
+    # Named after this worker's pid, so a worker starting later knows whose folder it was.
+    scratch = service.settings.data_dir / "scratch" / f"{os.getpid()}.{request_id}"
+    request = StepRequest(request_id, pipeline.name, step_index, job.event, info, limits.timeout,
+                          limits.memory_mb, str(scratch))
+    with _Heartbeat(service, job_id, attempt_id, lease, asked_at=asked_at) as heartbeat:
+        result = execute(service, request, cancel=heartbeat.lost)
+    if heartbeat.lost.is_set():
+        return end.late(result)
+    return end.from_result(result)
 
 
-def _current_object(service: Service, job: Job, event: ObjectEvent) -> ObjectInfo | None:
-    if not event.is_creation:
-        return None
-    return service.storage.head(event.bucket, event.key)
+def execute(service: Service, request: StepRequest, *, cancel: threading.Event) -> ChildResult:
+    """Run the step's handler in a warm runner of its function (a process of its own), under its limits.
 
+    ``cold`` on the result says whether the runner was new; ``recycled`` why
+    it was replaced after this step (None: it stays warm for the next one).
+    """
+    spec = service.spec(service.pipelines[request.pipeline].steps[request.step_index])
 
-def _skip(service: Service, job: Job, attempt_id: int, reason: str) -> Outcome:
-    service.db.finish_attempt(attempt_id, "skipped", error=reason)
-    service.db.finish(job.id, "skipped", reason)
-    return Outcome("skipped", reason)
+    def work(step: StepRequest) -> Any:  # runs in the runner, for every step it is sent
+        outcome = invoke(service, step)
+        if (outcome.get("error") or {}).get("kind") == "memory":  # the handler reported a MemoryError
+            return Retire(outcome, f"ran out of memory (limit {step.memory_mb} MB)")
+        return outcome
 
-
-def _kind(exc: BaseException) -> str:
-    """How a failure is handled: ``permanent``, ``memory`` (both fail at once), ``transient`` or ``error``."""
-    if isinstance(exc, MemoryError):
-        return "memory"
-    if isinstance(exc, PERMANENT):
-        return "permanent"
-    if isinstance(exc, TRANSIENT):
-        return "transient"
-    return "error"
-
-
-def _failed(service: Service, job: Job, limits: Limits, step_name: str, kind: str, message: str) -> Outcome:
-    """Retry a failure that may pass; fail the job on one that cannot, or when out of retries."""
-    db = service.db
-    where = f"step {step_name!r}: "
-    if kind == "memory":
-        message = f"needed more than its memory limit of {limits.memory_mb} MB"
-    if kind in ("permanent", "memory"):
-        db.finish(job.id, "failed", where + message)
-        return Outcome("failed", message)
-    failures = db.failures(job.id, job.step_index)
-    if failures > limits.retries:
-        reason = f"{where}failed {failures} times; last error: {message}"
-        db.finish(job.id, "failed", reason)
-        return Outcome("failed", reason)
-    delay = backoff(failures)
-    db.requeue(job.id, f"retrying in {delay:.0f} s after: {message}")
-    log.warning("job %s: %s failure, retry %d/%d in %.1f s: %s", job.id, kind, failures, limits.retries,
-                delay, message)
-    return Outcome("retry", message, retry_in=delay)
-
-
-def _call_handler(service: Service, pipeline: Pipeline, step: Step, spec: FunctionSpec, limits: Limits,
-                  event: ObjectEvent, info: ObjectInfo | None, request_id: str) -> dict[str, Any]:
-    """Runs in the step's child process: build the context, call the handler, report usage."""
-    import time
-
-    storage = open_storage(service.settings)  # a fresh client: connections do not survive fork
-    scratch = scratch_dir(service.settings.data_dir / "scratch", request_id)
-    source = info or ObjectInfo(event.bucket, event.key, event.size or 0, event.etag or "")
-    provenance = {
-        "fileproc-source-bucket": event.bucket,
-        "fileproc-source-key": quote(event.key, safe="/"),  # S3 metadata must be ASCII
-        "fileproc-source-etag": source.etag,
-        PROVENANCE_PIPELINE: pipeline.name,
-    }
-    output_bucket = pipeline.output.bucket.replace("{bucket}", event.bucket)
-    writer = OutputWriter(
-        storage, output_bucket,
-        lambda name: render_key(pipeline.output.key, pipeline=pipeline.name, bucket=event.bucket,
-                                key=event.key, name=name),
-        provenance,
-    )
-    reader = InputObject(storage, source, scratch)
-    context = Context(
-        aws_request_id=request_id,
-        function_name=spec.name,
-        memory_limit_in_mb=limits.memory_mb,
-        deadline=time.monotonic() + limits.timeout,
-        params=dict(step.params),
-        input=reader,
-        output=writer,
-        storage=storage,
-        logger=logging.getLogger(f"fileproc.function.{spec.name}"),
-        pipeline=pipeline.name,
-        event=event,
-        scratch_dir=scratch,
-    )
-    outcome: dict[str, Any] = {"error": None}
     try:
-        spec.handler({"Records": [event.to_record()]}, context)
-    except Exception as exc:  # reported to the parent, which decides
-        # Classified here: the exception object itself may not survive pickling.
-        outcome["error"] = {"kind": _kind(exc), "type": type(exc).__name__, "message": str(exc) or type(exc).__name__}
+        return pool().run((spec.name, request.memory_mb), service, work, request, timeout=request.timeout,
+                          memory_mb=request.memory_mb, cancel=cancel, warm=warm_hook(spec.handler))
     finally:
-        remove_scratch(scratch)
-    outcome["outputs"] = [
-        {"bucket": o.bucket, "key": o.key, "size": o.size, "etag": o.etag, "content_type": o.content_type}
-        for o in writer.written
-    ]
-    outcome["bytes_read"] = reader.bytes_read
-    outcome["bytes_written"] = sum(o.size for o in writer.written)
-    return outcome
+        # A step killed from outside (timeout, lost lease) cannot clean up after itself.
+        shutil.rmtree(request.scratch_dir, ignore_errors=True)
+
+
+class _Ender:
+    """Builds the step's second transaction from how it ended, and sends what comes next."""
+
+    def __init__(self, service: Service, job: Job, step_index: int, attempt_id: int, function: str,
+                 limits: Limits, failures: int) -> None:
+        self.service, self.job, self.step_index, self.attempt_id = service, job, step_index, attempt_id
+        self.function, self.limits, self.failures = function, limits, failures
+
+    def _finish(self, attempt_status: str, outcome: str, reason: str | None, result: ChildResult | None,
+                **extra: Any) -> Outcome:
+        value = (result.value if result else None) or {}
+        end = StepEnd(
+            job_id=self.job.id, step_index=self.step_index, attempt_id=self.attempt_id,
+            attempt_status=attempt_status, outcome=outcome, reason=reason,
+            duration_ms=result.duration_ms if result else None,
+            peak_memory_kb=result.peak_memory_kb if result else None,
+            bytes_read=value.get("bytes_read", 0), bytes_written=value.get("bytes_written", 0),
+            cold_start=result.cold if result else None, recycled=result.recycled if result else None,
+            result=value.get("result"), **extra)
+        if not _record(self.service, end):
+            log.warning("job %s: step %d finished after losing its lease; result refused", self.job.id,
+                        self.step_index)
+            return Outcome("late", "this attempt lost its lease; another took the step over")
+        self._log(outcome, reason)
+        if outcome == "next":
+            outbox.send(self.service, [Send(self.job.id, self.step_index + 1, self.job.pipeline)])
+        return Outcome(outcome, reason or "", retry_in=end.retry_in if outcome == "retry" else None)
+
+    def _log(self, outcome: str, reason: str | None) -> None:
+        where = f"job {self.job.id} ({self.job.pipeline}) {self.job.bucket}/{self.job.key}"
+        if outcome == "failed":
+            log.warning("%s failed: %s", where, reason)
+        elif outcome in ("succeeded", "skipped"):
+            log.info("%s %s%s", where, outcome, f": {reason}" if reason else "")
+
+    def succeed(self, result: ChildResult) -> Outcome:
+        value = result.value or {}
+        outputs = [Output(**o, step_index=self.step_index) for o in value.get("outputs", [])]
+        last = self.step_index + 1 >= len(self.service.pipelines[self.job.pipeline].steps)
+        return self._finish(AttemptStatus.SUCCEEDED, "succeeded" if last else "next", None, result,
+                            outputs=outputs)
+
+    def skip(self, reason: str) -> Outcome:
+        return self._finish(AttemptStatus.SKIPPED, "skipped", reason, None, error=reason)
+
+    def fail(self, attempt_status: str, reason: str, result: ChildResult | None = None,
+             **extra: Any) -> Outcome:
+        return self._finish(attempt_status, "failed", reason, result, **extra)
+
+    def failure(self, kind: str, message: str, result: ChildResult, *, error: str | None = None,
+                traceback: str | None = None) -> Outcome:
+        """Retry a failure that may pass; fail the job on one that cannot, or when out of retries."""
+        where = f"step {self.function!r}: "
+        detail = {"error": error or message, "traceback": traceback}
+        if kind == "memory":
+            message = f"needed more than its memory limit of {self.limits.memory_mb} MB"
+        if kind in ("permanent", "memory"):
+            return self.fail(AttemptStatus.FAILED, where + message, result, **detail)
+        failures = self.failures + 1
+        if failures > self.limits.retries:
+            return self.fail(AttemptStatus.FAILED, f"{where}failed {failures} times; last error: {message}",
+                             result, **detail)
+        delay = backoff(failures)
+        log.warning("job %s: %s failure, retry %d/%d in %.1f s: %s", self.job.id, kind, failures,
+                    self.limits.retries, delay, message)
+        return self._finish(AttemptStatus.FAILED, "retry", f"retrying in {delay:.0f} s after: {message}",
+                            result, retry_in=delay, **detail)
+
+    def late(self, result: ChildResult) -> Outcome:
+        """The step was stopped because its lease was (about to be) lost.
+
+        If another attempt took the step over, the fence refuses this and the
+        attempt is recorded ``late``; if nobody has yet, the step is queued
+        to run again at once (the lost attempt counts against its retries).
+        """
+        why = "stopped: this worker could not keep the step's lease (cut off from the database?)"
+        return self._finish(AttemptStatus.LOST, "retry", why, result, error=why)
+
+    def from_result(self, result: ChildResult) -> Outcome:
+        if result.timed_out:  # not retried: the same input would time out again
+            return self.fail(AttemptStatus.TIMED_OUT, f"step {self.function!r} {result.error}", result,
+                             error=result.error)
+        if not result.ok:  # it failed outside the handler, or died (a signal, the OOM killer) without reporting
+            kind = "memory" if result.error_type == "MemoryError" else "error"
+            return self.failure(kind, result.error or "the step's process died", result)
+        error = (result.value or {}).get("error")
+        if error is not None:
+            return self.failure(error["kind"], error["message"], result,
+                                error=f"{error['type']}: {error['message']}", traceback=error.get("traceback"))
+        return self.succeed(result)
+
+
+FINISH_PATIENCE_SECONDS = 120.0
+"""How long a worker keeps trying to record a step's end while the database is unreachable."""
+
+
+def _record(service: Service, end: StepEnd) -> bool:
+    """The step's second transaction, tried again while the database is unreachable.
+
+    Safe to repeat: it is fenced to the attempt, so a try that did commit
+    before its answer was lost makes the next one a refused no-op. Past
+    :data:`FINISH_PATIENCE_SECONDS` the worker gives up; the lease runs out
+    and the step runs again elsewhere.
+    """
+    deadline = time.monotonic() + FINISH_PATIENCE_SECONDS
+    pause = 0.5
+    while True:
+        try:
+            return service.db.finish_step(end)
+        except DatabaseUnavailable as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("job %s: cannot record the end of step %d yet (%s); trying again in %.0f s",
+                        end.job_id, end.step_index, exc, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 8.0)
+
+
+class _Heartbeat:
+    """Renews the step's lease every fifth of it while the step runs, and stops the step in time.
+
+    Sets ``lost`` (which kills the step at once) when another attempt owns
+    the step, or when no renewal has got through for 80 % of a lease: the
+    database granted the lease no earlier than the moment this worker asked
+    for it, so by then (even on a slow machine) the step is stopped before its
+    lease can run out by the database's clock and another worker take it. The
+    deadline is kept by its own clock thread, so a renewal hanging on a dead
+    connection cannot delay it.
+    """
+
+    SAFETY = 0.8
+
+    def __init__(self, service: Service, job_id: int, attempt_id: int, lease: float, *, asked_at: float) -> None:
+        self.service, self.job_id, self.attempt_id, self.lease = service, job_id, attempt_id, lease
+        self.lost = threading.Event()
+        self._held_since = asked_at  # when this worker last asked for a lease it then got
+        self._done = threading.Event()
+        self._renewer = threading.Thread(target=self._renew_loop, name=f"fileproc-lease-{job_id}", daemon=True)
+        self._clock = threading.Thread(target=self._watch_deadline, name=f"fileproc-lease-clock-{job_id}",
+                                       daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._renewer.start()
+        self._clock.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._clock.join()  # the renewer may be stuck on a dead connection: it is a daemon
+
+    def _stop_step(self, why: str) -> None:
+        if not self.lost.is_set():
+            log.warning("job %s: %s; stopping the step (attempt %s)", self.job_id, why, self.attempt_id)
+            self.lost.set()
+
+    def _watch_deadline(self) -> None:
+        while not self._done.wait(0.1):
+            if self.lost.is_set():
+                return
+            if time.monotonic() - self._held_since >= self.lease * self.SAFETY:
+                self._stop_step("no lease renewal got through in time (cut off from the database?)")
+                return
+
+    def _renew_loop(self) -> None:
+        while not self._done.wait(self.lease / 5) and not self.lost.is_set():
+            asked = time.monotonic()
+            try:
+                renewed = self.service.db.renew_lease(self.job_id, self.attempt_id, self.lease)
+            except DatabaseUnavailable as exc:
+                log.warning("job %s: cannot renew the lease: %s", self.job_id, exc)
+                continue
+            if not renewed:
+                self._stop_step("another attempt took the step over")
+                return
+            self._held_since = max(self._held_since, asked)
+
+
+def clean_scratch(service: Service) -> int:
+    """Remove scratch folders left by steps killed before this worker started; how many."""
+    root = service.settings.data_dir / "scratch"
+    removed = 0
+    if not root.is_dir():
+        return 0
+    for folder in root.iterdir():
+        pid = folder.name.partition(".")[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+__all__ = ["Limits", "Outcome", "backoff", "clean_scratch", "execute", "limits_for", "run_step"]

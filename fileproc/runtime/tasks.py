@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 
+from fileproc.outbox import Relay
 from fileproc.runtime.app import RUN_STEP, celery_app
 from fileproc.runtime.runner import run_step
 from fileproc.service import Service
 
 _service: Service | None = None
+_relay_thread: Relay | None = None
 
 
 def bind_service(service: Service) -> None:
@@ -26,12 +28,21 @@ def _after_fork(**_: Any) -> None:
         _service.after_fork()
 
 
-@celery_app.task(name=RUN_STEP, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
-def run_step_task(self: Task, job_id: int, step_index: int) -> str:
-    """Run one step; a retry (backoff, or a step held by another worker) is a Celery retry."""
+@worker_ready.connect
+def _relay(**_: Any) -> None:
+    # Every process that can relays the outbox: a worker alone (no API nearby) still
+    # sends retries, next steps that missed the broker, and steps of dead workers.
+    global _relay_thread
+    if _service is not None and _relay_thread is None:
+        _relay_thread = Relay(_service).start()
+
+
+@celery_app.task(name=RUN_STEP, bind=True, acks_late=True, reject_on_worker_lost=True)
+def run_step_task(self: Task, job_id: int, step_index: int, *_: Any, **__: Any) -> str:
+    """Run one step. Retries are not Celery's: the outbox sends a retried step when it is due.
+
+    Extra arguments are ignored, so messages of another fileproc version still run.
+    """
     if _service is None:
         raise RuntimeError("the worker started without a service (use `fileproc worker`)")
-    outcome = run_step(_service, job_id, step_index, worker=self.request.hostname or "worker")
-    if outcome.retry_in is not None:
-        raise self.retry(countdown=outcome.retry_in)
-    return outcome.status
+    return run_step(_service, job_id, step_index, worker=self.request.hostname or "worker").status

@@ -1,173 +1,78 @@
-"""The state database: events, jobs, attempts, outputs and usage.
+"""The state database: jobs, attempts, outputs and usage.
 
 SQLite by default (WAL, so the API, the watcher and workers share it), any
 SQLAlchemy URL otherwise (PostgreSQL in production). Callers get plain
-dataclasses (:class:`Job`), never live ORM rows.
+dataclasses (:mod:`.records`), never live ORM rows.
 
 Job status: ``queued`` -> ``running`` -> ``succeeded`` | ``failed`` |
-``skipped`` (superseded by a newer version, deleted, or written by its own
-pipeline). A job that is retried goes back to ``queued``.
+``skipped``. A step costs two transactions: :meth:`Database.start_step`
+(claim, lease, attempt) and :meth:`Database.finish_step` (attempt, outputs,
+usage and what becomes of the job, atomically, fenced to the attempt that owns
+the step). Leases are measured on the database's clock, never a worker's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, create_engine, event, func, or_, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import Connection, Engine, and_, create_engine, event, func, or_, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from fileproc.errors import FileprocError
 from fileproc.events import ObjectEvent
-from fileproc.state.models import AttemptRow, Base, EventRow, JobRow, OutputRow, utcnow
+from fileproc.state import steps
+from fileproc.state.models import AttemptRow, AttemptStatus, Base, JobRow, JobStatus, OutputRow, utcnow
+from fileproc.state.records import (
+    STATUSES,
+    TERMINAL,
+    Attempt,
+    Job,
+    Output,
+    Send,
+    StepEnd,
+    StepStart,
+    aware,
+    job_of,
+)
 
-TERMINAL = ("succeeded", "failed", "skipped")
-STATUSES = ("queued", "running", *TERMINAL)
+BAD_ATTEMPTS = (AttemptStatus.FAILED, AttemptStatus.TIMED_OUT, AttemptStatus.LOST)
+LOST_REASON = "the worker running this step was lost (killed, crashed, out of memory or cut off)"
 
 
 class DatabaseUnavailable(FileprocError):
     """The state database cannot be reached or written."""
 
 
-@dataclass(frozen=True)
-class Attempt:
-    id: int
-    step_index: int
-    function: str
-    status: str
-    worker: str
-    started_at: datetime
-    finished_at: datetime | None
-    duration_ms: int | None
-    peak_memory_kb: int | None
-    bytes_read: int
-    bytes_written: int
-    error: str | None
-
-
-@dataclass(frozen=True)
-class Output:
-    bucket: str
-    key: str
-    size: int
-    etag: str
-    content_type: str
-    step_index: int = 0
-
-
-@dataclass(frozen=True)
-class Job:
-    id: int
-    pipeline: str
-    bucket: str
-    key: str
-    version: str
-    status: str
-    step_index: int
-    error: str | None
-    created_at: datetime
-    updated_at: datetime
-    finished_at: datetime | None
-    event: dict[str, Any]
-    attempts: list[Attempt] = field(default_factory=list)
-    outputs: list[Output] = field(default_factory=list)
-
-    @property
-    def object_event(self) -> ObjectEvent:
-        return ObjectEvent.from_dict(self.event)
-
-    def usage(self) -> dict[str, int]:
-        """Duration, peak memory and bytes of all attempts, summed (peak: max)."""
-        return {
-            "duration_ms": sum(a.duration_ms or 0 for a in self.attempts),
-            "peak_memory_kb": max((a.peak_memory_kb or 0 for a in self.attempts), default=0),
-            "bytes_read": sum(a.bytes_read for a in self.attempts),
-            "bytes_written": sum(a.bytes_written for a in self.attempts),
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "pipeline": self.pipeline,
-            "bucket": self.bucket,
-            "key": self.key,
-            "version": self.version,
-            "status": self.status,
-            "step": self.step_index,
-            "error": self.error,
-            "created_at": self.created_at.isoformat(),
-            "updated_at": self.updated_at.isoformat(),
-            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
-            "outputs": [{"bucket": o.bucket, "key": o.key, "size": o.size, "etag": o.etag} for o in self.outputs],
-            "attempts": [
-                {
-                    "step": a.step_index, "function": a.function, "status": a.status, "worker": a.worker,
-                    "started_at": a.started_at.isoformat(),
-                    "finished_at": a.finished_at.isoformat() if a.finished_at else None,
-                    "duration_ms": a.duration_ms, "peak_memory_kb": a.peak_memory_kb,
-                    "bytes_read": a.bytes_read, "bytes_written": a.bytes_written, "error": a.error,
-                }
-                for a in self.attempts
-            ],
-            "usage": self.usage(),
-        }
-
-
-@dataclass(frozen=True)
-class Claim:
-    """The result of trying to start a step.
-
-    ``attempt_id`` is set when this worker now owns the step. Otherwise
-    ``retry_after`` (seconds) says another worker holds a live lease, or
-    ``job`` is None / terminal and there is nothing to do.
-    """
-
-    job: Job | None
-    attempt_id: int | None = None
-    lost: int = 0
-    retry_after: float | None = None
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; everything here is UTC.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
-def _attempt(row: AttemptRow) -> Attempt:
-    return Attempt(
-        row.id, row.step_index, row.function, row.status, row.worker, _aware(row.started_at) or utcnow(),
-        _aware(row.finished_at), row.duration_ms, row.peak_memory_kb, row.bytes_read, row.bytes_written, row.error,
-    )
-
-
-def _job(row: JobRow, *, details: bool = True) -> Job:
-    return Job(
-        row.id, row.pipeline, row.bucket, row.key, row.version, row.status, row.step_index, row.error,
-        _aware(row.created_at) or utcnow(), _aware(row.updated_at) or utcnow(), _aware(row.finished_at),
-        dict(row.event),
-        [_attempt(a) for a in row.attempts] if details else [],
-        [Output(o.bucket, o.key, o.size, o.etag, o.content_type, o.step_index) for o in row.outputs]
-        if details else [],
-    )
-
-
 class Database:
     """fileproc's state, behind a handful of intention-named methods."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, timeout: float = 10.0) -> None:
         self.url = url
+        self.is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
-        if url.startswith("sqlite"):
-            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        if self.is_sqlite:
+            # The driver's own transaction handling is off: we BEGIN IMMEDIATE ourselves,
+            # so a transaction that reads and then writes never fails on a lock upgrade.
+            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False, "isolation_level": None}
+        else:
+            # A host cut off from the database notices instead of hanging: connect and
+            # statement timeouts, and TCP keepalives on an idle connection.
+            kwargs["connect_args"] = {
+                "connect_timeout": max(1, int(timeout)),
+                "options": f"-c statement_timeout={int(timeout * 1000)}",
+                "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+                "tcp_user_timeout": int(timeout * 1000),
+            }
+            kwargs["pool_timeout"] = timeout
         self.engine: Engine = create_engine(url, **kwargs)
-        if url.startswith("sqlite"):
+        if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "begin", _sqlite_begin)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         try:
             Base.metadata.create_all(self.engine)
@@ -180,173 +85,212 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
+        """One transaction, committed at the end (rolled back on an exception)."""
         try:
             with self._sessions.begin() as session:
                 yield session
         except OperationalError as exc:
             raise DatabaseUnavailable(f"state database error: {_plain(exc)}") from exc
 
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """One transaction on a plain connection (no ORM), for the statements run on every step."""
+        try:
+            with self.engine.begin() as connection:
+                yield connection
+        except OperationalError as exc:
+            raise DatabaseUnavailable(f"state database error: {_plain(exc)}") from exc
+
+    def now(self, s: Session) -> datetime:
+        """The database's clock (workers' clocks differ; SQLite lives on this host)."""
+        if self.is_sqlite:
+            return utcnow()
+        return aware(s.scalar(select(func.now()))) or utcnow()
+
     # -- intake ---------------------------------------------------------
 
-    def record_event(self, event: ObjectEvent) -> int:
+    def create_jobs(self, wanted: Iterable[tuple[str, ObjectEvent]], *, sending: bool) -> list[tuple[Job, bool]]:
+        """The job for each (pipeline, event): new, or the one that exists; one transaction.
+
+        ``sending``: the caller sends new jobs' messages itself right after the
+        commit, so they are marked sent; if that fails the outbox sends them
+        after ``runtime.resend_after`` (or at once after :meth:`unsend`).
+        """
+        items = list(wanted)
+        if not items:
+            return []
         with self.session() as s:
-            row = EventRow(source=event.source, event_name=event.event_name, bucket=event.bucket,
-                           key=event.key, data=event.to_dict())
-            s.add(row)
-            s.flush()
-            return row.id
+            now = self.now(s)
+            rows = [{"pipeline": p, "bucket": e.bucket, "key": e.key, "version": e.version, "etag": e.etag,
+                     "event": e.to_dict(),
+                     "status": JobStatus.QUEUED, "step_index": 0, "sends": 1 if sending else 0,
+                     "sent_at": now if sending else None, "created_at": now, "updated_at": now}
+                    for p, e in items]
+            dialect = postgresql if not self.is_sqlite else sqlite
+            created = {
+                r.id for r in s.execute(
+                    dialect.insert(JobRow).values(rows).on_conflict_do_nothing().returning(JobRow.id))
+            }
+            keys = {(p, e.bucket, e.key, e.version) for p, e in items}
+            found = {
+                (r.pipeline, r.bucket, r.key, r.version): r
+                for r in s.scalars(select(JobRow).where(
+                    tuple_(JobRow.pipeline, JobRow.bucket, JobRow.key, JobRow.version).in_(list(keys))))
+            }
+            out = []
+            for p, e in items:
+                row = found[(p, e.bucket, e.key, e.version)]
+                out.append((job_of(row, details=False), row.id in created))
+            return out
 
-    def create_job(self, pipeline: str, event: ObjectEvent) -> tuple[Job, bool]:
-        """The job for (pipeline, bucket, key, version): new, or the one that exists."""
-        try:
-            with self.session() as s:
-                row = JobRow(pipeline=pipeline, bucket=event.bucket, key=event.key,
-                             version=event.version, event=event.to_dict())
-                s.add(row)
-                s.flush()
-                return _job(row, details=False), True
-        except IntegrityError:
-            return self.find_job(pipeline, event.bucket, event.key, event.version), False
+    def outputs_among(self, objects: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str, str], set[str]]:
+        """For each (bucket, key, etag) fileproc wrote: the pipelines that wrote it (loop prevention)."""
+        wanted = [o for o in set(objects) if o[2]]
+        if not wanted:
+            return {}
+        found: dict[tuple[str, str, str], set[str]] = {}
+        with self.session() as s:
+            rows = s.execute(
+                select(OutputRow.bucket, OutputRow.key, OutputRow.etag, JobRow.pipeline)
+                .join(JobRow, OutputRow.job_id == JobRow.id)
+                .where(tuple_(OutputRow.bucket, OutputRow.key, OutputRow.etag).in_(wanted)))
+            for bucket, key, etag, pipeline in rows:
+                found.setdefault((bucket, key, etag), set()).add(pipeline)
+        return found
 
-    def find_job(self, pipeline: str, bucket: str, key: str, version: str) -> Job:
+    def output_of(self, bucket: str, key: str, etag: str | None) -> set[str]:
+        """Pipelines that wrote this exact object."""
+        return self.outputs_among([(bucket, key, etag or "")]).get((bucket, key, etag or ""), set())
+
+    def find_job(self, pipeline: str, bucket: str, key: str, version: str) -> Job | None:
         with self.session() as s:
             row = s.scalars(select(JobRow).where(
                 JobRow.pipeline == pipeline, JobRow.bucket == bucket, JobRow.key == key, JobRow.version == version,
-            )).one()
-            return _job(row, details=False)
+            )).one_or_none()
+            return job_of(row, details=False) if row else None
 
-    def output_of(self, bucket: str, key: str, etag: str | None) -> set[str]:
-        """Pipelines that wrote this exact object (loop prevention without a HEAD)."""
-        if not etag:
-            return set()
+    def unsend(self, job_ids: list[int]) -> None:
+        """The broker did not take these messages: let the outbox send them as soon as it can."""
+        if job_ids:
+            with self.session() as s:
+                s.execute(update(JobRow).where(JobRow.id.in_(job_ids), JobRow.status.not_in(TERMINAL))
+                          .values(sent_at=None).execution_options(synchronize_session=False))
+
+    # -- outbox ---------------------------------------------------------
+
+    def take_sends(self, resend_after: float, limit: int = 500) -> list[Send]:
+        """Steps due to go to the broker, marked sent in the same statement.
+
+        Due: a queued step never sent (and past its retry delay), a queued step
+        sent ``resend_after`` seconds ago that never started (its message was
+        lost), and a running step whose lease ran out (its worker died or was
+        cut off) that was not sent again since.
+        """
         with self.session() as s:
-            rows = s.execute(
-                select(JobRow.pipeline).join(OutputRow, OutputRow.job_id == JobRow.id)
-                .where(OutputRow.bucket == bucket, OutputRow.key == key, OutputRow.etag == etag)
+            now = self.now(s)
+            stale = now - timedelta(seconds=resend_after)
+            due = or_(
+                and_(JobRow.status == JobStatus.QUEUED,
+                     or_(and_(JobRow.sent_at.is_(None),
+                              or_(JobRow.send_after.is_(None), JobRow.send_after <= now)),
+                         JobRow.sent_at < stale)),
+                and_(JobRow.status == JobStatus.RUNNING, JobRow.lease_until < now,
+                     or_(JobRow.sent_at.is_(None), JobRow.sent_at < stale)),
             )
-            return {r[0] for r in rows}
-
-    def mark_enqueued(self, job_id: int) -> None:
-        with self.session() as s:
-            s.execute(update(JobRow).where(JobRow.id == job_id).values(enqueued=True))
-
-    def pending_enqueue(self, limit: int = 500) -> list[Job]:
-        """Queued jobs whose message never reached the broker."""
-        with self.session() as s:
-            rows = s.scalars(select(JobRow).where(JobRow.status == "queued", JobRow.enqueued.is_(False))
-                             .order_by(JobRow.id).limit(limit))
-            return [_job(r, details=False) for r in rows]
+            ids = select(JobRow.id).where(due).order_by(JobRow.id).limit(limit).scalar_subquery()
+            rows = s.execute(
+                update(JobRow).where(JobRow.id.in_(ids), due)
+                .values(sent_at=now, sends=JobRow.sends + 1)
+                .returning(JobRow.id, JobRow.step_index, JobRow.pipeline)
+                .execution_options(synchronize_session=False))
+            return sorted((Send(r.id, r.step_index, r.pipeline) for r in rows), key=lambda x: x.job_id)
 
     # -- runtime --------------------------------------------------------
 
-    def claim(self, job_id: int, step_index: int, function: str, worker: str, lease_seconds: float) -> Claim:
-        """Take the step for this worker, unless it is done or held by a live worker.
+    def start_step(self, job_id: int, step_index: int, worker: str, lease_seconds: float,
+                   function_of: Callable[[str, int], str]) -> StepStart | Job | None:
+        """Take the step for this worker: the first of the step's two transactions.
 
-        A step whose holder's lease ran out (its worker was killed) is taken
-        over; the dead holder's attempts are marked ``lost`` and counted.
+        Returns a :class:`StepStart` when this worker now owns the step; the job
+        when it is not this step's turn (finished, moved on, a retry still in
+        its backoff) or another worker holds a live lease; None when there is
+        no such job. A step whose lease ran out is taken over: its holder's
+        attempt is marked ``lost``. ``function_of(pipeline, step_index)`` names
+        the function the attempt runs.
         """
-        now = utcnow()
+        return steps.start_step(self.connection, job_id, step_index, worker, lease_seconds, function_of)
+
+    def renew_lease(self, job_id: int, attempt_id: int, lease_seconds: float) -> bool:
+        """Extend the step's lease; False once another attempt owns the step (stop at once)."""
+        return steps.renew_lease(self.connection, job_id, attempt_id, lease_seconds)
+
+    def finish_step(self, end: StepEnd) -> bool:
+        """Record how the step ended and move the job on: the step's second transaction.
+
+        Fenced: if the attempt no longer owns the step (its lease ran out and
+        another attempt took over), nothing of the job changes and no output is
+        recorded; the attempt is marked ``late`` with its usage. Returns
+        whether the result was taken. Outputs are recorded once per (job,
+        step, bucket, key).
+        """
+        return steps.finish_step(self.connection, end)
+
+    def end_job(self, job_id: int, status: JobStatus, reason: str) -> None:
+        """End a job that cannot run at all (its pipeline is gone), whatever step it is at."""
         with self.session() as s:
-            # One conditional UPDATE, so two workers racing for the step cannot both win.
-            taken = s.execute(  # type: ignore[attr-defined]
-                update(JobRow)
-                .where(JobRow.id == job_id, JobRow.step_index == step_index,
-                       or_(JobRow.status == "queued",
-                           and_(JobRow.status == "running",
-                                or_(JobRow.lease_until.is_(None), JobRow.lease_until < now))))
-                .values(status="running", lease_until=now + timedelta(seconds=lease_seconds), updated_at=now)
-            ).rowcount
-            row = s.get(JobRow, job_id)
-            if row is None:
-                return Claim(None)
-            if not taken:
-                lease = _aware(row.lease_until)
-                live = row.status == "running" and row.step_index == step_index and lease is not None
-                retry_after = (lease - now).total_seconds() + 0.5 if live and lease else None
-                return Claim(_job(row, details=False), retry_after=retry_after)
-            s.execute(
-                update(AttemptRow)
-                .where(AttemptRow.job_id == job_id, AttemptRow.status == "running")
-                .values(status="lost", finished_at=now,
-                        error="the worker running this step was lost (killed, crashed or out of memory)")
-            )
-            lost = s.scalar(select(func.count()).select_from(AttemptRow).where(
-                AttemptRow.job_id == job_id, AttemptRow.step_index == step_index, AttemptRow.status == "lost"))
-            attempt = AttemptRow(job_id=job_id, step_index=step_index, function=function, worker=worker)
-            s.add(attempt)
-            s.flush()
-            return Claim(_job(row, details=False), attempt.id, lost=lost or 0)
-
-    def failures(self, job_id: int, step_index: int) -> int:
-        """How many attempts at this step ended badly (failed, timed out or lost)."""
-        with self.session() as s:
-            return s.scalar(select(func.count()).select_from(AttemptRow).where(
-                AttemptRow.job_id == job_id, AttemptRow.step_index == step_index,
-                AttemptRow.status.in_(("failed", "timed_out", "lost")))) or 0
-
-    def finish_attempt(self, attempt_id: int, status: str, *, duration_ms: int | None = None,
-                       peak_memory_kb: int | None = None, bytes_read: int = 0, bytes_written: int = 0,
-                       error: str | None = None) -> None:
-        with self.session() as s:
-            s.execute(update(AttemptRow).where(AttemptRow.id == attempt_id).values(
-                status=status, finished_at=utcnow(), duration_ms=duration_ms, peak_memory_kb=peak_memory_kb,
-                bytes_read=bytes_read, bytes_written=bytes_written, error=error))
-
-    def record_outputs(self, job_id: int, step_index: int, outputs: list[Output]) -> None:
-        with self.session() as s:
-            s.add_all(OutputRow(job_id=job_id, step_index=step_index, bucket=o.bucket, key=o.key, size=o.size,
-                                etag=o.etag, content_type=o.content_type) for o in outputs)
-
-    def advance(self, job_id: int, next_step: int) -> None:
-        """The step finished; queue the next one."""
-        self._set(job_id, status="queued", step_index=next_step, enqueued=False, lease_until=None, error=None)
-
-    def requeue(self, job_id: int, reason: str) -> None:
-        """The step will run again (a retry after a transient failure)."""
-        self._set(job_id, status="queued", enqueued=True, lease_until=None, error=reason)
-
-    def finish(self, job_id: int, status: str, error: str | None = None) -> None:
-        assert status in TERMINAL
-        self._set(job_id, status=status, error=error, lease_until=None, finished_at=utcnow())
-
-    def _set(self, job_id: int, **values: Any) -> None:
-        with self.session() as s:
-            s.execute(update(JobRow).where(JobRow.id == job_id).values(updated_at=utcnow(), **values))
+            now = self.now(s)
+            s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status.not_in(TERMINAL))
+                      .values(status=status, error=reason, finished_at=now, updated_at=now, lease_until=None,
+                              attempt_id=None)
+                      .execution_options(synchronize_session=False))
 
     # -- admin ----------------------------------------------------------
 
     def get_job(self, job_id: int) -> Job | None:
         with self.session() as s:
             row = s.get(JobRow, job_id, options=[selectinload(JobRow.attempts), selectinload(JobRow.outputs)])
-            return _job(row) if row else None
+            return job_of(row) if row else None
 
-    def list_jobs(self, status: str | None = None, limit: int = 100, *, bucket: str | None = None) -> list[Job]:
+    def list_jobs(self, status: str | None = None, limit: int = 100, *, bucket: str | None = None,
+                  key: str | None = None) -> list[Job]:
         with self.session() as s:
             query = select(JobRow).options(selectinload(JobRow.attempts), selectinload(JobRow.outputs))
             if status:
                 query = query.where(JobRow.status == status)
             if bucket:
                 query = query.where(JobRow.bucket == bucket)
+            if key is not None:
+                query = query.where(JobRow.key == key)
             rows = s.scalars(query.order_by(JobRow.id.desc()).limit(limit))
-            return [_job(r) for r in rows]
+            return [job_of(r) for r in rows]
+
+    def count_jobs(self) -> dict[str, int]:
+        """How many jobs are in each status."""
+        with self.session() as s:
+            counts = dict(s.execute(select(JobRow.status, func.count()).group_by(JobRow.status)).all())
+            return {status: counts.get(status, 0) for status in STATUSES}
 
     def reset_for_retry(self, job_id: int) -> Job | None:
         """Put a failed (or skipped) job back in the queue, from the step that failed."""
         with self.session() as s:
-            row = s.get(JobRow, job_id, with_for_update=True)
-            if row is None or row.status not in ("failed", "skipped"):
-                return _job(row, details=False) if row else None
-            row.status, row.enqueued, row.error, row.finished_at, row.lease_until = "queued", False, None, None, None
+            now = self.now(s)
+            row = s.get(JobRow, job_id)
+            if row is None or row.status not in (JobStatus.FAILED, JobStatus.SKIPPED):
+                return job_of(row, details=False) if row else None
+            row.status, row.error, row.finished_at, row.lease_until = JobStatus.QUEUED, None, None, None
+            row.sent_at, row.send_after, row.attempt_id, row.updated_at = None, None, None, now
+            # The failures before an admin's retry no longer count against the step's retries.
             s.execute(update(AttemptRow).where(AttemptRow.job_id == job_id,
                                                AttemptRow.step_index == row.step_index,
-                                               AttemptRow.status.in_(("failed", "timed_out", "lost")))
-                      .values(status=AttemptRow.status + "-before-retry"))
+                                               AttemptRow.status.in_(BAD_ATTEMPTS))
+                      .values(status=AttemptStatus.RETRIED)
+                      .execution_options(synchronize_session=False))
             s.flush()
-            return _job(row, details=False)
+            return job_of(row, details=False)
 
     def failed_job_ids(self) -> list[int]:
         with self.session() as s:
-            return list(s.scalars(select(JobRow.id).where(JobRow.status == "failed").order_by(JobRow.id)))
+            return list(s.scalars(select(JobRow.id).where(JobRow.status == JobStatus.FAILED).order_by(JobRow.id)))
 
     def check(self) -> None:
         """Raise DatabaseUnavailable if the database cannot be queried."""
@@ -363,9 +307,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _sqlite_begin(connection: Any) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def _plain(exc: Exception) -> str:
     # SQLAlchemy messages carry the SQL and sometimes the URL; keep the first line only.
     return str(getattr(exc, "orig", exc)).splitlines()[0]
 
 
-__all__ = ["STATUSES", "TERMINAL", "Attempt", "Claim", "Database", "DatabaseUnavailable", "Job", "Output"]
+__all__ = [
+    "STATUSES", "TERMINAL", "Attempt", "AttemptStatus", "Database", "DatabaseUnavailable", "Job", "JobStatus",
+    "Output", "Send", "StepEnd", "StepStart",
+]

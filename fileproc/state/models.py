@@ -1,11 +1,17 @@
-"""The state database's tables: events, jobs, attempts, outputs.
+"""The state database's tables: jobs, attempts, outputs (and the reconciler's drift).
 
-Usage (duration, peak memory, bytes in/out) is recorded per attempt; a job's
-usage is the sum of its attempts'.
+Usage (duration, peak memory, bytes in/out, cold start) is recorded per
+attempt; a job's usage is the sum of its attempts'.
+
+A job row is also the outbox: ``sent_at`` says when its current step was last
+handed to the broker (None: not yet), ``send_after`` when it may be (a retry's
+backoff). Every fileproc process relays what is due (:mod:`fileproc.outbox`),
+so a message lost anywhere is sent again from here.
 """
 
 from __future__ import annotations
 
+import enum
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -17,22 +23,27 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # superseded by a newer version, deleted, or written by its own pipeline
+
+
+class AttemptStatus(enum.StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    SKIPPED = "skipped"
+    LOST = "lost"  # its worker died or was cut off; another attempt took the step over
+    LATE = "late"  # a lost attempt whose worker came back: its result was refused
+    RETRIED = "retried"  # a failure counted before an admin's retry (no longer counts)
+
+
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: DateTime(timezone=True), dict[str, Any]: JSON}
-
-
-class EventRow(Base):
-    """Every notification received, as recorded before it was answered."""
-
-    __tablename__ = "events"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    received_at: Mapped[datetime] = mapped_column(default=utcnow)
-    source: Mapped[str] = mapped_column(String(32))
-    event_name: Mapped[str] = mapped_column(String(128))
-    bucket: Mapped[str] = mapped_column(String(255))
-    key: Mapped[str] = mapped_column(Text)
-    data: Mapped[dict[str, Any]]
 
 
 class JobRow(Base):
@@ -42,6 +53,7 @@ class JobRow(Base):
     __table_args__ = (
         UniqueConstraint("pipeline", "bucket", "key", "version", name="uq_job_version"),
         Index("ix_jobs_status", "status"),
+        Index("ix_jobs_object", "bucket", "key"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -49,14 +61,21 @@ class JobRow(Base):
     bucket: Mapped[str] = mapped_column(String(255))
     key: Mapped[str] = mapped_column(String(1024))
     version: Mapped[str] = mapped_column(String(255))
+    # The object's etag when notified: a listing (which carries no version id) finds its job by it.
+    etag: Mapped[str | None] = mapped_column(String(255), default=None)
     event: Mapped[dict[str, Any]]
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     step_index: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, default=None)
-    enqueued: Mapped[bool] = mapped_column(default=False)
+    # The fence: the attempt that owns the running step, and until when (the database's clock).
+    attempt_id: Mapped[int | None] = mapped_column(Integer, default=None)
     lease_until: Mapped[datetime | None] = mapped_column(default=None)
+    # The outbox: when the current step was last sent to the broker, and when it may be.
+    sent_at: Mapped[datetime | None] = mapped_column(default=None)
+    send_after: Mapped[datetime | None] = mapped_column(default=None)
+    sends: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
     attempts: Mapped[list[AttemptRow]] = relationship(back_populates="job", order_by="AttemptRow.id")
@@ -72,7 +91,7 @@ class AttemptRow(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     step_index: Mapped[int] = mapped_column(Integer)
     function: Mapped[str] = mapped_column(String(255))
-    status: Mapped[str] = mapped_column(String(32), default="running")
+    status: Mapped[str] = mapped_column(String(32), default=AttemptStatus.RUNNING)
     worker: Mapped[str] = mapped_column(String(255), default="")
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -80,16 +99,23 @@ class AttemptRow(Base):
     peak_memory_kb: Mapped[int | None] = mapped_column(BigInteger, default=None)
     bytes_read: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_written: Mapped[int] = mapped_column(BigInteger, default=0)
+    cold_start: Mapped[bool | None] = mapped_column(default=None)
+    recycled: Mapped[str | None] = mapped_column(Text, default=None)  # why its runner was replaced after it
     error: Mapped[str | None] = mapped_column(Text, default=None)
+    traceback: Mapped[str | None] = mapped_column(Text, default=None)
+    result: Mapped[Any | None] = mapped_column(JSON, default=None)
 
     job: Mapped[JobRow] = relationship(back_populates="attempts")
 
 
 class OutputRow(Base):
-    """An object a step wrote."""
+    """An object a step wrote; recorded once per (job, step, bucket, key)."""
 
     __tablename__ = "outputs"
-    __table_args__ = (Index("ix_outputs_object", "bucket", "key"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "step_index", "bucket", "key", name="uq_output"),
+        Index("ix_outputs_object", "bucket", "key"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
@@ -101,3 +127,31 @@ class OutputRow(Base):
     content_type: Mapped[str] = mapped_column(String(255))
 
     job: Mapped[JobRow] = relationship(back_populates="outputs")
+
+
+class DriftRow(Base):
+    """One reconcile pass over one bucket: what the listing found that no job covered.
+
+    ``new_objects`` + ``new_versions`` is the drift: objects whose notification
+    never arrived (or arrived garbled); ``sample`` holds a few of their keys.
+    """
+
+    __tablename__ = "drift"
+    __table_args__ = (Index("ix_drift_bucket", "bucket", "id"), Index("ix_drift_finished", "finished_at"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bucket: Mapped[str] = mapped_column(String(255))
+    prefixes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime] = mapped_column(default=utcnow)
+    listed: Mapped[int] = mapped_column(Integer, default=0)
+    matched: Mapped[int] = mapped_column(Integer, default=0)
+    covered: Mapped[int] = mapped_column(Integer, default=0)
+    new_objects: Mapped[int] = mapped_column(Integer, default=0)
+    new_versions: Mapped[int] = mapped_column(Integer, default=0)
+    own_outputs: Mapped[int] = mapped_column(Integer, default=0)
+    recent: Mapped[int] = mapped_column(Integer, default=0)
+    sample: Mapped[list[str]] = mapped_column(JSON, default=list)
+    cpu_ms: Mapped[int] = mapped_column(Integer, default=0)
+    duration_ms: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, default=None)

@@ -21,6 +21,27 @@ def slow(event, context):
     context.output.put("done.txt", b"processed %d bytes" % len(data), content_type="text/plain")
 
 
+@function("stall", timeout=600, retries=2)
+def stall(event, context):
+    """Sleeps ``first`` seconds on an object's first run and ``then`` seconds on later ones; one output.
+
+    Runs are counted per object in the folder ``runs`` (a line per run: the
+    pid), so a test can kill the first run mid-sleep and see the next finish.
+    """
+    runs = Path(context.params["runs"]) / context.input.key.replace("/", "%2F")
+    with runs.open("a") as log:
+        log.write(f"{os.getpid()}\n")
+    count = len(runs.read_text().splitlines())
+    time.sleep(float(context.params["first"] if count == 1 else context.params.get("then", 0)))
+    context.output.put("done.txt", b"run %d" % count, content_type="text/plain")
+
+
+@function("tiny", retries=2)
+def tiny(event, context):
+    """Writes one small output naming the input's size, without reading the input (a cheap step)."""
+    context.output.put("size.txt", b"%d" % context.input.size, content_type="text/plain")
+
+
 @function("hang", timeout=1.5, retries=0)
 def hang(event, context):
     """Starts a child process and never finishes: the timeout must stop both."""
@@ -45,6 +66,16 @@ def hog(event, context):
     """Allocates far more than its memory limit."""
     blocks = [bytearray(32 * 1024 * 1024) for _ in range(16)]
     context.output.put("never.txt", bytes(len(blocks)))
+
+
+_kept: list[bytearray] = []
+
+
+@function("leaky", memory_mb=64, retries=0)
+def leaky(event, context):
+    """Keeps ``mb`` MB more after every call (a module-level cache that only grows); returns its pid."""
+    _kept.append(bytearray(b"\1") * (int(context.params.get("mb", 24)) << 20))  # written: resident
+    return {"pid": os.getpid(), "kept_mb": sum(len(b) for b in _kept) >> 20}
 
 
 @function("describe")

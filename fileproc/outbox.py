@@ -1,0 +1,84 @@
+"""The outbox: every step message goes to the broker from the state database.
+
+A job's row says whether its current step was sent (``sent_at``) and when it
+may be (``send_after``, a retry's backoff). Whoever makes a step due (the
+receiver, a worker finishing the previous step) sends it at once after its
+commit; the :class:`Relay` that runs in every fileproc process (serve, api,
+worker) sends whatever is due and was not: a send that failed, a retry whose
+delay has passed, a message the broker lost, a step whose worker died. A
+duplicate message is harmless: the job's lease lets one attempt run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from fileproc.errors import BrokerUnavailable, FileprocError
+from fileproc.runtime.app import send_step
+from fileproc.service import Service
+from fileproc.state import JobStatus, Send
+
+log = logging.getLogger(__name__)
+
+
+def send(service: Service, sends: list[Send]) -> list[int]:
+    """Hand each step to its queue; the ids of jobs whose message did not go (kept due)."""
+    failed: list[int] = []
+    for index, item in enumerate(sends):
+        pipeline = service.pipelines.get(item.pipeline)
+        if pipeline is None or item.step_index >= len(pipeline.steps):
+            service.db.end_job(item.job_id, JobStatus.FAILED, f"pipeline {item.pipeline!r} is no longer configured")
+            continue
+        try:
+            send_step(item.job_id, item.step_index, service.queue_for(pipeline.steps[item.step_index]))
+        except BrokerUnavailable as exc:
+            log.warning("%d step(s) stay queued until the broker is back: %s", len(sends) - index, exc)
+            failed.extend(s.job_id for s in sends[index:])
+            break
+    if failed:
+        service.db.unsend(failed)
+    return failed
+
+
+def relay(service: Service) -> int:
+    """Send every step that is due; how many went."""
+    sent = 0
+    while True:
+        due = service.db.take_sends(service.settings.runtime.resend_after)
+        if not due:
+            return sent
+        failed = send(service, due)
+        sent += len(due) - len(failed)
+        if failed or len(due) < 500:
+            return sent
+
+
+class Relay:
+    """Runs :func:`relay` every ``runtime.relay_interval`` seconds in a daemon thread."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fileproc-relay", daemon=True)
+
+    def start(self) -> Relay:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        interval = self.service.settings.runtime.relay_interval
+        while not self._stop.wait(interval):
+            try:
+                count = relay(self.service)
+            except FileprocError as exc:
+                log.warning("relaying due steps failed (will try again): %s", exc)
+                continue
+            if count:
+                log.info("relayed %d step message(s)", count)
+
+
+__all__ = ["Relay", "relay", "send"]

@@ -1,0 +1,138 @@
+"""Inside the step's process: build the context, call the handler, report what happened.
+
+Everything here runs in the runner process (a child of the worker), so what
+it returns to the worker is plain picklable data: outputs, usage, the
+handler's return value, or the error, classified here because an exception
+object may not survive pickling.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from fileproc.errors import (
+    TRANSIENT,
+    ConfigError,
+    FunctionNotFound,
+    InvalidInput,
+    InvalidMetadata,
+    InvalidName,
+    PermanentError,
+)
+from fileproc.events import ObjectEvent
+from fileproc.functions import Context, InputObject, OutputWriter, remove_scratch
+from fileproc.rules import PROVENANCE_PIPELINE, render_key
+from fileproc.service import Service
+from fileproc.storage import ObjectInfo, Storage, open_storage
+
+PERMANENT: tuple[type[Exception], ...] = (
+    InvalidInput, PermanentError, FunctionNotFound, ConfigError, InvalidName, InvalidMetadata,
+)
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """What a runner needs to run one step: picklable, so it can cross into a warm runner."""
+
+    request_id: str
+    pipeline: str
+    step_index: int
+    event: dict[str, Any]
+    source: ObjectInfo | None  # the object as it is now (None for a removal event)
+    timeout: float
+    memory_mb: int
+    scratch_dir: str  # the step's private folder, removed when it ends
+
+
+def kind_of(exc: BaseException) -> str:
+    """How a failure is handled: ``permanent``, ``memory`` (both fail at once), ``transient`` or ``error``."""
+    if isinstance(exc, MemoryError):
+        return "memory"
+    if isinstance(exc, PERMANENT):
+        return "permanent"
+    if isinstance(exc, TRANSIENT):
+        return "transient"
+    return "error"
+
+
+_storage: Storage | None = None
+
+
+def _runner_storage(service: Service) -> Storage:
+    # One client per runner process, reused by every step it runs (connections do not survive fork).
+    global _storage
+    if _storage is None:
+        _storage = open_storage(service.settings)
+    return _storage
+
+
+def invoke(service: Service, request: StepRequest) -> dict[str, Any]:
+    """Run the step's handler; returns outputs, bytes in/out, the return value or the error."""
+    pipeline = service.pipelines[request.pipeline]
+    step = pipeline.steps[request.step_index]
+    spec = service.spec(step)
+    event = ObjectEvent.from_dict(request.event)
+    storage = _runner_storage(service)
+    scratch = Path(request.scratch_dir)  # made only if the step uses it: most never do
+    source = request.source or ObjectInfo(event.bucket, event.key, event.size or 0, event.etag or "")
+    provenance = {
+        "fileproc-source-bucket": event.bucket,
+        "fileproc-source-key": quote(event.key, safe="/"),  # S3 metadata must be ASCII
+        "fileproc-source-etag": source.etag,
+        PROVENANCE_PIPELINE: pipeline.name,
+    }
+    output_bucket = pipeline.output.bucket.replace("{bucket}", event.bucket)
+    writer = OutputWriter(
+        storage, output_bucket,
+        lambda name: render_key(pipeline.output.key, pipeline=pipeline.name, bucket=event.bucket,
+                                key=event.key, name=name),
+        provenance,
+    )
+    reader = InputObject(storage, source, scratch)
+    context = Context(
+        aws_request_id=request.request_id,
+        function_name=spec.name,
+        memory_limit_in_mb=request.memory_mb,
+        deadline=time.monotonic() + request.timeout,
+        params=service.params_for(step),
+        input=reader,
+        output=writer,
+        storage=storage,
+        logger=logging.getLogger(f"fileproc.function.{spec.name}"),
+        pipeline=pipeline.name,
+        event=event,
+        scratch=scratch,
+    )
+    outcome: dict[str, Any] = {"error": None, "result": None}
+    try:
+        outcome["result"] = _plain(spec.handler({"Records": [event.to_record()]}, context))
+    except Exception as exc:  # reported to the worker, which decides
+        outcome["error"] = {"kind": kind_of(exc), "type": type(exc).__name__,
+                            "message": str(exc) or type(exc).__name__,
+                            "traceback": "".join(traceback.format_exception(exc))[-8000:]}
+    finally:
+        remove_scratch(scratch)
+    outcome["outputs"] = [
+        {"bucket": o.bucket, "key": o.key, "size": o.size, "etag": o.etag, "content_type": o.content_type}
+        for o in writer.written
+    ]
+    outcome["bytes_read"] = reader.bytes_read
+    outcome["bytes_written"] = sum(o.size for o in writer.written)
+    return outcome
+
+
+def _plain(value: Any) -> Any:
+    """The handler's return value if it is JSON-shaped, else its repr (it is recorded on the attempt)."""
+    import json
+
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)[:2000]
+    return value

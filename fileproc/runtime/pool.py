@@ -1,0 +1,503 @@
+"""Warm runners: a step's process, kept for the next step of the same function.
+
+Like Lambda's execution environments: the first step of a function in a
+worker process forks a *runner* (cold start); the runner calls the function
+module's ``warm()`` hook, if it has one, so its libraries are initialised
+before the first event, then runs steps sent to it over a socket, one at a
+time, until it is replaced. Each worker process has its own pool (a forked
+process never uses its parent's runners).
+
+A runner keeps everything a step ran in a process of its own had before:
+
+- its own process group: a step that times out or is cancelled is stopped
+  by killing the group (the runner and whatever it started: ffmpeg, say);
+  processes a *finished* step left behind are killed by the runner itself,
+  which is their subreaper, so nothing a step started outlives it;
+- it dies with the worker process (``PR_SET_PDEATHSIG``): a worker killed
+  with ``kill -9`` leaves no runner behind;
+- a memory limit per step (``RLIMIT_AS``): each step may map up to its
+  memory limit on top of what the runner holds when the step starts; a step
+  past it fails with MemoryError;
+- peak memory per step, from the kernel's high-water mark (``VmHWM``, reset
+  before each step through ``/proc/self/clear_refs``).
+
+A runner is replaced (killed; the next step gets a new, cold one) when its
+step timed out, ran out of memory, crashed, was cancelled, or when it holds
+more than its memory limit beyond what it held when it was new (a leak:
+checked after each step). The step's result says why in ``recycled``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import resource
+import select
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fileproc.processes import die_with_parent
+from fileproc.runtime.sandbox import ChildResult
+
+log = logging.getLogger(__name__)
+
+MAX_IDLE = 4
+"""Idle runners one worker process keeps (the least recently used beyond this are stopped)."""
+
+IDLE_SECONDS = 600.0
+"""A runner idle this long is stopped: it holds memory for a function no longer busy."""
+
+_HEADER = struct.Struct("!Q")
+_PR_SET_CHILD_SUBREAPER = 36
+_TICK = 0.25  # how often a waiting worker looks at its cancel event
+
+Work = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class Retire:
+    """What ``work`` returns to send ``value`` back and then have its runner replaced, for ``reason``.
+
+    For a failure ``work`` caught itself but that leaves the process unfit,
+    such as a MemoryError the handler raised and the function's code reported.
+    """
+
+    value: Any
+    reason: str
+
+
+@dataclass
+class _Runner:
+    pid: int
+    sock: socket.socket
+    key: Hashable
+    owner: object  # what `work` is bound to (a Service): a runner serves only its owner
+    steps: int = 0
+    idle_since: float = field(default_factory=time.monotonic)
+
+
+class RunnerPool:
+    """Warm runners of one worker process, by key (a function and its memory limit)."""
+
+    def __init__(self) -> None:
+        self._idle: list[_Runner] = []  # least recently used first
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def run(self, key: Hashable, owner: object, work: Work, request: Any, *, timeout: float, memory_mb: int,
+            cancel: threading.Event | None = None, warm: Callable[[], None] | None = None) -> ChildResult:
+        """Run ``work(request)`` in a runner for ``key`` and say how it ended.
+
+        ``work`` and ``warm`` are used only when a new runner is forked (they
+        are what it runs); ``request`` and what ``work`` returns must pickle.
+        Setting ``cancel`` stops the step (and its runner) at once.
+        """
+        started = time.monotonic()
+        message = pickle.dumps(request)
+        runner = self._take(key, owner)
+        cold = runner is None
+        if runner is not None:
+            try:
+                _send(runner.sock, message)
+            except OSError:  # it died while idle (its parent thread ended, the OOM killer): start anew
+                self._stop(runner)
+                runner, cold = None, True
+        if runner is None:
+            runner = _start(key, owner, work, warm, memory_mb)
+            with contextlib.suppress(OSError):  # if it died at once, it is reported as a crash below
+                _send(runner.sock, message)
+        runner.steps += 1
+        try:
+            reply = _receive(runner.sock, started + timeout, cancel)
+        except BaseException:  # this worker is being stopped mid-step: so is the step
+            self._stop(runner)
+            raise
+        duration_ms = int((time.monotonic() - started) * 1000)
+        common: dict[str, Any] = {"duration_ms": duration_ms, "cold": cold, "runner_pid": runner.pid}
+        if reply is _CANCELLED or reply is _TIMED_OUT:
+            common["peak_memory_kb"] = _high_water_mark(runner.pid)  # reset when the step started
+            self._stop(runner)
+            if reply is _CANCELLED:
+                return ChildResult(False, cancelled=True, error_type="Cancelled",
+                                   error="stopped: the step's lease was lost", recycled="cancelled", **common)
+            return ChildResult(False, timed_out=True, error_type="StepTimeout", error=f"timed out after {timeout:g} s",
+                               recycled="timed out", **common)
+        if reply is None:
+            status, peak = self._stop(runner)
+            reason = _how_it_died(status)
+            return ChildResult(False, error_type="StepCrashed", error=f"the step's process died ({reason})",
+                               recycled=f"crashed ({reason})", peak_memory_kb=peak, **common)
+        assert isinstance(reply, bytes)
+        payload = pickle.loads(reply)
+        recycled = payload.get("recycle")
+        if recycled:
+            self._stop(runner)
+        else:
+            self._keep(runner)
+        return ChildResult(
+            ok=payload["ok"], value=payload.get("value"), error_type=payload.get("error_type"),
+            error=payload.get("error"), peak_memory_kb=payload.get("peak_memory_kb", 0), recycled=recycled,
+            **common,
+        )
+
+    def close(self) -> None:
+        """Stop every idle runner (at exit, or in tests)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for runner in idle:
+            self._stop(runner)
+
+    def idle(self) -> int:
+        """How many warm runners wait for a step."""
+        with self._lock:
+            return len(self._idle)
+
+    # --- keeping runners ------------------------------------------------------------------
+
+    def _take(self, key: Hashable, owner: object) -> _Runner | None:
+        expired: list[_Runner] = []
+        found = None
+        with self._lock:
+            self._forget_if_forked()
+            now = time.monotonic()
+            for runner in list(self._idle):
+                if now - runner.idle_since > IDLE_SECONDS:
+                    self._idle.remove(runner)
+                    expired.append(runner)
+            for runner in reversed(self._idle):  # the most recently used: its caches are warmest
+                if runner.key == key and runner.owner is owner:
+                    self._idle.remove(runner)
+                    found = runner
+                    break
+        for runner in expired:
+            self._stop(runner)
+        return found
+
+    def _keep(self, runner: _Runner) -> None:
+        runner.idle_since = time.monotonic()
+        with self._lock:
+            self._forget_if_forked()
+            self._idle.append(runner)
+            surplus, self._idle = self._idle[:-MAX_IDLE], self._idle[-MAX_IDLE:]
+        for old in surplus:
+            self._stop(old)  # (their wait status is of no interest)
+
+    def _stop(self, runner: _Runner) -> tuple[int | None, int]:
+        """Kill the runner and its process group: its wait status (None if not ours to reap), its peak RSS in kB."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(runner.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(runner.pid, signal.SIGKILL)  # in case it died before making its group
+        runner.sock.close()
+        try:
+            _, status, usage = os.wait4(runner.pid, 0)
+        except ChildProcessError:
+            return None, 0
+        return status, int(usage.ru_maxrss)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # another thread may have held it at the fork
+        self._forget_if_forked()
+
+    def _forget_if_forked(self) -> None:
+        # A forked copy of this process (a Celery pool child, a runner) sees its parent's
+        # runners: they are not its children and not its to use. Only close its copies of
+        # the sockets (the parent's stay open).
+        if self._pid != os.getpid():
+            for runner in self._idle:
+                runner.sock.close()
+            self._idle = []
+            self._pid = os.getpid()
+
+
+# --- the runner process --------------------------------------------------------------------
+
+
+def _start(key: Hashable, owner: object, work: Work, warm: Callable[[], None] | None, memory_mb: int) -> _Runner:
+    ours, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the runner
+        code = 0
+        try:
+            ours.close()
+            _serve(theirs, work, warm, memory_mb)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    theirs.close()
+    with contextlib.suppress(PermissionError, ProcessLookupError):
+        os.setpgid(pid, pid)  # also done by the runner: whichever runs first, the group exists before a kill
+    return _Runner(pid, ours, key, owner)
+
+
+def _serve(sock: socket.socket, work: Work, warm: Callable[[], None] | None, memory_mb: int) -> None:
+    """The runner's life: warm up, then run steps until told to stop (EOF) or replaced."""
+    os.setpgid(0, 0)
+    die_with_parent()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    _forget_inherited_runners()
+    _become_subreaper()
+    if warm is not None:
+        try:
+            warm()
+        except Exception:  # warming is an optimisation: a failing hook must not stop the runner
+            log.warning("warm-up failed; running cold", exc_info=True)
+    new = _memory()
+    limit = memory_mb * 1024  # kB
+    # A step may map `memory_mb` on top of what the runner holds when it starts; the hard
+    # limit stops a step raising its own soft one. A runner is replaced before it nears
+    # the hard limit (see _leak), so every step gets its full allowance.
+    hard = (new["VmSize"] + 2 * limit) * 1024
+    while True:
+        data = _read_message(sock)
+        if data is None:
+            return
+        before = _memory()
+        _limit_address_space((before["VmSize"] + limit) * 1024, hard)
+        _reset_peak()
+        children_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        recycle: str | None = None
+        try:
+            value = work(pickle.loads(data))
+            if isinstance(value, Retire):
+                value, recycle = value.value, value.reason
+            payload: dict[str, Any] = {"ok": True, "value": value}
+        except MemoryError:
+            payload = {"ok": False, "error_type": "MemoryError",
+                       "error": f"the step needed more than its memory limit of {memory_mb} MB"}
+            recycle = f"ran out of memory (limit {memory_mb} MB)"
+        except BaseException as exc:  # everything is reported to the worker
+            payload = {"ok": False, "error_type": type(exc).__name__, "error": str(exc) or type(exc).__name__}
+            if not isinstance(exc, Exception):  # SystemExit and the like: this runner is not fit to go on
+                recycle = f"the step raised {type(exc).__name__}"
+        _reap_descendants()
+        after = _memory()
+        payload["peak_memory_kb"] = _peak(after, children_peak)
+        payload["recycle"] = recycle or _leak(new, after, memory_mb)
+        try:
+            reply = pickle.dumps(payload)
+        except Exception as exc:
+            reply = pickle.dumps({"ok": False, "error_type": type(exc).__name__,
+                                  "error": f"the step's result cannot be sent back: {exc}",
+                                  "peak_memory_kb": payload["peak_memory_kb"], "recycle": payload["recycle"]})
+        _send(sock, reply)
+        if payload["recycle"]:
+            return
+
+
+def _limit_address_space(soft: int, hard: int) -> None:
+    # Never above a hard limit the worker itself was given.
+    _, current = resource.getrlimit(resource.RLIMIT_AS)
+    if current != resource.RLIM_INFINITY:
+        hard = min(hard, current)
+    resource.setrlimit(resource.RLIMIT_AS, (min(soft, hard), hard))
+
+
+def _leak(new: dict[str, int], now: dict[str, int], memory_mb: int) -> str | None:
+    """Why the runner must be replaced after this step, if it holds too much; else None."""
+    limit = memory_mb * 1024
+    kept = now["VmRSS"] - new["VmRSS"]
+    if kept > limit:
+        return f"leaked past its memory limit ({kept // 1024} MB kept after its steps, limit {memory_mb} MB)"
+    mapped = now["VmSize"] - new["VmSize"]
+    if mapped > limit:
+        return f"its address space grew past its memory limit ({mapped // 1024} MB, limit {memory_mb} MB)"
+    return None
+
+
+def _memory() -> dict[str, int]:
+    """VmSize, VmRSS and VmHWM of this process, in kB (zeros where /proc is missing)."""
+    found = {"VmSize": 0, "VmRSS": 0, "VmHWM": 0}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in found:
+                found[name] = int(value.split()[0])
+    except OSError:
+        pass
+    return found
+
+
+def _reset_peak() -> None:
+    # Linux: writing 5 resets VmHWM to the current RSS, so the next reading is this step's peak.
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak(after: dict[str, int], children_before: int) -> int:
+    """This step's peak RSS in kB: the runner's, or a process it started if that one peaked higher."""
+    peak = after["VmHWM"] or int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    children = int(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return max(peak, children) if children > children_before else peak
+
+
+def _become_subreaper() -> None:
+    # Orphans of the step's processes (a daemonised helper) become the runner's children,
+    # so it can find and stop them when the step ends.
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _children() -> list[int]:
+    pids: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path("/proc/self/task").iterdir():
+            pids += [int(p) for p in (task / "children").read_text().split()]
+    return pids
+
+
+def _reap_descendants() -> None:
+    """Kill whatever the finished step left running, and reap it."""
+    for _ in range(400):  # killing a child hands its own children to us: repeat until none is left
+        children = _children()
+        if not children:
+            return
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if not _reap_exited():
+            time.sleep(0.005)  # killed, not yet dead
+
+
+def _reap_exited() -> bool:
+    """Reap every child that has ended; whether there was one."""
+    reaped = False
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return reaped
+        if pid == 0:
+            return reaped
+        reaped = True
+
+
+def _high_water_mark(pid: int) -> int:
+    """VmHWM of a running process, in kB (0 if it cannot be read)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _forget_inherited_runners() -> None:
+    # A runner is a fork of the worker: close its copies of its siblings' sockets,
+    # which would otherwise keep them open after the worker closes them.
+    _pool._forget_if_forked()
+
+
+# --- messages: a length, then a pickle -----------------------------------------------------
+
+
+class _Signal:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+_TIMED_OUT = _Signal("timed out")
+_CANCELLED = _Signal("cancelled")
+
+
+def _send(sock: socket.socket, data: bytes) -> None:
+    sock.sendall(_HEADER.pack(len(data)) + data)
+
+
+def _read_message(sock: socket.socket) -> bytes | None:
+    """The next message, blocking (None at EOF: the worker closed the socket)."""
+    header = _read_exactly(sock, _HEADER.size)
+    if header is None:
+        return None
+    return _read_exactly(sock, _HEADER.unpack(header)[0])
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
+    chunks, left = [], size
+    while left:
+        chunk = sock.recv(min(left, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _receive(sock: socket.socket, deadline: float, cancel: threading.Event | None) -> bytes | _Signal | None:
+    """The runner's reply; _TIMED_OUT, _CANCELLED, or None if the runner died first."""
+    buffer = bytearray()
+    needed: int | None = None
+    while needed is None or len(buffer) < needed:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return _TIMED_OUT
+        if cancel is not None and cancel.is_set():
+            return _CANCELLED
+        ready, _, _ = select.select([sock], [], [], min(remaining, _TICK))
+        if not ready:
+            continue
+        try:
+            chunk = sock.recv(1 << 20)
+        except ConnectionResetError:
+            return None
+        if not chunk:
+            return None
+        buffer += chunk
+        if needed is None and len(buffer) >= _HEADER.size:
+            needed = _HEADER.size + _HEADER.unpack_from(buffer)[0]
+    return bytes(buffer[_HEADER.size:])
+
+
+def _how_it_died(status: int | None) -> str:
+    if status is None:
+        return "exited"
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with status {os.WEXITSTATUS(status)}"
+
+
+# --- this process's pool -------------------------------------------------------------------
+
+_pool = RunnerPool()
+
+
+def pool() -> RunnerPool:
+    """The warm runners of this worker process."""
+    return _pool
+
+
+def warm_hook(handler: Callable[..., Any]) -> Callable[[], None] | None:
+    """The ``warm()`` function of ``handler``'s module, if it has one: called once in each new runner.
+
+    Example (in a function's module)::
+
+        def warm() -> None:
+            from PIL import Image
+            Image.init()   # load every image plugin before the first event, not during it
+    """
+    module = sys.modules.get(getattr(handler, "__module__", "") or "")
+    hook = getattr(module, "warm", None)
+    return hook if callable(hook) else None
+
+
+os.register_at_fork(after_in_child=_pool._after_fork_in_child)
+
+__all__ = ["IDLE_SECONDS", "MAX_IDLE", "Retire", "RunnerPool", "pool", "warm_hook"]
