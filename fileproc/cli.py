@@ -6,18 +6,24 @@ Every command's help ends with an example. Errors become one line on stderr
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from fileproc.config import Settings, load_settings
+from fileproc import __version__
 from fileproc.errors import FileprocError
-from fileproc.service import Service, setup_logging
+
+if TYPE_CHECKING:  # the heavy parts are imported when a command needs them: `--version` stays fast
+    from fileproc.config import Settings
+    from fileproc.service import Service
 
 
 class State:
@@ -29,6 +35,9 @@ class State:
     @property
     def settings(self) -> Settings:
         if self._settings is None:
+            from fileproc.config import load_settings
+            from fileproc.service import setup_logging
+
             self._settings = load_settings(self.config)
             setup_logging(self._settings)
         return self._settings
@@ -36,6 +45,8 @@ class State:
     @property
     def service(self) -> Service:
         if self._service is None:
+            from fileproc.service import Service
+
             self._service = Service(self.settings)
         return self._service
 
@@ -49,7 +60,7 @@ pass_state = click.make_pass_decorator(State)
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "-c", type=click.Path(path_type=Path, dir_okay=False),
               help="Config file (TOML or YAML); default: $FILEPROC_CONFIG, else none (the embedded demo setup).")
-@click.version_option(package_name="fileproc")
+@click.version_option(__version__, prog_name="fileproc")
 @click.pass_context
 def cli(ctx: click.Context, config: Path | None) -> None:
     """fileproc: process files as they land in your buckets.
@@ -86,26 +97,31 @@ def serve(state: State, host: str | None, port: int | None) -> None:
 @cli.command()
 @click.option("--host", default=None, help="Address to listen on (default: api.host).")
 @click.option("--port", type=int, default=None, help="Port to listen on (default: api.port).")
+@click.option("--workers", type=click.IntRange(min=1), default=1,
+              help="API processes sharing the port (default 1); 2 on two cores takes about twice the notifications.")
 @pass_state
-def api(state: State, host: str | None, port: int | None) -> None:
+def api(state: State, host: str | None, port: int | None, workers: int) -> None:
     """Run the HTTP API alone: webhook receiver and admin endpoints.
 
     \b
     Example:
-        fileproc --config prod.toml api --host 0.0.0.0 --port 8080
+        fileproc --config prod.toml api --host 0.0.0.0 --port 8080 --workers 2
     """
     import uvicorn
 
-    from fileproc import dispatch
     from fileproc.api import create_app
     from fileproc.tokens import load_tokens
 
     settings = state.settings
-    service = state.service
-    dispatch.flush_pending(service)
-    app = create_app(service, load_tokens(settings))
-    uvicorn.run(app, host=host or settings.api.host, port=settings.api.port if port is None else port,
-                access_log=False, log_level=settings.log_level.lower())
+    tokens = load_tokens(settings)  # generated ones are written once, before the workers read them
+    options: dict[str, Any] = {"host": host or settings.api.host, "port": settings.api.port if port is None else port,
+                               "access_log": False, "log_level": settings.log_level.lower()}
+    if workers == 1:
+        uvicorn.run(create_app(state.service, tokens), **options)
+        return
+    if state.config:  # each worker process reads the settings itself
+        os.environ["FILEPROC_CONFIG"] = str(state.config.resolve())
+    uvicorn.run("fileproc.api:app_from_settings", factory=True, workers=workers, **options)
 
 
 @cli.command()
@@ -120,14 +136,17 @@ def worker(state: State, queues: str | None, concurrency: int | None) -> None:
         fileproc --config prod.toml worker --queues thumbnail --concurrency 4
     """
     from fileproc.runtime.app import celery_app
+    from fileproc.runtime.runner import clean_scratch
     from fileproc.runtime.tasks import bind_service
+    from fileproc.service import setup_worker_logging
 
     service = state.service
     service.prepare_buckets()
+    clean_scratch(service)
     bind_service(service)
     chosen = queues or ",".join(state.settings.worker.queues or service.queues())
     argv = [
-        "worker", "--queues", chosen,
+        *setup_worker_logging(state.settings), "worker", "--queues", chosen,
         "--concurrency", str(concurrency or state.settings.worker.concurrency),
         "--hostname", f"fileproc-{os.getpid()}@{socket.gethostname()}",
         "--loglevel", state.settings.log_level.upper(),
@@ -147,76 +166,70 @@ def _split_target(target: str) -> tuple[str, str]:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("target")
 @click.option("--content-type", default=None, help="Content type (default: guessed from the name).")
+@click.option("--wait", is_flag=True, help="Wait for the upload's jobs to finish and show what they made.")
+@click.option("--timeout", type=float, default=300, show_default=True, help="Longest --wait, in seconds.")
 @pass_state
-def put(state: State, file: Path, target: str, content_type: str | None) -> None:
+def put(state: State, file: Path, target: str, content_type: str | None, wait: bool, timeout: float) -> None:
     """Upload FILE to BUCKET/KEY; it is processed like any other upload.
+
+    Says which jobs it started, or which job already processed the same
+    content. With --wait, waits for them (a running `fileproc serve` or
+    worker does the work) and exits with status 1 if one failed.
 
     \b
     Example:
-        fileproc put ./cat.jpg uploads/pets/cat.jpg
+        fileproc put --wait ./cat.jpg uploads/pets/cat.jpg
     """
     from fileproc import dispatch
-    from fileproc.events import ObjectEvent
+    from fileproc.intake.objects import event_for
 
     bucket, key = _split_target(target)
     service = state.service
     service.storage.ensure_bucket(bucket)
     info = service.storage.put(bucket, key, file, content_type=content_type)
-    event = ObjectEvent(bucket=bucket, key=key, event_name="s3:ObjectCreated:Put", size=info.size,
-                        etag=info.etag, version_id=info.version_id, content_type=info.content_type, source="put")
-    results = dispatch.submit(service, event)
+    # Described from a HEAD, as every other source describes it (metadata, version id, time).
+    results = dispatch.submit(service, event_for(bucket, key, service.storage.head(bucket, key, info.version_id),
+                                                 source="put"))
     click.echo(f"uploaded {bucket}/{key} ({info.size} bytes, etag {info.etag})")
+    if not results:
+        click.echo("no pipeline matches it: stored, nothing to run (see `fileproc match`)")
     for item in results:
-        click.echo(f"job {item.job.id}: {item.job.pipeline}")
+        job = item.job
+        if item.created:
+            click.echo(f"job {job.id}: {job.pipeline} (queued)")
+        elif job.status in FINISHED:
+            click.echo(f"already processed by job {job.id} ({job.status}): {job.pipeline}"
+                       + (f"; `fileproc retry {job.id}` runs it again" if job.status == "failed" else ""))
+        else:
+            click.echo(f"already under way as job {job.id} ({job.status}): {job.pipeline}")
+    if wait and results:
+        _wait_for(service, [item.job.id for item in results], timeout)
 
 
-STARTER_CONFIG = '''\
-# fileproc configuration. Every setting can also be set from the environment:
-# [section] name -> FILEPROC_SECTION_NAME (e.g. FILEPROC_STORAGE_ENDPOINT).
+FINISHED = ("succeeded", "failed", "skipped")
 
-# Where the embedded default keeps buckets, state and the broker's data.
-data_dir = "fileproc-data"
-log_level = "INFO"
 
-[storage]
-backend = "local"            # "local" (folders under data_dir/buckets) or "s3"
-# endpoint = "127.0.0.1:7070"  # S3-compatible endpoint (host:port)
-# access_key = "..."
-# secret_key = "..."
-# secure = true              # https
-# region = ""
-
-[broker]
-# url = "redis://127.0.0.1:6379/0"   # empty: the embedded broker of `fileproc serve`
-visibility_timeout = 300     # seconds before work taken by a dead worker is handed on
-
-[database]
-# url = "postgresql+psycopg://fileproc:secret@127.0.0.1/fileproc"   # empty: SQLite in data_dir
-
-[api]
-host = "127.0.0.1"
-port = 8080
-# webhook_token = "..."      # POST /events needs it (MinIO auth_token); empty: generated
-# admin_token = "..."        # the admin API needs it; empty: generated (data_dir/tokens.json)
-
-[worker]
-concurrency = 2
-# queues = ["thumbnail"]     # empty: every function's queue
-
-[functions]
-# paths = ["./functions"]    # directories of your own function modules
-
-[watcher]
-enabled = true
-settle_seconds = 1.0
-
-# Pipelines: which objects go through which functions.
-[[pipelines]]
-name = "thumbnails"
-match = { bucket = "uploads", suffix = [".jpg", ".jpeg", ".png", ".webp", ".gif"], events = ["s3:ObjectCreated:*"] }
-steps = [{ function = "thumbnail", params = { sizes = [256, 1024], format = "webp", quality = 85 } }]
-output = { bucket = "derived", key = "thumbnails/{key}/{name}" }
-'''
+def _wait_for(service: Service, job_ids: list[int], timeout: float) -> None:
+    """Poll until every job has finished; print each one's outcome as it does."""
+    deadline = time.monotonic() + timeout
+    pending, failed = list(job_ids), 0
+    while pending:
+        for job_id in list(pending):
+            job = service.db.get_job(job_id)
+            if job is None or job.status not in FINISHED:
+                continue
+            pending.remove(job_id)
+            failed += job.status == "failed"
+            made = ", ".join(f"{o.bucket}/{o.key}" for o in job.outputs)
+            detail = job.error if job.status != "succeeded" else (made or "no outputs")
+            click.echo(f"job {job.id}: {job.pipeline} {job.status}: {detail}")
+        if pending and time.monotonic() > deadline:
+            raise click.ClickException(f"job(s) {', '.join(map(str, pending))} still not finished after {timeout:g} s "
+                                       "(is `fileproc serve` or a worker running?)")
+        if pending:
+            time.sleep(0.2)
+    if failed:
+        raise click.ClickException(f"{failed} job(s) failed")
 
 
 @cli.command()
@@ -225,13 +238,24 @@ output = { bucket = "derived", key = "thumbnails/{key}/{name}" }
 def init(path: Path, force: bool) -> None:
     """Write a commented starter config to PATH (default: fileproc.toml).
 
+    A PATH ending in .yaml or .yml gets YAML, any other TOML; missing folders
+    are created.
+
     \b
     Example:
         fileproc init && fileproc --config fileproc.toml serve
     """
+    from fileproc.config import load_settings
+    from fileproc.starter import starter_config
+
     if path.exists() and not force:
         raise click.ClickException(f"{path} exists; use --force to overwrite it")
-    path.write_text(STARTER_CONFIG)
+    text = starter_config(path)  # TOML or YAML, as the name says
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror}") from exc
     load_settings(path, env={})  # the starter must itself be valid
     click.echo(f"wrote {path}")
 
@@ -368,6 +392,57 @@ def backfill(state: State, bucket: str, prefix: str) -> None:
                f"{report.retried} retried, {report.already} already done or under way")
 
 
+def _drift_line(drift: Any) -> str:
+    when = drift.finished_at.strftime("%Y-%m-%d %H:%M:%S") if drift.finished_at else ""
+    line = (f"{when}  {drift.bucket}: listed {drift.listed}, matched {drift.matched}, covered {drift.covered}, "
+            f"{drift.submitted} without a job ({drift.new_objects} new, {drift.new_versions} new versions)")
+    if drift.sample:
+        line += ": " + ", ".join(drift.sample[:5]) + (" ..." if drift.submitted > 5 else "")
+    if drift.recent:
+        line += f"; {drift.recent} too recent, left for the next pass"
+    return line + (f"; error: {drift.error}" if drift.error else "")
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="List every watched bucket once, print what was found, and exit.")
+@click.option("--history", is_flag=True, help="Print the recorded passes that found drift (or failed); list nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (an array; one object per line when looping).")
+@pass_state
+def reconcile(state: State, once: bool, history: bool, as_json: bool) -> None:
+    """List every watched bucket and process the objects no job covers.
+
+    The safety net under lost notifications: at start and then on an
+    adaptive interval (reconcile.min_interval .. reconcile.interval, within
+    reconcile.cpu_budget of a core), each bucket a pipeline watches is
+    listed and every matching object without a job for its current version
+    is submitted. What it found ("drift") is recorded and printed. `fileproc
+    serve` does this by itself; run this command beside `fileproc api` in a
+    deployment. Failed jobs are not retried (see `fileproc retry`).
+
+    \b
+    Example:
+        fileproc --config prod.toml reconcile --once --json
+    """
+    from fileproc.intake.reconcile import Reconciler, reconcile_all
+    from fileproc.state.drift import history as recorded
+
+    if history or once:
+        drifts = recorded(state.service.db, drift_only=True) if history else reconcile_all(state.service)
+        if as_json:
+            click.echo(json.dumps([d.to_dict() for d in drifts], indent=2))
+            return
+        for drift in drifts:
+            click.echo(_drift_line(drift))
+        if once and not drifts:
+            click.echo("no pipeline watches a bucket")
+        return
+    if not state.settings.reconcile.enabled:
+        raise click.ClickException("reconciliation is off (reconcile.enabled = false); `--once` still runs")
+    echo = (lambda d: click.echo(json.dumps(d.to_dict()))) if as_json else (lambda d: click.echo(_drift_line(d)))
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: a clean stop
+        Reconciler(state.service, on_pass=echo).run()
+
+
 @cli.command()
 @pass_state
 def doctor(state: State) -> None:
@@ -394,3 +469,8 @@ def main() -> None:
     except FileprocError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    finally:
+        # The interpreter's last garbage collections walk every object of every module
+        # imported (Celery, FastAPI, SQLAlchemy...): 1-3 s at exit here. Frozen objects
+        # are skipped; nothing left needs them collected, the process is ending.
+        gc.freeze()

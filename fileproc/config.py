@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from fileproc.errors import ConfigError
 from fileproc.rules import Pipeline
@@ -68,6 +68,12 @@ class DatabaseSettings(Section):
         SecretStr(""),
         description="SQLAlchemy URL of the state database. Empty: SQLite at data_dir/state.db. PostgreSQL: `postgresql+psycopg://user:pass@host/db`.",
     )
+    timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds to wait for the database to connect or answer a statement before giving up "
+        "(a host cut off from it notices instead of hanging).",
+    )
 
 
 class ApiSettings(Section):
@@ -82,6 +88,57 @@ class ApiSettings(Section):
         SecretStr(""),
         description="Bearer token for the admin API (jobs, retry, backfill). Must differ from webhook_token. "
         "Empty: made and kept like webhook_token.",
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest notification body `POST /events` takes; larger ones get 413."
+    )
+    max_records: int = Field(
+        1000, ge=1, description="Most records one notification body may carry; more get 413."
+    )
+
+
+class RuntimeSettings(Section):
+    lease_seconds: float = Field(
+        10.0,
+        ge=2,
+        description="A running step holds a lease this long, renewed by its worker every third of it; a step whose "
+        "worker died or was cut off runs again elsewhere once its lease ran out.",
+    )
+    relay_interval: float = Field(
+        2.0,
+        gt=0,
+        description="How often every fileproc process sends queued work that is due (new, retried, or whose "
+        "message was lost) to the broker.",
+    )
+    resend_after: float = Field(
+        60.0,
+        gt=0,
+        description="A job sent to the broker but not started after this many seconds is sent again "
+        "(its message was lost); a duplicate message is harmless.",
+    )
+
+
+class ReconcileSettings(Section):
+    enabled: bool = Field(
+        True,
+        description="List every watched bucket at start and then on an interval, and process what no job covers "
+        "(`fileproc serve`, `fileproc reconcile`).",
+    )
+    interval: float = Field(
+        300.0,
+        gt=0,
+        description="The longest time between two listings of one bucket, in seconds.",
+    )
+    min_interval: float = Field(
+        60.0,
+        gt=0,
+        description="The shortest time between two listings of one bucket (a small bucket is listed this often).",
+    )
+    cpu_budget: float = Field(
+        0.03,
+        gt=0,
+        le=1,
+        description="Share of one core that listing may use; a big bucket is listed less often to stay within it.",
     )
 
 
@@ -115,18 +172,27 @@ class Settings(Section):
         Path("fileproc-data"),
         description="Where the embedded default keeps buckets, state.db, the broker's data and scratch files.",
     )
-    log_level: str = Field("INFO", description="Logging level: DEBUG, INFO, WARNING, ERROR.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Logging level: DEBUG, INFO, WARNING, ERROR."
+    )
     storage: StorageSettings = Field(default_factory=StorageSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
     functions: FunctionSettings = Field(default_factory=FunctionSettings)
     watcher: WatcherSettings = Field(default_factory=WatcherSettings)
     pipelines: list[Pipeline] = Field(
         default_factory=list, description="Which objects go through which functions (config file only)."
     )
     config_file: Path | None = Field(None, description="The file these settings were read from (set by the loader).")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_capitals(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value  # `log_level = "debug"` is fine too
 
     @property
     def buckets_dir(self) -> Path:

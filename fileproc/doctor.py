@@ -1,12 +1,18 @@
-"""``fileproc doctor``: check that what the settings point at really works."""
+"""``fileproc doctor``: check that what the settings point at really works.
+
+It only looks: nothing is created (no data dir, no ``state.db``, no bucket).
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from fileproc.config import Settings
-from fileproc.errors import FileprocError
+from fileproc.errors import FileprocError, network_reason
 
 
 @dataclass(frozen=True)
@@ -16,35 +22,82 @@ class Check:
     detail: str
 
 
-def _service_check(settings: Settings) -> tuple[Check, object | None]:
-    from fileproc.service import Service
+def _functions(settings: Settings) -> Check:
+    # The registry alone, not a Service: building one would create the data dir.
+    from fileproc.registry import Registry
 
     try:
-        service = Service(settings)
+        registry = Registry.for_settings(settings)
     except FileprocError as exc:
-        return Check("functions", False, str(exc)), None
-    names = ", ".join(sorted(service.functions))
-    return Check("functions", True, f"{len(service.functions)} registered ({names})"), service
+        return Check("functions", False, str(exc))
+    specs = registry.specs()
+    return Check("functions", True, f"{len(specs)} registered ({', '.join(sorted(specs))}); every step's params valid")
+
+
+def _not_yet_made(path: Path) -> str | None:
+    """Why ``path`` (missing) cannot be made, or None if its nearest existing folder is writable."""
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        return f"{path} does not exist and {parent} is not a writable folder"
+    return None
+
+
+def _failure(name: str, what: str, exc: BaseException) -> Check:
+    """A failed check, in plain words: "timed out", "network unreachable", or the error's own message."""
+    reason = network_reason(exc)
+    return Check(name, False, f"{what}: {reason}" if reason else f"{what}: {exc}")
+
+
+def _data_dir(settings: Settings) -> Check:
+    """The data folder: where state, buckets, tokens and scratch files live; must be a writable folder."""
+    path = settings.data_dir
+    if not path.exists():
+        problem = _not_yet_made(path)
+        return Check("data folder", problem is None, problem or f"{path} (created on first start)")
+    if not path.is_dir():
+        return Check("data folder", False, f"{path} is not a folder")
+    if not os.access(path, os.W_OK | os.X_OK):
+        return Check("data folder", False, f"{path} is not writable by this user")
+    free = shutil.disk_usage(path).free
+    if free < 100 * 1024 * 1024:
+        return Check("data folder", False, f"{path} has only {free >> 20} MiB free")
+    return Check("data folder", True, f"{path.resolve()} is writable ({free >> 30} GiB free)")
 
 
 def _storage(settings: Settings) -> Check:
     from fileproc.storage import open_storage
 
+    if settings.storage.backend == "local" and not settings.buckets_dir.exists():
+        problem = _not_yet_made(settings.buckets_dir)
+        if problem:
+            return Check("storage", False, problem)
+        return Check("storage", True, f"local at {settings.buckets_dir} (created on first start)")
     where = settings.storage.endpoint if settings.storage.backend == "s3" else str(settings.buckets_dir)
     try:
         open_storage(settings).check()
     except FileprocError as exc:
-        return Check("storage", False, str(exc))
+        return _failure("storage", f"{settings.storage.backend} at {where}", exc)
     return Check("storage", True, f"{settings.storage.backend} at {where} is usable")
 
 
 def _database(settings: Settings) -> Check:
+    from sqlalchemy.engine import make_url
+
     from fileproc.state import Database
 
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        # Opening it would create it: doctor only looks.
+        problem = _not_yet_made(Path(url.database))
+        if problem:
+            return Check("database", False, problem)
+        return Check("database", True, f"sqlite at {url.database} (created on first start)")
     try:
-        Database(settings.database_url).check()
+        Database(settings.database_url, timeout=settings.database.timeout).check()
     except FileprocError as exc:
-        return Check("database", False, str(exc))
+        return _failure("database", "cannot use the state database", exc)
     kind = settings.database_url.split(":", 1)[0]
     return Check("database", True, f"{kind} answers and has fileproc's tables")
 
@@ -59,15 +112,16 @@ def _broker(settings: Settings) -> Check:
             connection.ensure_connection(max_retries=1, timeout=5)
     except Exception as exc:
         hint = " (it runs only while `fileproc serve` does)" if settings.embedded_broker else ""
-        return Check("broker", False, f"cannot reach the {name}{hint}: {type(exc).__name__}")
+        reason = network_reason(exc) or type(exc).__name__
+        return Check("broker", False, f"cannot reach the {name}{hint}: {reason}")
     return Check("broker", True, f"the {name} answers")
 
 
 def run_checks(settings: Settings) -> Iterator[Check]:
     source = settings.config_file or "no config file (embedded defaults)"
     yield Check("config", True, f"{source}; {len(settings.pipelines)} pipeline(s)")
-    check, _ = _service_check(settings)
-    yield check
+    yield _functions(settings)
+    yield _data_dir(settings)
     yield _storage(settings)
     yield _database(settings)
     yield _broker(settings)

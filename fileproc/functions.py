@@ -17,6 +17,10 @@ for Lambda's S3 trigger runs unchanged. ``context`` carries Lambda's attributes
 ``get_remaining_time_in_millis()``) and fileproc's own: ``params``, ``input``,
 ``output``, ``storage``, ``logger``.
 
+Functions are found by the service's registry (:mod:`fileproc.registry`):
+entry points, the ``functions.paths`` folders, and plain handlers a pipeline
+step names (``handler = "module:function"``).
+
 A handler SHALL write its results through ``context.output`` (so they are
 recorded, carry provenance and appear atomically) and SHALL raise
 ``InvalidInput`` for input it cannot process. It MAY raise ``TransientError``
@@ -26,27 +30,35 @@ The built-ins in ``workers/`` use this interface and nothing else.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from fileproc.errors import ConfigError, FunctionNotFound
 from fileproc.events import ObjectEvent
 from fileproc.storage import ObjectInfo, PutSource, Storage
 
+if TYPE_CHECKING:  # pydantic is imported by whoever declares a params model, not here
+    from pydantic import BaseModel
+
 Handler = Callable[[dict[str, Any], "Context"], Any]
+
+SPEC_ATTRIBUTE = "__fileproc_function__"
+"""Where :func:`function` leaves a handler's :class:`FunctionSpec` for a registry to read."""
 
 
 @dataclass(frozen=True)
 class FunctionSpec:
-    """A registered function and its defaults."""
+    """A function and its defaults, as a registry knows it.
+
+    ``params`` is the pydantic model the step's params must satisfy (``None``:
+    any table of params is passed on as it is); ``source`` says where the
+    function came from, for messages.
+    """
 
     name: str
     handler: Handler
@@ -54,13 +66,12 @@ class FunctionSpec:
     timeout: float = 60.0
     memory_mb: int = 1024
     retries: int = 2
+    params: type[BaseModel] | None = None
+    source: str = ""
 
     @property
     def module(self) -> str:
         return getattr(self.handler, "__module__", "?")
-
-
-_REGISTRY: dict[str, FunctionSpec] = {}
 
 
 def function(
@@ -70,60 +81,44 @@ def function(
     timeout: float = 60.0,
     memory_mb: int = 1024,
     retries: int = 2,
+    params: type[BaseModel] | None = None,
 ) -> Callable[[Handler], Handler]:
-    """Register ``handler`` under ``name`` with its defaults.
+    """Declare ``handler`` as the function ``name``, with its defaults.
+
+    The decorator only attaches a :class:`FunctionSpec` to the handler; the
+    handler is registered by the service that finds it (in a module of
+    ``functions.paths``, or through an entry point), so two services never
+    share what they loaded.
 
     ``queue`` defaults to the function's name, so each function has its own
     Celery queue and a long transcode never delays a thumbnail. ``timeout`` is
     in seconds; ``memory_mb`` is the most the step may allocate beyond the
     worker's own footprint; ``retries`` counts re-runs after a failure that
-    may pass (never after ``InvalidInput`` or a timeout).
+    may pass (never after ``InvalidInput`` or a timeout). ``params`` is a
+    pydantic model: every pipeline step's params are validated against it when
+    the service starts, so a typo stops the start instead of failing jobs::
+
+        class ShoutParams(BaseModel):
+            model_config = ConfigDict(extra="forbid")
+            times: int = 1
+
+        @function("shout", params=ShoutParams)
+        def handler(event, context):
+            times = context.params["times"]     # validated, default filled in
     """
 
-    def register(handler: Handler) -> Handler:
-        existing = _REGISTRY.get(name)
-        if existing and existing.module != getattr(handler, "__module__", "?"):
-            raise ConfigError(f"function {name!r} is registered twice: in {existing.module} and {handler.__module__}")
-        _REGISTRY[name] = FunctionSpec(name, handler, queue or name, timeout, memory_mb, retries)
+    def declare(handler: Handler) -> Handler:
+        spec = FunctionSpec(name, handler, queue or name, timeout, memory_mb, retries, params)
+        setattr(handler, SPEC_ATTRIBUTE, spec)
         return handler
 
-    return register
+    return declare
 
 
-def get_function(name: str) -> FunctionSpec:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(sorted(_REGISTRY)) or "none"
-        raise FunctionNotFound(f"no function named {name!r} (registered: {known})") from None
-
-
-def registered() -> dict[str, FunctionSpec]:
-    return dict(_REGISTRY)
-
-
-def load_functions(paths: list[Path] | None = None) -> dict[str, FunctionSpec]:
-    """Import the built-ins (``workers``) and every ``*.py`` in ``paths``."""
-    import workers  # noqa: F401  (registers the built-ins)
-
-    for directory in paths or []:
-        if not directory.is_dir():
-            raise ConfigError(f"functions.paths: {directory} is not a directory")
-        for file in sorted(directory.glob("*.py")):
-            module_name = f"fileproc_user.{directory.name}.{file.stem}"
-            if module_name in sys.modules:
-                continue
-            spec = importlib.util.spec_from_file_location(module_name, file)
-            if spec is None or spec.loader is None:
-                raise ConfigError(f"functions.paths: cannot load {file}")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[module_name] = module
-            try:
-                spec.loader.exec_module(module)
-            except Exception as exc:
-                del sys.modules[module_name]
-                raise ConfigError(f"functions.paths: {file} failed to import: {exc!r}") from exc
-    return registered()
+def declared_spec(obj: object) -> FunctionSpec | None:
+    """The spec :func:`function` attached to ``obj``, if any."""
+    spec = getattr(obj, SPEC_ATTRIBUTE, None)
+    return spec if isinstance(spec, FunctionSpec) else None
 
 
 class InputObject:
@@ -162,6 +157,7 @@ class InputObject:
         """A local file with the object's bytes (downloaded once, on first use)."""
         if self._path is None:
             suffix = Path(self.info.key).suffix
+            self._scratch.mkdir(parents=True, exist_ok=True)
             target = self._scratch / f"input{suffix}"
             self._storage.download(self.info.bucket, self.info.key, target)
             self.bytes_read += self.info.size
@@ -231,7 +227,13 @@ class Context:
     pipeline: str
     event: ObjectEvent
     function_version: str = "$LATEST"
-    scratch_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
+    scratch: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
+
+    @property
+    def scratch_dir(self) -> Path:
+        """The step's private folder, made on first use and removed when the step ends."""
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        return self.scratch
 
     @property
     def invoked_function_arn(self) -> str:

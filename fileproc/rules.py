@@ -20,7 +20,7 @@ import re
 import string
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fileproc.events import ObjectEvent
 
@@ -58,16 +58,30 @@ class Match(BaseModel):
 
 
 class Step(BaseModel):
-    """One function call. Unset limits fall back to the function's own defaults."""
+    """One function call. Unset limits fall back to the function's own defaults.
+
+    ``function`` names a registered function; ``handler = "module:function"``
+    names a plain ``handler(event, context)`` instead (no decorator needed),
+    and is then also the function's name unless ``function`` is given.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    function: str
+    function: str = ""
+    handler: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     params: dict[str, Any] = Field(default_factory=dict)
     queue: str | None = None
     timeout: float | None = Field(None, gt=0)
     memory_mb: int | None = Field(None, gt=0)
     retries: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _named(self) -> Step:
+        if not self.function:
+            if not self.handler:
+                raise ValueError("a step needs `function` (a registered name) or `handler` (module:function)")
+            self.function = self.handler
+        return self
 
 
 class Output(BaseModel):

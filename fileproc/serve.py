@@ -2,16 +2,19 @@
 
 The embedded broker (a redis-server child), the HTTP API (in this process),
 one supervised ``fileproc worker`` child, the folder watcher and the
-catch-up scan for local buckets. Ctrl-C or SIGTERM stops the API, lets the
+catch-up scan for local buckets, and the reconciler (every watched bucket
+listed on an interval, for objects whose notification was lost). Ctrl-C or SIGTERM stops the API, lets the
 worker finish what it is running (its unfinished messages go back to the
 queue), and shuts the broker down with its data saved.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,8 +27,8 @@ from fileproc.api import create_app
 from fileproc.broker import EmbeddedBroker
 from fileproc.config import Settings
 from fileproc.errors import FileprocError
-from fileproc.events import ObjectEvent
-from fileproc.intake.watcher import FolderWatcher
+from fileproc.intake.reconcile import Reconciler
+from fileproc.intake.watcher import WatcherSource
 from fileproc.processes import spawn
 from fileproc.runtime.app import embedded_socket
 from fileproc.service import Service
@@ -73,31 +76,13 @@ class SupervisedWorker:
             self.process.wait()
 
 
-def watch_local_buckets(service: Service) -> FolderWatcher:
+def watch_local_buckets(service: Service) -> WatcherSource:
     """Feed files dropped into bucket folders (and those already there) to dispatch."""
-
-    def on_object(bucket: str, key: str) -> None:
-        try:
-            info = service.storage.head(bucket, key)
-        except FileprocError as exc:
-            log.warning("cannot read %s/%s: %s", bucket, key, exc)
-            return
-        event = ObjectEvent(bucket=bucket, key=key, event_name="s3:ObjectCreated:Put", size=info.size,
-                            etag=info.etag, content_type=info.content_type, metadata=info.metadata,
-                            source="watcher")
-        dispatch.submit(service, event)
-
-    root = service.settings.buckets_dir
-    root.mkdir(parents=True, exist_ok=True)
-    watcher = FolderWatcher(root, on_object, settle_seconds=service.settings.watcher.settle_seconds)
-    watcher.start()
-
-    def catch_up() -> None:
-        for bucket, key in watcher.scan():
-            on_object(bucket, key)
-
-    threading.Thread(target=catch_up, name="fileproc-catch-up", daemon=True).start()
-    return watcher
+    source = WatcherSource(service.settings.buckets_dir, service.storage,
+                           lambda events: dispatch.submit_many(service, events),
+                           settle_seconds=service.settings.watcher.settle_seconds)
+    source.start()
+    return source
 
 
 def lock_data_dir(settings: Settings) -> IO[str]:
@@ -112,9 +97,33 @@ def lock_data_dir(settings: Settings) -> IO[str]:
     return handle
 
 
+def bind_api(host: str, port: int) -> socket.socket:
+    """The API's listening socket, bound before anything starts: a port in use is said at once.
+
+    uvicorn would only find out after "serving on" was logged and the broker
+    and worker had started.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart without waiting
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        hint = "; another program uses it (choose one with --port)" if exc.errno == errno.EADDRINUSE else ""
+        raise FileprocError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from exc
+    return sock
+
+
 def serve(service: Service, host: str, port: int, config_argv: list[str]) -> None:
     settings = service.settings
     lock = lock_data_dir(settings)
+    try:
+        listener = bind_api(host, port)
+    except FileprocError:
+        lock.close()
+        raise
+    port = listener.getsockname()[1]
     broker = None
     if settings.embedded_broker:
         broker = EmbeddedBroker(settings.data_dir / "broker", embedded_socket(settings))
@@ -122,13 +131,15 @@ def serve(service: Service, host: str, port: int, config_argv: list[str]) -> Non
     service.prepare_buckets()
     worker = SupervisedWorker([sys.executable, "-m", "fileproc", *config_argv, "worker"])
     watcher = None
+    reconciler = None
     try:
         worker.start()
         if settings.storage.backend == "local" and settings.watcher.enabled:
             watcher = watch_local_buckets(service)
+        if settings.reconcile.enabled:
+            reconciler = Reconciler(service).start()
         tokens = load_tokens(settings)
         log.info("tokens are in %s (or set api.webhook_token / api.admin_token)", settings.data_dir / "tokens.json")
-        dispatch.flush_pending(service)
         app = create_app(service, tokens)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, access_log=False,
                                                log_level=settings.log_level.lower(), lifespan="on"))
@@ -137,15 +148,18 @@ def serve(service: Service, host: str, port: int, config_argv: list[str]) -> Non
         # the default handlers that would kill this process before the cleanup below.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: None)
-        server.run()
+        server.run(sockets=[listener])
         if not server.started:
             raise FileprocError(f"could not listen on {host}:{port} (in use, or not an address of this machine)")
     finally:
+        if reconciler is not None:
+            reconciler.stop()
         if watcher is not None:
             watcher.stop()
         worker.stop()
         if broker is not None:
             broker.stop()
+        listener.close()
         lock.close()
         log.info("fileproc stopped")
 

@@ -9,36 +9,47 @@ from __future__ import annotations
 
 import logging
 from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from fileproc.config import Settings
-from fileproc.errors import ConfigError, StorageError
-from fileproc.functions import FunctionSpec, get_function, load_functions
+from fileproc.errors import StorageError
+from fileproc.functions import FunctionSpec
+from fileproc.registry import Registry
 from fileproc.rules import Pipeline, Step
-from fileproc.runtime import app as celery
-from fileproc.state import Database
-from fileproc.storage import Storage, open_storage
+
+if TYPE_CHECKING:
+    from fileproc.state import Database
+    from fileproc.storage import Storage
 
 
 class Service:
+    """The parts one fileproc process works with, wired from ``settings``.
+
+    Building it loads the functions (:class:`~fileproc.registry.Registry`) and
+    checks every pipeline step against them: an unknown function or a param
+    its model refuses stops the start with a ConfigError naming the field.
+    """
+
     def __init__(self, settings: Settings) -> None:
+        from fileproc.runtime import app as celery  # imported here: Celery is slow to import
+
         self.settings = settings
-        self.functions = load_functions(settings.functions.paths)
-        for pipeline in settings.pipelines:
-            for step in pipeline.steps:
-                if step.function not in self.functions:
-                    known = ", ".join(sorted(self.functions))
-                    raise ConfigError(
-                        f"pipelines.{pipeline.name}.steps: no function named {step.function!r} (known: {known})")
+        self.registry = Registry.for_settings(settings)
+        self.functions: dict[str, FunctionSpec] = self.registry.specs()
         self.pipelines: dict[str, Pipeline] = {p.name: p for p in settings.pipelines}
         celery.configure(settings)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
 
     @cached_property
     def db(self) -> Database:
-        return Database(self.settings.database_url)
+        from fileproc.state import Database
+
+        return Database(self.settings.database_url, timeout=self.settings.database.timeout)
 
     @cached_property
     def storage(self) -> Storage:
+        from fileproc.storage import open_storage
+
         return open_storage(self.settings)
 
     def after_fork(self) -> None:
@@ -59,7 +70,24 @@ class Service:
                 logging.getLogger(__name__).warning("cannot create bucket %s: %s", name, exc)
 
     def spec(self, step: Step) -> FunctionSpec:
-        return get_function(step.function)
+        """The function ``step`` calls (FunctionNotFound if none)."""
+        return self.registry.get(step.function)
+
+    def params_for(self, step: Step) -> dict[str, Any]:
+        """What ``step``'s handler gets as ``context.params``.
+
+        A plain dict (Lambda-style code indexes it): the step's params validated
+        against the function's params model, with the model's defaults filled
+        in, or the params as written for a function without a model.
+        """
+        return self.registry.params_for(step)
+
+    def function_name(self, pipeline: str, step_index: int) -> str:
+        """The function step ``step_index`` of ``pipeline`` runs ("?" if the pipeline is gone)."""
+        found = self.pipelines.get(pipeline)
+        if found is None or step_index >= len(found.steps):
+            return "?"
+        return found.steps[step_index].function
 
     def queue_for(self, step: Step) -> str:
         return step.queue or self.spec(step).queue
@@ -69,6 +97,32 @@ class Service:
         names = {spec.queue for spec in self.functions.values()}
         names |= {s.queue for p in self.pipelines.values() for s in p.steps if s.queue}
         return sorted(names)
+
+
+CELERY_CHATTER = (
+    "celery.worker.strategy",             # "Task fileproc.run_step[<uuid>] received"
+    "celery.app.trace",                   # "Task ...[<uuid>] succeeded in 0.2s" / "retry: Retry in 2s"
+    "celery.worker.consumer.connection",  # "Connected to redis+socket://..."
+)
+"""Celery loggers whose INFO lines name task ids, not jobs: a worker shows them at DEBUG only."""
+
+
+def setup_worker_logging(settings: Settings) -> list[str]:
+    """Logging for ``fileproc worker``: fileproc's own lines, without Celery's chatter.
+
+    Sets up logging like every command, then hides Celery's per-task lines
+    (unless ``log_level`` is DEBUG). Returns Celery's options that go with it,
+    to pass before the ``worker`` sub-command; ``--quiet`` drops the banner::
+
+        celery_app.worker_main([*setup_worker_logging(settings), "worker", "--queues", ...])
+
+    Celery's warnings and errors, and its one "ready." line, still show.
+    """
+    setup_logging(settings)
+    if settings.log_level != "DEBUG":
+        for name in CELERY_CHATTER:
+            logging.getLogger(name).setLevel(logging.WARNING)
+    return ["--quiet"]
 
 
 def setup_logging(settings: Settings) -> None:

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,10 @@ def write_config(path: Path, settings: dict[str, Any]) -> Path:
 
 
 def fileproc(config: Path | None, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-             check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run one short fileproc command and return its result."""
-    argv = [sys.executable, "-m", "fileproc", *(["--config", str(config)] if config else []), *args]
+             check: bool = True, timeout: float = 60, wrap: list[str] | None = None,
+             ) -> subprocess.CompletedProcess[str]:
+    """Run one short fileproc command and return its result (``wrap``: a command to run it under)."""
+    argv = [*(wrap or []), sys.executable, "-m", "fileproc", *(["--config", str(config)] if config else []), *args]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=cwd,
                             env={**os.environ, **(env or {})})
     if check and result.returncode != 0:
@@ -47,12 +48,16 @@ def fileproc(config: Path | None, *args: str, env: dict[str, str] | None = None,
 
 
 class Process:
-    """A long-running fileproc command, in its own process group, logging to a file."""
+    """A long-running fileproc command, in its own process group, logging to a file.
+
+    ``prefix`` runs it through another command that execs it, e.g. ``["ip",
+    "netns", "exec", NAME]`` (tests/netns.py), so the pid is still fileproc's.
+    """
 
     def __init__(self, config: Path | None, args: list[str], log: Path, cwd: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, prefix: Sequence[str] = ()) -> None:
         self.log = log
-        argv = [sys.executable, "-m", "fileproc", *(["--config", str(config)] if config else []), *args]
+        argv = [*prefix, sys.executable, "-m", "fileproc", *(["--config", str(config)] if config else []), *args]
         with log.open("ab") as out:
             self.popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                           start_new_session=True, cwd=cwd, env={**os.environ, **(env or {})})

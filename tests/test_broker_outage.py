@@ -32,7 +32,7 @@ def test_jobs_recorded_while_the_broker_is_down_are_sent_when_it_is_back(tmp_pat
     started = time.monotonic()
     out = fileproc(config, "put", str(source), "uploads/a.jpg", env=dead)
     assert time.monotonic() - started < 30
-    assert "job 1: thumbs" in out.stdout and "stays pending" in out.stderr
+    assert "job 1: thumbs" in out.stdout and "stay queued until the broker is back" in out.stderr
     (job,) = jobs(config)
     assert job["status"] == "queued"
     assert client.llen("thumbnail") == 0

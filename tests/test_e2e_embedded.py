@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import signal
 import time
 from pathlib import Path
 
 from PIL import Image
 
+from fileproc.storage.local import signature_etag
 from tests.helpers import image_bytes
 from tests.procs import (
     FUNCTIONS_DIR,
@@ -51,7 +51,8 @@ def test_demo_pipeline_on_dropped_and_put_files(tmp_path: Path) -> None:
         assert sorted(j["key"] for j in found) == ["from put/cat.jpg", "photos/2026/ünï côdé.png", "slow writer.jpg"]
         assert all(j["status"] == "succeeded" for j in found), found
         slow = next(j for j in found if j["key"] == "slow writer.jpg")
-        assert slow["version"] == hashlib.md5(data).hexdigest()  # the whole file, not a piece of it
+        # The whole file, not a piece of it: a dropped file's etag is the signature of its final stat.
+        assert slow["version"] == signature_etag(target.stat())
         derived = tmp_path / "fileproc-data" / "buckets" / "derived" / "thumbnails"
         assert Image.open(derived / "slow writer.jpg" / "thumb-256.webp").size == (256, 171)
         assert Image.open(derived / "from put" / "cat.jpg" / "thumb-256.webp").size == (128, 256)
@@ -69,7 +70,7 @@ def test_queued_work_survives_a_restart(tmp_path: Path) -> None:
         "functions": {"paths": [str(FUNCTIONS_DIR)]},
         "worker": {"concurrency": 1},
         "api": {"port": port},
-        "pipelines": [{"name": "slow", "match": {"bucket": "in"},
+        "pipelines": [{"name": "slow", "match": {"bucket": "inbox"},
                        "steps": [{"function": "slow", "params": {"seconds": 5}}],
                        "output": {"bucket": "out", "key": "{key}/{name}"}}],
     })
@@ -78,7 +79,7 @@ def test_queued_work_survives_a_restart(tmp_path: Path) -> None:
     server = Process(config, ["serve"], tmp_path / "serve-1.log")
     wait_healthy(port, server)
     for n in range(3):
-        fileproc(config, "put", str(source), f"in/file-{n}.bin")
+        fileproc(config, "put", str(source), f"inbox/file-{n}.bin")
     wait_for(lambda: any(j["status"] == "running" for j in jobs(config)), 30, "a step to start", server)
     server.popen.send_signal(signal.SIGTERM)  # like Ctrl-C
     assert server.popen.wait(60) == 0, server.tail()
@@ -86,7 +87,7 @@ def test_queued_work_survives_a_restart(tmp_path: Path) -> None:
     assert "queued" in before.values(), before  # stopped with work still queued
 
     # While nothing runs: an upload is recorded and waits for the broker.
-    fileproc(config, "put", str(source), "in/while-down.bin")
+    fileproc(config, "put", str(source), "inbox/while-down.bin")
 
     again = Process(config, ["serve"], tmp_path / "serve-2.log")
     try:

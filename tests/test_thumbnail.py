@@ -18,7 +18,7 @@ import pytest
 from PIL import ExifTags, Image, ImageCms, ImageDraw, ImageFile
 
 from fileproc import InvalidInput, PermanentError
-from fileproc.functions import get_function
+from fileproc.registry import Registry
 from fileproc.storage import Storage
 from fileproc.storage.local import LocalStorage
 from tests.helpers import OUTPUT_BUCKET, invocation, read_object
@@ -98,9 +98,9 @@ def close_to(actual: tuple[int, ...], expected: tuple[int, ...], tolerance: int 
 
 
 def test_registered_as_a_builtin_with_its_defaults() -> None:
-    import workers  # noqa: F401  (importing the package registers the built-ins)
-
-    spec = get_function("thumbnail")
+    registry = Registry()
+    registry.load_entry_points()  # the built-ins register like any installed package
+    spec = registry.get("thumbnail")
     assert (spec.handler, spec.queue, spec.timeout, spec.memory_mb, spec.retries) == (
         handler, "thumbnail", 60, 1024, 2
     )
@@ -320,7 +320,7 @@ def test_decompression_bomb_fails_as_invalid_input(storage: LocalStorage, tmp_pa
 
 
 def test_pillow_is_left_rejecting_truncated_images() -> None:
-    import workers  # noqa: F401
+    import workers.thumbnail  # noqa: F401
 
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 

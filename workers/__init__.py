@@ -1,3 +1,6 @@
-"""fileproc's built-in functions, written against the public function interface only."""
+"""fileproc's built-in functions, written against the public function interface only.
 
-from workers import thumbnail  # noqa: F401  (importing registers the function)
+Each registers through the ``fileproc.functions`` entry point group (see
+``pyproject.toml``), as an installed package would; importing this package
+loads none of them.
+"""

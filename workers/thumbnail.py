@@ -12,8 +12,10 @@ thumbnail keeps the aspect ratio, is never larger than the source, is turned
 the way the camera's EXIF orientation says, and carries no metadata except the
 ICC colour profile (no EXIF, so no GPS position leaks).
 
-Bad params fail the job as a configuration error (``PermanentError``); an
-input that is not a readable image (corrupt, truncated, unknown format, a
+The params are a pydantic model (:class:`ThumbnailParams`), so a mistake in
+a pipeline's params stops the service at start, naming the field. Called
+directly with bad params, the handler fails as a configuration error
+(``PermanentError``); an input that is not a readable image (corrupt, truncated, unknown format, a
 decompression bomb) fails it with ``InvalidInput``.
 """
 
@@ -25,11 +27,12 @@ import shutil
 import struct
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any, TypeGuard
 
 from PIL import ExifTags, Image, ImageCms, ImageFile, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fileproc import Context, InvalidInput, PermanentError, function
 
@@ -87,16 +90,47 @@ FORMATS = {
 _FORMAT_ALIASES = {"jpg": "jpeg"}
 
 
-@dataclass(frozen=True)
-class ThumbnailParams:
-    """The validated params of one step."""
+class ThumbnailParams(BaseModel):
+    """The params of one step, checked when the service starts (and by ``fileproc doctor``)."""
 
-    sizes: tuple[int, ...]
-    format: OutputFormat
-    quality: int
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sizes: tuple[int, ...] = Field(DEFAULT_SIZES, description="Longest edge of each thumbnail, in pixels.")
+    format: str = Field(DEFAULT_FORMAT, description="jpeg (or jpg), png or webp.")
+    quality: int = Field(DEFAULT_QUALITY, description="1-100, for jpeg and webp.")
+
+    @field_validator("sizes", mode="before")
+    @classmethod
+    def _sizes(cls, value: object) -> tuple[int, ...]:
+        if not isinstance(value, list | tuple) or not value:
+            raise ValueError(f"sizes must be a non-empty list of pixel sizes, got {value!r}")
+        bad = [v for v in value if not _is_int(v) or v < 1]
+        if bad:
+            raise ValueError(f"sizes must be positive integers (longest edge in px), got {bad!r}")
+        return tuple(dict.fromkeys(value))  # drop repeats: each size is one output key
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _format(cls, value: object) -> str:
+        if isinstance(value, str):
+            name = _FORMAT_ALIASES.get(value.lower(), value.lower())
+            if name in FORMATS:
+                return name
+        raise ValueError(f"format must be one of jpeg, jpg, png, webp, got {value!r}")
+
+    @field_validator("quality", mode="before")
+    @classmethod
+    def _quality(cls, value: object) -> int:
+        if _is_int(value) and 1 <= value <= 100:
+            return value
+        raise ValueError(f"quality must be an integer from 1 to 100, got {value!r}")
+
+    @property
+    def output_format(self) -> OutputFormat:
+        return FORMATS[self.format]
 
 
-@function("thumbnail", timeout=60, memory_mb=1024, retries=2)
+@function("thumbnail", timeout=60, memory_mb=1024, retries=2, params=ThumbnailParams)
 def handler(event: dict[str, Any], context: Context) -> dict[str, Any]:
     """Write ``thumb-{size}.{ext}`` for each requested size; return what was written."""
     params = parse_params(context.params)
@@ -119,50 +153,35 @@ def handler(event: dict[str, Any], context: Context) -> dict[str, Any]:
         "thumbnail %s (%dx%d): wrote %s", context.input.key, *source_size, ", ".join(t["key"] for t in thumbnails)
     )
     return {
-        "format": params.format.ext,
+        "format": params.output_format.ext,
         "source": {"width": source_size[0], "height": source_size[1]},
         "thumbnails": thumbnails,
     }
 
 
-def parse_params(params: dict[str, Any]) -> ThumbnailParams:
-    """Validate the step's params; a mistake is a configuration error, so PermanentError."""
-    unknown = sorted(set(params) - {"sizes", "format", "quality"})
-    if unknown:
-        raise PermanentError(f"thumbnail: unknown param(s) {', '.join(unknown)} (known: sizes, format, quality)")
-    return ThumbnailParams(
-        sizes=_parse_sizes(params.get("sizes", list(DEFAULT_SIZES))),
-        format=_parse_format(params.get("format", DEFAULT_FORMAT)),
-        quality=_parse_quality(params.get("quality", DEFAULT_QUALITY)),
-    )
+def parse_params(params: Mapping[str, Any]) -> ThumbnailParams:
+    """The step's params as a model.
+
+    The service validated them at start; a direct call (a test, another
+    function) may pass anything, and a mistake there is still a
+    configuration error, so PermanentError.
+    """
+    try:
+        return ThumbnailParams.model_validate(dict(params))
+    except ValidationError as exc:
+        problems = []
+        for item in exc.errors():
+            where = ".".join(str(part) for part in item["loc"])
+            if item["type"] == "extra_forbidden":
+                problems.append(f"unknown param {where} (known: sizes, format, quality)")
+            else:
+                problems.append(str(item["msg"]).removeprefix("Value error, "))
+        raise PermanentError(f"thumbnail: {'; '.join(problems)}") from exc
 
 
 def _is_int(value: object) -> TypeGuard[int]:
     # bool is a subclass of int, but `sizes: [true]` is a typo, not a size.
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _parse_sizes(value: object) -> tuple[int, ...]:
-    if not isinstance(value, list | tuple) or not value:
-        raise PermanentError(f"thumbnail: sizes must be a non-empty list of pixel sizes, got {value!r}")
-    bad = [v for v in value if not _is_int(v) or v < 1]
-    if bad:
-        raise PermanentError(f"thumbnail: sizes must be positive integers (longest edge in px), got {bad!r}")
-    return tuple(dict.fromkeys(value))  # drop repeats: each size is one output key
-
-
-def _parse_format(value: object) -> OutputFormat:
-    if isinstance(value, str):
-        name = _FORMAT_ALIASES.get(value.lower(), value.lower())
-        if name in FORMATS:
-            return FORMATS[name]
-    raise PermanentError(f"thumbnail: format must be one of jpeg, jpg, png, webp, got {value!r}")
-
-
-def _parse_quality(value: object) -> int:
-    if _is_int(value) and 1 <= value <= 100:
-        return value
-    raise PermanentError(f"thumbnail: quality must be an integer from 1 to 100, got {value!r}")
 
 
 @contextlib.contextmanager
@@ -259,10 +278,10 @@ def _write_thumbnail(
     # square bounding box fits the same either way round.
     if orientation in _ORIENTATION_TRANSPOSE:
         image = image.transpose(_ORIENTATION_TRANSPOSE[orientation])
-    image, icc = _for_format(image, icc, params.format, context)
+    image, icc = _for_format(image, icc, params.output_format, context)
     data = _encode(image, icc, params)
-    name = f"thumb-{size}.{params.format.ext}"
-    ref = context.output.put(name, data, content_type=params.format.content_type)
+    name = f"thumb-{size}.{params.output_format.ext}"
+    ref = context.output.put(name, data, content_type=params.output_format.content_type)
     return {"size": size, "key": ref.key, "width": image.width, "height": image.height, "bytes": ref.size}
 
 
@@ -313,12 +332,29 @@ def _encode(image: Image.Image, icc: bytes | None, params: ThumbnailParams) -> b
     ``image.info`` (which PNG and JPEG fall back to for profiles and comments).
     """
     options: dict[str, Any] = {}
-    if params.format.lossy:
+    if params.output_format.lossy:
         options["quality"] = params.quality
-    if params.format.pillow == "JPEG":
+    if params.output_format.pillow == "JPEG":
         options["optimize"] = True  # a few % smaller, costs next to nothing at thumbnail size
     if icc:
         options["icc_profile"] = icc
     buffer = io.BytesIO()
-    image.save(buffer, params.format.pillow, **options)
+    image.save(buffer, params.output_format.pillow, **options)
     return buffer.getvalue()
+
+
+def warm() -> None:
+    """Called once in each new runner, before its first event (see ``fileproc.runtime.pool``).
+
+    Pillow loads its format plugins and sets up each codec on first use: 25-30 ms
+    that would otherwise land on the first thumbnail a runner makes.
+    """
+    Image.init()
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), "teal").save(buffer, "JPEG")
+    with Image.open(io.BytesIO(buffer.getvalue()), formats=INPUT_FORMATS) as sample:
+        sample.draft(None, (16, 16))
+        sample.load()
+        small = sample.resize((16, 12), Image.Resampling.BICUBIC)
+    for fmt in FORMATS.values():
+        small.save(io.BytesIO(), fmt.pillow)
