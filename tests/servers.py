@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
@@ -150,13 +151,18 @@ def _redis_answers(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    """A throwaway Redis without persistence; yields ``redis://127.0.0.1:PORT/0``."""
+def redis_server(also_listen: Sequence[str] = ()) -> Iterator[str]:
+    """A throwaway Redis without persistence; yields ``redis://127.0.0.1:PORT/0``.
+
+    ``also_listen``: more local addresses to listen on, same port (tests/netns.py's hosts).
+    """
     binary = require("redis-server")
     with tempfile.TemporaryDirectory(prefix="fileproc-redis-") as tmp:
         def command(port: int) -> list[str]:
-            return [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                    "--dir", tmp, "--daemonize", "no"]
+            # Protected mode refuses clients from other addresses than loopback: the simulated hosts'.
+            unprotected = ["--protected-mode", "no"] if also_listen else []
+            return [binary, "--port", str(port), "--bind", "127.0.0.1", *also_listen, *unprotected, "--save", "",
+                    "--appendonly", "no", "--dir", tmp, "--daemonize", "no"]
 
         with _serve("redis-server", command, Path(tmp) / "redis.log", ready=_redis_answers) as port:
             yield f"redis://127.0.0.1:{port}/0"
@@ -187,8 +193,11 @@ def _as_postgres_user() -> list[str]:
 
 
 @contextlib.contextmanager
-def postgres_server() -> Iterator[str]:
+def postgres_server(also_listen: Sequence[str] = ()) -> Iterator[str]:
     """A throwaway PostgreSQL cluster; yields a SQLAlchemy URL of an empty database.
+
+    ``also_listen``: more local addresses to listen on, same port (tests/netns.py's hosts);
+    clients in each one's /24 are trusted too.
 
     Trust authentication on loopback, no fsync (speed over durability: the
     data dies with the test run anyway).
@@ -211,12 +220,15 @@ def postgres_server() -> Iterator[str]:
         subprocess.run([*runas, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
                         "--encoding=UTF8", "--locale=C"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        with (data / "pg_hba.conf").open("a") as hba:  # the simulated hosts are in the address's /24
+            for address in also_listen:
+                hba.write(f"host all all {ip_network(f'{address}/24', strict=False)} trust\n")
 
         def command(port: int) -> list[str]:
             # Run the postmaster itself (not pg_ctl) so _serve owns the process.
             return [*runas, str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(sockets),
-                    "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
-                    "-c", "full_page_writes=off"]
+                    "-c", "listen_addresses=" + ",".join(["127.0.0.1", *also_listen]), "-c", "fsync=off",
+                    "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
 
         def ready(port: int) -> bool:
             probe = subprocess.run([str(bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)],
@@ -264,8 +276,15 @@ def versitygw_binary() -> str:
 
 
 @contextlib.contextmanager
-def versitygw_server(webhook_url: str | None = None, port: int | None = None) -> Iterator[Versitygw]:
+def versitygw_server(webhook_url: str | None = None, port: int | None = None,
+                     versioning: bool = False, also_listen: Sequence[str] = (),
+                     secret_key: str | None = None) -> Iterator[Versitygw]:
     """A throwaway versitygw over a posix directory, on ``port`` or a free one.
+
+    With ``versioning`` buckets can be made versioned (PutBucketVersioning);
+    they start unversioned either way. ``also_listen``: more local addresses to
+    listen on, same port (tests/netns.py's hosts). ``secret_key``: the one to
+    use (default: a random one), for a config written before the gateway starts.
 
     With ``webhook_url`` it POSTs a bucket notification (AWS ``Records``
     shape, no Authorization header) for every object change. versitygw posts
@@ -273,16 +292,21 @@ def versitygw_server(webhook_url: str | None = None, port: int | None = None) ->
     URL does not answer, so start the receiver first.
     """
     binary = versitygw_binary()
-    access_key, secret_key = "fileproc-test", "fileproc-test-secret-" + os.urandom(6).hex()
+    access_key = "fileproc-test"
+    secret_key = secret_key or "fileproc-test-secret-" + os.urandom(6).hex()
     with tempfile.TemporaryDirectory(prefix="fileproc-vgw-") as tmp:
         data = Path(tmp) / "data"
         data.mkdir()
+        (Path(tmp) / "versions").mkdir()
 
         def command(port: int) -> list[str]:
             cmd = [binary, "--access", access_key, "--secret", secret_key, "--port", f"127.0.0.1:{port}", "--quiet"]
+            for address in also_listen:
+                cmd += ["--port", f"{address}:{port}"]
             if webhook_url:
                 cmd += ["--event-webhook-url", webhook_url]
-            return [*cmd, "posix", str(data)]
+            versions = ["--versioning-dir", str(Path(tmp) / "versions")] if versioning else []
+            return [*cmd, "posix", *versions, str(data)]
 
         with _serve("versitygw", command, Path(tmp) / "versitygw.log", port=port) as bound:
             yield Versitygw(f"127.0.0.1:{bound}", access_key, secret_key, data)

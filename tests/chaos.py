@@ -1,0 +1,303 @@
+"""The production deployment as separate processes, for the tests that break it on purpose.
+
+versitygw -> webhook (``?token=T&keys=raw``) -> ``fileproc api`` -> Redis ->
+``fileproc worker`` (any number, on this host or on simulated ones), plus
+``fileproc reconcile`` when a test wants it. The test reads the state database
+directly (a :class:`fileproc.state.Database` on the same URL)::
+
+    with deployment(tmp_path, redis_url=url, database_url=db, pipelines=[...]) as d:
+        worker = d.worker("w1")
+        d.upload("slow", "a.bin", b"x")
+        job = d.wait_for(lambda: d.job_of("slow", "a.bin"), 30, "the job")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+from minio import Minio
+
+from fileproc.state import Database, Job
+from tests.netns import Host
+from tests.procs import FUNCTIONS_DIR, Process, write_config
+from tests.servers import Versitygw, free_port, versitygw_server
+
+WEBHOOK_TOKEN = "hook-" + os.urandom(8).hex()
+ADMIN_TOKEN = "admin-" + os.urandom(8).hex()
+
+
+def stall_pipeline(runs: Path, first: float, then: float = 0.5, timeout: float = 600) -> dict[str, Any]:
+    """Objects in ``slow`` go through ``stall``: ``first`` seconds on the first run, ``then`` after."""
+    return {
+        "name": "stall",
+        "match": {"bucket": "slow"},
+        "steps": [{"function": "stall", "timeout": timeout,
+                   "params": {"runs": str(runs), "first": first, "then": then}}],
+        "output": {"bucket": "slow-out", "key": "{key}/{name}"},
+    }
+
+
+def runs_of(runs: Path, key: str) -> list[int]:
+    """The pids of the ``stall`` runs made on ``key`` so far."""
+    path = runs / key.replace("/", "%2F")
+    return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+
+TINY_PIPELINE = {
+    "name": "tiny",
+    "match": {"bucket": "texts", "suffix": [".txt"]},
+    "steps": [{"function": "tiny"}],
+    "output": {"bucket": "texts-out", "key": "{key}/{name}"},
+}
+
+
+def sqlite_url(tmp: Path) -> str:
+    """A SQLite state database in the test's folder."""
+    return f"sqlite:///{tmp / 'state.db'}"
+
+
+@dataclass
+class Deployment:
+    """One running deployment; every process it started is stopped when its block ends."""
+
+    tmp: Path
+    config: Path
+    settings: dict[str, Any]
+    api_port: int
+    db: Database
+    gw: Versitygw | None = None
+    processes: list[Process] = field(default_factory=list)
+
+    # -- processes --------------------------------------------------------
+
+    def start(self, name: str, args: list[str], host: Host | None = None,
+              env: dict[str, str] | None = None) -> Process:
+        """Start ``fileproc ARGS`` (on ``host``, or here), logging to ``tmp/NAME.log``."""
+        process = Process(self.config, args, self.tmp / f"{name}.log", env=env,
+                          prefix=host.prefix if host else ())
+        self.processes.append(process)
+        return process
+
+    def api(self, name: str = "api") -> Process:
+        """Start ``fileproc api`` on the deployment's port; returns once it answers /healthz."""
+        process = self.start(name, ["api"])
+        wait_until(lambda: _healthy(self.api_port, process), 60, "the API to answer /healthz", process)
+        return process
+
+    def worker(self, name: str = "worker", host: Host | None = None, concurrency: int = 1) -> Process:
+        """Start ``fileproc worker`` (on ``host``, or on this host)."""
+        return self.start(name, ["worker", "--concurrency", str(concurrency)], host)
+
+    def stop_all(self) -> None:
+        """Stop every process started (newest first), even if one of them will not stop."""
+        problems = []
+        for process in reversed(self.processes):
+            try:
+                process.stop()
+            except AssertionError as exc:  # it hung and was killed: say so after stopping the rest
+                problems.append(f"{process.log.name}: {exc}")
+        assert not problems, "\n".join(problems)
+
+    def logs(self) -> str:
+        """Every process's log tail, for a failure message."""
+        return "\n".join(f"--- {p.log.name} ---\n{p.tail(30)}" for p in self.processes)
+
+    # -- storage ----------------------------------------------------------
+
+    @property
+    def client(self) -> Minio:
+        assert self.gw is not None
+        return Minio(self.gw.endpoint, self.gw.access_key, self.gw.secret_key, secure=False)
+
+    def upload(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream",
+               client: Minio | None = None) -> None:
+        client = client or self.client
+        client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+
+    def ensure_bucket(self, *buckets: str) -> None:
+        for bucket in buckets:
+            if not self.client.bucket_exists(bucket):
+                self.client.make_bucket(bucket)
+
+    def read(self, bucket: str, key: str) -> bytes:
+        response = self.client.get_object(bucket, key)
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+    # -- state --------------------------------------------------------------
+
+    def jobs(self) -> list[Job]:
+        return self.db.list_jobs(limit=1_000_000)
+
+    def job_of(self, bucket: str, key: str) -> Job | None:
+        """The object's job (None if it has none; fails if it has several)."""
+        found = self.db.list_jobs(limit=10, bucket=bucket, key=key)
+        assert len(found) <= 1, f"{bucket}/{key} has {len(found)} jobs: {found}"
+        return found[0] if found else None
+
+    def finished(self, bucket: str, key: str) -> Job | None:
+        """The object's job once it has finished."""
+        job = self.job_of(bucket, key)
+        return job if job is not None and job.finished else None
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+        """Poll ``predicate`` until truthy; fail with every process's log after ``timeout`` seconds."""
+        return wait_until(predicate, timeout, what, self, interval)
+
+    def settled(self, count: int, timeout: float) -> list[Job]:
+        """The jobs, once there are ``count`` and none is queued or running."""
+
+        def check() -> list[Job] | None:
+            counts = self.db.count_jobs()
+            if sum(counts.values()) >= count and counts["queued"] == counts["running"] == 0:
+                return self.jobs()
+            return None
+
+        return self.wait_for(check, timeout, f"{count} finished jobs", interval=0.5)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
+               logs: Deployment | Process | None = None, interval: float = 0.2) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            detail = ""
+            if isinstance(logs, Deployment):
+                detail = "\n" + logs.logs()
+            elif isinstance(logs, Process):
+                detail = f"\n--- {logs.log.name} ---\n{logs.tail()}"
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+def _healthy(port: int, process: Process) -> bool:
+    if not process.alive():
+        raise AssertionError(f"fileproc exited while starting:\n{process.tail()}")
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def worker_pid(attempt_worker: str) -> int:
+    """The pid of the `fileproc worker` an attempt ran on (its name is ``fileproc-PID@host``)."""
+    return int(attempt_worker.split("@", 1)[0].rsplit("-", 1)[1])
+
+
+def seconds_between(start: datetime, end: datetime) -> float:
+    """``end - start`` in seconds (both aware datetimes)."""
+    return (end - start).total_seconds()
+
+
+def upload_in_threads(d: Deployment, bucket: str, keys: list[str], threads: int,
+                      progress: list[int] | None = None) -> None:
+    """Upload a small text object per key from ``threads`` client threads; ``progress[0]`` counts them."""
+    assert d.gw is not None
+    lock = threading.Lock()
+    queue: Iterator[str] = iter(keys)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        client = Minio(d.gw.endpoint, d.gw.access_key, d.gw.secret_key, secure=False)
+        while True:
+            with lock:
+                key = next(queue, None)
+            if key is None:
+                return
+            try:
+                d.upload(bucket, key, f"contents of {key}".encode(), "text/plain", client=client)
+            except BaseException as exc:  # reported by the main thread
+                errors.append(exc)
+                return
+            if progress is not None:
+                with lock:
+                    progress[0] += 1
+
+    pool = [threading.Thread(target=run, daemon=True) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join(timeout=600)
+    assert not errors, errors[:3]
+    assert not any(t.is_alive() for t in pool), "uploads did not finish within 600 s"
+
+
+def check_each_once(d: Deployment, bucket: str, keys: list[str]) -> None:
+    """Every key has exactly one job, succeeded, with one output."""
+    jobs = [j for j in d.jobs() if j.bucket == bucket]
+    by_key: dict[str, list[Job]] = {}
+    for job in jobs:
+        by_key.setdefault(job.key, []).append(job)
+    missing = sorted(set(keys) - set(by_key))
+    doubled = sorted(k for k, found in by_key.items() if len(found) > 1)
+    assert not missing, f"{len(missing)} uploads have no job, e.g. {missing[:5]}"
+    assert not doubled, f"{len(doubled)} uploads have several jobs, e.g. {doubled[:5]}"
+    assert sorted(by_key) == sorted(keys)
+    failed = [j for j in jobs if j.status != "succeeded"]
+    assert not failed, f"{len(failed)} jobs did not succeed, e.g. {failed[:3]}"
+    bad_outputs = [j for j in jobs if len(j.outputs) != 1]
+    assert not bad_outputs, f"{len(bad_outputs)} jobs without exactly one output, e.g. {bad_outputs[:3]}"
+
+
+@contextlib.contextmanager
+def deployment(tmp: Path, *, redis_url: str, database_url: str, pipelines: list[dict[str, Any]],
+               address: str = "127.0.0.1", also_listen: Sequence[str] = (), buckets: Sequence[str] = (),
+               **sections: dict[str, Any]) -> Iterator[Deployment]:
+    """Start the API and versitygw (webhook to the API) for the block; stop everything after.
+
+    ``address`` is where processes reach Redis, the database and versitygw
+    (a lab's service address for simulated hosts; the servers must listen
+    there); ``sections`` are more settings (``runtime={"lease_seconds": 5}``).
+    ``buckets`` are made before the block starts.
+    """
+    redis.Redis.from_url(redis_url).flushall()
+    api_port, gw_port = free_port(), free_port()
+    secret = "fileproc-test-secret-" + os.urandom(6).hex()
+    config = tmp / "fileproc.toml"
+    settings: dict[str, Any] = {
+        "data_dir": str(tmp / "data"),
+        "storage": {"backend": "s3", "endpoint": f"{address}:{gw_port}", "access_key": "fileproc-test",
+                    "secret_key": secret, "secure": False},
+        "broker": {"url": redis_url},
+        "database": {"url": database_url},
+        "api": {"host": "127.0.0.1", "port": api_port, "webhook_token": WEBHOOK_TOKEN, "admin_token": ADMIN_TOKEN},
+        "functions": {"paths": [str(FUNCTIONS_DIR)]},
+        "pipelines": pipelines,
+    }
+    for name, values in sections.items():
+        settings[name] = {**settings.get(name, {}), **values}
+    write_config(config, settings)
+    with contextlib.ExitStack() as stack:
+        db = Database(database_url)
+        stack.callback(db.engine.dispose)
+        found = Deployment(tmp, config, settings, api_port, db)
+        stack.callback(found.stop_all)
+        found.api()
+        webhook = f"http://127.0.0.1:{api_port}/events?token={WEBHOOK_TOKEN}&keys=raw"
+        found.gw = stack.enter_context(
+            versitygw_server(webhook, port=gw_port, also_listen=also_listen, secret_key=secret))
+        found.ensure_bucket(*buckets)
+        stack.callback(found.stop_all)  # before the gateway goes (stopping twice is harmless)
+        yield found
+
+
+__all__ = ["ADMIN_TOKEN", "TINY_PIPELINE", "WEBHOOK_TOKEN", "Deployment", "check_each_once", "deployment", "runs_of",
+           "seconds_between", "sqlite_url", "stall_pipeline", "upload_in_threads", "wait_until", "worker_pid"]
