@@ -28,6 +28,7 @@ lint: install
 
 bench: install
 	$(BIN)/python -m bench.thumbnail_bench
+	$(BIN)/python -m bench.intake
 
 clean:
 	rm -rf $(VENV) fileproc-data .pytest_cache .ruff_cache .mypy_cache

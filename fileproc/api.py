@@ -5,10 +5,16 @@
   ``auth_token``) or, for stores that cannot set headers (versitygw), as
   ``?token=T`` in the webhook URL. Keys are taken as URL-encoded (AWS,
   MinIO, RGW) unless the URL says ``?keys=raw`` (versitygw). Answers 200 only
-  once every event is committed to the state database; the broker is told
-  afterwards.
+  once every event a pipeline matches is committed to the state database
+  (many requests share one transaction: :mod:`fileproc.intake.webhook`); the
+  broker is told afterwards. Events no pipeline matches are counted, not
+  stored. A body over ``api.max_body_bytes`` or with more than
+  ``api.max_records`` records gets 413 and nothing of it is recorded; a
+  record naming an impossible key is refused with its reason (and the rest
+  recorded); 503 with ``Retry-After`` when the database is busy or gone.
 - ``/jobs``, ``/jobs/{id}``, ``/jobs/{id}/retry``, ``/jobs/retry-failed``,
-  ``/backfill``: the admin API, behind a different (admin) token.
+  ``/backfill``, ``/stats`` (the receiver's counters), ``/docs``, ``/redoc``
+  and ``/openapi.json``: the admin API, behind a different (admin) token.
 - ``GET /healthz``: open; 200 once the service can reach its database.
 """
 
@@ -16,27 +22,41 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import json
 import logging
-import threading
-from collections.abc import AsyncIterator
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Annotated, Any
+from urllib.parse import quote
 
-from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from fileproc import dispatch
-from fileproc.errors import BucketNotFound, FileprocError
+from fileproc.errors import BucketNotFound, FileprocError, StorageError
 from fileproc.events import ObjectEvent
 from fileproc.intake.backfill import backfill
-from fileproc.intake.notifications import BadNotification, parse_body
+from fileproc.intake.notifications import BadNotification, TooManyRecords, parse_body
+from fileproc.intake.objects import candidates, complete, needs_head
+from fileproc.intake.webhook import Busy, Committer, Counters
+from fileproc.outbox import Relay
 from fileproc.service import Service
-from fileproc.state import STATUSES, DatabaseUnavailable, Job
+from fileproc.state import STATUSES, DatabaseUnavailable
 from fileproc.tokens import Tokens
 
 log = logging.getLogger(__name__)
+
+RETRY_AFTER = "1"
+"""Seconds a sender is asked to wait before retrying a 503."""
+
+# Bodies bigger than this are parsed off the event loop, so one big body never stalls the others.
+_PARSE_INLINE_BYTES = 64 * 1024
 
 
 def _bearer(request: Request) -> str:
@@ -58,24 +78,96 @@ class BackfillRequest(BaseModel):
     prefix: str = ""
 
 
-def create_app(service: Service, tokens: Tokens, *, sweep_seconds: float = 5.0) -> FastAPI:
-    """The ASGI app. ``sweep_seconds``: how often jobs that missed the broker are re-sent."""
-    stop = threading.Event()
+class BodyTooLarge(FileprocError):
+    """The request body is over ``api.max_body_bytes``."""
 
-    def sweep() -> None:
-        while not stop.wait(sweep_seconds):
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (BodyTooLarge) as soon as it is known to exceed ``limit`` bytes.
+
+    A declared Content-Length over the limit is refused before reading; a
+    chunked body is counted while it is read.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise HTTPException(400, "Content-Length is not a number")
+        if int(declared) > limit:
+            raise BodyTooLarge(f"body of {declared} bytes; at most {limit} (api.max_body_bytes)")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise BodyTooLarge(f"body over {limit} bytes (api.max_body_bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    # A plain Response: no response model to validate on the hot path.
+    return Response(json.dumps(data, separators=(",", ":")), status_code=status, headers=headers,
+                    media_type="application/json")
+
+
+class _App(FastAPI):
+    """FastAPI, with ``POST /events`` answered before the framework's middleware and routing.
+
+    At thousands of notifications a second on two cores, FastAPI's per-request
+    machinery (middleware layers, routing, dependency resolution) cost as much
+    as recording the events; the webhook needs none of it.
+    """
+
+    events: tuple[Callable[[Request], Awaitable[Response]], Callable[[Exception], Awaitable[Response]]] | None = None
+    answer_seconds: deque[float]
+    """How long the last answers to ``POST /events`` took, from request to answer (``GET /stats``)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (self.events is not None and scope["type"] == "http" and scope["path"] == "/events"
+                and scope["method"] == "POST"):
+            started = time.perf_counter()
+            scope["app"] = self
+            handle, on_error = self.events
             try:
-                dispatch.flush_pending(service)
-            except FileprocError as exc:
-                log.warning("re-sending pending jobs failed: %s", exc)
+                response = await handle(Request(scope, receive))
+            except Exception as exc:  # answered like the framework would: status and {"error": ...}
+                response = await on_error(exc)
+            await response(scope, receive, send)
+            self.answer_seconds.append(time.perf_counter() - started)
+            return
+        await super().__call__(scope, receive, send)
+
+    def answer_ms(self) -> dict[str, float]:
+        """p50, p99 and max of the recent answer times, in milliseconds."""
+        times = sorted(self.answer_seconds)
+        if not times:
+            return {}
+        return {"answer_ms_p50": round(1000 * times[len(times) // 2], 1),
+                "answer_ms_p99": round(1000 * times[max(0, int(len(times) * 0.99) - 1)], 1),
+                "answer_ms_max": round(1000 * times[-1], 1)}
+
+
+def create_app(service: Service, tokens: Tokens, *, committer: Committer | None = None) -> FastAPI:
+    """The ASGI app; while it runs, its process records webhook events (the committer) and
+    relays due steps to the broker (the outbox). ``committer``: one with other bounds (tests)."""
+    counters = committer.counters if committer else Counters()
+    settings = service.settings
+    pipelines = list(service.pipelines.values())
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        threading.Thread(target=sweep, name="fileproc-sweeper", daemon=True).start()
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Started here, not at import: with `--workers` each process has its own threads.
+        app.state.committer = committer or Committer(service, counters=counters)
+        app.state.committer.start()
+        relay = Relay(service).start()
         yield
-        stop.set()
+        relay.stop()
+        app.state.committer.stop()
 
-    app = FastAPI(title="fileproc", version="0.1.0", lifespan=lifespan)
+    # The docs describe the admin API: only for the admin token (see the routes below).
+    app = _App(title="fileproc", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+               openapi_url=None)
+    app.answer_seconds = deque(maxlen=4096)
+    app.state.counters = counters
 
     def webhook_auth(request: Request) -> None:
         _require(tokens.webhook, request)
@@ -85,39 +177,95 @@ def create_app(service: Service, tokens: Tokens, *, sweep_seconds: float = 5.0) 
 
     # Every error answers the same way: a status code and {"error": "<reason>"}.
     @app.exception_handler(FileprocError)
-    def _fileproc_error(_: Request, exc: FileprocError) -> JSONResponse:
-        status = 503 if isinstance(exc, DatabaseUnavailable) else 400
-        return JSONResponse({"error": str(exc)}, status_code=status)
+    def _fileproc_error(_: Request, exc: FileprocError) -> Response:
+        if isinstance(exc, DatabaseUnavailable | Busy | StorageError):
+            # Ours to fix, not the sender's: ask it to come back (a retrying store retries).
+            counters.add(busy=1)
+            return _json({"error": str(exc)}, 503, {"Retry-After": RETRY_AFTER})
+        if isinstance(exc, BodyTooLarge | TooManyRecords):
+            counters.add(too_large=1)
+            return _json({"error": str(exc)}, 413)
+        return _json({"error": str(exc)}, 400)
 
     @app.exception_handler(StarletteHTTPException)
-    def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        return _json({"error": exc.detail}, exc.status_code, exc.headers)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         service.db.check()
         return {"status": "ok"}
 
-    @app.post("/events", dependencies=[Depends(webhook_auth)])
-    async def events(request: Request, background: BackgroundTasks) -> dict[str, Any]:
-        body = await request.body()
+    async def events(request: Request) -> Response:
+        _require(tokens.webhook, request)
         keys = request.query_params.get("keys", "url")
         if keys not in ("url", "raw"):
             raise HTTPException(400, "keys must be 'url' (URL-encoded keys, as AWS and MinIO send) or 'raw'")
+        body = await read_body(request, settings.api.max_body_bytes)
         try:
-            parsed = parse_body(body, raw_keys=keys == "raw")
+            if len(body) > _PARSE_INLINE_BYTES:
+                parsed = await run_in_threadpool(parse_body, body, raw_keys=keys == "raw",
+                                                 max_records=settings.api.max_records)
+            else:
+                parsed = parse_body(body, raw_keys=keys == "raw", max_records=settings.api.max_records)
         except BadNotification as exc:
             log.warning("rejected a notification: %s", exc)
-            raise HTTPException(400, str(exc)) from exc
+            raise
         if parsed.test:
-            return {"test": True}
+            return _json({"test": True})
         for reason in parsed.rejected:
             log.warning("rejected a notification record: %s", reason)
+        # Events no pipeline can take are counted, never written; those a notification left
+        # incomplete (no eTag, size 0) are completed from a HEAD, off the event loop.
+        wanted: list[ObjectEvent] = []
+        incomplete: list[ObjectEvent] = []
+        for event in parsed.events:
+            found = candidates(pipelines, event)
+            if found:
+                (incomplete if needs_head(event, pipelines, found) else wanted).append(event)
+        counters.add(requests=1, received=len(parsed.events) + len(parsed.rejected), rejected=len(parsed.rejected),
+                     unmatched=len(parsed.events) - len(wanted) - len(incomplete))
+        if incomplete:
+            completed = await run_in_threadpool(complete, service.storage, pipelines, incomplete)
+            counters.add(dropped=len(incomplete) - len(completed))
+            wanted += completed
         # Committed before answering, so the sender's own retry covers any outage of ours.
-        results = await run_in_threadpool(_record_all, service, parsed.events)
-        background.add_task(_send_all, service, [item.job for item in results if item.created])
-        return {"recorded": len(parsed.events), "jobs": [item.job.id for item in results],
-                "rejected": parsed.rejected}
+        results = await request.app.state.committer.record(wanted)
+        return _json({"recorded": len(parsed.events), "jobs": [item.job.id for item in results],
+                      "rejected": parsed.rejected})
+
+    async def events_error(exc: Exception) -> Response:
+        if isinstance(exc, FileprocError):
+            return _fileproc_error(None, exc)  # type: ignore[arg-type]
+        if isinstance(exc, StarletteHTTPException):
+            return _http_error(None, exc)  # type: ignore[arg-type]
+        log.exception("POST /events failed")
+        return _json({"error": "internal error"}, 500)
+
+    app.router.add_route("/events", events, methods=["POST"], include_in_schema=False)
+    app.events = (events, events_error)
+
+    @app.get("/stats", dependencies=[Depends(admin_auth)])
+    def stats(request: Request) -> dict[str, Any]:
+        """What the receiver saw since this process started."""
+        committer_now: Committer = request.app.state.committer
+        return {**counters.to_dict(), "backlog": committer_now.backlog, **app.answer_ms()}
+
+    @app.get("/openapi.json", dependencies=[Depends(admin_auth)], include_in_schema=False)
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    def _openapi_url(request: Request) -> str:
+        # The browser fetches the schema itself: hand it the token it came with.
+        return f"/openapi.json?token={quote(_bearer(request), safe='')}"
+
+    @app.get("/docs", dependencies=[Depends(admin_auth)], include_in_schema=False)
+    def docs(request: Request) -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=_openapi_url(request), title="fileproc API")
+
+    @app.get("/redoc", dependencies=[Depends(admin_auth)], include_in_schema=False)
+    def redoc(request: Request) -> HTMLResponse:
+        return get_redoc_html(openapi_url=_openapi_url(request), title="fileproc API")
 
     @app.get("/jobs", dependencies=[Depends(admin_auth)])
     def jobs(status: Annotated[str | None, Query()] = None, limit: int = 100) -> list[dict[str, Any]]:
@@ -157,10 +305,18 @@ def create_app(service: Service, tokens: Tokens, *, sweep_seconds: float = 5.0) 
     return app
 
 
-def _record_all(service: Service, events: list[ObjectEvent]) -> list[dispatch.Dispatched]:
-    return [item for event in events for item in dispatch.submit(service, event, send=False)]
+def app_from_settings() -> FastAPI:
+    """The app for settings read from ``FILEPROC_CONFIG`` and the environment.
 
+    For uvicorn's ``--workers`` (each worker process builds its own app):
+    ``uvicorn --factory fileproc.api:app_from_settings --workers 2``. Several
+    processes must share explicit tokens (``api.webhook_token``,
+    ``api.admin_token``) or the data folder that keeps the generated ones.
+    """
+    from fileproc.config import load_settings
+    from fileproc.service import setup_logging
+    from fileproc.tokens import load_tokens
 
-def _send_all(service: Service, jobs: list[Job]) -> None:
-    for job in jobs:
-        dispatch.enqueue(service, job)
+    settings = load_settings()
+    setup_logging(settings)
+    return create_app(Service(settings), load_tokens(settings))

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from fileproc import outbox
 from fileproc.events import ObjectEvent
-from fileproc.intake import queries
 from fileproc.intake.objects import complete
 from fileproc.rules import Pipeline, match
 from fileproc.service import Service
@@ -61,7 +60,7 @@ def submit_many(service: Service, events: Iterable[ObjectEvent], *, send: bool =
         written = service.db.outputs_among((e.bucket, e.key, e.etag or "") for _, e in suspect)
         wanted = [(p, e) for p, e in wanted if p.name not in written.get((e.bucket, e.key, e.etag or ""), ())]
     results = [Dispatched(job, created)
-               for job, created in queries.create_jobs(service.db, [(p.name, e) for p, e in wanted], sending=True)]
+               for job, created in service.db.create_jobs([(p.name, e) for p, e in wanted], sending=True)]
     for item in results:
         if item.created:
             log.info("job %s: %s on %s/%s", item.job.id, item.job.pipeline, item.job.bucket, item.job.key)

@@ -8,7 +8,7 @@ event record a Lambda-style handler expects.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote_plus
@@ -75,8 +75,11 @@ class ObjectEvent:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Field by field, not dataclasses.asdict: asdict deep-copies, and the receiver
+        # calls this once per recorded event (it was a fifth of a job's insert cost).
+        data = {name: getattr(self, name) for name in _FIELDS}
         data["time"] = self.time.isoformat()
+        data["metadata"] = dict(self.metadata)
         return data
 
     @classmethod
@@ -86,3 +89,6 @@ class ObjectEvent:
         if isinstance(known.get("time"), str):
             known["time"] = datetime.fromisoformat(known["time"])
         return cls(**known)
+
+
+_FIELDS = tuple(f.name for f in fields(ObjectEvent))

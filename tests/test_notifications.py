@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from fileproc.intake.notifications import BadNotification, parse_body
+from fileproc.intake.notifications import BadNotification, TooManyRecords, parse_body
 
 
 def aws_body(key: str, **obj: object) -> dict[str, object]:
@@ -78,3 +78,31 @@ def test_record_round_trip_is_lambda_shaped() -> None:
 def test_raw_keys_are_taken_as_they_are() -> None:
     (event,) = parse_body(aws_body("plus+sign/100%25 a+b.jpg"), raw_keys=True).events
     assert event.key == "plus+sign/100%25 a+b.jpg"
+
+
+@pytest.mark.parametrize(("key", "reason"), [
+    ("a/../b.jpg", "'..' segment"),
+    ("./b.jpg", "'.' or '..' segment"),
+    ("a//b.jpg", "empty, '.' or '..' segment"),
+    ("/etc/passwd", "absolute path"),
+    ("nul%00.jpg", "NUL"),
+    ("k" * 1025, "longer than 1024 bytes"),
+])
+def test_impossible_keys_are_refused_with_the_reason(key: str, reason: str) -> None:
+    parsed = parse_body(aws_body(key))  # the only record refused: answered, not an unreadable body
+    assert parsed.events == []
+    (refused,) = parsed.rejected
+    assert refused.startswith("Records[0]: ") and reason in refused
+
+
+def test_a_folder_placeholder_is_not_refused() -> None:
+    (event,) = parse_body(aws_body("photos/")).events  # no pipeline takes it, but it is no error
+    assert event.key == "photos/"
+
+
+def test_more_records_than_allowed_are_refused_as_a_whole() -> None:
+    body = aws_body("a.jpg")
+    body["Records"] = body["Records"] * 3  # type: ignore[operator]
+    with pytest.raises(TooManyRecords, match="3 records in one body; at most 2"):
+        parse_body(body, max_records=2)
+    assert len(parse_body(body, max_records=3).events) == 3

@@ -165,6 +165,17 @@ def test_a_changed_object_supersedes_the_old_notification(tmp_path: Path) -> Non
     assert stale is not None and "superseded" in (stale.error or "")
 
 
+def test_a_version_whose_notification_was_lost_gets_its_job_when_an_older_one_is_superseded(
+        tmp_path: Path) -> None:
+    service = make_service(tmp_path, [{"function": "thumbnail"}])
+    old = upload(service, "a.jpg", image_bytes())
+    current = service.storage.put("inbox", "a.jpg", image_bytes() + b"\0")  # its notification never comes
+    assert run_step(service, old.id, 0, "w").status == "skipped"
+    (newer,) = [j for j in service.db.list_jobs() if j.id != old.id]
+    assert newer.version == current.etag and newer.status == "queued"
+    assert run_step(service, newer.id, 0, "w").status == "succeeded"
+
+
 def test_outputs_written_into_the_source_bucket_do_not_loop(tmp_path: Path) -> None:
     config = write_config(tmp_path / "fileproc.toml", {
         "data_dir": str(tmp_path / "data"),

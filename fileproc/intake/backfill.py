@@ -8,13 +8,22 @@ any time, as often as you like.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from fileproc import dispatch
+from fileproc.errors import ObjectNotFound
 from fileproc.events import ObjectEvent
+from fileproc.intake.objects import event_for
 from fileproc.rules import match
 from fileproc.service import Service
+from fileproc.storage import ObjectInfo
+
+log = logging.getLogger(__name__)
+
+BATCH = 200
+"""Events submitted per transaction."""
 
 
 @dataclass
@@ -34,23 +43,40 @@ def backfill(service: Service, bucket: str, prefix: str = "",
     """Feed ``bucket/prefix*`` through its pipelines; ``progress(n)`` after each object."""
     report = BackfillReport()
     pipelines = list(service.pipelines.values())
+    batch: list[ObjectEvent] = []
     for info in service.storage.list(bucket, prefix):
         report.listed += 1
-        event = ObjectEvent(
-            bucket=info.bucket, key=info.key, event_name="s3:ObjectCreated:Put", size=info.size,
-            etag=info.etag, version_id=info.version_id, time=info.last_modified or ObjectEvent(bucket, "").time,
-            metadata=info.metadata, source="backfill",
-        )
-        if match(pipelines, event):
-            report.matched += 1
-            for item in dispatch.submit(service, event):
-                if item.created:
-                    report.queued += 1
-                elif item.job.status == "failed":
-                    dispatch.retry(service, item.job.id)
-                    report.retried += 1
-                else:
-                    report.already += 1
+        # A listing carries no content type, metadata or version id: only a candidate is HEADed,
+        # so it is described exactly as the watcher or a notification would describe it.
+        if match(pipelines, event_for(info.bucket, info.key, info, source="backfill", listed=True)):
+            event = _headed(service, info)
+            if event is not None and match(pipelines, event):
+                report.matched += 1
+                batch.append(event)
+        if len(batch) >= BATCH:
+            _submit(service, batch, report)
+            batch = []
         if progress:
             progress(1)
+    _submit(service, batch, report)
     return report
+
+
+def _headed(service: Service, info: ObjectInfo) -> ObjectEvent | None:
+    try:
+        full = service.storage.head(info.bucket, info.key)
+    except ObjectNotFound:
+        log.info("backfill: %s/%s is gone since it was listed", info.bucket, info.key)
+        return None
+    return event_for(info.bucket, info.key, full, source="backfill")
+
+
+def _submit(service: Service, events: list[ObjectEvent], report: BackfillReport) -> None:
+    for item in dispatch.submit_many(service, events):
+        if item.created:
+            report.queued += 1
+        elif item.job.status == "failed":
+            dispatch.retry(service, item.job.id)
+            report.retried += 1
+        else:
+            report.already += 1

@@ -23,10 +23,19 @@ from urllib.parse import unquote_plus
 
 from fileproc.errors import FileprocError
 from fileproc.events import ObjectEvent
+from fileproc.intake.objects import event_for, name_problem
 
 
 class BadNotification(FileprocError):
     """The body is not a bucket notification we understand."""
+
+
+class BadKey(BadNotification):
+    """A record names an object no store may hold; refused for good (a retry would not help)."""
+
+
+class TooManyRecords(BadNotification):
+    """The body carries more records than the receiver takes at once."""
 
 
 @dataclass
@@ -74,10 +83,15 @@ def parse_record(record: dict[str, Any], source: str = "webhook", *, raw_keys: b
     key = obj.get("key")
     if not isinstance(bucket, str) or not bucket or not isinstance(key, str) or not key:
         raise BadNotification("record has no bucket name or object key")
+    if not raw_keys:
+        key = unquote_plus(key)
+    problem = name_problem(bucket, key)
+    if problem:
+        raise BadKey(problem)
     size = obj.get("size")
-    return ObjectEvent(
-        bucket=bucket,
-        key=key if raw_keys else unquote_plus(key),
+    return event_for(
+        bucket,
+        key,
         event_name=name,
         size=int(size) if isinstance(size, int | float | str) and str(size).isdigit() else None,
         etag=obj.get("eTag") or obj.get("etag") or None,
@@ -90,11 +104,14 @@ def parse_record(record: dict[str, Any], source: str = "webhook", *, raw_keys: b
     )
 
 
-def parse_body(body: bytes | str | dict[str, Any], source: str = "webhook", *, raw_keys: bool = False) -> Parsed:
+def parse_body(body: bytes | str | dict[str, Any], source: str = "webhook", *, raw_keys: bool = False,
+               max_records: int | None = None) -> Parsed:
     """Every event in one notification body.
 
-    Records that cannot be read are listed in ``rejected`` with the reason;
-    a body with nothing usable at all raises BadNotification.
+    Records that cannot be read (or name a key no store may hold: ``.``/``..``
+    segments, NUL, over 1,024 bytes) are listed in ``rejected`` with the
+    reason, and never retried; a body with nothing usable at all raises
+    BadNotification, one with more than ``max_records`` records TooManyRecords.
     """
     if isinstance(body, bytes | str):
         try:
@@ -110,12 +127,17 @@ def parse_body(body: bytes | str | dict[str, Any], source: str = "webhook", *, r
     records = data.get("Records")
     if not isinstance(records, list):
         raise BadNotification("body has no 'Records' list (not an S3 event notification)")
+    if max_records is not None and len(records) > max_records:
+        raise TooManyRecords(f"{len(records)} records in one body; at most {max_records} (api.max_records)")
     parsed = Parsed()
+    unreadable = 0
     for index, record in enumerate(records):
         try:
             parsed.events.append(parse_record(record, source, raw_keys=raw_keys))
         except BadNotification as exc:
+            unreadable += not isinstance(exc, BadKey)
             parsed.rejected.append(f"Records[{index}]: {exc}")
-    if records and not parsed.events:
+    # Bad keys are answered (with their reasons) like good records, so a sender never retries them.
+    if records and not parsed.events and unreadable:
         raise BadNotification("; ".join(parsed.rejected))
     return parsed

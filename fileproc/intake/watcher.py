@@ -51,6 +51,11 @@ try:
 except ImportError:  # not Linux: only polling is available
     InotifyObserver = None  # type: ignore[assignment,misc]
 
+from fileproc.errors import FileprocError
+from fileproc.intake import Submit
+from fileproc.intake.objects import event_for, name_problem
+from fileproc.storage import Storage
+
 log = logging.getLogger(__name__)
 
 TEMP_SUFFIXES: tuple[str, ...] = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
@@ -357,3 +362,47 @@ class FolderWatcher:
             self._on_object(*found)
         except Exception:
             log.exception("folder watcher: on_object failed for %s/%s", *found)
+
+
+class WatcherSource:
+    """The folder watcher as an intake :class:`~fileproc.intake.Source` for the local backend.
+
+    Every complete file under ``root`` (bucket folders), and at start every
+    file already there, becomes an event (:func:`~fileproc.intake.objects.event_for`
+    from a HEAD of the object) handed to ``submit``. A submit that fails is
+    logged; the reconciler finds the file later.
+    """
+
+    name = "watcher"
+
+    def __init__(self, root: Path, storage: Storage, submit: Submit, settle_seconds: float = 1.0) -> None:
+        self.storage = storage
+        self.submit = submit
+        self.watcher = FolderWatcher(root, self._on_object, settle_seconds=settle_seconds)
+
+    def start(self) -> None:
+        self.watcher.root.mkdir(parents=True, exist_ok=True)
+        self.watcher.start()
+        threading.Thread(target=self._catch_up, name="fileproc-catch-up", daemon=True).start()
+
+    def stop(self) -> None:
+        self.watcher.stop()
+
+    def _catch_up(self) -> None:
+        for bucket, key in self.watcher.scan():
+            self._on_object(bucket, key)
+
+    def _on_object(self, bucket: str, key: str) -> None:
+        problem = name_problem(bucket, key)
+        if problem:
+            log.warning("ignoring %s/%s: %s", bucket, key, problem)
+            return
+        try:
+            info = self.storage.head(bucket, key)
+        except FileprocError as exc:
+            log.warning("cannot read %s/%s: %s", bucket, key, exc)
+            return
+        try:
+            self.submit([event_for(bucket, key, info, source=self.name)])
+        except FileprocError as exc:
+            log.warning("could not record %s/%s (the reconciler will find it): %s", bucket, key, exc)

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fileproc import outbox
-from fileproc.errors import ObjectNotFound, StorageError
+from fileproc.errors import FileprocError, ObjectNotFound, StorageError
+from fileproc.events import ObjectEvent
 from fileproc.functions import FunctionSpec
 from fileproc.rules import PROVENANCE_PIPELINE, Step
 from fileproc.runtime.invoke import StepRequest, invoke, kind_of
@@ -34,6 +35,7 @@ from fileproc.runtime.pool import Retire, pool, warm_hook
 from fileproc.runtime.sandbox import ChildResult
 from fileproc.service import Service
 from fileproc.state import AttemptStatus, DatabaseUnavailable, Job, JobStatus, Output, Send, StepEnd, StepStart
+from fileproc.storage import ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +105,9 @@ def run_step(service: Service, job_id: int, step_index: int, worker: str) -> Out
         if info.metadata.get(PROVENANCE_PIPELINE) == job.pipeline:
             return end.skip(f"the object was written by pipeline {job.pipeline!r} itself")
         if event.version_id is None and event.etag and info.etag != event.etag:
-            return end.skip("superseded: the object changed since this notification")
+            outcome = end.skip("superseded: the object changed since this notification")
+            _submit_current(service, event, info)
+            return outcome
 
     request_id = f"{job_id}-{step_index}-{attempt_id}"
     # Named after this worker's pid, so a worker starting later knows whose folder it was.
@@ -115,6 +119,22 @@ def run_step(service: Service, job_id: int, step_index: int, worker: str) -> Out
     if heartbeat.lost.is_set():
         return end.late(result)
     return end.from_result(result)
+
+
+def _submit_current(service: Service, event: ObjectEvent, info: ObjectInfo) -> None:
+    """The version that superseded a job's gets its own job now (once: dispatch deduplicates).
+
+    Its own notification usually made it already; this covers one that was lost
+    or garbled (stores do both under load) without waiting for the reconciler.
+    """
+    from fileproc import dispatch
+    from fileproc.intake.objects import event_for
+
+    current = event_for(event.bucket, event.key, info, event_name=event.event_name, source="runtime")
+    try:
+        dispatch.submit_many(service, [current], completed=True)
+    except FileprocError as exc:  # the reconciler will find it
+        log.warning("cannot submit the current version of %s/%s: %s", event.bucket, event.key, exc)
 
 
 def execute(service: Service, request: StepRequest, *, cancel: threading.Event) -> ChildResult:

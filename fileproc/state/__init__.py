@@ -19,13 +19,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, create_engine, event, func, or_, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from fileproc.errors import FileprocError
 from fileproc.events import ObjectEvent
-from fileproc.state import steps
+from fileproc.state import creating, steps
 from fileproc.state.models import AttemptRow, AttemptStatus, Base, JobRow, JobStatus, OutputRow, utcnow
 from fileproc.state.records import (
     STATUSES,
@@ -116,32 +115,8 @@ class Database:
         commit, so they are marked sent; if that fails the outbox sends them
         after ``runtime.resend_after`` (or at once after :meth:`unsend`).
         """
-        items = list(wanted)
-        if not items:
-            return []
         with self.session() as s:
-            now = self.now(s)
-            rows = [{"pipeline": p, "bucket": e.bucket, "key": e.key, "version": e.version, "etag": e.etag,
-                     "event": e.to_dict(),
-                     "status": JobStatus.QUEUED, "step_index": 0, "sends": 1 if sending else 0,
-                     "sent_at": now if sending else None, "created_at": now, "updated_at": now}
-                    for p, e in items]
-            dialect = postgresql if not self.is_sqlite else sqlite
-            created = {
-                r.id for r in s.execute(
-                    dialect.insert(JobRow).values(rows).on_conflict_do_nothing().returning(JobRow.id))
-            }
-            keys = {(p, e.bucket, e.key, e.version) for p, e in items}
-            found = {
-                (r.pipeline, r.bucket, r.key, r.version): r
-                for r in s.scalars(select(JobRow).where(
-                    tuple_(JobRow.pipeline, JobRow.bucket, JobRow.key, JobRow.version).in_(list(keys))))
-            }
-            out = []
-            for p, e in items:
-                row = found[(p, e.bucket, e.key, e.version)]
-                out.append((job_of(row, details=False), row.id in created))
-            return out
+            return creating.create_jobs(s, wanted, sending=sending, sqlite_db=self.is_sqlite)
 
     def outputs_among(self, objects: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str, str], set[str]]:
         """For each (bucket, key, etag) fileproc wrote: the pipelines that wrote it (loop prevention)."""
