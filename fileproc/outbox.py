@@ -55,7 +55,11 @@ def relay(service: Service) -> int:
 
 
 class Relay:
-    """Runs :func:`relay` every ``runtime.relay_interval`` seconds in a daemon thread."""
+    """Runs :func:`relay` every ``runtime.relay_interval`` seconds in a daemon thread.
+
+    On SQLite it also checkpoints the write-ahead log then, so that no commit
+    has to (see ``Database.checkpoint``).
+    """
 
     def __init__(self, service: Service) -> None:
         self.service = service
@@ -74,6 +78,7 @@ class Relay:
         while not self._stop.wait(interval):
             try:
                 count = relay(self.service)
+                self.service.db.checkpoint()
             except FileprocError as exc:
                 log.warning("relaying due steps failed (will try again): %s", exc)
                 continue

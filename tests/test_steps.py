@@ -299,3 +299,12 @@ def test_a_worker_cut_off_from_the_database_stops_its_step_before_its_lease_runs
     assert done is not None and done.status == "queued"
     assert [a.status for a in done.attempts] == ["lost"]
     assert "could not keep the step's lease" in (done.attempts[0].error or "")
+
+
+def test_the_relay_checkpoints_sqlite_so_commits_never_have_to(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'state.db'}")
+    db.create_jobs([("p", ObjectEvent("inbox", f"k{n}", etag=f"e{n}")) for n in range(3000)], sending=False)
+    before = (tmp_path / "state.db").stat().st_size
+    assert (tmp_path / "state.db-wal").stat().st_size > before  # the commits left it all in the log
+    db.checkpoint()
+    assert (tmp_path / "state.db").stat().st_size > before + 100_000  # now in the database itself
