@@ -69,10 +69,17 @@ class Database:
             }
             kwargs["pool_timeout"] = timeout
         self.engine: Engine = create_engine(url, **kwargs)
+        self._read_engine = self.engine
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)
+            # Reads get connections of their own that never take the write lock: in WAL mode
+            # they see a snapshot and never hold up a writer (the receiver's commits).
+            self._read_engine = create_engine(url, **kwargs)
+            event.listen(self._read_engine, "connect", _sqlite_pragmas)
+            event.listen(self._read_engine, "begin", _sqlite_begin_read)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._reads = sessionmaker(self._read_engine, expire_on_commit=False)
         try:
             Base.metadata.create_all(self.engine)
         except OperationalError as exc:
@@ -81,12 +88,22 @@ class Database:
     def after_fork(self) -> None:
         """Drop pooled connections inherited from a parent process."""
         self.engine.dispose(close=False)
+        self._read_engine.dispose(close=False)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """One transaction, committed at the end (rolled back on an exception)."""
         try:
             with self._sessions.begin() as session:
+                yield session
+        except OperationalError as exc:
+            raise DatabaseUnavailable(f"state database error: {_plain(exc)}") from exc
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A read-only transaction: on SQLite it never takes (nor waits for) the write lock."""
+        try:
+            with self._reads.begin() as session:
                 yield session
         except OperationalError as exc:
             raise DatabaseUnavailable(f"state database error: {_plain(exc)}") from exc
@@ -124,7 +141,7 @@ class Database:
         if not wanted:
             return {}
         found: dict[tuple[str, str, str], set[str]] = {}
-        with self.session() as s:
+        with self.reading() as s:
             rows = s.execute(
                 select(OutputRow.bucket, OutputRow.key, OutputRow.etag, JobRow.pipeline)
                 .join(JobRow, OutputRow.job_id == JobRow.id)
@@ -138,7 +155,7 @@ class Database:
         return self.outputs_among([(bucket, key, etag or "")]).get((bucket, key, etag or ""), set())
 
     def find_job(self, pipeline: str, bucket: str, key: str, version: str) -> Job | None:
-        with self.session() as s:
+        with self.reading() as s:
             row = s.scalars(select(JobRow).where(
                 JobRow.pipeline == pipeline, JobRow.bucket == bucket, JobRow.key == key, JobRow.version == version,
             )).one_or_none()
@@ -161,20 +178,17 @@ class Database:
         lost), and a running step whose lease ran out (its worker died or was
         cut off) that was not sent again since.
         """
+        # Found in a read (a scan of the waiting jobs must not hold up the receiver's
+        # commits), then marked in a short write that checks each is still due.
+        with self.reading() as r:
+            ids = list(r.scalars(select(JobRow.id).where(_due(self.now(r), resend_after))
+                                 .order_by(JobRow.id).limit(limit)))
+        if not ids:
+            return []
         with self.session() as s:
             now = self.now(s)
-            stale = now - timedelta(seconds=resend_after)
-            due = or_(
-                and_(JobRow.status == JobStatus.QUEUED,
-                     or_(and_(JobRow.sent_at.is_(None),
-                              or_(JobRow.send_after.is_(None), JobRow.send_after <= now)),
-                         JobRow.sent_at < stale)),
-                and_(JobRow.status == JobStatus.RUNNING, JobRow.lease_until < now,
-                     or_(JobRow.sent_at.is_(None), JobRow.sent_at < stale)),
-            )
-            ids = select(JobRow.id).where(due).order_by(JobRow.id).limit(limit).scalar_subquery()
             rows = s.execute(
-                update(JobRow).where(JobRow.id.in_(ids), due)
+                update(JobRow).where(JobRow.id.in_(ids), _due(now, resend_after))
                 .values(sent_at=now, sends=JobRow.sends + 1)
                 .returning(JobRow.id, JobRow.step_index, JobRow.pipeline)
                 .execution_options(synchronize_session=False))
@@ -222,13 +236,13 @@ class Database:
     # -- admin ----------------------------------------------------------
 
     def get_job(self, job_id: int) -> Job | None:
-        with self.session() as s:
+        with self.reading() as s:
             row = s.get(JobRow, job_id, options=[selectinload(JobRow.attempts), selectinload(JobRow.outputs)])
             return job_of(row) if row else None
 
     def list_jobs(self, status: str | None = None, limit: int = 100, *, bucket: str | None = None,
                   key: str | None = None) -> list[Job]:
-        with self.session() as s:
+        with self.reading() as s:
             query = select(JobRow).options(selectinload(JobRow.attempts), selectinload(JobRow.outputs))
             if status:
                 query = query.where(JobRow.status == status)
@@ -241,7 +255,7 @@ class Database:
 
     def count_jobs(self) -> dict[str, int]:
         """How many jobs are in each status."""
-        with self.session() as s:
+        with self.reading() as s:
             counts = dict(s.execute(select(JobRow.status, func.count()).group_by(JobRow.status)).all())
             return {status: counts.get(status, 0) for status in STATUSES}
 
@@ -264,7 +278,7 @@ class Database:
             return job_of(row, details=False)
 
     def failed_job_ids(self) -> list[int]:
-        with self.session() as s:
+        with self.reading() as s:
             return list(s.scalars(select(JobRow.id).where(JobRow.status == JobStatus.FAILED).order_by(JobRow.id)))
 
     def checkpoint(self) -> None:
@@ -281,7 +295,7 @@ class Database:
 
     def check(self) -> None:
         """Raise DatabaseUnavailable if the database cannot be queried."""
-        with self.session() as s:
+        with self.reading() as s:
             s.execute(select(1))
 
 
@@ -299,6 +313,22 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def _sqlite_begin(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _sqlite_begin_read(connection: Any) -> None:
+    connection.exec_driver_sql("BEGIN")
+
+
+def _due(now: datetime, resend_after: float) -> Any:
+    """Steps due to go to the broker (see :meth:`Database.take_sends`)."""
+    stale = now - timedelta(seconds=resend_after)
+    return or_(
+        and_(JobRow.status == JobStatus.QUEUED,
+             or_(and_(JobRow.sent_at.is_(None), or_(JobRow.send_after.is_(None), JobRow.send_after <= now)),
+                 JobRow.sent_at < stale)),
+        and_(JobRow.status == JobStatus.RUNNING, JobRow.lease_until < now,
+             or_(JobRow.sent_at.is_(None), JobRow.sent_at < stale)),
+    )
 
 
 def _plain(exc: Exception) -> str:

@@ -77,7 +77,7 @@ def versions_with_jobs(db: Database, bucket: str, keys: Iterable[str]) -> dict[t
     found: dict[tuple[str, str], set[str]] = {}
     if not wanted:
         return found
-    with db.session() as s:
+    with db.reading() as s:
         rows = s.execute(select(JobRow.pipeline, JobRow.key, JobRow.version, JobRow.etag)
                          .where(JobRow.bucket == bucket, JobRow.key.in_(wanted)))
         for pipeline, key, version, job_etag in rows:
@@ -108,7 +108,7 @@ def history(db: Database, limit: int = 50, *, drift_only: bool = False) -> list[
     query = select(DriftRow)
     if drift_only:
         query = query.where((DriftRow.new_objects + DriftRow.new_versions > 0) | DriftRow.error.is_not(None))
-    with db.session() as s:
+    with db.reading() as s:
         rows = s.scalars(query.order_by(DriftRow.id.desc()).limit(limit))
         return [_drift_of(row) for row in rows]
 
