@@ -55,7 +55,7 @@ from fileproc.rules import PROVENANCE_PIPELINE, Pipeline, event_matches, match
 from fileproc.service import Service
 from fileproc.state import drift as drift_db
 from fileproc.state.drift import Drift
-from fileproc.storage import ObjectInfo, Storage, check_bucket_name
+from fileproc.storage import ObjectInfo, Storage
 
 log = logging.getLogger(__name__)
 
@@ -102,31 +102,6 @@ def watched_prefix(pipeline: Pipeline) -> str | None:
     return prefix
 
 
-def store_buckets(storage: Storage) -> list[str]:
-    """Every bucket of the store, to match bucket globs against.
-
-    The storage interface has no bucket listing yet, so the two backends are
-    asked directly; a glob on another backend watches no bucket.
-    """
-    from fileproc.storage.local import LocalStorage
-    from fileproc.storage.s3 import S3Storage
-
-    names: list[str] = []
-    if isinstance(storage, LocalStorage):
-        try:
-            names = [entry.name for entry in storage.root.iterdir() if entry.is_dir()]
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise StorageError(f"cannot list the buckets under {storage.root}: {exc.strerror or exc}") from exc
-    elif isinstance(storage, S3Storage):
-        try:
-            names = [bucket.name for bucket in storage._client.list_buckets()]
-        except Exception as exc:  # translated to ours (or re-raised) by _raise
-            storage._raise(exc)
-    return sorted(name for name in names if _valid_bucket(name))
-
-
 def watched_scopes(service: Service) -> list[Scope]:
     """The buckets pipelines watch, each with its prefixes, in bucket order."""
     prefixes: dict[str, set[str]] = {}
@@ -142,7 +117,7 @@ def watched_scopes(service: Service) -> list[Scope]:
     if patterns:
         from fnmatch import fnmatchcase
 
-        for name in store_buckets(service.storage):
+        for name in service.storage.list_buckets():
             for pattern, prefix in patterns:
                 if fnmatchcase(name, pattern):
                     prefixes.setdefault(name, set()).add(prefix)
@@ -155,14 +130,6 @@ def _outermost(prefixes: Iterable[str]) -> tuple[str, ...]:
         if not any(prefix.startswith(outer) for outer in kept):
             kept.append(prefix)
     return tuple(kept)
-
-
-def _valid_bucket(name: str) -> bool:
-    try:
-        check_bucket_name(name)
-    except StorageError:
-        return False
-    return True
 
 
 # --- one pass -------------------------------------------------------------------------------
@@ -378,5 +345,5 @@ class Reconciler:
 
 __all__ = [
     "BATCH", "RECENT_SECONDS", "Reconciler", "Scope", "next_interval", "recent_seconds", "reconcile_all",
-    "reconcile_bucket", "store_buckets", "watched_prefix", "watched_scopes",
+    "reconcile_bucket", "watched_prefix", "watched_scopes",
 ]

@@ -93,29 +93,20 @@ class Database:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """One transaction, committed at the end (rolled back on an exception)."""
-        try:
-            with self._sessions.begin() as session:
-                yield session
-        except OperationalError as exc:
-            raise DatabaseUnavailable(f"state database error: {_plain(exc)}") from exc
+        with _translated(), self._sessions.begin() as session:
+            yield session
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
         """A read-only transaction: on SQLite it never takes (nor waits for) the write lock."""
-        try:
-            with self._reads.begin() as session:
-                yield session
-        except OperationalError as exc:
-            raise DatabaseUnavailable(f"state database error: {_plain(exc)}") from exc
+        with _translated(), self._reads.begin() as session:
+            yield session
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
         """One transaction on a plain connection (no ORM), for the statements run on every step."""
-        try:
-            with self.engine.begin() as connection:
-                yield connection
-        except OperationalError as exc:
-            raise DatabaseUnavailable(f"state database error: {_plain(exc)}") from exc
+        with _translated(), self.engine.begin() as connection:
+            yield connection
 
     def now(self, s: Session) -> datetime:
         """The database's clock (workers' clocks differ; SQLite lives on this host)."""
@@ -329,6 +320,15 @@ def _due(now: datetime, resend_after: float) -> Any:
         and_(JobRow.status == JobStatus.RUNNING, JobRow.lease_until < now,
              or_(JobRow.sent_at.is_(None), JobRow.sent_at < stale)),
     )
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """The driver's errors (a lock timeout, a lost connection) as ours, in one plain line."""
+    try:
+        yield
+    except OperationalError as exc:
+        raise DatabaseUnavailable(f"state database error: {_plain(exc)}") from exc
 
 
 def _plain(exc: Exception) -> str:
