@@ -77,12 +77,15 @@ def test_queued_work_survives_a_restart(tmp_path: Path) -> None:
     source = tmp_path / "f.bin"
     source.write_bytes(b"payload")
     server = Process(config, ["serve"], tmp_path / "serve-1.log")
-    wait_healthy(port, server)
-    for n in range(3):
-        fileproc(config, "put", str(source), f"inbox/file-{n}.bin")
-    wait_for(lambda: any(j["status"] == "running" for j in jobs(config)), 30, "a step to start", server)
-    server.popen.send_signal(signal.SIGTERM)  # like Ctrl-C
-    assert server.popen.wait(60) == 0, server.tail()
+    try:
+        wait_healthy(port, server)
+        for n in range(3):
+            fileproc(config, "put", str(source), f"inbox/file-{n}.bin")
+        wait_for(lambda: any(j["status"] == "running" for j in jobs(config)), 30, "a step to start", server)
+        server.popen.send_signal(signal.SIGTERM)  # like Ctrl-C
+        assert server.popen.wait(60) == 0, server.tail()
+    finally:
+        server.stop()  # a failed step above must not leave serve running
     before = {j["key"]: j["status"] for j in jobs(config)}
     assert "queued" in before.values(), before  # stopped with work still queued
 
