@@ -25,15 +25,12 @@ from fileproc.runtime.runner import run_step
 from fileproc.service import Service
 from tests.helpers import image_bytes
 from tests.procs import Process, fileproc, free_port, wait_for, wait_healthy
+from tests.servers import require
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
 
 WORKER_READY = re.compile(r"@\S+ ready\.")
-
-needs_make_and_curl = pytest.mark.skipif(not (shutil.which("make") and shutil.which("curl")),
-                                         reason="needs make and curl")
-
 
 def try_it_block() -> str:
     """The first ``sh`` block after "Try it" in the README."""
@@ -76,8 +73,9 @@ def stop_group(pgid: int, timeout: float = 30) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-@needs_make_and_curl
 def test_the_readme_try_it_block_works_when_pasted(tmp_path: Path) -> None:
+    require("make")  # skipped without them on a developer's machine, a failure under CI
+    require("curl")
     clone = fake_clone(tmp_path / "clone")
     port = free_port()
     block = try_it_block().replace("8080", str(port))
