@@ -17,7 +17,6 @@ import contextlib
 import io
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,7 +29,7 @@ from minio import Minio
 
 from fileproc.state import Database, Job
 from tests.netns import Host
-from tests.procs import FUNCTIONS_DIR, Process, write_config
+from tests.procs import FUNCTIONS_DIR, Process, wait_for, write_config
 from tests.servers import Versitygw, free_port, versitygw_server
 
 WEBHOOK_TOKEN = "hook-" + os.urandom(8).hex()
@@ -92,7 +91,7 @@ class Deployment:
     def api(self, name: str = "api") -> Process:
         """Start ``fileproc api`` on the deployment's port; returns once it answers /healthz."""
         process = self.start(name, ["api"])
-        wait_until(lambda: _healthy(self.api_port, process), 60, "the API to answer /healthz", process)
+        wait_for(lambda: _healthy(self.api_port, process), 60, "the API to answer /healthz", process)
         return process
 
     def worker(self, name: str = "worker", host: Host | None = None, concurrency: int = 1) -> Process:
@@ -109,7 +108,7 @@ class Deployment:
                 problems.append(f"{process.log.name}: {exc}")
         assert not problems, "\n".join(problems)
 
-    def logs(self) -> str:
+    def tail(self) -> str:
         """Every process's log tail, for a failure message."""
         return "\n".join(f"--- {p.log.name} ---\n{p.tail(30)}" for p in self.processes)
 
@@ -156,7 +155,7 @@ class Deployment:
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
         """Poll ``predicate`` until truthy; fail with every process's log after ``timeout`` seconds."""
-        return wait_until(predicate, timeout, what, self, interval)
+        return wait_for(predicate, timeout, what, self, interval)
 
     def settled(self, count: int, timeout: float) -> list[Job]:
         """The jobs, once there are ``count`` and none is queued or running."""
@@ -168,24 +167,6 @@ class Deployment:
             return None
 
         return self.wait_for(check, timeout, f"{count} finished jobs", interval=0.5)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
-               logs: Deployment | Process | None = None, interval: float = 0.2) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            detail = ""
-            if isinstance(logs, Deployment):
-                detail = "\n" + logs.logs()
-            elif isinstance(logs, Process):
-                detail = f"\n--- {logs.log.name} ---\n{logs.tail()}"
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}{detail}")
-        time.sleep(interval)
 
 
 def _healthy(port: int, process: Process) -> bool:
@@ -300,4 +281,4 @@ def deployment(tmp: Path, *, redis_url: str, database_url: str, pipelines: list[
 
 
 __all__ = ["ADMIN_TOKEN", "TINY_PIPELINE", "WEBHOOK_TOKEN", "Deployment", "check_each_once", "deployment", "runs_of",
-           "seconds_between", "sqlite_url", "stall_pipeline", "upload_in_threads", "wait_until", "worker_pid"]
+           "seconds_between", "sqlite_url", "stall_pipeline", "upload_in_threads", "worker_pid"]

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import tomli_w
@@ -96,9 +96,16 @@ def running(config: Path | None, args: list[str], log: Path, **kwargs: Any) -> I
         process.stop()
 
 
+class HasTail(Protocol):
+    def tail(self) -> str: ...
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition",
-             log: Process | None = None) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+             log: HasTail | None = None, interval: float = 0.2) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout``.
+
+    ``log``: a Process (or a whole deployment) whose log tail the failure shows.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -107,7 +114,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "con
         if time.monotonic() > deadline:
             detail = f"\n--- log ---\n{log.tail()}" if log else ""
             raise AssertionError(f"timed out after {timeout} s waiting for {what}{detail}")
-        time.sleep(0.2)
+        time.sleep(interval)
 
 
 def wait_healthy(port: int, process: Process, timeout: float = 30) -> None:

@@ -31,11 +31,10 @@ from tests.chaos import (
     runs_of,
     seconds_between,
     stall_pipeline,
-    wait_until,
     worker_pid,
 )
 from tests.netns import Host, lab
-from tests.procs import Process, process_running
+from tests.procs import Process, process_running, wait_for
 from tests.servers import postgres_server, redis_server
 
 pytestmark = pytest.mark.services
@@ -57,7 +56,7 @@ def two_hosts(tmp: Path, pipelines: list[dict[str, Any]], **sections: dict[str, 
                         buckets=["slow", "slow-out", "texts", "texts-out"], **sections) as d:
             workers = {host: d.worker(f"worker-{host.name}", host) for host in net.hosts}
             for host, worker in workers.items():
-                wait_until(lambda w=worker: "ready" in w.log.read_text(errors="replace"), 60,
+                wait_for(lambda w=worker: "ready" in w.log.read_text(errors="replace"), 60,
                            f"the worker on {host.name} to be ready", worker)
             yield d, workers
 
@@ -92,7 +91,7 @@ def test_host_cut_off_longer_than_a_lease_mid_step_counts_once_and_its_late_resu
             stopped_at = datetime.now(UTC)
             job = d.wait_for(lambda: d.finished("slow", "cut.bin"), 60, "the other host to run the step")
             # Keep the host away for two leases in all, so its lease surely ran out unheard.
-            wait_until(lambda: seconds_between(cut_at, datetime.now(UTC)) > 2 * LEASE_SECONDS, 30, "two leases")
+            wait_for(lambda: seconds_between(cut_at, datetime.now(UTC)) > 2 * LEASE_SECONDS, 30, "two leases")
         finally:
             cut_off.restore()
         (won,) = [a for a in job.attempts if a.status == "succeeded"]
