@@ -31,7 +31,6 @@ The built-ins in ``workers/`` use this interface and nothing else.
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -246,12 +245,3 @@ class Context:
     def get_remaining_time_in_millis(self) -> int:
         return max(0, int((self.deadline - time.monotonic()) * 1000))
 
-
-def scratch_dir(root: Path, request_id: str) -> Path:
-    path = root / request_id
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def remove_scratch(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

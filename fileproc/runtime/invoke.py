@@ -26,7 +26,7 @@ from fileproc.errors import (
     PermanentError,
 )
 from fileproc.events import ObjectEvent
-from fileproc.functions import Context, InputObject, OutputWriter, remove_scratch
+from fileproc.functions import Context, InputObject, OutputWriter
 from fileproc.rules import PROVENANCE_PIPELINE, render_key
 from fileproc.service import Service
 from fileproc.storage import ObjectInfo, Storage, open_storage
@@ -110,14 +110,12 @@ def invoke(service: Service, request: StepRequest) -> dict[str, Any]:
         scratch=scratch,
     )
     outcome: dict[str, Any] = {"error": None, "result": None}
-    try:
+    try:  # the scratch folder is removed by the worker (runner.execute), however the step ends
         outcome["result"] = _plain(spec.handler({"Records": [event.to_record()]}, context))
     except Exception as exc:  # reported to the worker, which decides
         outcome["error"] = {"kind": kind_of(exc), "type": type(exc).__name__,
                             "message": str(exc) or type(exc).__name__,
                             "traceback": "".join(traceback.format_exception(exc))[-8000:]}
-    finally:
-        remove_scratch(scratch)
     outcome["outputs"] = [
         {"bucket": o.bucket, "key": o.key, "size": o.size, "etag": o.etag, "content_type": o.content_type}
         for o in writer.written
