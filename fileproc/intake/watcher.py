@@ -71,6 +71,9 @@ _OPEN_GRACE_SECONDS = 60.0
 # Remembering what we reported only saves duplicate calls (dispatch dedupes by
 # etag anyway), so bound the memory instead of keeping one entry per file forever.
 _REPORTED_MEMORY = 100_000
+# With settle_seconds = 0, how long after a file appeared it is looked at again: its
+# writer's open (which holds it back) is reported by inotify right after its creation.
+_SECOND_LOOK_SECONDS = 0.005
 
 Signature = tuple[int, int, int]
 """(size, mtime_ns, inode): a file whose signature is unchanged is unchanged."""
@@ -326,9 +329,11 @@ class FolderWatcher:
     # -- settling and reporting (the watcher's own thread) -----------------
 
     def _settle_loop(self) -> None:
-        tick = max(0.02, min(0.25, self.settle_seconds / 5))
+        # With no settle time a file only needs its second look (a file renamed in from outside
+        # the watch arrives as "created", like one still being written); nothing pending: sleep.
+        tick = max(0.02, min(0.25, self.settle_seconds / 5)) if self.settle_seconds else _SECOND_LOOK_SECONDS
         while True:
-            self._wake.wait(tick)
+            self._wake.wait(None if self.settle_seconds == 0 and not self._pending else tick)
             self._wake.clear()
             if self._stopping.is_set():
                 return
