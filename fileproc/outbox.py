@@ -15,7 +15,7 @@ import logging
 import threading
 
 from fileproc.errors import BrokerUnavailable, FileprocError
-from fileproc.runtime.app import send_step
+from fileproc.runtime.app import Step, send_step, send_steps
 from fileproc.service import Service
 from fileproc.state import JobStatus, Send
 
@@ -23,18 +23,32 @@ log = logging.getLogger(__name__)
 
 
 def send(service: Service, sends: list[Send]) -> list[int]:
-    """Hand each step to its queue; the ids of jobs whose message did not go (kept due)."""
-    failed: list[int] = []
-    for index, item in enumerate(sends):
+    """Hand each step to its queue; the ids of jobs whose message did not go (kept due).
+
+    All in one batch (one round trip to Redis); if the batch fails, one by
+    one with retries, so a blip costs no more than the messages it hit.
+    """
+    steps: list[Step] = []
+    for item in sends:
         pipeline = service.pipelines.get(item.pipeline)
         if pipeline is None or item.step_index >= len(pipeline.steps):
             service.db.end_job(item.job_id, JobStatus.FAILED, f"pipeline {item.pipeline!r} is no longer configured")
             continue
+        steps.append((item.job_id, item.step_index, service.queue_for(pipeline.steps[item.step_index])))
+    if not steps:
+        return []
+    try:
+        send_steps(steps)
+        return []
+    except BrokerUnavailable as exc:
+        log.info("sending %d step(s) one by one: %s", len(steps), exc)
+    failed: list[int] = []
+    for index, step in enumerate(steps):
         try:
-            send_step(item.job_id, item.step_index, service.queue_for(pipeline.steps[item.step_index]))
+            send_step(*step)
         except BrokerUnavailable as exc:
-            log.warning("%d step(s) stay queued until the broker is back: %s", len(sends) - index, exc)
-            failed.extend(s.job_id for s in sends[index:])
+            log.warning("%d step(s) stay queued until the broker is back: %s", len(steps) - index, exc)
+            failed.extend(job_id for job_id, _, _ in steps[index:])
             break
     if failed:
         service.db.unsend(failed)

@@ -78,12 +78,31 @@ def configure(settings: Settings) -> Celery:
     return celery_app
 
 
+Step = tuple[int, int, str]
+"""One step to send: (job id, step index, queue)."""
+
+
 def send_step(job_id: int, step_index: int, queue: str) -> None:
-    """Put one step of one job on its function's queue. Raises BrokerUnavailable."""
+    """Put one step of one job on its function's queue, retrying a blip. Raises BrokerUnavailable."""
     try:
         celery_app.send_task(
-            RUN_STEP, args=(job_id, step_index), queue=queue,
+            RUN_STEP, args=(job_id, step_index), queue=queue, argsrepr=f"({job_id}, {step_index})",
             retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
         )
     except (OperationalError, KombuError, OSError) as exc:
         raise BrokerUnavailable(f"cannot reach the broker to queue job {job_id}: {type(exc).__name__}") from exc
+
+
+def send_steps(steps: list[Step]) -> None:
+    """Put many steps on their queues at once: on Redis one pipeline, one round trip.
+
+    All or nothing as far as the caller knows: raises BrokerUnavailable if the
+    batch did not go (some of its messages may have; a duplicate is harmless).
+    """
+    try:
+        with celery_app.producer_or_acquire() as producer, producer.batch():
+            for job_id, step_index, queue in steps:
+                celery_app.send_task(RUN_STEP, args=(job_id, step_index), queue=queue, producer=producer,
+                                     argsrepr=f"({job_id}, {step_index})")
+    except (OperationalError, KombuError, OSError) as exc:
+        raise BrokerUnavailable(f"cannot reach the broker to queue {len(steps)} step(s): {type(exc).__name__}") from exc
