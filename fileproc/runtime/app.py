@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from typing import Any
 
 from celery import Celery
 from kombu.exceptions import KombuError, OperationalError
@@ -82,15 +83,27 @@ Step = tuple[int, int, str]
 """One step to send: (job id, step index, queue)."""
 
 
+_declared: set[str] = set()
+"""Queues this process has declared: Celery would declare the queue again before every
+message (the costliest part of sending one); once is enough (they are durable, and on
+Redis messages go to the queue's list by name)."""
+
+
+def _declare(queue: str) -> list[Any] | None:
+    return [] if queue in _declared else None  # None: Celery declares it
+
+
 def send_step(job_id: int, step_index: int, queue: str) -> None:
     """Put one step of one job on its function's queue, retrying a blip. Raises BrokerUnavailable."""
     try:
         celery_app.send_task(
             RUN_STEP, args=(job_id, step_index), queue=queue, argsrepr=f"({job_id}, {step_index})",
+            declare=_declare(queue),
             retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
         )
     except (OperationalError, KombuError, OSError) as exc:
         raise BrokerUnavailable(f"cannot reach the broker to queue job {job_id}: {type(exc).__name__}") from exc
+    _declared.add(queue)
 
 
 def send_steps(steps: list[Step]) -> None:
@@ -103,6 +116,7 @@ def send_steps(steps: list[Step]) -> None:
         with celery_app.producer_or_acquire() as producer, producer.batch():
             for job_id, step_index, queue in steps:
                 celery_app.send_task(RUN_STEP, args=(job_id, step_index), queue=queue, producer=producer,
-                                     argsrepr=f"({job_id}, {step_index})")
+                                     argsrepr=f"({job_id}, {step_index})", declare=_declare(queue))
     except (OperationalError, KombuError, OSError) as exc:
         raise BrokerUnavailable(f"cannot reach the broker to queue {len(steps)} step(s): {type(exc).__name__}") from exc
+    _declared.update(queue for _, _, queue in steps)
