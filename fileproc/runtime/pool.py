@@ -260,12 +260,12 @@ def _serve(sock: socket.socket, work: Work, warm: Callable[[], None] | None, mem
     # limit stops a step raising its own soft one. A runner is replaced before it nears
     # the hard limit (see _leak), so every step gets its full allowance.
     hard = (new["VmSize"] + 2 * limit) * 1024
-    before = new  # an idle runner does nothing between steps: what it held after one is what the next starts with
+    held = new  # what the runner holds between steps (it does nothing while idle: read once per step)
     while True:
         data = _read_message(sock)
         if data is None:
             return
-        _limit_address_space((before["VmSize"] + limit) * 1024, hard)
+        _limit_address_space((held["VmSize"] + limit) * 1024, hard)
         _reset_peak()
         children_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         recycle: str | None = None
@@ -283,9 +283,9 @@ def _serve(sock: socket.socket, work: Work, warm: Callable[[], None] | None, mem
             if not isinstance(exc, Exception):  # SystemExit and the like: this runner is not fit to go on
                 recycle = f"the step raised {type(exc).__name__}"
         _reap_descendants()
-        before = _memory()
-        payload["peak_memory_kb"] = _peak(before, children_peak)
-        payload["recycle"] = recycle or _leak(new, before, memory_mb)
+        held = _memory()
+        payload["peak_memory_kb"] = _peak(held, children_peak)
+        payload["recycle"] = recycle or _leak(new, held, memory_mb)
         try:
             reply = pickle.dumps(payload)
         except Exception as exc:
