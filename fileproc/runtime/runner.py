@@ -16,6 +16,7 @@ it is due, so no delay ever sits in the broker past its visibility timeout.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -23,12 +24,13 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fileproc import outbox
 from fileproc.errors import FileprocError, ObjectNotFound, StorageError
 from fileproc.events import ObjectEvent
-from fileproc.functions import FunctionSpec
+from fileproc.functions import PROGRESS_FILE, FunctionSpec
 from fileproc.rules import PROVENANCE_PIPELINE, Step
 from fileproc.runtime.invoke import StepRequest, invoke, kind_of
 from fileproc.runtime.pool import Retire, pool, warm_hook
@@ -114,7 +116,8 @@ def run_step(service: Service, job_id: int, step_index: int, worker: str) -> Out
     scratch = service.settings.data_dir / "scratch" / f"{os.getpid()}.{request_id}"
     request = StepRequest(request_id, pipeline.name, step_index, job.event, info, limits.timeout,
                           limits.memory_mb, str(scratch))
-    with _Heartbeat(service, job_id, attempt_id, lease, asked_at=asked_at) as heartbeat:
+    with _Heartbeat(service, job_id, attempt_id, lease, asked_at=asked_at) as heartbeat, \
+            _ProgressRelay(service, job_id, step_index, attempt_id, scratch):
         result = execute(service, request, cancel=heartbeat.lost)
     if heartbeat.lost.is_set():
         return end.late(result)
@@ -334,6 +337,47 @@ class _Heartbeat:
                 self._stop_step("another attempt took the step over")
                 return
             self._held_since = max(self._held_since, asked)
+
+
+class _ProgressRelay:
+    """Copies the step's latest progress report (see ``Context.report_progress``) to its attempt.
+
+    The handler runs in another process and has no database connection: it
+    leaves its report in the scratch folder, and this thread writes a new one
+    at most every :data:`PROGRESS_SECONDS`, fenced to the attempt. Progress is
+    a courtesy: a write that fails is skipped, never fails the step.
+    """
+
+    PROGRESS_SECONDS = 1.0
+
+    def __init__(self, service: Service, job_id: int, step_index: int, attempt_id: int, scratch: Path) -> None:
+        self.service, self.job_id, self.step_index, self.attempt_id = service, job_id, step_index, attempt_id
+        self.report = scratch / PROGRESS_FILE
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"fileproc-progress-{job_id}", daemon=True)
+
+    def __enter__(self) -> _ProgressRelay:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()  # not joined: a write stuck on a dead connection must not hold up the step's end
+
+    def _loop(self) -> None:
+        seen = 0
+        while not self._done.wait(self.PROGRESS_SECONDS):
+            try:
+                changed = self.report.stat().st_mtime_ns
+                if changed == seen:
+                    continue
+                seen = changed
+                progress = json.loads(self.report.read_text())
+                if not isinstance(progress, dict):
+                    continue
+                self.service.db.record_progress(self.job_id, self.step_index, self.attempt_id, progress)
+            except (OSError, ValueError, DatabaseUnavailable) as exc:
+                if not isinstance(exc, FileNotFoundError):
+                    log.debug("job %s: progress not recorded: %s", self.job_id, exc)
 
 
 def clean_scratch(service: Service) -> int:
