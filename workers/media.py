@@ -158,7 +158,7 @@ class MediaInfo:
 
 def probe(path: Path, context: Context) -> MediaInfo:
     """ffprobe ``path``; InvalidInput (with ffprobe's reason) if it is not media it can read."""
-    command = [ffprobe_binary(), "-v", "error", "-nostdin", "-protocol_whitelist", "file",
+    command = [ffprobe_binary(), "-v", "error", "-protocol_whitelist", "file",
                "-show_format", "-show_streams", "-of", "json", url(path)]
     try:
         done = subprocess.run(command, capture_output=True, timeout=_seconds_left(context), check=False,
