@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -44,36 +43,19 @@ REASON_CHARS = 300
 
 
 def find_ffmpeg() -> str | None:
-    """The ffmpeg to run: the system's (on PATH), else the one the ``imageio-ffmpeg`` wheel ships."""
-    found = shutil.which("ffmpeg")
-    if found:
-        return found
-    try:
-        import imageio_ffmpeg  # type: ignore[import-not-found]
-
-        return str(imageio_ffmpeg.get_ffmpeg_exe())
-    except (ImportError, RuntimeError):
-        return None
+    """The system's ffmpeg (on PATH)."""
+    return shutil.which("ffmpeg")
 
 
 def find_ffprobe() -> str | None:
-    """ffprobe (on PATH, or beside the ffmpeg found). The imageio-ffmpeg wheel has none."""
-    found = shutil.which("ffprobe")
-    if found:
-        return found
-    ffmpeg = find_ffmpeg()
-    if ffmpeg:
-        sibling = Path(ffmpeg).with_name("ffprobe")
-        if sibling.is_file() and os.access(sibling, os.X_OK):
-            return str(sibling)
-    return None
+    """The system's ffprobe (on PATH): every media function probes its input first."""
+    return shutil.which("ffprobe")
 
 
 def ffmpeg_binary() -> str:
     found = find_ffmpeg()
     if not found:
-        raise PermanentError("ffmpeg not found: install the system package (apt install ffmpeg) "
-                             "or `pip install imageio-ffmpeg`")
+        raise PermanentError("ffmpeg not found: install the system package (apt install ffmpeg)")
     return found
 
 
