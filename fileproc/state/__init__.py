@@ -304,14 +304,19 @@ _NEW_COLUMNS = {"attempts": {"progress": "JSON"}}
 
 def _add_new_columns(engine: Engine) -> None:
     from sqlalchemy import inspect, text
+    from sqlalchemy.exc import ProgrammingError
 
-    inspector = inspect(engine)
     for table, columns in _NEW_COLUMNS.items():
-        have = {c["name"] for c in inspector.get_columns(table)}
         for name, kind in columns.items():
-            if name not in have:
+            if name in {c["name"] for c in inspect(engine).get_columns(table)}:
+                continue
+            try:
                 with engine.begin() as c:
                     c.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
+            except (OperationalError, ProgrammingError):
+                # Processes starting together (serve's api and worker) race to add it: one wins.
+                if name not in {c["name"] for c in inspect(engine).get_columns(table)}:
+                    raise
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
