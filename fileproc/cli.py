@@ -337,12 +337,22 @@ def job(state: State, job_id: int, as_json: bool) -> None:
     for attempt in data["attempts"]:
         click.echo(f"  attempt step {attempt['step']} {attempt['function']}: {attempt['status']} "
                    f"{attempt['duration_ms'] or 0} ms on {attempt['worker']}"
-                   + (f"  {attempt['error']}" if attempt["error"] else ""))
+                   + (f"  {attempt['error']}" if attempt["error"] else "")
+                   + (_progress_text(attempt["progress"]) if attempt["status"] == "running" else ""))
     for output in data["outputs"]:
         click.echo(f"  output {output['bucket']}/{output['key']} ({output['size']} bytes)")
     usage = data["usage"]
     click.echo(f"  usage {usage['duration_ms']} ms, peak {usage['peak_memory_kb'] // 1024} MB, "
                f"{usage['bytes_read']} bytes read, {usage['bytes_written']} written")
+
+
+def _progress_text(progress: dict[str, Any] | None) -> str:
+    """``  42% done at 1.8x`` for a running attempt that reports progress, else nothing."""
+    if not progress:
+        return ""
+    percent, speed = progress.get("percent"), progress.get("speed")
+    done = f"{percent:g}% done" if percent is not None else "running"
+    return f"  {done}" + (f" at {speed:g}x" if speed else "")
 
 
 @cli.command()

@@ -117,6 +117,33 @@ def _broker(settings: Settings) -> Check:
     return Check("broker", True, f"the {name} answers")
 
 
+MEDIA_FUNCTIONS = ("transcode", "probe")
+MEDIA_ENCODERS = ("libx264", "aac", "libvpx-vp9", "libopus", "libmp3lame")
+"""What the transcode presets encode with."""
+
+
+def _ffmpeg(settings: Settings) -> Check:
+    """The ffmpeg and ffprobe the media functions will run, and whether they have the presets' encoders.
+
+    A failure only where a pipeline uses transcode or probe; thumbnails need
+    ffmpeg for video sources alone.
+    """
+    from workers import media
+
+    needed = any(step.function in MEDIA_FUNCTIONS for p in settings.pipelines for step in p.steps)
+    ffmpeg, ffprobe = media.find_ffmpeg(), media.find_ffprobe()
+    if ffmpeg is None or ffprobe is None:
+        missing = " and ".join(name for name, path in (("ffmpeg", ffmpeg), ("ffprobe", ffprobe)) if path is None)
+        return Check("ffmpeg", not needed, f"{missing} not found (install the system package: apt install ffmpeg)"
+                     + ("" if needed else "; only transcode, probe and video thumbnails need it"))
+    found = media.encoders(ffmpeg)
+    lacking = [name for name in MEDIA_ENCODERS if name not in found]
+    detail = f"{ffmpeg} and {ffprobe}; encoders: {', '.join(n for n in MEDIA_ENCODERS if n in found) or 'none'}"
+    if lacking:
+        detail += f"; missing {', '.join(lacking)} (presets using them fail)"
+    return Check("ffmpeg", not (needed and lacking), detail)
+
+
 def run_checks(settings: Settings) -> Iterator[Check]:
     source = settings.config_file or "no config file (embedded defaults)"
     yield Check("config", True, f"{source}; {len(settings.pipelines)} pipeline(s)")
@@ -125,3 +152,4 @@ def run_checks(settings: Settings) -> Iterator[Check]:
     yield _storage(settings)
     yield _database(settings)
     yield _broker(settings)
+    yield _ffmpeg(settings)

@@ -30,7 +30,9 @@ The built-ins in ``workers/`` use this interface and nothing else.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -45,6 +47,13 @@ if TYPE_CHECKING:  # pydantic is imported by whoever declares a params model, no
     from pydantic import BaseModel
 
 Handler = Callable[[dict[str, Any], "Context"], Any]
+
+PROGRESS_FILE = ".fileproc-progress.json"
+"""Where :meth:`Context.report_progress` leaves the latest progress, in the step's scratch folder;
+the worker running the step copies it to the attempt about once a second."""
+
+PROGRESS_INTERVAL = 0.5
+"""Seconds between two progress reports that are written (more frequent ones are dropped)."""
 
 SPEC_ATTRIBUTE = "__fileproc_function__"
 """Where :func:`function` leaves a handler's :class:`FunctionSpec` for a registry to read."""
@@ -227,12 +236,32 @@ class Context:
     event: ObjectEvent
     function_version: str = "$LATEST"
     scratch: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
+    _progress_at: float = field(default=0.0, init=False, repr=False)
 
     @property
     def scratch_dir(self) -> Path:
         """The step's private folder, made on first use and removed when the step ends."""
         self.scratch.mkdir(parents=True, exist_ok=True)
         return self.scratch
+
+    def report_progress(self, percent: float | None, *, speed: float | None = None, final: bool = False) -> None:
+        """Record how far a long step has got: shown on the running attempt by ``fileproc job ID``.
+
+        ``percent`` is 0-100 (None if unknown), ``speed`` a multiple of real
+        time (a transcode at ``2.0`` runs twice as fast as playback). Cheap to
+        call often: reports closer than half a second apart are dropped
+        unless ``final``.
+        """
+        now = time.monotonic()
+        if not final and now - self._progress_at < PROGRESS_INTERVAL:
+            return
+        self._progress_at = now
+        report = {"percent": None if percent is None else round(max(0.0, min(100.0, percent)), 1),
+                  "speed": None if speed is None else round(speed, 2)}
+        target = self.scratch_dir / PROGRESS_FILE
+        partial = target.with_suffix(".partial")
+        partial.write_text(json.dumps(report))
+        os.replace(partial, target)  # the worker never reads half a report
 
     @property
     def invoked_function_arn(self) -> str:

@@ -81,6 +81,12 @@ PIPELINES = [
         "output": {"bucket": "derived", "key": "thumbnails/{key}/{name}"},
     },
     {
+        "name": "videos",
+        "match": {"bucket": "videos", "suffix": [".mp4"]},
+        "steps": [{"function": "transcode", "params": {"preset": "mp4-480p"}}],
+        "output": {"bucket": "web", "key": "{key}/{name}"},
+    },
+    {
         "name": "slow",
         "match": {"bucket": "slow"},
         "steps": [{"function": "slow", "params": {"seconds": 4}, "timeout": 30}],
@@ -279,3 +285,20 @@ def test_retry_runs_a_failed_job_again(running: Stack) -> None:
     assert again["status"] == "succeeded" and again["error"] is None
     assert [a["status"] for a in again["attempts"]] == ["retried", "succeeded"]
     assert running.read("flaky-out", "once.bin/ok.txt") == b"ok"
+
+
+def test_a_video_uploaded_to_versitygw_is_transcoded(running: Stack, tmp_path: Path) -> None:
+    from tests.media import duration, ffprobe, make_video, streams
+
+    running.upload("videos", "clips/wide.mp4", make_video(tmp_path / "wide.mp4", size="960x540").read_bytes(),
+                   "video/mp4")
+    (job,) = running.settled(1, timeout=120)
+    assert job["status"] == "succeeded", job
+    assert [o["key"] for o in job["outputs"]] == ["clips/wide.mp4/480p.mp4"]
+    (tmp_path / "out.mp4").write_bytes(running.read("web", "clips/wide.mp4/480p.mp4"))
+    out = ffprobe(tmp_path / "out.mp4")
+    (video,) = streams(out, "video")
+    assert (video["codec_name"], video["width"], video["height"]) == ("h264", 854, 480)
+    assert streams(out, "audio")[0]["codec_name"] == "aac" and abs(duration(out) - 1.0) <= 0.04
+    meta = {k.lower(): v for k, v in running.client.stat_object("web", "clips/wide.mp4/480p.mp4").metadata.items()}
+    assert meta["x-amz-meta-media-height"] == "480" and meta["x-amz-meta-fileproc-source-key"] == "clips/wide.mp4"

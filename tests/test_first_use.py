@@ -137,7 +137,7 @@ def test_the_cli_imports_nothing_heavy_to_start() -> None:
 def test_doctor_creates_nothing(tmp_path: Path) -> None:
     result = fileproc(None, "doctor", cwd=tmp_path, check=False)
     assert "[ok ] database: sqlite at" in result.stdout and "(created on first start)" in result.stdout
-    assert "[ok ] functions: 1 registered (thumbnail)" in result.stdout
+    assert "[ok ] functions: 3 registered (probe, thumbnail, transcode)" in result.stdout
     assert list(tmp_path.iterdir()) == []
 
 

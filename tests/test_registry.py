@@ -55,7 +55,7 @@ def test_a_service_without_function_paths_does_not_see_another_services_function
     with_paths = service_for(tmp_path / "a", paths=[FUNCTIONS_DIR])
     assert {"slow", "describe", "thumbnail"} <= set(with_paths.functions)
     without = service_for(tmp_path / "b")
-    assert set(without.functions) == {"thumbnail"}
+    assert set(without.functions) == {"probe", "thumbnail", "transcode"}  # the built-ins only
     with pytest.raises(FunctionNotFound, match="no function named 'slow'"):
         without.registry.get("slow")
 
@@ -131,7 +131,8 @@ def test_a_handler_that_cannot_be_found_is_named(tmp_path: Path, handler: str, m
 
 
 @pytest.mark.parametrize(("params", "message"), [
-    ({"size": [128]}, "pipelines.p.steps[0].params.size: unknown param of 'thumbnail' (known: format, quality, sizes)"),
+    ({"size": [128]}, "pipelines.p.steps[0].params.size: unknown param of 'thumbnail' "
+                      "(known: background, fit, format, metadata, poster_seconds, quality, sizes)"),
     ({"sizes": [0]}, "pipelines.p.steps[0].params.sizes: Value error, sizes must be positive integers"),
     ({"format": "bmp"}, "pipelines.p.steps[0].params.format: Value error, format must be one of"),
 ])
@@ -154,7 +155,8 @@ def test_a_params_typo_stops_the_cli_and_doctor_names_it(tmp_path: Path) -> None
 def test_params_for_gives_validated_params_with_defaults(tmp_path: Path) -> None:
     service = service_for(tmp_path, [{"function": "thumbnail", "params": {"sizes": [64, 64, 32], "format": "JPG"}}])
     (step,) = service.pipelines["p"].steps
-    assert service.params_for(step) == {"sizes": [64, 32], "format": "jpeg", "quality": 85}
+    assert service.params_for(step) == {"sizes": [64, 32], "format": "jpeg", "quality": 85, "fit": "fit",
+                                        "metadata": "strip", "background": "white", "poster_seconds": 1.0}
 
 
 def test_a_model_that_allows_extra_fields_still_refuses_unknown_params(tmp_path: Path) -> None:

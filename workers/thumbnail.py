@@ -2,9 +2,13 @@
 
 Params (``context.params``)::
 
-    sizes:   [256, 1024]   # longest edge in pixels; default [256]
-    format:  webp          # jpeg (or jpg) | png | webp; default webp
-    quality: 85            # 1-100, for jpeg and webp; default 85
+    sizes:    [256, 1024]  # longest edge in pixels (fit), or the square's edge (cover, exact); default [256]
+    format:   webp         # jpeg (or jpg) | png | webp | avif (where Pillow has it); default webp
+    quality:  85           # 1-100, for jpeg, webp and avif; default 85
+    fit:      fit          # fit (inside the box) | cover (fill the square, centre crop) | exact (stretch)
+    metadata: strip        # strip | keep (EXIF, orientation reset to upright); the ICC profile is always kept
+    background: white      # what transparent pixels become in a JPEG (any CSS colour: "#202020", "black")
+    poster_seconds: 1.0    # for a video source: the frame this far in (at most mid-clip) is the picture
 
 Each size becomes the output ``thumb-{size}.{ext}`` (for example
 ``thumb-256.webp``), so the same input always yields the same keys. A
@@ -29,9 +33,9 @@ import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import IO, Any, TypeGuard
+from typing import IO, Any, Literal, TypeGuard
 
-from PIL import ExifTags, Image, ImageCms, ImageFile, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageCms, ImageColor, ImageFile, UnidentifiedImageError, features
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fileproc import Context, InvalidInput, PermanentError, function
@@ -87,6 +91,8 @@ FORMATS = {
     "png": OutputFormat("PNG", "png", "image/png", alpha=True, grayscale=True, lossy=False),
     "webp": OutputFormat("WEBP", "webp", "image/webp", alpha=True, grayscale=False, lossy=True),
 }
+if features.check("avif"):  # Pillow 11.2+ wheels carry libavif
+    FORMATS["avif"] = OutputFormat("AVIF", "avif", "image/avif", alpha=True, grayscale=False, lossy=True)
 _FORMAT_ALIASES = {"jpg": "jpeg"}
 
 
@@ -97,7 +103,21 @@ class ThumbnailParams(BaseModel):
 
     sizes: tuple[int, ...] = Field(DEFAULT_SIZES, description="Longest edge of each thumbnail, in pixels.")
     format: str = Field(DEFAULT_FORMAT, description="jpeg (or jpg), png or webp.")
-    quality: int = Field(DEFAULT_QUALITY, description="1-100, for jpeg and webp.")
+    quality: int = Field(DEFAULT_QUALITY, description="1-100, for jpeg, webp and avif.")
+    fit: Literal["fit", "cover", "exact"] = Field("fit", description="fit inside the box, cover it (centre "
+                                                                        "crop) or stretch to it exactly.")
+    metadata: Literal["strip", "keep"] = Field("strip", description="Keep the source's EXIF, or strip it.")
+    background: str = Field("white", description="Colour behind transparent pixels in a JPEG.")
+    poster_seconds: float = Field(1.0, ge=0, description="Video sources: where the poster frame is taken.")
+
+    @field_validator("background")
+    @classmethod
+    def _background(cls, value: str) -> str:
+        try:
+            ImageColor.getrgb(value)
+        except ValueError:
+            raise ValueError(f"background must be a colour such as 'white' or '#202020', got {value!r}") from None
+        return value
 
     @field_validator("sizes", mode="before")
     @classmethod
@@ -116,7 +136,7 @@ class ThumbnailParams(BaseModel):
             name = _FORMAT_ALIASES.get(value.lower(), value.lower())
             if name in FORMATS:
                 return name
-        raise ValueError(f"format must be one of jpeg, jpg, png, webp, got {value!r}")
+        raise ValueError(f"format must be one of jpeg, jpg, {', '.join(list(FORMATS)[1:])}, got {value!r}")
 
     @field_validator("quality", mode="before")
     @classmethod
@@ -138,16 +158,28 @@ def handler(event: dict[str, Any], context: Context) -> dict[str, Any]:
         # A process-wide Pillow switch some other code may have flipped: with it
         # a half-uploaded JPEG would pass as a valid image with a grey bottom.
         raise PermanentError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set in this worker; thumbnail refuses to run")
-    with _seekable_input(context) as source:
-        image, source_size, orientation = _decode(source, max(params.sizes), context)
+    try:
+        with _seekable_input(context) as source:
+            image, source_size, orientation = _decode(source, max(params.sizes), context)
+    except InvalidInput as not_an_image:
+        if "not a recognised image format" not in str(not_an_image):
+            raise
+        # Perhaps a video: its poster frame is the picture. If it is no media either, the image error stands.
+        image, source_size, orientation = _poster(context, params, max(params.sizes), not_an_image)
     icc = image.info.get("icc_profile") or None
-    image.info = {}  # no metadata of the source (EXIF, XMP, comments) may reach an output
+    exif = _kept_exif(image) if params.metadata == "keep" else None
+    image.info = {}  # no metadata of the source (EXIF, XMP, comments) may reach an output unless asked
+    if params.fit == "cover":
+        image = _centre_square(image)
     written: dict[int, dict[str, Any]] = {}
     for size in sorted(params.sizes, reverse=True):
         # Largest first, each from the one before: the big decoded image is
         # resampled once, not once per size. In place: `image` is ours.
-        image.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=REDUCING_GAP)  # never enlarges
-        written[size] = _write_thumbnail(image, size, orientation, icc, params, context)
+        if params.fit == "exact":
+            image = image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=REDUCING_GAP)
+        else:
+            image.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=REDUCING_GAP)  # never enlarges
+        written[size] = _write_thumbnail(image, size, orientation, icc, exif, params, context)
     thumbnails = [written[size] for size in params.sizes]
     context.logger.info(
         "thumbnail %s (%dx%d): wrote %s", context.input.key, *source_size, ", ".join(t["key"] for t in thumbnails)
@@ -173,7 +205,7 @@ def parse_params(params: Mapping[str, Any]) -> ThumbnailParams:
         for item in exc.errors():
             where = ".".join(str(part) for part in item["loc"])
             if item["type"] == "extra_forbidden":
-                problems.append(f"unknown param {where} (known: sizes, format, quality)")
+                problems.append(f"unknown param {where} (known: {', '.join(ThumbnailParams.model_fields)})")
             else:
                 problems.append(str(item["msg"]).removeprefix("Value error, "))
         raise PermanentError(f"thumbnail: {'; '.join(problems)}") from exc
@@ -227,6 +259,54 @@ def _decode(source: IO[bytes], largest: int, context: Context) -> tuple[Image.Im
             raise InvalidInput(f"not a readable image: {exc}") from exc
 
 
+def _centre_square(image: Image.Image) -> Image.Image:
+    """The largest centred square of ``image`` (cover: the thumbnail fills its box, the edges are cut)."""
+    edge = min(image.size)
+    left, top = (image.width - edge) // 2, (image.height - edge) // 2
+    return image.crop((left, top, left + edge, top + edge))
+
+
+def _kept_exif(image: Image.Image) -> Image.Exif | None:
+    """The source's EXIF, marked upright (the thumbnail is turned already); None if it has none."""
+    try:
+        exif = image.getexif()
+    except _DECODE_ERRORS:
+        return None
+    if not exif:
+        return None
+    exif[ExifTags.Base.Orientation] = 1
+    return exif
+
+
+def _poster(context: Context, params: ThumbnailParams, largest: int,
+            not_an_image: InvalidInput) -> tuple[Image.Image, tuple[int, int], int]:
+    """A video's poster frame, ``poster_seconds`` in (at most mid-clip): not the often black first frame."""
+    from workers import media  # ffmpeg is only needed for videos
+
+    if media.find_ffprobe() is None or media.find_ffmpeg() is None:
+        raise not_an_image
+    with media.spooled_input(context) as source:
+        try:
+            info = media.probe(source, context)
+        except InvalidInput:
+            raise not_an_image from None
+        if info.video is None:
+            raise InvalidInput("not a readable image: a media file without pictures (audio only)")
+        at = min(params.poster_seconds, (info.duration or 0) / 2)
+        frame = context.scratch_dir.resolve() / "poster.png"
+        command = [media.ffmpeg_binary(), "-ss", f"{at:.3f}", "-protocol_whitelist", "file", "-i", media.url(source),
+                   "-frames:v", "1", "-an", "-sn", "-f", "image2", "-c:v", "png", "-protocol_whitelist", "file",
+                   "-y", media.url(frame)]
+        try:
+            media.run_ffmpeg(command, context, source)
+            if not frame.exists():
+                raise InvalidInput("not a readable image: the video has no frame to show")
+            with frame.open("rb") as picture:
+                return _decode(picture, largest, context)
+        finally:
+            frame.unlink(missing_ok=True)
+
+
 def _orientation(image: Image.Image, context: Context) -> int:
     """The EXIF orientation (1 = upright), read once from the source.
 
@@ -270,6 +350,7 @@ def _write_thumbnail(
     size: int,
     orientation: int,
     icc: bytes | None,
+    exif: Image.Exif | None,
     params: ThumbnailParams,
     context: Context,
 ) -> dict[str, Any]:
@@ -278,15 +359,16 @@ def _write_thumbnail(
     # square bounding box fits the same either way round.
     if orientation in _ORIENTATION_TRANSPOSE:
         image = image.transpose(_ORIENTATION_TRANSPOSE[orientation])
-    image, icc = _for_format(image, icc, params.output_format, context)
-    data = _encode(image, icc, params)
+    image, icc = _for_format(image, icc, params.output_format, params.background, context)
+    data = _encode(image, icc, exif, params)
     name = f"thumb-{size}.{params.output_format.ext}"
-    ref = context.output.put(name, data, content_type=params.output_format.content_type)
+    ref = context.output.put(name, data, content_type=params.output_format.content_type,
+                             metadata={"width": image.width, "height": image.height})
     return {"size": size, "key": ref.key, "width": image.width, "height": image.height, "bytes": ref.size}
 
 
 def _for_format(
-    image: Image.Image, icc: bytes | None, fmt: OutputFormat, context: Context
+    image: Image.Image, icc: bytes | None, fmt: OutputFormat, background: str, context: Context
 ) -> tuple[Image.Image, bytes | None]:
     """``image`` in a mode ``fmt`` stores, and the ICC profile that describes it now."""
     alpha = image.getchannel("A") if image.mode in ("LA", "RGBA") else None
@@ -298,8 +380,9 @@ def _for_format(
     if fmt.alpha:
         color.putalpha(alpha)
         return color, icc
-    # No alpha channel (JPEG): what was see-through shows the page, white.
-    flattened = Image.new(color.mode, color.size, "white")
+    # No alpha channel (JPEG): what was see-through shows the background (the page: white).
+    fill = ImageColor.getcolor(background, color.mode)
+    flattened = Image.new(color.mode, color.size, fill)
     flattened.paste(color, mask=alpha)
     return flattened, icc
 
@@ -325,7 +408,7 @@ def _to_rgb(image: Image.Image, icc: bytes | None, context: Context) -> tuple[Im
     return image.convert("RGB"), None
 
 
-def _encode(image: Image.Image, icc: bytes | None, params: ThumbnailParams) -> bytes:
+def _encode(image: Image.Image, icc: bytes | None, exif: Image.Exif | None, params: ThumbnailParams) -> bytes:
     """The encoded thumbnail, with no metadata but the ICC profile.
 
     Pillow writes EXIF and XMP only when asked to, and the handler emptied
@@ -338,6 +421,8 @@ def _encode(image: Image.Image, icc: bytes | None, params: ThumbnailParams) -> b
         options["optimize"] = True  # a few % smaller, costs next to nothing at thumbnail size
     if icc:
         options["icc_profile"] = icc
+    if exif is not None:
+        options["exif"] = exif.tobytes()
     buffer = io.BytesIO()
     image.save(buffer, params.output_format.pillow, **options)
     return buffer.getvalue()

@@ -16,6 +16,7 @@ it is due, so no delay ever sits in the broker past its visibility timeout.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -23,12 +24,13 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fileproc import outbox
 from fileproc.errors import FileprocError, ObjectNotFound, StorageError
 from fileproc.events import ObjectEvent
-from fileproc.functions import FunctionSpec
+from fileproc.functions import PROGRESS_FILE, FunctionSpec
 from fileproc.rules import PROVENANCE_PIPELINE, Step
 from fileproc.runtime import leases
 from fileproc.runtime.invoke import StepRequest, invoke, kind_of
@@ -115,7 +117,8 @@ def run_step(service: Service, job_id: int, step_index: int, worker: str) -> Out
     scratch = service.settings.data_dir / "scratch" / f"{os.getpid()}.{request_id}"
     request = StepRequest(request_id, pipeline.name, step_index, job.event, info, limits.timeout,
                           limits.memory_mb, str(scratch))
-    with leases.held(service.db.renew_lease, job_id, attempt_id, lease, asked_at=asked_at) as held:
+    progress = _Progress(service, job_id, step_index, attempt_id, scratch)
+    with leases.held(progress.renew, job_id, attempt_id, lease, asked_at=asked_at) as held:
         result = execute(service, request, cancel=held.lost)
     if held.lost.is_set():
         return end.late(result)
@@ -276,6 +279,39 @@ def _record(service: Service, end: StepEnd) -> bool:
                         end.job_id, end.step_index, exc, pause)
             time.sleep(pause)
             pause = min(pause * 2, 8.0)
+
+
+class _Progress:
+    """Renews the step's lease and, with each renewal, copies its latest progress report to the attempt.
+
+    The handler runs in another process and has no database connection: it
+    leaves its report in the scratch folder (``Context.report_progress``).
+    Riding on the renewals (every fifth of a lease, from the process's one
+    lease keeper) costs a step no thread of its own. Progress is a courtesy:
+    a report that cannot be read or written is skipped, never fails the step.
+    """
+
+    def __init__(self, service: Service, job_id: int, step_index: int, attempt_id: int, scratch: Path) -> None:
+        self.service, self.job_id, self.step_index, self.attempt_id = service, job_id, step_index, attempt_id
+        self.report = scratch / PROGRESS_FILE
+        self._seen = 0
+
+    def renew(self, job_id: int, attempt_id: int, lease_seconds: float) -> bool:
+        """:data:`fileproc.runtime.leases.Renew`: the renewal, then the progress."""
+        if not self.service.db.renew_lease(job_id, attempt_id, lease_seconds):
+            return False
+        try:
+            changed = self.report.stat().st_mtime_ns
+            if changed != self._seen:
+                self._seen = changed
+                progress = json.loads(self.report.read_text())
+                if isinstance(progress, dict):
+                    self.service.db.record_progress(self.job_id, self.step_index, self.attempt_id, progress)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, DatabaseUnavailable) as exc:
+            log.debug("job %s: progress not recorded: %s", self.job_id, exc)
+        return True
 
 
 def clean_scratch(service: Service) -> int:

@@ -82,6 +82,7 @@ class Database:
         self._reads = sessionmaker(self._read_engine, expire_on_commit=False)
         try:
             Base.metadata.create_all(self.engine)
+            _add_new_columns(self.engine)
         except OperationalError as exc:
             raise DatabaseUnavailable(f"cannot open the state database: {_plain(exc)}") from exc
 
@@ -233,6 +234,13 @@ class Database:
         """
         return steps.finish_step(self.transaction, end)
 
+    def record_progress(self, job_id: int, step_index: int, attempt_id: int, progress: dict[str, Any]) -> bool:
+        """Note how far a running step has got, in one short write fenced to its attempt.
+
+        False (nothing written) once the attempt no longer owns the step.
+        """
+        return steps.record_progress(self.transaction, job_id, step_index, attempt_id, progress)
+
     def end_job(self, job_id: int, status: JobStatus, reason: str) -> None:
         """End a job that cannot run at all (its pipeline is gone), whatever step it is at."""
         with self.session() as s:
@@ -306,6 +314,27 @@ class Database:
         """Raise DatabaseUnavailable if the database cannot be queried."""
         with self.reading() as s:
             s.execute(select(1))
+
+
+_NEW_COLUMNS = {"attempts": {"progress": "JSON"}}
+"""Columns added since a table was first made: create_all makes new tables only."""
+
+
+def _add_new_columns(engine: Engine) -> None:
+    from sqlalchemy import inspect, text
+    from sqlalchemy.exc import ProgrammingError
+
+    for table, columns in _NEW_COLUMNS.items():
+        for name, kind in columns.items():
+            if name in {c["name"] for c in inspect(engine).get_columns(table)}:
+                continue
+            try:
+                with engine.begin() as c:
+                    c.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
+            except (OperationalError, ProgrammingError):
+                # Processes starting together (serve's api and worker) race to add it: one wins.
+                if name not in {c["name"] for c in inspect(engine).get_columns(table)}:
+                    raise
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -104,6 +104,8 @@ class AttemptRow(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     traceback: Mapped[str | None] = mapped_column(Text, default=None)
     result: Mapped[Any | None] = mapped_column(JSON, default=None)
+    # A long step's latest {"percent", "speed", "at"}, while it runs (Context.report_progress).
+    progress: Mapped[Any | None] = mapped_column(JSON, default=None)
 
     job: Mapped[JobRow] = relationship(back_populates="attempts")
 

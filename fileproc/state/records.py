@@ -28,6 +28,7 @@ class Attempt:
     traceback: str | None = None
     result: Any = None
     recycled: str | None = None
+    progress: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class Job:
                     "duration_ms": a.duration_ms, "peak_memory_kb": a.peak_memory_kb,
                     "bytes_read": a.bytes_read, "bytes_written": a.bytes_written, "cold_start": a.cold_start,
                     "recycled": a.recycled, "error": a.error, "traceback": a.traceback, "result": a.result,
+                    "progress": a.progress,
                 }
                 for a in self.attempts
             ],
@@ -171,7 +173,7 @@ def attempt_of(row: AttemptRow) -> Attempt:
     return Attempt(
         row.id, row.step_index, row.function, row.status, row.worker, aware(row.started_at) or utcnow(),
         aware(row.finished_at), row.duration_ms, row.peak_memory_kb, row.bytes_read, row.bytes_written, row.error,
-        row.cold_start, row.traceback, row.result, row.recycled,
+        row.cold_start, row.traceback, row.result, row.recycled, row.progress,
     )
 
 

@@ -285,6 +285,21 @@ def finish_step(connect: Callable[[], Any], end: StepEnd) -> bool:
         return bool(moved)
 
 
+_PROGRESS = Prepared(update(attempts).where(
+    attempts.c.id == bindparam("p_attempt"), attempts.c.status == AttemptStatus.RUNNING,
+    select(jobs.c.id).where(*_FENCE).exists(),
+).values(progress=bindparam("p_progress")))
+
+
+def record_progress(connect: Callable[[], Any], job_id: int, step_index: int, attempt_id: int,
+                    progress: dict[str, Any]) -> bool:
+    """See :meth:`fileproc.state.Database.record_progress`."""
+    with connect() as tx:
+        at = now(tx)
+        return bool(_PROGRESS.rowcount(tx, {"p_job": job_id, "p_attempt": attempt_id, "p_step": step_index,
+                                            "p_progress": {**progress, "at": at.isoformat()}}))
+
+
 def _late_reason(end: StepEnd) -> str:
     what = end.error or end.attempt_status
     return f"result refused: this attempt lost its lease and another attempt took the step over ({what})"

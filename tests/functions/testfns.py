@@ -112,3 +112,13 @@ class Unpicklable(Exception):
 @function("unpicklable", retries=0)
 def unpicklable(event, context):
     raise Unpicklable()
+
+
+@function("halfway", timeout=60, retries=0)
+def halfway(event, context):
+    """Reports 50 % done at 1.5x, then waits until the file ``release`` exists (a latch, not a timer)."""
+    context.report_progress(50.0, speed=1.5)
+    release = Path(context.params["release"])
+    while not release.exists():
+        time.sleep(0.05)
+    context.output.put("done.txt", b"done")
