@@ -121,7 +121,17 @@ def api(state: State, host: str | None, port: int | None, workers: int) -> None:
         return
     if state.config:  # each worker process reads the settings itself
         os.environ["FILEPROC_CONFIG"] = str(state.config.resolve())
-    uvicorn.run("fileproc.api:app_from_settings", factory=True, workers=workers, **options)
+    from fileproc.metrics import MULTIPROCESS_ENV
+
+    if os.environ.get(MULTIPROCESS_ENV):
+        uvicorn.run("fileproc.api:app_from_settings", factory=True, workers=workers, **options)
+        return
+    import tempfile
+
+    # /metrics sums the receiver counters of every process (prometheus-client's multiprocess mode).
+    with tempfile.TemporaryDirectory(prefix="fileproc-metrics-") as folder:
+        os.environ[MULTIPROCESS_ENV] = folder
+        uvicorn.run("fileproc.api:app_from_settings", factory=True, workers=workers, **options)
 
 
 @cli.command()
