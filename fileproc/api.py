@@ -304,6 +304,13 @@ def create_app(service: Service, tokens: Tokens, *, committer: Committer | None 
             raise HTTPException(404, str(exc)) from exc
         return report.to_dict()
 
+    @app.get("/why", dependencies=[Depends(admin_auth)])
+    def why(bucket: str, key: str) -> dict[str, Any]:
+        """Why was bucket/key (not) processed? As ``fileproc why --json``."""
+        from fileproc.why import explain
+
+        return explain(service, bucket, key).to_dict()
+
     metrics = Metrics(service, counters)
     metrics_token = settings.metrics.token.get_secret_value()
 

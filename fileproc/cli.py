@@ -473,6 +473,33 @@ def doctor(state: State) -> None:
         raise click.ClickException(f"{problems} problem(s) found")
 
 
+@cli.command()
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def why(state: State, target: str, as_json: bool) -> None:
+    """Why was BUCKET/KEY (not) processed? Everything fileproc knows about it.
+
+    The object in storage now; every notification recorded for it (and
+    reconcile passes that found it after its notification was lost); each
+    pipeline, and the rule that said no when it does not match; its jobs with
+    attempts, errors and outputs, and whether those outputs are in storage.
+
+    \b
+    Example:
+        fileproc why uploads/pets/cat.jpg
+    """
+    from fileproc.why import explain, render
+
+    bucket, key = _split_target(target)
+    found = explain(state.service, bucket, key)
+    if as_json:
+        click.echo(json.dumps(found.to_dict(), indent=2))
+        return
+    for line in render(found):
+        click.echo(line)
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)

@@ -268,7 +268,8 @@ class StateCollector(Collector):
         for pipeline, step_index, count, first in rows:
             queue = self._queue(pipeline, step_index)
             depth[queue] = depth.get(queue, 0) + count
-            waited = max(0.0, (now - aware(first)).total_seconds()) if first is not None else 0.0
+            since = aware(first)
+            waited = max(0.0, (now - since).total_seconds()) if since is not None else 0.0
             oldest[queue] = max(oldest.get(queue, 0.0), waited)
         depth_family = GaugeMetricFamily("fileproc_queue_depth", "Queued steps waiting for a worker, by queue.",
                                          labels=["queue"])

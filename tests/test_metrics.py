@@ -121,6 +121,7 @@ def test_several_api_processes_answer_the_same_totals(tmp_path: Path) -> None:
             assert metrics[("fileproc_notifications_recorded_total", ())] == sent / 2
             assert metrics[("fileproc_jobs", (("pipeline", "p"), ("status", "queued")))] == sent / 2
             assert metrics[("fileproc_queue_depth", (("queue", "thumbnail"),))] == sent / 2
+            assert metrics[("fileproc_queue_oldest_seconds", (("queue", "thumbnail"),))] > 0
         assert len(jobs(config)) == sent / 2
     finally:
         api.stop()
