@@ -138,18 +138,18 @@ class _Histogram:
 
 
 class _Attempts:
-    """Attempt totals, accumulated from the attempts finished since the last scrape.
+    """Attempt totals, accumulated from the attempts that finished since the last scrape.
 
-    ``below``: every attempt with a smaller id has been counted (or is running
-    and listed in nothing yet); ``counted``: ids at or above it already
-    counted. An attempt is counted once it has finished (any status).
+    ``after``: the highest attempt id read so far; ``running``: ids read while
+    their attempt still ran, looked at again on each scrape until they end.
+    Each attempt is counted once, when it has ended (any status).
     """
 
     BATCH = 5000
 
     def __init__(self) -> None:
-        self.below = 0
-        self.counted: set[int] = set()
+        self.after = 0
+        self.running: set[int] = set()
         self.statuses: dict[tuple[str, str], int] = defaultdict(int)
         self.cold: dict[str, int] = defaultdict(int)
         self.warm: dict[str, int] = defaultdict(int)
@@ -162,22 +162,24 @@ class _Attempts:
         query = (select(AttemptRow.id, AttemptRow.function, AttemptRow.status, AttemptRow.duration_ms,
                         AttemptRow.peak_memory_kb, AttemptRow.cold_start, AttemptRow.started_at, JobRow.event)
                  .join(JobRow, JobRow.id == AttemptRow.job_id))
-        while True:
-            with service.db.reading() as s:
-                rows = s.execute(query.where(AttemptRow.id >= self.below).order_by(AttemptRow.id)
+        with service.db.reading() as s:
+            if self.running:  # those still running at the last scrape (a few: as many as run at once)
+                for row in s.execute(query.where(AttemptRow.id.in_(sorted(self.running)))).all():
+                    if row.status != AttemptStatus.RUNNING:
+                        self._count(row)
+                        self.running.discard(row.id)
+            while True:  # the new ones, by primary key
+                rows = s.execute(query.where(AttemptRow.id > self.after).order_by(AttemptRow.id)
                                  .limit(self.BATCH)).all()
-            running = [row.id for row in rows if row.status == AttemptStatus.RUNNING]
-            for row in rows:
-                if row.status != AttemptStatus.RUNNING and row.id not in self.counted:
-                    self._count(row)
-                    self.counted.add(row.id)
-            if not rows:
-                return
-            last = rows[-1].id
-            self.below = min(running) if running else last + 1
-            self.counted = {i for i in self.counted if i >= self.below}
-            if len(rows) < self.BATCH or running:
-                return
+                for row in rows:
+                    if row.status == AttemptStatus.RUNNING:
+                        self.running.add(row.id)
+                    else:
+                        self._count(row)
+                if rows:
+                    self.after = rows[-1].id
+                if len(rows) < self.BATCH:
+                    return
 
     def _count(self, row: Any) -> None:
         self.statuses[(row.function, row.status)] += 1

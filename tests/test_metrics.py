@@ -10,8 +10,16 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fileproc import dispatch
+from fileproc.config import load_settings
+from fileproc.intake.objects import event_for
+from fileproc.intake.webhook import Counters
+from fileproc.metrics import Metrics
+from fileproc.runtime.runner import run_step
+from fileproc.service import Service
+from fileproc.state import StepEnd, StepStart
 from tests.helpers import image_bytes
-from tests.procs import Process, jobs, settled, wait_for, wait_healthy, write_config
+from tests.procs import FUNCTIONS_DIR, Process, jobs, settled, wait_for, wait_healthy, write_config
 from tests.servers import free_port
 
 
@@ -125,3 +133,34 @@ def test_several_api_processes_answer_the_same_totals(tmp_path: Path) -> None:
         assert len(jobs(config)) == sent / 2
     finally:
         api.stop()
+
+
+def test_an_attempt_is_counted_once_when_it_ends_even_after_later_ones(tmp_path: Path, redis_url: str) -> None:
+    config = write_config(tmp_path / "fileproc.toml", {
+        "data_dir": str(tmp_path / "data"), "broker": {"url": redis_url},
+        "functions": {"paths": [str(FUNCTIONS_DIR)]},
+        "pipelines": [{"name": "p", "match": {"bucket": "inbox"}, "steps": [{"function": "tiny"}],
+                       "output": {"bucket": "out"}}]})
+    service = Service(load_settings(config, env={}))
+    service.prepare_buckets()
+    ids = []
+    for key in ("long.bin", "short.bin"):
+        service.storage.put("inbox", key, b"data")
+        event = event_for("inbox", key, service.storage.head("inbox", key), source="put")
+        ids += [d.job.id for d in dispatch.submit(service, event)]
+    long_step = service.db.start_step(ids[0], 0, "w1", 30, service.function_name)  # runs across scrapes
+    assert isinstance(long_step, StepStart)
+    assert run_step(service, ids[1], 0, "w2").status == "succeeded"  # a later attempt ends first
+    metrics = Metrics(service, Counters())
+
+    def counted() -> tuple[float, float]:
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for f in text_string_to_metric_families(metrics.render().decode()) for s in f.samples}
+        return (samples[("fileproc_step_duration_seconds_count", (("function", "tiny"),))],
+                samples[("fileproc_jobs", (("pipeline", "p"), ("status", "running")))])
+
+    assert counted() == (1, 1)
+    service.db.finish_step(StepEnd(job_id=ids[0], step_index=0, attempt_id=long_step.attempt_id,
+                                   attempt_status="succeeded", outcome="succeeded", duration_ms=40_000))
+    assert counted() == (2, 0)
+    assert counted() == (2, 0)  # each attempt once, however often Prometheus scrapes
