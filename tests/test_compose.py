@@ -1,14 +1,18 @@
-"""compose/: checked statically (no container can be pulled or built here).
+"""compose/: checked statically (no container can be pulled or built here), then run as processes.
 
 The Compose file parses; every fileproc service's command is a real
 ``fileproc`` command with real options (parsed by the click CLI itself); every
 ``FILEPROC_*`` variable is a real setting and the settings load (with the
 example ``.env``); every queue a pipeline uses has a worker service; ports,
-hosts and volumes agree between the services that talk to each other.
+hosts and volumes agree between the services that talk to each other. The
+last test starts the services' own commands and environments as processes,
+on a real S3 server (versitygw standing in for MinIO), Redis and PostgreSQL.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import re
 import shlex
 import tomllib
@@ -17,12 +21,20 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import click
+import httpx
 import pytest
+import redis
 import yaml
+from minio import Minio
+from PIL import Image
+from sqlalchemy import create_engine, text
 
 from fileproc.cli import cli
 from fileproc.config import load_settings, setting_names
 from fileproc.service import Service
+from tests.helpers import image_bytes
+from tests.procs import Process, wait_for, wait_healthy
+from tests.servers import free_port, versitygw_server
 
 ROOT = Path(__file__).parent.parent
 COMPOSE = ROOT / "compose"
@@ -197,3 +209,98 @@ def test_the_readme_says_how_to_start_and_scale() -> None:
     readme = (COMPOSE / "README.md").read_text()
     assert "docker compose up" in readme and "--scale worker-thumbnail=" in readme
     assert "cp .env.example .env" in readme
+
+
+# -- the same topology, as processes ---------------------------------------------------------
+
+
+def local_env(service: dict[str, Any], *, gw: str, secret: str, redis_url: str, postgres_url: str,
+              data_dir: Path) -> dict[str, str]:
+    """The service's environment from the Compose file, its hosts pointed at the servers of this test."""
+    env = container_env(service)
+    assert (env["FILEPROC_STORAGE_ENDPOINT"], env["FILEPROC_BROKER_URL"]) == ("minio:9000", "redis://redis:6379/0")
+    assert urlsplit(env["FILEPROC_DATABASE_URL"]).hostname == "postgres"
+    return {**env, "FILEPROC_STORAGE_ENDPOINT": gw, "FILEPROC_STORAGE_ACCESS_KEY": "fileproc-test",
+            "FILEPROC_STORAGE_SECRET_KEY": secret, "FILEPROC_BROKER_URL": redis_url,
+            "FILEPROC_DATABASE_URL": postgres_url, "FILEPROC_DATA_DIR": str(data_dir)}
+
+
+def local_argv(service: dict[str, Any], port: int) -> list[str]:
+    """The service's command, with its config file on this side of the mount and the API on ``port``."""
+    args = [str(config_file(service)) if arg == "/etc/fileproc/fileproc.toml" else arg for arg in service["command"]]
+    if "--port" in args:
+        args[args.index("--port") + 1] = str(port)
+        args[args.index("--host") + 1] = "127.0.0.1"
+    return args
+
+
+@pytest.mark.services
+def test_the_topology_runs_as_processes_from_the_same_settings(
+        compose: dict[str, Any], tmp_path: Path, redis_url: str, postgres_url: str) -> None:
+    redis.Redis.from_url(redis_url).flushall()
+    database = f"fileproc_compose_{os.getpid()}"
+    with create_engine(postgres_url, isolation_level="AUTOCOMMIT").connect() as admin:
+        admin.execute(text(f"DROP DATABASE IF EXISTS {database}"))
+        admin.execute(text(f"CREATE DATABASE {database}"))
+    database_url = postgres_url.rsplit("/", 1)[0] + "/" + database
+    services = fileproc_services(compose)
+    api_port, gw_port, secret = free_port(), free_port(), "compose-secret-" + os.urandom(4).hex()
+    started: dict[str, Process] = {}
+
+    def start(name: str) -> Process:
+        env = local_env(services[name], gw=f"127.0.0.1:{gw_port}", secret=secret, redis_url=redis_url,
+                        postgres_url=database_url, data_dir=tmp_path / name)
+        started[name] = Process(None, local_argv(services[name], api_port), tmp_path / f"{name}.log", env=env)
+        return started[name]
+
+    try:
+        wait_healthy(api_port, start("api"))
+        token = container_env(services["api"])["FILEPROC_API_WEBHOOK_TOKEN"]
+        # versitygw stands in for MinIO (no MinIO binary here); it sends keys as they are and cannot
+        # set a header, so the token goes in the URL (the main README's versitygw line).
+        webhook = f"http://127.0.0.1:{api_port}/events?token={token}&keys=raw"
+        with versitygw_server(webhook, port=gw_port, secret_key=secret) as gw:
+            store = Minio(gw.endpoint, gw.access_key, gw.secret_key, secure=False)
+            for bucket in ("uploads", "derived"):  # what minio-setup does
+                store.make_bucket(bucket)
+            workers = [name for name, svc in services.items() if parse(entrypoint() + svc["command"])[1]
+                       .command.name in ("worker", "reconcile")]
+            for name in workers:
+                start(name)
+
+            small = image_bytes(300, 200)
+            noise = io.BytesIO()
+            Image.frombytes("RGB", (700, 700), os.urandom(700 * 700 * 3)).save(noise, "PNG")  # over 1 MB
+            store.put_object("uploads", "trip/small.jpg", io.BytesIO(small), len(small), content_type="image/jpeg")
+            store.put_object("uploads", "trip/big.png", io.BytesIO(noise.getvalue()), len(noise.getvalue()),
+                             content_type="image/png")
+
+            def finished() -> list[dict[str, Any]] | None:
+                answer = httpx.get(f"http://127.0.0.1:{api_port}/jobs", timeout=10, headers={
+                    "Authorization": "Bearer " + container_env(services["api"])["FILEPROC_API_ADMIN_TOKEN"]})
+                found = answer.json()
+                done = len(found) == 3 and all(j["status"] in ("succeeded", "failed") for j in found)
+                return found if done else None
+
+            found = wait_for(finished, 90, "3 finished jobs", started["worker-previews"])
+            assert {(j["pipeline"], j["key"], j["status"]) for j in found} == {
+                ("thumbnails", "trip/small.jpg", "succeeded"), ("thumbnails", "trip/big.png", "succeeded"),
+                ("previews", "trip/big.png", "succeeded")}, found
+            # Each queue's steps ran on its own worker service.
+            ran_on = {j["pipeline"]: {a["worker"].split("@")[0] for a in j["attempts"]} for j in found}
+            assert ran_on["previews"] == {f"fileproc-{started['worker-previews'].popen.pid}"}
+            assert ran_on["thumbnails"] == {f"fileproc-{started['worker-thumbnail'].popen.pid}"}
+            (made,) = next(j for j in found if j["pipeline"] == "previews")["outputs"]
+            assert made["key"].startswith("previews/trip/big.png/thumb-2048.")
+            preview = store.get_object(made["bucket"], made["key"])
+            try:
+                assert Image.open(io.BytesIO(preview.read())).size == (700, 700)  # never upscaled
+            finally:
+                preview.close()
+            for name, process in started.items():
+                assert process.alive(), f"{name} exited:\n{process.tail()}"
+            for name in workers:
+                started.pop(name).stop()
+    finally:
+        for process in started.values():
+            process.stop()
