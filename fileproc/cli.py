@@ -283,13 +283,15 @@ def match_cmd(state: State, target: str, event_name: str, size: int | None) -> N
         fileproc match uploads/pets/cat.jpg
     """
     from fileproc.events import ObjectEvent
-    from fileproc.rules import match, render_key
+    from fileproc.rules import match, render_key, verdicts
 
     bucket, key = _split_target(target)
     event = ObjectEvent(bucket=bucket, key=key, event_name=event_name, size=size, source="match")
     found = match(state.settings.pipelines, event)
     if not found:
         click.echo(f"{bucket}/{key}: no pipeline matches")
+        for pipeline, reason in verdicts(state.settings.pipelines, event):
+            click.echo(f"  {pipeline.name}: {reason}")
         return
     for pipeline in found:
         click.echo(f"{pipeline.name}:")
