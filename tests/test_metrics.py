@@ -18,6 +18,7 @@ from fileproc.metrics import Metrics
 from fileproc.runtime.runner import run_step
 from fileproc.service import Service
 from fileproc.state import StepEnd, StepStart
+from fileproc.state.models import AttemptRow, utcnow
 from tests.helpers import image_bytes
 from tests.procs import FUNCTIONS_DIR, Process, jobs, settled, wait_for, wait_healthy, write_config
 from tests.servers import free_port
@@ -164,3 +165,34 @@ def test_an_attempt_is_counted_once_when_it_ends_even_after_later_ones(tmp_path:
                                    attempt_status="succeeded", outcome="succeeded", duration_ms=40_000))
     assert counted() == (2, 0)
     assert counted() == (2, 0)  # each attempt once, however often Prometheus scrapes
+
+
+def test_an_attempt_committed_after_a_later_id_is_still_counted(tmp_path: Path, redis_url: str) -> None:
+    # On PostgreSQL a smaller id can commit after a larger one (ids are taken before commit):
+    # a scrape in between must not move past the smaller id for good.
+    config = write_config(tmp_path / "fileproc.toml", {
+        "data_dir": str(tmp_path / "data"), "broker": {"url": redis_url},
+        "functions": {"paths": [str(FUNCTIONS_DIR)]},
+        "pipelines": [{"name": "p", "match": {"bucket": "inbox"}, "steps": [{"function": "tiny"}],
+                       "output": {"bucket": "out"}}]})
+    service = Service(load_settings(config, env={}))
+    service.storage.ensure_bucket("inbox")
+    service.storage.put("inbox", "a.bin", b"data")
+    (job,) = [d.job for d in dispatch.submit(service, event_for("inbox", "a.bin", service.storage.head(
+        "inbox", "a.bin"), source="put"), send=False)]
+    metrics = Metrics(service, Counters())
+
+    def add_attempt(attempt_id: int) -> None:
+        with service.db.session() as s:
+            s.add(AttemptRow(id=attempt_id, job_id=job.id, step_index=0, function="tiny", status="failed",
+                             started_at=utcnow(), finished_at=utcnow(), duration_ms=5, peak_memory_kb=1000))
+
+    def count() -> float:
+        return next(s.value for f in text_string_to_metric_families(metrics.render().decode()) for s in f.samples
+                    if s.name == "fileproc_attempts_total")
+
+    add_attempt(10)
+    assert count() == 1
+    add_attempt(5)  # the smaller id, committed later
+    assert count() == 2
+    assert count() == 2
