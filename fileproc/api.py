@@ -16,6 +16,7 @@
   ``/backfill``, ``/stats`` (the receiver's counters), ``/docs``, ``/redoc``
   and ``/openapi.json``: the admin API, behind a different (admin) token.
 - ``GET /healthz``: open; 200 once the service can reach its database.
+- ``GET /metrics``: Prometheus metrics (:mod:`fileproc.metrics`), for the admin token or ``metrics.token``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ from fileproc.events import ObjectEvent
 from fileproc.intake.backfill import backfill
 from fileproc.intake.notifications import BadNotification, TooManyRecords, parse_body
 from fileproc.intake.objects import candidates, complete, needs_head
-from fileproc.intake.webhook import Busy, Committer, Counters
+from fileproc.intake.webhook import Busy, Committer
+from fileproc.metrics import METRICS_CONTENT_TYPE, Metrics, SharedCounters
 from fileproc.outbox import Relay
 from fileproc.service import Service
 from fileproc.state import STATUSES, DatabaseUnavailable
@@ -149,7 +151,7 @@ class _App(FastAPI):
 def create_app(service: Service, tokens: Tokens, *, committer: Committer | None = None) -> FastAPI:
     """The ASGI app; while it runs, its process records webhook events (the committer) and
     relays due steps to the broker (the outbox). ``committer``: one with other bounds (tests)."""
-    counters = committer.counters if committer else Counters()
+    counters = committer.counters if committer else SharedCounters()
     settings = service.settings
     pipelines = list(service.pipelines.values())
 
@@ -301,6 +303,24 @@ def create_app(service: Service, tokens: Tokens, *, committer: Committer | None 
         except BucketNotFound as exc:
             raise HTTPException(404, str(exc)) from exc
         return report.to_dict()
+
+    @app.get("/why", dependencies=[Depends(admin_auth)])
+    def why(bucket: str, key: str) -> dict[str, Any]:
+        """Why was bucket/key (not) processed? As ``fileproc why --json``."""
+        from fileproc.why import explain
+
+        return explain(service, bucket, key).to_dict()
+
+    metrics = Metrics(service, counters)
+    metrics_token = settings.metrics.token.get_secret_value()
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics(request: Request) -> Response:
+        """Prometheus text format; the metrics token (``metrics.token``) or the admin token."""
+        given = _bearer(request)
+        if not (metrics_token and given and hmac.compare_digest(given.encode(), metrics_token.encode())):
+            _require(tokens.admin, request)
+        return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     return app
 

@@ -121,7 +121,17 @@ def api(state: State, host: str | None, port: int | None, workers: int) -> None:
         return
     if state.config:  # each worker process reads the settings itself
         os.environ["FILEPROC_CONFIG"] = str(state.config.resolve())
-    uvicorn.run("fileproc.api:app_from_settings", factory=True, workers=workers, **options)
+    from fileproc.metrics import MULTIPROCESS_ENV
+
+    if os.environ.get(MULTIPROCESS_ENV):
+        uvicorn.run("fileproc.api:app_from_settings", factory=True, workers=workers, **options)
+        return
+    import tempfile
+
+    # /metrics sums the receiver counters of every process (prometheus-client's multiprocess mode).
+    with tempfile.TemporaryDirectory(prefix="fileproc-metrics-") as folder:
+        os.environ[MULTIPROCESS_ENV] = folder
+        uvicorn.run("fileproc.api:app_from_settings", factory=True, workers=workers, **options)
 
 
 @cli.command()
@@ -273,13 +283,15 @@ def match_cmd(state: State, target: str, event_name: str, size: int | None) -> N
         fileproc match uploads/pets/cat.jpg
     """
     from fileproc.events import ObjectEvent
-    from fileproc.rules import match, render_key
+    from fileproc.rules import match, render_key, verdicts
 
     bucket, key = _split_target(target)
     event = ObjectEvent(bucket=bucket, key=key, event_name=event_name, size=size, source="match")
     found = match(state.settings.pipelines, event)
     if not found:
         click.echo(f"{bucket}/{key}: no pipeline matches")
+        for pipeline, reason in verdicts(state.settings.pipelines, event):
+            click.echo(f"  {pipeline.name}: {reason}")
         return
     for pipeline in found:
         click.echo(f"{pipeline.name}:")
@@ -471,6 +483,33 @@ def doctor(state: State) -> None:
         problems += not check.ok
     if problems:
         raise click.ClickException(f"{problems} problem(s) found")
+
+
+@cli.command()
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def why(state: State, target: str, as_json: bool) -> None:
+    """Why was BUCKET/KEY (not) processed? Everything fileproc knows about it.
+
+    The object in storage now; every notification recorded for it (and
+    reconcile passes that found it after its notification was lost); each
+    pipeline, and the rule that said no when it does not match; its jobs with
+    attempts, errors and outputs, and whether those outputs are in storage.
+
+    \b
+    Example:
+        fileproc why uploads/pets/cat.jpg
+    """
+    from fileproc.why import explain, render
+
+    bucket, key = _split_target(target)
+    found = explain(state.service, bucket, key)
+    if as_json:
+        click.echo(json.dumps(found.to_dict(), indent=2))
+        return
+    for line in render(found):
+        click.echo(line)
 
 
 def main() -> None:

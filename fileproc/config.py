@@ -165,6 +165,14 @@ class WatcherSettings(Section):
     )
 
 
+class MetricsSettings(Section):
+    token: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer token `GET /metrics` takes besides the admin token (give it to Prometheus, which then "
+        "never holds the admin token). Empty: only the admin token.",
+    )
+
+
 class Settings(Section):
     """Everything fileproc can be told. See the README for each field."""
 
@@ -184,6 +192,7 @@ class Settings(Section):
     reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
     functions: FunctionSettings = Field(default_factory=FunctionSettings)
     watcher: WatcherSettings = Field(default_factory=WatcherSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     pipelines: list[Pipeline] = Field(
         default_factory=list, description="Which objects go through which functions (config file only)."
     )

@@ -159,25 +159,39 @@ def event_matches(pattern: str, event_name: str) -> bool:
 
 def matches(pipeline: Pipeline, event: ObjectEvent) -> bool:
     """Whether ``event`` goes through ``pipeline``."""
+    return refusal(pipeline, event) is None
+
+
+def refusal(pipeline: Pipeline, event: ObjectEvent) -> str | None:
+    """The first of ``pipeline``'s rules that ``event`` fails, in words; None when it matches.
+
+    Example (the demo pipeline)::
+
+        refusal(thumbnails, ObjectEvent("uploads", "notes.txt"))
+        # "match.suffix: 'notes.txt' does not end with .jpg or .jpeg or ..."
+    """
     m = pipeline.match
-    if event.key.endswith("/"):  # folder placeholder objects
-        return False
+    if event.key.endswith("/"):
+        return "the key ends with '/': a folder placeholder, never processed"
     if not fnmatch.fnmatchcase(event.bucket, m.bucket):
-        return False
+        return f"match.bucket: {event.bucket!r} is not {m.bucket!r}"
     if not any(event_matches(pattern, event.event_name) for pattern in m.events):
-        return False
+        return f"match.events: {event.event_name} is not one of {', '.join(m.events)}"
     if not event.key.startswith(m.prefix):
-        return False
+        return f"match.prefix: {event.key!r} does not start with {m.prefix!r}"
     if m.suffix and not event.key.lower().endswith(tuple(s.lower() for s in m.suffix)):
-        return False
+        return f"match.suffix: {event.key!r} does not end with {' or '.join(m.suffix)}"
     if m.glob and not _glob_regex(m.glob).match(event.key):
-        return False
+        return f"match.glob: {event.key!r} does not match {m.glob!r}"
     if m.content_type and event.content_type is not None and not any(
         fnmatch.fnmatchcase(event.content_type, ct) for ct in m.content_type
     ):
-        return False
-    too_big = m.max_size is not None and event.size is not None and event.size > m.max_size
-    return not (too_big or (event.size is not None and event.size < m.min_size))
+        return f"match.content_type: {event.content_type} is not {' or '.join(m.content_type)}"
+    if m.max_size is not None and event.size is not None and event.size > m.max_size:
+        return f"match.max_size: {event.size} bytes is over {m.max_size}"
+    if event.size is not None and event.size < m.min_size:
+        return f"match.min_size: {event.size} bytes is under {m.min_size}"
+    return None
 
 
 def match(pipelines: list[Pipeline], event: ObjectEvent) -> list[Pipeline]:
@@ -188,3 +202,10 @@ def match(pipelines: list[Pipeline], event: ObjectEvent) -> list[Pipeline]:
     """
     made_by = event.metadata.get(PROVENANCE_PIPELINE)
     return [p for p in pipelines if p.name != made_by and matches(p, event)]
+
+
+def verdicts(pipelines: list[Pipeline], event: ObjectEvent) -> list[tuple[Pipeline, str | None]]:
+    """Each pipeline with why ``event`` does not go through it (None: it does), as :func:`match` decides."""
+    made_by = event.metadata.get(PROVENANCE_PIPELINE)
+    return [(p, f"written by this pipeline ({PROVENANCE_PIPELINE} metadata): never fed back to it"
+             if p.name == made_by else refusal(p, event)) for p in pipelines]

@@ -52,7 +52,8 @@ def test_init_writes_a_valid_commented_config(tmp_path: Path) -> None:
 
 def test_match_says_when_nothing_matches(tmp_path: Path) -> None:
     env = {"FILEPROC_DATA_DIR": str(tmp_path)}
-    assert "no pipeline matches" in run(None, "match", "uploads/notes.txt", env=env).stdout
+    notes = run(None, "match", "uploads/notes.txt", env=env).stdout
+    assert "no pipeline matches" in notes and "thumbnails: match.suffix: 'notes.txt' does not end with .jpg" in notes
     assert "no pipeline matches" in run(None, "match", "uploads/folder/", env=env).stdout
 
 
