@@ -224,6 +224,29 @@ class Database:
                               attempt_id=None)
                       .execution_options(synchronize_session=False))
 
+    # -- search ---------------------------------------------------------
+
+    def outputs_after(self, after: int, content_type: str, *, limit: int = 500) -> list[tuple[int, str, str]]:
+        """``(id, bucket, key)`` of outputs of ``content_type`` with an id above ``after``, by id.
+
+        How the search indexer follows what steps wrote (see :mod:`fileproc.search.indexer`).
+        """
+        with self.reading() as s:
+            rows = s.execute(select(OutputRow.id, OutputRow.bucket, OutputRow.key)
+                             .where(OutputRow.id > after, OutputRow.content_type == content_type)
+                             .order_by(OutputRow.id).limit(limit))
+            return [(row.id, row.bucket, row.key) for row in rows]
+
+    def last_output_id(self) -> int:
+        with self.reading() as s:
+            return int(s.scalar(select(func.max(OutputRow.id))) or 0)
+
+    def output_buckets(self, content_type: str) -> list[str]:
+        """Buckets outputs of ``content_type`` were ever written to."""
+        with self.reading() as s:
+            return sorted(s.scalars(select(OutputRow.bucket).where(OutputRow.content_type == content_type)
+                                    .distinct()))
+
     # -- admin ----------------------------------------------------------
 
     def get_job(self, job_id: int) -> Job | None:
