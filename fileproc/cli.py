@@ -550,6 +550,34 @@ def reindex(state: State, check: bool, as_json: bool) -> None:
         raise click.ClickException("the index and storage disagree; `fileproc reindex` rebuilds it")
 
 
+@cli.command("logs-summary")
+@click.argument("prefix")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def logs_summary(state: State, prefix: str, as_json: bool) -> None:
+    """Rolling totals of the log files under BUCKET/PREFIX (or of a `stream` named in the step's params).
+
+    Each file the `logs` function parsed counts once, in its latest version.
+
+    \b
+    Example:
+        fileproc logs-summary logs/nginx/ --json
+    """
+    totals = state.service.db.log_summary(prefix)
+    if as_json:
+        click.echo(json.dumps(totals, indent=2))
+        return
+    click.echo(f"{totals['files']} file(s), {totals['records']} records, {totals['bad_lines']} bad lines, "
+               f"{totals['bytes']} bytes, error rate {totals['error_rate']:.2%}")
+    if totals["status"]:
+        click.echo("status: " + ", ".join(f"{code} {count}" for code, count in totals["status"].items()))
+    rt = totals["response_ms"]
+    if rt["count"]:
+        click.echo(f"response time: p50 {rt['p50']} ms, p95 {rt['p95']} ms ({rt['count']} requests)")
+    if totals["first"]:
+        click.echo(f"from {totals['first']} to {totals['last']}")
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from fileproc.errors import FileprocError
 from fileproc.events import ObjectEvent
-from fileproc.state import creating, steps
+from fileproc.state import creating, logtotals, steps
 from fileproc.state.models import AttemptRow, AttemptStatus, Base, JobRow, JobStatus, OutputRow, utcnow
 from fileproc.state.records import (
     STATUSES,
@@ -246,6 +246,16 @@ class Database:
         with self.reading() as s:
             return sorted(s.scalars(select(OutputRow.bucket).where(OutputRow.content_type == content_type)
                                     .distinct()))
+
+    def log_summary(self, prefix: str) -> dict[str, Any]:
+        """Rolling totals of the log files whose ``bucket/key`` starts with ``prefix`` (or whose stream is it)."""
+        row = logtotals.LogFileRow
+        bucket, _, key_prefix = prefix.partition("/")
+        with self.reading() as s:
+            rows = list(s.scalars(select(row).where(or_(
+                row.stream == prefix,
+                and_(row.bucket == bucket, row.key.startswith(key_prefix, autoescape=True))))))
+            return logtotals.summarise(rows)
 
     # -- admin ----------------------------------------------------------
 

@@ -15,6 +15,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from fileproc.state import logtotals
 from fileproc.state.models import AttemptRow, AttemptStatus, JobRow, JobStatus, OutputRow, utcnow
 from fileproc.state.records import Job, StepEnd, StepStart, aware, job_of
 
@@ -167,6 +168,9 @@ def finish_step(connect: Callable[[], Any], end: StepEnd) -> bool:
             c.execute(_OUTPUTS[c.dialect.name], [
                 {"job_id": end.job_id, "step_index": end.step_index, "bucket": o.bucket, "key": o.key,
                  "size": o.size, "etag": o.etag, "content_type": o.content_type} for o in end.outputs])
+        if moved and end.outcome in ("next", "succeeded") and isinstance(end.result, dict) \
+                and "log_totals" in end.result:  # a `logs` step's file totals (see state/logtotals.py)
+            logtotals.record(c, end.result["log_totals"])
         return bool(moved)
 
 
