@@ -71,7 +71,8 @@ def test_unknown_function_in_a_pipeline_is_named(tmp_path: Path) -> None:
                       "output = {bucket = 'o'}\n")
     result = fileproc(config, "jobs", check=False, env={"FILEPROC_DATA_DIR": str(tmp_path / "d")})
     assert result.returncode == 1
-    assert result.stderr == "error: pipelines.p.steps[0].function: no function named 'nope' (known: index, logs, thumbnail, validate)\n"
+    assert result.stderr == ("error: pipelines.p.steps[0].function: no function named 'nope' "
+                             "(known: index, logs, thumbnail, validate)\n")
 
 
 def test_secrets_never_show(tmp_path: Path) -> None:
