@@ -84,6 +84,27 @@ def test_a_cut_off_worker_cannot_finish_a_step_another_took_over(db: Database) -
     assert "result refused" in (late.error or "")
 
 
+def test_what_a_step_records_reads_back_the_same_through_the_orm(db: Database) -> None:
+    # The step's statements run on the driver's cursor (state.steps.Prepared), every other
+    # read goes through SQLAlchemy: times, JSON, flags and text must mean the same to both.
+    job_id = new_job(db, "dir/naïve café.jpg")
+    started = start(db, job_id, "host-a")
+    assert started.job.key == "dir/naïve café.jpg" and started.job.event["key"] == "dir/naïve café.jpg"
+    result = {"pages": 3, "labels": ["a", "ü"], "nested": {"ok": True}}
+    assert db.finish_step(end(started, duration_ms=12, peak_memory_kb=3456, bytes_read=7, bytes_written=10,
+                              cold_start=True, recycled="timed out", result=result, outputs=OUT))
+    job = db.get_job(job_id)
+    assert job is not None and job.status == "succeeded" and job.finished_at is not None
+    (attempt,) = job.attempts
+    assert (attempt.status, attempt.worker, attempt.function) == ("succeeded", "host-a", "f")
+    assert (attempt.duration_ms, attempt.peak_memory_kb, attempt.bytes_read, attempt.bytes_written) == (12, 3456, 7, 10)
+    assert attempt.cold_start is True and attempt.recycled == "timed out" and attempt.result == result
+    assert attempt.started_at.tzinfo is not None and attempt.finished_at is not None
+    assert timedelta(0) <= attempt.finished_at - attempt.started_at < timedelta(seconds=30)
+    assert abs(attempt.started_at - job.created_at) < timedelta(seconds=30)
+    assert job.outputs == [Output("out", "a.jpg/thumb.webp", 10, "x", "image/webp", 0)]
+
+
 def test_a_late_worker_cannot_requeue_or_fail_a_finished_job(db: Database) -> None:
     job_id = new_job(db)
     first = start(db, job_id, "host-a")

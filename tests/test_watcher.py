@@ -100,6 +100,20 @@ def test_a_file_kept_open_is_not_reported_while_the_writer_pauses(root: Path, re
     assert recorder.sizes[("photos", "slow.bin")] == len(b"first half second half")
 
 
+def test_with_no_settle_time_a_file_still_being_written_waits_for_its_close(root: Path, recorder: Recorder,
+                                                                             watching) -> None:
+    watching(settle=0)  # "files arrive whole": closed or renamed files are reported at first sight
+    with (root / "photos" / "growing.bin").open("wb") as out:
+        out.write(b"first half")
+        out.flush()
+        time.sleep(SETTLE * 3)
+        assert recorder.calls == []
+        out.write(b" second half")
+    assert recorder.wait_for(1) == [("photos", "growing.bin")]
+    assert recorder.sizes[("photos", "growing.bin")] == len(b"first half second half")
+    recorder.expect_no_more(1)
+
+
 def test_an_atomic_rename_into_place_is_reported_once(root: Path, tmp_path: Path, recorder: Recorder, watching) -> None:
     watching()
     staging = tmp_path / "tmp"

@@ -11,7 +11,9 @@ reported, so a file is reported only when
    directory that was moved or copied in; and
 2. nobody we know of still has it open; and
 3. its (size, mtime, inode) stayed the same for ``settle_seconds``, because
-   copy tools may close and reopen, and a writer may pause.
+   copy tools may close and reopen, and a writer may pause. With
+   ``settle_seconds = 0`` (files arrive whole) a file closed by its writer or
+   renamed into place is reported at once, without waiting for a second look.
 
 Many events for one file within the settle window become one report; a file
 whose content changes after it was reported is reported again.
@@ -71,6 +73,9 @@ _OPEN_GRACE_SECONDS = 60.0
 # Remembering what we reported only saves duplicate calls (dispatch dedupes by
 # etag anyway), so bound the memory instead of keeping one entry per file forever.
 _REPORTED_MEMORY = 100_000
+# With settle_seconds = 0, how long after a file appeared it is looked at again: its
+# writer's open (which holds it back) is reported by inotify right after its creation.
+_SECOND_LOOK_SECONDS = 0.005
 
 Signature = tuple[int, int, int]
 """(size, mtime_ns, inode): a file whose signature is unchanged is unchanged."""
@@ -122,6 +127,7 @@ class _Pending:
 
     signature: Signature | None = None
     quiet_since: float = 0.0
+    whole: bool = False  # its writer closed it, or it was renamed into place
 
 
 class _Forwarder(FileSystemEventHandler):
@@ -161,6 +167,7 @@ class FolderWatcher:
         self._observer: BaseObserver | None = None
         self._settler: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._wake = threading.Event()  # a file may be complete: look now, not at the next tick
         # inotify tells us when writers close; polling only sees changes.
         self._sees_closes = False
 
@@ -173,6 +180,7 @@ class FolderWatcher:
         if not self.root.is_dir():
             raise FileNotFoundError(f"cannot watch {self.root}: no such directory")
         self._stopping.clear()
+        self._wake.clear()
         self._observer = self._start_observer()
         self._settler = threading.Thread(target=self._settle_loop, name="fileproc-watcher", daemon=True)
         self._settler.start()
@@ -180,6 +188,7 @@ class FolderWatcher:
     def stop(self) -> None:
         """Stop watching and wait (boundedly) for the threads to end. Pending files are dropped."""
         self._stopping.set()
+        self._wake.set()
         observer, self._observer = self._observer, None
         if observer is not None:
             observer.stop()
@@ -280,7 +289,7 @@ class FolderWatcher:
         elif kind in ("closed", "closed_no_write"):
             self._closed(path)
             if kind == "closed":
-                self._mark(path)
+                self._mark(path, whole=True)
         elif kind == "created" or (kind == "modified" and not self._sees_closes):
             self._mark(path)
         else:  # modified / attrib while a close will follow: a writer is active
@@ -295,7 +304,7 @@ class FolderWatcher:
         if self._tracked(dest):
             if open_count:
                 self._open_count[dest] = open_count
-            self._mark(dest)
+            self._mark(dest, whole=True)
 
     def _closed(self, path: str) -> None:
         # Opens made before we watched have no matching count: never go below zero.
@@ -303,9 +312,11 @@ class FolderWatcher:
         if remaining > 0:
             self._open_count[path] = remaining
 
-    def _mark(self, path: str) -> None:
-        """The file may be complete: report it once it has been quiet long enough."""
-        self._pending[path] = _Pending(signature=None, quiet_since=time.monotonic())
+    def _mark(self, path: str, *, whole: bool = False) -> None:
+        """The file may be complete (``whole``: its writer is done): report it once quiet long enough."""
+        self._pending[path] = _Pending(signature=None, quiet_since=time.monotonic(), whole=whole)
+        if self.settle_seconds == 0:  # nothing to wait for: look now rather than at the next tick
+            self._wake.set()
 
     def _touch(self, path: str) -> None:
         pending = self._pending.get(path)
@@ -326,8 +337,14 @@ class FolderWatcher:
     # -- settling and reporting (the watcher's own thread) -----------------
 
     def _settle_loop(self) -> None:
-        tick = max(0.02, min(0.25, self.settle_seconds / 5))
-        while not self._stopping.wait(tick):
+        # With no settle time a file only needs its second look (a file renamed in from outside
+        # the watch arrives as "created", like one still being written); nothing pending: sleep.
+        tick = max(0.02, min(0.25, self.settle_seconds / 5)) if self.settle_seconds else _SECOND_LOOK_SECONDS
+        while True:
+            self._wake.wait(None if self.settle_seconds == 0 and not self._pending else tick)
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
             for path in self._take_settled():
                 if self._stopping.is_set():
                     return
@@ -342,9 +359,14 @@ class FolderWatcher:
                 current = signature(path)
                 if current is None:  # gone, or replaced by a directory
                     del self._pending[path]
-                elif current != pending.signature:
+                    continue
+                if current != pending.signature:
+                    first_look = pending.signature is None
                     pending.signature, pending.quiet_since = current, now
-                elif self._is_settled(path, now - pending.quiet_since):
+                    # Files that arrive whole need no second look when nothing asks to wait.
+                    if not (first_look and pending.whole and self.settle_seconds == 0):
+                        continue
+                if self._is_settled(path, now - pending.quiet_since):
                     del self._pending[path]
                     if self._reported.get(path) != current:
                         self._remember(path, current)

@@ -260,11 +260,11 @@ def _serve(sock: socket.socket, work: Work, warm: Callable[[], None] | None, mem
     # limit stops a step raising its own soft one. A runner is replaced before it nears
     # the hard limit (see _leak), so every step gets its full allowance.
     hard = (new["VmSize"] + 2 * limit) * 1024
+    before = new  # an idle runner does nothing between steps: what it held after one is what the next starts with
     while True:
         data = _read_message(sock)
         if data is None:
             return
-        before = _memory()
         _limit_address_space((before["VmSize"] + limit) * 1024, hard)
         _reset_peak()
         children_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -283,9 +283,9 @@ def _serve(sock: socket.socket, work: Work, warm: Callable[[], None] | None, mem
             if not isinstance(exc, Exception):  # SystemExit and the like: this runner is not fit to go on
                 recycle = f"the step raised {type(exc).__name__}"
         _reap_descendants()
-        after = _memory()
-        payload["peak_memory_kb"] = _peak(after, children_peak)
-        payload["recycle"] = recycle or _leak(new, after, memory_mb)
+        before = _memory()
+        payload["peak_memory_kb"] = _peak(before, children_peak)
+        payload["recycle"] = recycle or _leak(new, before, memory_mb)
         try:
             reply = pickle.dumps(payload)
         except Exception as exc:
@@ -362,6 +362,8 @@ def _children() -> list[int]:
 
 def _reap_descendants() -> None:
     """Kill whatever the finished step left running, and reap it."""
+    if not _has_children():  # most steps start none: skip reading /proc
+        return
     for _ in range(400):  # killing a child hands its own children to us: repeat until none is left
         children = _children()
         if not children:
@@ -371,6 +373,15 @@ def _reap_descendants() -> None:
                 os.kill(pid, signal.SIGKILL)
         if not _reap_exited():
             time.sleep(0.005)  # killed, not yet dead
+
+
+def _has_children() -> bool:
+    """Whether this process has children, alive or not (reaping one that ended, if any)."""
+    try:
+        os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return True
 
 
 def _reap_exited() -> bool:

@@ -30,6 +30,7 @@ from fileproc.errors import FileprocError, ObjectNotFound, StorageError
 from fileproc.events import ObjectEvent
 from fileproc.functions import FunctionSpec
 from fileproc.rules import PROVENANCE_PIPELINE, Step
+from fileproc.runtime import leases
 from fileproc.runtime.invoke import StepRequest, invoke, kind_of
 from fileproc.runtime.pool import Retire, pool, warm_hook
 from fileproc.runtime.sandbox import ChildResult
@@ -114,9 +115,9 @@ def run_step(service: Service, job_id: int, step_index: int, worker: str) -> Out
     scratch = service.settings.data_dir / "scratch" / f"{os.getpid()}.{request_id}"
     request = StepRequest(request_id, pipeline.name, step_index, job.event, info, limits.timeout,
                           limits.memory_mb, str(scratch))
-    with _Heartbeat(service, job_id, attempt_id, lease, asked_at=asked_at) as heartbeat:
-        result = execute(service, request, cancel=heartbeat.lost)
-    if heartbeat.lost.is_set():
+    with leases.held(service.db.renew_lease, job_id, attempt_id, lease, asked_at=asked_at) as held:
+        result = execute(service, request, cancel=held.lost)
+    if held.lost.is_set():
         return end.late(result)
     return end.from_result(result)
 
@@ -275,65 +276,6 @@ def _record(service: Service, end: StepEnd) -> bool:
                         end.job_id, end.step_index, exc, pause)
             time.sleep(pause)
             pause = min(pause * 2, 8.0)
-
-
-class _Heartbeat:
-    """Renews the step's lease every fifth of it while the step runs, and stops the step in time.
-
-    Sets ``lost`` (which kills the step at once) when another attempt owns
-    the step, or when no renewal has got through for 80 % of a lease: the
-    database granted the lease no earlier than the moment this worker asked
-    for it, so by then (even on a slow machine) the step is stopped before its
-    lease can run out by the database's clock and another worker take it. The
-    deadline is kept by its own clock thread, so a renewal hanging on a dead
-    connection cannot delay it.
-    """
-
-    SAFETY = 0.8
-
-    def __init__(self, service: Service, job_id: int, attempt_id: int, lease: float, *, asked_at: float) -> None:
-        self.service, self.job_id, self.attempt_id, self.lease = service, job_id, attempt_id, lease
-        self.lost = threading.Event()
-        self._held_since = asked_at  # when this worker last asked for a lease it then got
-        self._done = threading.Event()
-        self._renewer = threading.Thread(target=self._renew_loop, name=f"fileproc-lease-{job_id}", daemon=True)
-        self._clock = threading.Thread(target=self._watch_deadline, name=f"fileproc-lease-clock-{job_id}",
-                                       daemon=True)
-
-    def __enter__(self) -> _Heartbeat:
-        self._renewer.start()
-        self._clock.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._done.set()
-        self._clock.join()  # the renewer may be stuck on a dead connection: it is a daemon
-
-    def _stop_step(self, why: str) -> None:
-        if not self.lost.is_set():
-            log.warning("job %s: %s; stopping the step (attempt %s)", self.job_id, why, self.attempt_id)
-            self.lost.set()
-
-    def _watch_deadline(self) -> None:
-        while not self._done.wait(0.1):
-            if self.lost.is_set():
-                return
-            if time.monotonic() - self._held_since >= self.lease * self.SAFETY:
-                self._stop_step("no lease renewal got through in time (cut off from the database?)")
-                return
-
-    def _renew_loop(self) -> None:
-        while not self._done.wait(self.lease / 5) and not self.lost.is_set():
-            asked = time.monotonic()
-            try:
-                renewed = self.service.db.renew_lease(self.job_id, self.attempt_id, self.lease)
-            except DatabaseUnavailable as exc:
-                log.warning("job %s: cannot renew the lease: %s", self.job_id, exc)
-                continue
-            if not renewed:
-                self._stop_step("another attempt took the step over")
-                return
-            self._held_since = max(self._held_since, asked)
 
 
 def clean_scratch(service: Service) -> int:

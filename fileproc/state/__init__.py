@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, create_engine, event, func, or_, select, tuple_, update
+from sqlalchemy import Engine, and_, create_engine, event, func, or_, select, tuple_, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -103,10 +103,28 @@ class Database:
             yield session
 
     @contextmanager
-    def connection(self) -> Iterator[Connection]:
-        """One transaction on a plain connection (no ORM), for the statements run on every step."""
-        with _translated(), self.engine.begin() as connection:
-            yield connection
+    def transaction(self) -> Iterator[steps.Tx]:
+        """One transaction on the driver's own connection, for the statements run on every step.
+
+        Committed at the end, rolled back on an exception; a connection that
+        failed is dropped from the pool rather than reused.
+        """
+        failure = self.engine.dialect.loaded_dbapi.OperationalError
+        with _translated(failure):
+            connection = self.engine.raw_connection()
+            try:
+                if self.is_sqlite:
+                    connection.driver_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+                yield steps.Tx(self.engine.dialect, connection)
+                connection.commit()
+            except failure:
+                connection.invalidate()
+                raise
+            except BaseException:
+                connection.rollback()
+                raise
+            finally:
+                connection.close()  # back to the pool
 
     def now(self, s: Session) -> datetime:
         """The database's clock (workers' clocks differ; SQLite lives on this host)."""
@@ -198,11 +216,11 @@ class Database:
         attempt is marked ``lost``. ``function_of(pipeline, step_index)`` names
         the function the attempt runs.
         """
-        return steps.start_step(self.connection, job_id, step_index, worker, lease_seconds, function_of)
+        return steps.start_step(self.transaction, job_id, step_index, worker, lease_seconds, function_of)
 
     def renew_lease(self, job_id: int, attempt_id: int, lease_seconds: float) -> bool:
         """Extend the step's lease; False once another attempt owns the step (stop at once)."""
-        return steps.renew_lease(self.connection, job_id, attempt_id, lease_seconds)
+        return steps.renew_lease(self.transaction, job_id, attempt_id, lease_seconds)
 
     def finish_step(self, end: StepEnd) -> bool:
         """Record how the step ended and move the job on: the step's second transaction.
@@ -213,7 +231,7 @@ class Database:
         whether the result was taken. Outputs are recorded once per (job,
         step, bucket, key).
         """
-        return steps.finish_step(self.connection, end)
+        return steps.finish_step(self.transaction, end)
 
     def end_job(self, job_id: int, status: JobStatus, reason: str) -> None:
         """End a job that cannot run at all (its pipeline is gone), whatever step it is at."""
@@ -356,11 +374,16 @@ def _due(now: datetime, resend_after: float) -> Any:
 
 
 @contextmanager
-def _translated() -> Iterator[None]:
-    """The driver's errors (a lock timeout, a lost connection) as ours, in one plain line."""
+def _translated(*driver_errors: type[Exception]) -> Iterator[None]:
+    """The driver's errors (a lock timeout, a lost connection) as ours, in one plain line.
+
+    SQLAlchemy wraps them in its OperationalError; ``driver_errors`` are the
+    driver's own, raised where fileproc talks to the driver directly.
+    """
+    caught: tuple[type[Exception], ...] = (OperationalError, *driver_errors)
     try:
         yield
-    except OperationalError as exc:
+    except caught as exc:
         raise DatabaseUnavailable(f"state database error: {_plain(exc)}") from exc
 
 

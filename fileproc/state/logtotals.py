@@ -2,8 +2,9 @@
 
 A ``logs`` step returns its file's totals under ``log_totals``; the step's
 own second transaction (:func:`fileproc.state.steps.finish_step`) stores them
-here, replacing the row of an earlier version of the same file, so a file
-processed again (overwritten, retried) is never counted twice.
+here (as :func:`row_of` gives them), replacing the row of an earlier version
+of the same file, so a file processed again (overwritten, retried) is never
+counted twice.
 ``fileproc logs-summary PREFIX`` adds up the rows of a stream.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import JSON, BigInteger, Connection, Index, Integer, String, Table, UniqueConstraint, delete, insert
+from sqlalchemy import JSON, BigInteger, Index, Integer, String, Table, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from fileproc.state.models import Base, utcnow
@@ -40,19 +41,18 @@ class LogFileRow(Base):
 
 
 log_files = cast(Table, LogFileRow.__table__)
-_COLUMNS = ("stream", "bucket", "key", "version", "lines", "records", "bad_lines", "bytes", "errors", "status",
-            "response_hist", "first", "last")
+COLUMNS = ("stream", "bucket", "key", "version", "lines", "records", "bad_lines", "bytes", "errors", "status",
+           "response_hist", "first", "last")
 
 
-def record(c: Connection, totals: Any) -> None:
-    """Store one file's totals (inside the step's transaction); malformed ones are ignored."""
+def row_of(totals: Any) -> dict[str, Any] | None:
+    """The row for one file's totals (stored by the step's own transaction); None for malformed ones."""
     if not isinstance(totals, dict) or not isinstance(totals.get("bucket"), str) or not totals.get("key"):
-        return
-    row = {name: totals.get(name) for name in _COLUMNS}
+        return None
+    row = {name: totals.get(name) for name in COLUMNS}
     row["stream"] = str(row["stream"] or "")
     row["version"] = str(row["version"] or "")
-    c.execute(delete(log_files).where(log_files.c.bucket == row["bucket"], log_files.c.key == row["key"]))
-    c.execute(insert(log_files).values(**row, updated_at=utcnow()))
+    return row
 
 
 def summarise(rows: list[LogFileRow]) -> dict[str, Any]:
@@ -93,4 +93,4 @@ def _percentile(buckets: dict[int, int], fraction: float) -> float | None:
     return None
 
 
-__all__ = ["LogFileRow", "record", "summarise"]
+__all__ = ["COLUMNS", "LogFileRow", "log_files", "row_of", "summarise"]
