@@ -17,7 +17,7 @@ from fileproc.search import DOCUMENT_CONTENT_TYPE, Document, parse_document
 from fileproc.search.whoosh import WhooshIndex
 from fileproc.storage.local import LocalStorage
 from tests.helpers import image_bytes, invocation, read_object
-from tests.procs import Process, fileproc, settled, wait_for, wait_healthy, write_config
+from tests.procs import Process, fileproc, jobs, settled, wait_for, wait_healthy, write_config
 from tests.servers import free_port
 from workers import index as index_function
 
@@ -196,6 +196,10 @@ def test_many_documents_at_once_are_all_searchable_overwrite_and_delete(tmp_path
         # Deleted: gone from the index.
         (docs / "note-08.txt").unlink()
         wait_for(lambda: len(_search(config, "ferry")) == 39, 60, "the deletion applied", server)
+        # Uploaded again with the very same bytes (same etag): a new job, searchable again.
+        (docs / "note-08.txt").write_text("Harbour log 8: the ferry sailed at dawn.\n")
+        wait_for(lambda: len(_search(config, "ferry")) == 40, 60, "the re-upload indexed", server)
+        assert [j["status"] for j in jobs(config) if j["key"] == "note-08.txt"] == ["succeeded"] * 3
         api = fileproc(config, "search", "timetable", "--json").stdout
         assert len(json.loads(api)) == 5
     finally:
@@ -205,12 +209,12 @@ def test_many_documents_at_once_are_all_searchable_overwrite_and_delete(tmp_path
     current = (tmp_path / "data" / "search" / "current").resolve()
     for segment in current.iterdir():
         segment.write_bytes(b"garbage")
-    assert len(_search(config, "ferry")) == 39
+    assert len(_search(config, "ferry")) == 40
     shutil.rmtree(tmp_path / "data" / "search")
-    assert len(_search(config, "ferry")) == 39
+    assert len(_search(config, "ferry")) == 40
     check = json.loads(fileproc(config, "reindex", "--check", "--json").stdout)
-    assert check["agrees"] and check["indexed"] == 40  # 39 ferry notes and the html page
-    assert "rebuilt the index: 40" in fileproc(config, "reindex").stdout
+    assert check["agrees"] and check["indexed"] == 41  # 40 ferry notes and the html page
+    assert "rebuilt the index: 41" in fileproc(config, "reindex").stdout
 
 
 def test_document_format_of_the_function_is_what_search_reads() -> None:

@@ -16,7 +16,7 @@ from tests.helpers import invocation, read_object
 from tests.procs import Process, fileproc, settled, wait_for, wait_healthy, write_config
 from tests.servers import free_port
 from workers import logs
-from workers.logformats import FilterError, compile_filter
+from workers.logformats import FilterError, TopCounter, compile_filter
 
 
 def combined_lines(count: int, seed: int = 1, garbage_every: int = 0) -> list[str]:
@@ -68,6 +68,30 @@ def test_a_large_gzip_access_log_with_garbage_lines(tmp_path: Path) -> None:
     kept = read_object(storage, "out", "logs/nginx/access.log.gz/records.jsonl").decode().splitlines()
     assert len(kept) == summary["matched"] > 0
     assert all(json.loads(r)["status"] >= 500 and json.loads(r)["method"] == "POST" for r in kept)
+
+
+def test_top_lists_past_their_capacity_keep_the_heavy_keys_within_the_stated_error(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    heavy = {f"/hot/{n}": 3_000 - n * 400 for n in range(5)}
+    keys = [key for key, count in heavy.items() for _ in range(count)]
+    keys += [f"/cold/{rng.randrange(200_000)}" for _ in range(60_000)]  # tens of thousands of distinct paths
+    rng.shuffle(keys)
+    counter = TopCounter(100)
+    for key in keys:
+        counter.add(key)
+    assert len(counter.counts) == 100 and counter.total == len(keys)
+    assert 0 < counter.error <= len(keys) / 100
+    top = counter.top(5)
+    assert list(top) == list(heavy)  # every key seen more than total / capacity times is kept, in order
+    for key, true in heavy.items():
+        assert true <= top[key] <= true + counter.error
+
+    # Through the function: the summary says by how much a list past its capacity may over-count.
+    lines = [f'10.0.0.1 - - [12/Mar/2026:10:00:00 +0000] "GET {key} HTTP/1.1" 200 5' for key in keys[:30_000]]
+    run(tmp_path, "many/paths.log", "\n".join(lines).encode(), {})
+    summary = json.loads(read_object(LocalStorage(tmp_path / "buckets"), "out", "logs/many/paths.log/summary.json"))
+    assert summary["format"] == "common" and list(summary["path"])[:3] == list(heavy)[:3]
+    assert 0 < summary["approximate"]["path"] <= 30 and "top_clients" not in summary["approximate"]
 
 
 def test_common_json_lines_and_syslog_formats_are_detected(tmp_path: Path) -> None:

@@ -1,13 +1,15 @@
 """Log line parsers, bounded-memory aggregates and the filter language of the ``logs`` function.
 
 Everything here holds a fixed amount of memory whatever the size of the log:
-top-N counters keep at most ``capacity`` keys (the space-saving algorithm),
+top-N counters keep at most ``capacity`` keys (the Space-Saving algorithm, with
+its error bound: see :class:`TopCounter`),
 response times go into a log-scale histogram (about 2 % relative error on
 any percentile, mergeable across files).
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import re
@@ -169,24 +171,53 @@ def detect(lines: list[str], year: int) -> str | None:
 
 
 class TopCounter:
-    """Counts of at most ``capacity`` keys (space-saving): exact while there are fewer keys."""
+    """Counts of at most ``capacity`` keys (Space-Saving, Metwally et al. 2005), in O(log capacity) per key.
+
+    Exact while fewer than ``capacity`` distinct keys were seen. Past that, a
+    new key takes the place of the key with the smallest count and starts
+    from that count plus its own, so for every key kept ``counts[key]`` is at
+    most :attr:`error` above its true count, :attr:`error` is at most
+    ``total / capacity``, and every key seen more than ``total / capacity``
+    times is kept. The smallest count is found through a min-heap with one
+    entry per key kept, refreshed lazily: an increment touches only the dict;
+    an entry found stale at the top is pushed back with the key's count, once
+    per increment at most, so each ``add`` costs O(log capacity) amortised.
+    """
 
     def __init__(self, capacity: int = 1000) -> None:
         self.capacity = capacity
         self.counts: dict[str, int] = {}
+        self.total = 0
+        self.error = 0  # the largest count a newcomer inherited: the bound on any count's overestimate
+        self._heap: list[tuple[int, str]] = []  # (count when pushed <= its count now, key): one per key
 
     def add(self, key: str, by: int = 1) -> None:
         counts = self.counts
+        self.total += by
         if key in counts:
             counts[key] += by
         elif len(counts) < self.capacity:
             counts[key] = by
-        else:  # replace the smallest: its count is an upper bound of the newcomer's
-            smallest = min(counts, key=counts.__getitem__)
-            counts[key] = counts.pop(smallest) + by
+            heapq.heappush(self._heap, (by, key))
+        else:
+            heap = self._heap
+            while True:  # the smallest count: refresh entries left behind by increments
+                pushed, smallest = heap[0]
+                now = counts[smallest]
+                if now == pushed:
+                    break
+                heapq.heapreplace(heap, (now, smallest))
+            del counts[smallest]
+            counts[key] = pushed + by
+            heapq.heapreplace(heap, (pushed + by, key))
+            self.error = max(self.error, pushed)
+
+    @property
+    def exact(self) -> bool:
+        return self.error == 0
 
     def top(self, n: int) -> dict[str, int]:
-        return dict(sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n])
+        return dict(heapq.nsmallest(n, self.counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 class Histogram:

@@ -118,6 +118,10 @@ class Summary:
             "first": self.first.isoformat() if self.first else None,
             "last": self.last.isoformat() if self.last else None,
             "matched": self.matched,
+            # Top lists past their capacity (see TopCounter): each count there is at most this much too high.
+            "approximate": {name: counter.error for name, counter in (
+                ("method", self.method), ("path", self.path), ("top_clients", self.client), ("hour", self.hour))
+                if not counter.exact},
         }
 
 
