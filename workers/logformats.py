@@ -1,8 +1,8 @@
 """Log line parsers, bounded-memory aggregates and the filter language of the ``logs`` function.
 
 Everything here holds a fixed amount of memory whatever the size of the log:
-top-N counters keep at most ``capacity`` keys (the Space-Saving algorithm, with
-its error bound: see :class:`TopCounter`),
+top-N counters keep at most ``2 * capacity`` keys (Misra-Gries, with its
+error bound: see :class:`TopCounter`),
 response times go into a log-scale histogram (about 2 % relative error on
 any percentile, mergeable across files).
 """
@@ -13,7 +13,8 @@ import heapq
 import json
 import math
 import re
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -201,46 +202,47 @@ def detect(lines: list[str], year: int) -> str | None:
 
 
 class TopCounter:
-    """Counts of at most ``capacity`` keys (Space-Saving, Metwally et al. 2005), in O(log capacity) per key.
+    """Counts of the most frequent keys in bounded memory (Misra-Gries, reduced in batches).
 
-    Exact while fewer than ``capacity`` distinct keys were seen. Past that, a
-    new key takes the place of the key with the smallest count and starts
-    from that count plus its own, so for every key kept ``counts[key]`` is at
-    most :attr:`error` above its true count, :attr:`error` is at most
-    ``total / capacity``, and every key seen more than ``total / capacity``
-    times is kept. The smallest count is found through a min-heap with one
-    entry per key kept, refreshed lazily: an increment touches only the dict;
-    an entry found stale at the top is pushed back with the key's count, once
-    per increment at most, so each ``add`` costs O(log capacity) amortised.
+    Exact while at most ``2 * capacity`` distinct keys were seen. Past that,
+    a *reduction* subtracts the (capacity+1)-th largest count from every
+    count and forgets the keys left at zero or below, so at most ``capacity``
+    keys stay. :attr:`error` is the sum of what reductions subtracted; for
+    every key, ``true count - error <= counts[key] <= true count``, ``error``
+    is at most ``total / (capacity + 1)``, and every key seen more than that
+    often is kept. A reduction costs O(keys) and happens at most once per
+    ``capacity`` new keys, so an ``add`` costs O(1) amortised, and
+    :meth:`update` counts a whole column of keys in C (``Counter.update``).
     """
 
     def __init__(self, capacity: int = 1000) -> None:
         self.capacity = capacity
-        self.counts: dict[str, int] = {}
+        self.counts: Counter[str] = Counter()
         self.total = 0
-        self.error = 0  # the largest count a newcomer inherited: the bound on any count's overestimate
-        self._heap: list[tuple[int, str]] = []  # (count when pushed <= its count now, key): one per key
+        self.error = 0
 
     def add(self, key: str, by: int = 1) -> None:
-        counts = self.counts
         self.total += by
-        if key in counts:
-            counts[key] += by
-        elif len(counts) < self.capacity:
-            counts[key] = by
-            heapq.heappush(self._heap, (by, key))
-        else:
-            heap = self._heap
-            while True:  # the smallest count: refresh entries left behind by increments
-                pushed, smallest = heap[0]
-                now = counts[smallest]
-                if now == pushed:
-                    break
-                heapq.heapreplace(heap, (now, smallest))
-            del counts[smallest]
-            counts[key] = pushed + by
-            heapq.heapreplace(heap, (pushed + by, key))
-            self.error = max(self.error, pushed)
+        self.counts[key] += by
+        if len(self.counts) > 2 * self.capacity:
+            self._reduce()
+
+    def update(self, keys: Sequence[str], *, less: str = "", less_by: int = 0) -> None:
+        """Count every key of ``keys``, less ``less_by`` of the ``less`` among them (placeholders, not keys)."""
+        counts = self.counts
+        counts.update(keys)
+        self.total += len(keys) - less_by
+        if less_by:
+            counts[less] -= less_by
+            if counts[less] <= 0:
+                del counts[less]
+        if len(counts) > 2 * self.capacity:
+            self._reduce()
+
+    def _reduce(self) -> None:
+        cut = heapq.nlargest(self.capacity + 1, self.counts.values())[-1]
+        self.counts = Counter({key: count - cut for key, count in self.counts.items() if count > cut})
+        self.error += cut
 
     @property
     def exact(self) -> bool:

@@ -139,8 +139,7 @@ class Summary:
         self.records += len(rows) - unparsed
         if len(rows) == unparsed:
             return
-        for method, count in method_counts.items():
-            self.method.add(method, count)
+        self.method.update(methods, less_by=unparsed)
         status_counts = Counter(statuses)
         status_counts.pop("", None)
         for status, count in status_counts.items():
@@ -148,12 +147,8 @@ class Summary:
             if int(status) >= 500:
                 self.errors += count
         self.bytes += sum(map(int, filter(None, sizes)))
-        for counter, column in ((self.path, paths), (self.client, clients)):
-            counts = Counter(column)
-            counts[""] -= unparsed  # what the lines that did not parse added (a parsed path may be "" too)
-            for key, count in counts.items():
-                if count > 0:
-                    counter.add(key, count)
+        self.path.update(paths, less_by=unparsed)  # the lines that did not parse have "" (a parsed path may too)
+        self.client.update(clients, less_by=unparsed)
         for value, count in Counter(seconds).items():
             if value:
                 self.response.add(float(value) * 1000, count)
@@ -182,7 +177,7 @@ class Summary:
             "first": self.first.isoformat() if self.first else None,
             "last": self.last.isoformat() if self.last else None,
             "matched": self.matched,
-            # Top lists past their capacity (see TopCounter): each count there is at most this much too high.
+            # Top lists past their capacity (see TopCounter): each count there may be this much too low.
             "approximate": {name: counter.error for name, counter in (
                 ("method", self.method), ("path", self.path), ("top_clients", self.client), ("hour", self.hour))
                 if not counter.exact},
