@@ -161,7 +161,11 @@ def create_app(service: Service, tokens: Tokens, *, committer: Committer | None 
         app.state.committer = committer or Committer(service, counters=counters)
         app.state.committer.start()
         relay = Relay(service).start()
+        indexer = _start_indexer(service)
+        app.state.search_index = indexer.index if indexer else None
         yield
+        if indexer is not None:
+            indexer.stop()
         relay.stop()
         app.state.committer.stop()
 
@@ -322,7 +326,32 @@ def create_app(service: Service, tokens: Tokens, *, committer: Committer | None 
             _require(tokens.admin, request)
         return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
+    @app.get("/search", dependencies=[Depends(admin_auth)])
+    def search(q: str = "", bucket: str | None = None, type: str | None = None,
+               page: Annotated[int, Query(ge=1)] = 1,
+               per_page: Annotated[int, Query(ge=1, le=100)] = 10) -> dict[str, Any]:
+        from fileproc.search import IndexCorrupt
+        from fileproc.search.whoosh import WhooshIndex
+
+        index = getattr(app.state, "search_index", None) or WhooshIndex(settings.search_dir)
+        app.state.search_index = index
+        try:
+            return index.search(q, bucket=bucket, type=type, page=page, per_page=per_page).to_dict()
+        except IndexCorrupt as exc:
+            raise HTTPException(503, f"{exc}; the indexer rebuilds it from storage") from exc
+
     return app
+
+
+def _start_indexer(service: Service) -> Any:
+    """This host's search indexer, if search is on and a pipeline indexes (see fileproc.search.indexer)."""
+    if not service.settings.search.enabled:
+        return None
+    if not any(step.function == "index" for p in service.pipelines.values() for step in p.steps):
+        return None
+    from fileproc.search.indexer import Indexer
+
+    return Indexer(service).start()
 
 
 def app_from_settings() -> FastAPI:

@@ -173,6 +173,17 @@ class MetricsSettings(Section):
     )
 
 
+class SearchSettings(Section):
+    dir: Path | None = Field(
+        None, description="This host's search index (a folder); default `data_dir/search`. Never shared between hosts."
+    )
+    enabled: bool = Field(
+        True, description="Keep this host's index up to date: `fileproc serve` and `fileproc api` run the indexer."
+    )
+    interval: float = Field(1.0, gt=0, description="How often the indexer looks for new documents, in seconds.")
+    batch: int = Field(500, ge=1, description="Most documents the indexer applies in one commit.")
+
+
 class Settings(Section):
     """Everything fileproc can be told. See the README for each field."""
 
@@ -193,6 +204,7 @@ class Settings(Section):
     functions: FunctionSettings = Field(default_factory=FunctionSettings)
     watcher: WatcherSettings = Field(default_factory=WatcherSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    search: SearchSettings = Field(default_factory=SearchSettings)
     pipelines: list[Pipeline] = Field(
         default_factory=list, description="Which objects go through which functions (config file only)."
     )
@@ -206,6 +218,10 @@ class Settings(Section):
     @property
     def buckets_dir(self) -> Path:
         return self.data_dir / "buckets"
+
+    @property
+    def search_dir(self) -> Path:
+        return self.search.dir or self.data_dir / "search"
 
     @property
     def database_url(self) -> str:

@@ -49,8 +49,14 @@ class ObjectEvent:
 
     @property
     def version(self) -> str:
-        """What tells two versions of one key apart: version id, else etag."""
-        return self.version_id or self.etag or ""
+        """What tells two versions of one key apart: version id, else etag.
+
+        A removal carries neither on an unversioned bucket: it is told apart by
+        its sequencer (or time), so deleting a key again later is a new job.
+        """
+        if self.version_id or self.etag or self.is_creation:
+            return self.version_id or self.etag or ""
+        return f"removed:{self.sequencer or self.time.isoformat()}"
 
     def to_record(self) -> dict[str, Any]:
         """The AWS S3 notification record (``event["Records"][0]`` in Lambda)."""

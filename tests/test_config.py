@@ -72,7 +72,7 @@ def test_unknown_function_in_a_pipeline_is_named(tmp_path: Path) -> None:
     result = fileproc(config, "jobs", check=False, env={"FILEPROC_DATA_DIR": str(tmp_path / "d")})
     assert result.returncode == 1
     assert result.stderr == ("error: pipelines.p.steps[0].function: no function named 'nope' "
-                             "(known: probe, thumbnail, transcode)\n")
+                             "(known: index, logs, probe, thumbnail, transcode, validate)\n")
 
 
 def test_secrets_never_show(tmp_path: Path) -> None:

@@ -24,11 +24,13 @@ from fileproc import dispatch
 from fileproc.api import create_app
 from fileproc.cli import cli
 from fileproc.config import load_settings
+from fileproc.events import ObjectEvent
 from fileproc.intake import Source
 from fileproc.intake.backfill import backfill
 from fileproc.intake.watcher import WatcherSource
 from fileproc.intake.webhook import Committer
 from fileproc.service import Service
+from fileproc.state import Database
 from fileproc.tokens import Tokens
 from tests.helpers import image_bytes
 from tests.procs import wait_for, write_config
@@ -190,3 +192,44 @@ def test_hundreds_of_concurrent_posts_to_two_receivers_are_recorded_exactly_once
 def test_the_webhook_committer_is_a_source(tmp_path: Path) -> None:
     service, _ = service_with_database(tmp_path, "committer")
     assert isinstance(Committer(service), Source)
+
+
+@pytest.mark.services
+def test_an_object_deleted_and_uploaded_again_with_the_same_bytes_gets_a_new_job(tmp_path: Path,
+                                                                                 database: str) -> None:
+    db = Database(database)
+    prefix = uuid.uuid4().hex  # the PostgreSQL database is shared by the session's tests
+
+    def upload(key: str, sequencer: str | None = None) -> tuple[str, ObjectEvent]:
+        return "docs", ObjectEvent("docs", f"{prefix}/{key}", etag="same-bytes", size=5, sequencer=sequencer)
+
+    def removal(key: str, sequencer: str | None = None) -> tuple[str, ObjectEvent]:
+        return "docs", ObjectEvent("docs", f"{prefix}/{key}", event_name="s3:ObjectRemoved:Delete",
+                                   sequencer=sequencer)
+
+    def created(*wanted: tuple[str, ObjectEvent]) -> list[tuple[int, bool]]:
+        return [(job.id, new) for job, new in db.create_jobs(wanted, sending=False)]
+
+    def new_job(*wanted: tuple[str, ObjectEvent]) -> int:
+        [(job_id, new)] = created(*wanted)
+        assert new, wanted
+        return job_id
+
+    # S3 notifications, in order: upload, its duplicate, delete, upload of the same bytes, its duplicate.
+    first = new_job(upload("a.txt", "0A"))
+    assert created(upload("a.txt", "0A")) == [(first, False)]
+    new_job(removal("a.txt", "0B"))
+    again = new_job(upload("a.txt", "0C"))
+    assert again != first
+    assert created(upload("a.txt", "0C")) == [(again, False)]
+    assert created(upload("a.txt")) == [(again, False)]  # the same upload, listed by the reconciler
+
+    # All in one batch, with no sequencers (the folder watcher's uploads): in the order given.
+    batch = created(upload("b.txt"), removal("b.txt", "1"), upload("b.txt"), upload("b.txt"))
+    assert [new for _, new in batch] == [True, True, True, False]
+    assert batch[0][0] != batch[2][0] == batch[3][0]
+
+    # A removal that S3's sequencer puts before the upload (arrived late) leaves the upload's job alone.
+    kept = new_job(upload("c.txt", "0F"))
+    new_job(removal("c.txt", "0E"))
+    assert created(upload("c.txt", "0F")) == [(kept, False)]

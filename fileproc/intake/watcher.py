@@ -58,6 +58,8 @@ from fileproc.intake import Submit
 from fileproc.intake.objects import event_for, name_problem
 from fileproc.storage import Storage
 
+REMOVED = "s3:ObjectRemoved:Delete"
+
 log = logging.getLogger(__name__)
 
 TEMP_SUFFIXES: tuple[str, ...] = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
@@ -152,10 +154,12 @@ class FolderWatcher:
         root: Path,
         on_object: Callable[[str, str], None],
         settle_seconds: float = 1.0,
+        on_removed: Callable[[str, str], None] | None = None,
     ) -> None:
         self.root = Path(root)
         self.settle_seconds = settle_seconds
         self._on_object = on_object
+        self._on_removed = on_removed
         self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
         self._open_count: dict[str, int] = {}
@@ -261,6 +265,10 @@ class FolderWatcher:
     def _handle(self, event: FileSystemEvent) -> None:
         src = os.fsdecode(event.src_path)
         kind = event.event_type
+        if self._on_removed is not None and not event.is_directory and kind in ("deleted", "moved"):
+            removed = object_for(self.root, src)  # None for fileproc's own temporary files
+            if removed is not None:
+                self._on_removed(*removed)
         with self._lock:
             if event.is_directory:
                 # Files in a directory moved or copied in arrive as their own
@@ -400,7 +408,8 @@ class WatcherSource:
     def __init__(self, root: Path, storage: Storage, submit: Submit, settle_seconds: float = 1.0) -> None:
         self.storage = storage
         self.submit = submit
-        self.watcher = FolderWatcher(root, self._on_object, settle_seconds=settle_seconds)
+        self.watcher = FolderWatcher(root, self._on_object, settle_seconds=settle_seconds,
+                                     on_removed=self._on_removed)
 
     def start(self) -> None:
         self.watcher.root.mkdir(parents=True, exist_ok=True)
@@ -428,3 +437,13 @@ class WatcherSource:
             self.submit([event_for(bucket, key, info, source=self.name)])
         except FileprocError as exc:
             log.warning("could not record %s/%s (the reconciler will find it): %s", bucket, key, exc)
+
+    def _on_removed(self, bucket: str, key: str) -> None:
+        """A deleted (or moved away) file: an ``s3:ObjectRemoved:Delete`` event, for pipelines that take it."""
+        if name_problem(bucket, key):
+            return
+        event = event_for(bucket, key, event_name=REMOVED, source=self.name, sequencer=f"{time.time_ns():020d}")
+        try:
+            self.submit([event])
+        except FileprocError as exc:
+            log.warning("could not record the removal of %s/%s: %s", bucket, key, exc)

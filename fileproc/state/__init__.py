@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from fileproc.errors import FileprocError
 from fileproc.events import ObjectEvent
-from fileproc.state import creating, steps
+from fileproc.state import creating, logtotals, steps
 from fileproc.state.models import AttemptRow, AttemptStatus, Base, JobRow, JobStatus, OutputRow, utcnow
 from fileproc.state.records import (
     STATUSES,
@@ -249,6 +249,39 @@ class Database:
                       .values(status=status, error=reason, finished_at=now, updated_at=now, lease_until=None,
                               attempt_id=None)
                       .execution_options(synchronize_session=False))
+
+    # -- search ---------------------------------------------------------
+
+    def outputs_after(self, after: int, content_type: str, *, limit: int = 500) -> list[tuple[int, str, str]]:
+        """``(id, bucket, key)`` of outputs of ``content_type`` with an id above ``after``, by id.
+
+        How the search indexer follows what steps wrote (see :mod:`fileproc.search.indexer`).
+        """
+        with self.reading() as s:
+            rows = s.execute(select(OutputRow.id, OutputRow.bucket, OutputRow.key)
+                             .where(OutputRow.id > after, OutputRow.content_type == content_type)
+                             .order_by(OutputRow.id).limit(limit))
+            return [(row.id, row.bucket, row.key) for row in rows]
+
+    def last_output_id(self) -> int:
+        with self.reading() as s:
+            return int(s.scalar(select(func.max(OutputRow.id))) or 0)
+
+    def output_buckets(self, content_type: str) -> list[str]:
+        """Buckets outputs of ``content_type`` were ever written to."""
+        with self.reading() as s:
+            return sorted(s.scalars(select(OutputRow.bucket).where(OutputRow.content_type == content_type)
+                                    .distinct()))
+
+    def log_summary(self, prefix: str) -> dict[str, Any]:
+        """Rolling totals of the log files whose ``bucket/key`` starts with ``prefix`` (or whose stream is it)."""
+        row = logtotals.LogFileRow
+        bucket, _, key_prefix = prefix.partition("/")
+        with self.reading() as s:
+            rows = list(s.scalars(select(row).where(or_(
+                row.stream == prefix,
+                and_(row.bucket == bucket, row.key.startswith(key_prefix, autoescape=True))))))
+            return logtotals.summarise(rows)
 
     # -- admin ----------------------------------------------------------
 

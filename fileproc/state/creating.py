@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, select, text, tuple_
+from sqlalchemy import Table, bindparam, select, text, tuple_, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
@@ -52,8 +52,25 @@ _PG_INSERT = text("""
 
 def create_jobs(s: Session, wanted: Iterable[tuple[str, ObjectEvent]], *, sending: bool,
                 sqlite_db: bool) -> list[tuple[Job, bool]]:
-    """See :meth:`fileproc.state.Database.create_jobs`; a pair named twice in one call gets one job."""
+    """See :meth:`fileproc.state.Database.create_jobs`; a pair named twice in one call gets one job.
+
+    A removal is recorded after what came before it in ``wanted`` and before
+    what comes after (see :func:`_retire_before_removal`), so a batch that
+    holds an upload, its deletion and a re-upload of the same bytes makes a
+    job for the re-upload.
+    """
     items = list(wanted)
+    out: list[tuple[Job, bool]] = []
+    start = 0
+    for end, (_, event) in enumerate(items, 1):
+        if event.event_name.startswith(REMOVED):
+            out += _create(s, items[start:end], sending=sending, sqlite_db=sqlite_db)
+            start = end
+    return out + _create(s, items[start:], sending=sending, sqlite_db=sqlite_db)
+
+
+def _create(s: Session, items: list[tuple[str, ObjectEvent]], *, sending: bool,
+            sqlite_db: bool) -> list[tuple[Job, bool]]:
     if not items:
         return []
     events: dict[Key, dict[str, Any]] = {}
@@ -64,12 +81,53 @@ def create_jobs(s: Session, wanted: Iterable[tuple[str, ObjectEvent]], *, sendin
     jobs = {key: Job(job_id, *key, JobStatus.QUEUED, 0, None, at, at, None, events[key], [], [])
             for key, (job_id, at) in new.items()}
     jobs |= _existing(s, [key for key in events if key not in jobs])
+    for key, (job_id, _) in new.items():
+        if str(events[key].get("event_name", "")).startswith(REMOVED):
+            _retire_before_removal(s, key, job_id, events[key].get("sequencer"))
     out, reported = [], set()
     for pipeline, event in items:
         key = (pipeline, event.bucket, event.key, event.version)
         out.append((jobs[key], key in new and key not in reported))
         reported.add(key)
     return out
+
+
+REMOVED = "s3:ObjectRemoved:"
+
+_CREATIONS_BEFORE = (select(_JOBS.c.id, _JOBS.c.version, _JOBS.c.event)
+                     .where(_JOBS.c.pipeline == bindparam("p"), _JOBS.c.bucket == bindparam("b"),
+                            _JOBS.c.key == bindparam("k"), _JOBS.c.version == _JOBS.c.etag,
+                            _JOBS.c.id < bindparam("removal")))
+
+
+def _retire_before_removal(s: Session, key: Key, removal_id: int, sequencer: str | None) -> None:
+    """Make the key's earlier uploads no longer stand for its content: the object was deleted since.
+
+    A job's key holds the etag when the store gave no version id, so an
+    object deleted and uploaded again with the same bytes would find its old
+    job and never be processed again (for a pipeline that takes removals,
+    that leaves e.g. a tombstone in the search index). So when a pipeline's
+    removal job is new, the same pipeline's earlier upload jobs of that key
+    get ``~removed-<removal job id>`` added to their version (and lose their
+    etag, which the reconciler matches listings with): the next upload is a
+    new job, and duplicate notifications of *that* upload find it. An upload
+    whose S3 ``sequencer`` orders it after the removal (notifications can
+    arrive out of order) keeps its job.
+    """
+    pipeline, bucket, object_key, _ = key
+    for row in s.execute(_CREATIONS_BEFORE, {"p": pipeline, "b": bucket, "k": object_key, "removal": removal_id}):
+        if _later(dict(row.event or {}).get("sequencer"), sequencer):
+            continue
+        s.execute(update(_JOBS).where(_JOBS.c.id == row.id)
+                  .values(version=f"{row.version}~removed-{removal_id}"[:255], etag=None))
+
+
+def _later(sequencer: str | None, than: str | None) -> bool:
+    """Whether S3 sequencer ``sequencer`` comes after ``than`` (hex strings, compared at equal length)."""
+    if not sequencer or not than:
+        return False
+    width = max(len(sequencer), len(than))
+    return sequencer.rjust(width, "0").upper() > than.rjust(width, "0").upper()
 
 
 def _insert_postgres(s: Session, events: dict[Key, dict[str, Any]], sending: bool) -> dict[Key, tuple[int, datetime]]:

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Dialect, Table, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Dialect, Table, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
+from fileproc.state import logtotals
 from fileproc.state.models import AttemptRow, AttemptStatus, JobRow, JobStatus, OutputRow, utcnow
 from fileproc.state.records import Job, StepEnd, StepStart, aware, job_of
 
@@ -202,6 +203,12 @@ _OUTPUTS = {name: Prepared(dialect.insert(outputs).values(
 ).on_conflict_do_nothing()) for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))}
 _NOW = Prepared(select(func.now()))
 
+# A `logs` step's file totals replace those of an earlier version of the same file (see state/logtotals.py).
+_LOG_FILE_FORGET = Prepared(delete(logtotals.log_files).where(
+    logtotals.log_files.c.bucket == bindparam("p_bucket"), logtotals.log_files.c.key == bindparam("p_key")))
+_LOG_FILE_ADD = Prepared(insert(logtotals.log_files).values(
+    updated_at=bindparam("p_now"), **{name: bindparam(f"p_{name}") for name in logtotals.COLUMNS}))
+
 
 def now(tx: Tx) -> datetime:
     """The database's clock (workers' clocks differ; SQLite lives on this host)."""
@@ -282,6 +289,9 @@ def finish_step(connect: Callable[[], Any], end: StepEnd) -> bool:
             _OUTPUTS[tx.dialect.name].many(tx, [
                 {"p_job": end.job_id, "p_step": end.step_index, "p_bucket": o.bucket, "p_key": o.key,
                  "p_size": o.size, "p_etag": o.etag, "p_type": o.content_type} for o in end.outputs])
+        if moved and end.outcome in ("next", "succeeded") and isinstance(end.result, dict) \
+                and "log_totals" in end.result:  # a `logs` step's file totals (see state/logtotals.py)
+            _record_log_totals(tx, end.result["log_totals"])
         return bool(moved)
 
 
@@ -298,6 +308,13 @@ def record_progress(connect: Callable[[], Any], job_id: int, step_index: int, at
         at = now(tx)
         return bool(_PROGRESS.rowcount(tx, {"p_job": job_id, "p_attempt": attempt_id, "p_step": step_index,
                                             "p_progress": {**progress, "at": at.isoformat()}}))
+
+
+def _record_log_totals(tx: Tx, totals: Any) -> None:
+    row = logtotals.row_of(totals)
+    if row is not None:
+        _LOG_FILE_FORGET.rowcount(tx, {"p_bucket": row["bucket"], "p_key": row["key"]})
+        _LOG_FILE_ADD.rowcount(tx, {"p_now": utcnow(), **{f"p_{name}": value for name, value in row.items()}})
 
 
 def _late_reason(end: StepEnd) -> str:
