@@ -352,7 +352,10 @@ def job(state: State, job_id: int, as_json: bool) -> None:
                    + (f"  {attempt['error']}" if attempt["error"] else "")
                    + (_progress_text(attempt["progress"]) if attempt["status"] == "running" else ""))
     for output in data["outputs"]:
-        click.echo(f"  output {output['bucket']}/{output['key']} ({output['size']} bytes)")
+        click.echo(f"  output {output['bucket']}/{output['key']} ({output['size']} bytes)"
+                   + (f"  removed by job {output['removed_by']}" if output.get("removed_by") else ""))
+    for output in data["removed"]:
+        click.echo(f"  removed {output['bucket']}/{output['key']} (made by an earlier job)")
     usage = data["usage"]
     click.echo(f"  usage {usage['duration_ms']} ms, peak {usage['peak_memory_kb'] // 1024} MB, "
                f"{usage['bytes_read']} bytes read, {usage['bytes_written']} written")

@@ -48,6 +48,10 @@ class ObjectEvent:
         return self.event_name.startswith("s3:ObjectCreated:")
 
     @property
+    def is_removal(self) -> bool:
+        return self.event_name.startswith("s3:ObjectRemoved:")
+
+    @property
     def version(self) -> str:
         """What tells two versions of one key apart: version id, else etag.
 

@@ -18,7 +18,7 @@ import fnmatch
 import posixpath
 import re
 import string
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -103,13 +103,38 @@ class Output(BaseModel):
         return value
 
 
+REMOVAL_EXAMPLE = "s3:ObjectRemoved:Delete"
+
+
 class Pipeline(BaseModel):
+    """``on_delete``: what becomes of the outputs when their source goes away.
+
+    ``keep`` (the default) leaves them. ``remove-outputs`` makes them follow
+    their source: when the object is deleted (``s3:ObjectRemoved:*``) a job
+    removes what the pipeline made from it, and when a new version has been
+    processed, what earlier runs made that this run no longer makes (a size
+    dropped from the params, say) is removed. An output that something else
+    has overwritten since is left alone. Each job records what it removed.
+    """
+
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     match: Match
     steps: list[Step] = Field(min_length=1)
     output: Output
+    on_delete: Literal["keep", "remove-outputs"] = "keep"
+
+    @model_validator(mode="after")
+    def _removals_handled_once(self) -> Pipeline:
+        if self.on_delete == "remove-outputs" and any(event_matches(p, REMOVAL_EXAMPLE) for p in self.match.events):
+            raise ValueError("on_delete = 'remove-outputs' is for pipelines whose steps take new objects; this one's "
+                             "match.events take removals, so its steps handle them")
+        return self
+
+    @property
+    def removes_outputs(self) -> bool:
+        return self.on_delete == "remove-outputs"
 
 
 TEMPLATE_FIELDS = {"bucket", "key", "dirname", "basename", "stem", "ext", "name", "pipeline"}
@@ -175,7 +200,8 @@ def refusal(pipeline: Pipeline, event: ObjectEvent) -> str | None:
         return "the key ends with '/': a folder placeholder, never processed"
     if not fnmatch.fnmatchcase(event.bucket, m.bucket):
         return f"match.bucket: {event.bucket!r} is not {m.bucket!r}"
-    if not any(event_matches(pattern, event.event_name) for pattern in m.events):
+    if not any(event_matches(pattern, event.event_name) for pattern in m.events) and not (
+            pipeline.removes_outputs and event.is_removal):  # (its job removes the outputs)
         return f"match.events: {event.event_name} is not one of {', '.join(m.events)}"
     if not event.key.startswith(m.prefix):
         return f"match.prefix: {event.key!r} does not start with {m.prefix!r}"

@@ -33,6 +33,7 @@ from fileproc.events import ObjectEvent
 from fileproc.functions import PROGRESS_FILE, FunctionSpec
 from fileproc.rules import PROVENANCE_PIPELINE, Step
 from fileproc.runtime import leases
+from fileproc.runtime.cleanup import Cleanup, remove_earlier_outputs
 from fileproc.runtime.invoke import StepRequest, invoke, kind_of
 from fileproc.runtime.pool import Retire, pool, warm_hook
 from fileproc.runtime.sandbox import ChildResult
@@ -98,6 +99,11 @@ def run_step(service: Service, job_id: int, step_index: int, worker: str) -> Out
         return end.fail("failed", f"gave up: the worker running step {spec.name!r} was lost {started.lost} times "
                                   "(killed, crashed, out of memory or cut off)")
     event = job.object_event
+    if pipeline.removes_outputs and event.is_removal:  # its source is gone: so go its outputs
+        try:
+            return end.cleaned(remove_earlier_outputs(service, job))
+        except StorageError as exc:
+            return end.failure(kind_of(exc), str(exc), ChildResult(False))
     try:
         info = service.storage.head(event.bucket, event.key) if event.is_creation else None
     except ObjectNotFound:
@@ -201,9 +207,27 @@ class _Ender:
     def succeed(self, result: ChildResult) -> Outcome:
         value = result.value or {}
         outputs = [Output(**o, step_index=self.step_index) for o in value.get("outputs", [])]
-        last = self.step_index + 1 >= len(self.service.pipelines[self.job.pipeline].steps)
-        return self._finish(AttemptStatus.SUCCEEDED, "succeeded" if last else "next", None, result,
-                            outputs=outputs)
+        pipeline = self.service.pipelines[self.job.pipeline]
+        last = self.step_index + 1 >= len(pipeline.steps)
+        outcome = self._finish(AttemptStatus.SUCCEEDED, "succeeded" if last else "next", None, result,
+                               outputs=outputs)
+        if outcome.status == "succeeded" and pipeline.removes_outputs:
+            self._remove_what_this_version_no_longer_makes()
+        return outcome
+
+    def _remove_what_this_version_no_longer_makes(self) -> None:
+        job = self.service.db.get_job(self.job.id)
+        if job is None:
+            return
+        try:
+            remove_earlier_outputs(self.service, job, keep={(o.bucket, o.key) for o in job.outputs})
+        except (StorageError, DatabaseUnavailable) as exc:  # the job is done; the next version tries again
+            log.warning("job %s: could not remove earlier versions' outputs: %s", job.id, exc)
+
+    def cleaned(self, cleanup: Cleanup) -> Outcome:
+        """A removal job's end: what it removed is its result (and marked on the outputs)."""
+        return self._finish(AttemptStatus.SUCCEEDED, "succeeded", None,
+                            ChildResult(True, value={"result": cleanup.to_dict()}))
 
     def skip(self, reason: str) -> Outcome:
         return self._finish(AttemptStatus.SKIPPED, "skipped", reason, None, error=reason)

@@ -13,8 +13,10 @@ the step). Leases are measured on the database's clock, never a worker's.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,6 +39,7 @@ from fileproc.state.records import (
     StepStart,
     aware,
     job_of,
+    output_of,
 )
 
 BAD_ATTEMPTS = (AttemptStatus.FAILED, AttemptStatus.TIMED_OUT, AttemptStatus.LOST)
@@ -288,7 +291,30 @@ class Database:
     def get_job(self, job_id: int) -> Job | None:
         with self.reading() as s:
             row = s.get(JobRow, job_id, options=[selectinload(JobRow.attempts), selectinload(JobRow.outputs)])
-            return job_of(row) if row else None
+            if row is None:
+                return None
+            removed = s.scalars(select(OutputRow).where(OutputRow.removed_by == job_id).order_by(OutputRow.id))
+            return replace(job_of(row), removed=[output_of(o) for o in removed])
+
+    # -- outputs that follow their source (Pipeline.on_delete) ------------
+
+    def earlier_outputs(self, job: Job) -> list[tuple[int, Output]]:
+        """What earlier jobs of ``job``'s pipeline made from the same object and is still in place, by id."""
+        with self.reading() as s:
+            rows = s.scalars(
+                select(OutputRow).join(JobRow, OutputRow.job_id == JobRow.id)
+                .where(JobRow.pipeline == job.pipeline, JobRow.bucket == job.bucket, JobRow.key == job.key,
+                       JobRow.id < job.id, OutputRow.removed_at.is_(None))
+                .order_by(OutputRow.id))
+            return [(row.id, output_of(row)) for row in rows]
+
+    def mark_removed(self, output_ids: list[int], by_job: int) -> None:
+        """These outputs are gone from storage, removed by job ``by_job``."""
+        if output_ids:
+            with self.session() as s:
+                s.execute(update(OutputRow).where(OutputRow.id.in_(output_ids), OutputRow.removed_at.is_(None))
+                          .values(removed_at=self.now(s), removed_by=by_job)
+                          .execution_options(synchronize_session=False))
 
     def list_jobs(self, status: str | None = None, limit: int = 100, *, bucket: str | None = None,
                   key: str | None = None) -> list[Job]:
@@ -349,25 +375,34 @@ class Database:
             s.execute(select(1))
 
 
-_NEW_COLUMNS = {"attempts": {"progress": "JSON"}}
-"""Columns added since a table was first made: create_all makes new tables only."""
-
-
 def _add_new_columns(engine: Engine) -> None:
+    """Add the model's columns an older state database lacks (create_all makes new tables only).
+
+    Only nullable columns are ever added to a table after its first release,
+    so an old database takes them as they are: empty for the rows it holds.
+    """
     from sqlalchemy import inspect, text
     from sqlalchemy.exc import ProgrammingError
 
-    for table, columns in _NEW_COLUMNS.items():
-        for name, kind in columns.items():
-            if name in {c["name"] for c in inspect(engine).get_columns(table)}:
+    preparer = engine.dialect.identifier_preparer
+    for table in Base.metadata.sorted_tables:
+        present = {c["name"] for c in inspect(engine).get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
                 continue
+            assert column.nullable, f"{table.name}.{column.name}: a column added later must be nullable"
+            kind = column.type.compile(dialect=engine.dialect)
             try:
                 with engine.begin() as c:
-                    c.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
+                    c.execute(text(f"ALTER TABLE {preparer.quote(table.name)} "
+                                   f"ADD COLUMN {preparer.quote(column.name)} {kind}"))
             except (OperationalError, ProgrammingError):
                 # Processes starting together (serve's api and worker) race to add it: one wins.
-                if name not in {c["name"] for c in inspect(engine).get_columns(table)}:
+                if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
                     raise
+        for index in table.indexes:  # an added column's index
+            with contextlib.suppress(OperationalError, ProgrammingError):  # (made meanwhile by another process)
+                index.create(engine, checkfirst=True)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

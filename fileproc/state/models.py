@@ -127,6 +127,10 @@ class OutputRow(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     etag: Mapped[str] = mapped_column(String(255))
     content_type: Mapped[str] = mapped_column(String(255))
+    # Set when fileproc removed the object (its source was deleted, or a newer version's run
+    # no longer makes it; see Pipeline.on_delete): when, and by which job.
+    removed_at: Mapped[datetime | None] = mapped_column(default=None)
+    removed_by: Mapped[int | None] = mapped_column(Integer, default=None, index=True)
 
     job: Mapped[JobRow] = relationship(back_populates="outputs")
 

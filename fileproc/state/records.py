@@ -39,6 +39,8 @@ class Output:
     etag: str
     content_type: str
     step_index: int = 0
+    removed_at: datetime | None = None  # fileproc removed it (see Pipeline.on_delete) ...
+    removed_by: int | None = None  # ... with this job
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class Job:
     event: dict[str, Any]
     attempts: list[Attempt] = field(default_factory=list)
     outputs: list[Output] = field(default_factory=list)
+    removed: list[Output] = field(default_factory=list)  # earlier jobs' outputs this job removed
 
     @property
     def object_event(self) -> ObjectEvent:
@@ -89,7 +92,8 @@ class Job:
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
-            "outputs": [{"bucket": o.bucket, "key": o.key, "size": o.size, "etag": o.etag} for o in self.outputs],
+            "outputs": [_output_dict(o) for o in self.outputs],
+            "removed": [_output_dict(o) for o in self.removed],
             "attempts": [
                 {
                     "id": a.id, "step": a.step_index, "function": a.function, "status": a.status,
@@ -104,6 +108,13 @@ class Job:
             ],
             "usage": self.usage(),
         }
+
+
+def _output_dict(o: Output) -> dict[str, Any]:
+    found: dict[str, Any] = {"bucket": o.bucket, "key": o.key, "size": o.size, "etag": o.etag}
+    if o.removed_at is not None:
+        found.update(removed_at=o.removed_at.isoformat(), removed_by=o.removed_by)
+    return found
 
 
 TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.SKIPPED)
@@ -169,6 +180,11 @@ def aware(value: datetime | None) -> datetime | None:
     return value
 
 
+def output_of(row: Any) -> Output:
+    return Output(row.bucket, row.key, row.size, row.etag, row.content_type, row.step_index, aware(row.removed_at),
+                  row.removed_by)
+
+
 def attempt_of(row: AttemptRow) -> Attempt:
     return Attempt(
         row.id, row.step_index, row.function, row.status, row.worker, aware(row.started_at) or utcnow(),
@@ -183,6 +199,6 @@ def job_of(row: JobRow, *, details: bool = True) -> Job:
         aware(row.created_at) or utcnow(), aware(row.updated_at) or utcnow(), aware(row.finished_at),
         dict(row.event),
         [attempt_of(a) for a in row.attempts] if details else [],
-        [Output(o.bucket, o.key, o.size, o.etag, o.content_type, o.step_index) for o in row.outputs]
+        [output_of(o) for o in row.outputs]
         if details else [],
     )

@@ -122,3 +122,12 @@ def halfway(event, context):
     while not release.exists():
         time.sleep(0.05)
     context.output.put("done.txt", b"done")
+
+
+@function("per-line", retries=0)
+def per_line(event, context):
+    """One output per line of the input, named after the line: what it makes depends on the content."""
+    with context.input.open() as stream:
+        lines = stream.read().decode().split()
+    for line in lines:
+        context.output.put(f"{line}.txt", line.encode())
