@@ -134,7 +134,7 @@ def _ffmpeg(settings: Settings) -> Check:
     ffmpeg, ffprobe = media.find_ffmpeg(), media.find_ffprobe()
     if ffmpeg is None or ffprobe is None:
         missing = " and ".join(name for name, path in (("ffmpeg", ffmpeg), ("ffprobe", ffprobe)) if path is None)
-        return Check("ffmpeg", not needed, f"{missing} not found (install the system package: apt install ffmpeg)"
+        return Check("ffmpeg", not needed, f"{missing} {media.MISSING}"
                      + ("" if needed else "; only transcode, probe and video thumbnails need it"))
     found = media.encoders(ffmpeg)
     lacking = [name for name in MEDIA_ENCODERS if name not in found]

