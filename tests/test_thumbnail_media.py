@@ -116,3 +116,55 @@ def test_audio_only_media_has_no_picture(tmp_path: Path) -> None:
     run_step(service, job.id, 0, "w")
     done = service.db.get_job(job.id)
     assert done.status == "failed" and "without pictures" in done.error
+
+
+# --- animations ----------------------------------------------------------------------------------
+
+
+def _gif(colours: list[tuple[int, int, int]], size: tuple[int, int] = (300, 200)) -> bytes:
+    import io
+
+    frames = [Image.new("RGB", size, colour) for colour in colours]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:],
+                   duration=[100 * (n + 1) for n in range(len(frames))], loop=0)
+    return buffer.getvalue()
+
+
+def test_an_animated_gif_becomes_an_animated_thumbnail_when_asked(storage, tmp_path: Path) -> None:
+    result, keys = run(storage, tmp_path, _gif([RED, BLUE, (0, 160, 0)]), key="wave.gif", sizes=[120, 60],
+                       format="webp", animated=True)
+    assert result["frames"] == 3 and [t["frames"] for t in result["thumbnails"]] == [3, 3]
+    first = output(storage, keys[0])
+    assert first.size == (120, 80) and getattr(first, "n_frames", 1) == 3
+    colours = []
+    for index in range(3):
+        first.seek(index)
+        colours.append(pixel(first, 0.5, 0.5))
+    assert close_to(colours[0], RED) and close_to(colours[1], BLUE) and close_to(colours[2], (0, 160, 0))
+    first.seek(1)
+    first.load()
+    assert first.info["duration"] == 200  # the frames keep their timing
+    assert output(storage, keys[1]).size == (60, 40)
+
+
+def test_an_animated_gif_gives_its_first_frame_by_default(storage, tmp_path: Path) -> None:
+    result, keys = run(storage, tmp_path, _gif([RED, BLUE]), key="wave.gif", sizes=[120], format="webp")
+    image = output(storage, keys[0])
+    assert getattr(image, "n_frames", 1) == 1 and close_to(pixel(image, 0.5, 0.5), RED)
+    assert "frames" not in result
+
+
+def test_an_animation_past_max_frames_fails_with_the_reason(storage, tmp_path: Path) -> None:
+    from fileproc import InvalidInput
+
+    with pytest.raises(InvalidInput, match="4 frames, more than max_frames"):
+        run(storage, tmp_path, _gif([RED, BLUE, RED, BLUE]), key="long.gif", sizes=[64], animated=True,
+            max_frames=3)
+
+
+def test_animated_thumbnails_need_a_format_that_animates(storage, tmp_path: Path) -> None:
+    from fileproc import PermanentError
+
+    with pytest.raises(PermanentError, match="animated thumbnails need format webp or png"):
+        run(storage, tmp_path, _gif([RED, BLUE]), key="wave.gif", sizes=[64], animated=True, format="jpeg")

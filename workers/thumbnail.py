@@ -9,6 +9,9 @@ Params (``context.params``)::
     metadata: strip        # strip | keep (EXIF, orientation reset to upright); the ICC profile is always kept
     background: white      # what transparent pixels become in a JPEG (any CSS colour: "#202020", "black")
     poster_seconds: 1.0    # for a video source: the frame this far in (at most mid-clip) is the picture
+    animated: false        # animated GIF/WebP/PNG sources: an animated thumbnail (webp or png) instead of
+                           # the first frame
+    max_frames: 300        # an animation with more frames fails (animated only)
 
 Each size becomes the output ``thumb-{size}.{ext}`` (for example
 ``thumb-256.webp``), so the same input always yields the same keys. A
@@ -35,8 +38,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any, Literal, TypeGuard
 
-from PIL import ExifTags, Image, ImageCms, ImageColor, ImageFile, UnidentifiedImageError, features
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from PIL import ExifTags, Image, ImageCms, ImageColor, ImageFile, ImageSequence, UnidentifiedImageError, features
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fileproc import Context, InvalidInput, PermanentError, function
 
@@ -84,12 +87,13 @@ class OutputFormat:
     alpha: bool
     grayscale: bool
     lossy: bool
+    animates: bool = False  # Pillow writes several frames to it (save_all)
 
 
 FORMATS = {
     "jpeg": OutputFormat("JPEG", "jpg", "image/jpeg", alpha=False, grayscale=True, lossy=True),
-    "png": OutputFormat("PNG", "png", "image/png", alpha=True, grayscale=True, lossy=False),
-    "webp": OutputFormat("WEBP", "webp", "image/webp", alpha=True, grayscale=False, lossy=True),
+    "png": OutputFormat("PNG", "png", "image/png", alpha=True, grayscale=True, lossy=False, animates=True),
+    "webp": OutputFormat("WEBP", "webp", "image/webp", alpha=True, grayscale=False, lossy=True, animates=True),
 }
 if features.check("avif"):  # Pillow 11.2+ wheels carry libavif
     FORMATS["avif"] = OutputFormat("AVIF", "avif", "image/avif", alpha=True, grayscale=False, lossy=True)
@@ -109,6 +113,15 @@ class ThumbnailParams(BaseModel):
     metadata: Literal["strip", "keep"] = Field("strip", description="Keep the source's EXIF, or strip it.")
     background: str = Field("white", description="Colour behind transparent pixels in a JPEG.")
     poster_seconds: float = Field(1.0, ge=0, description="Video sources: where the poster frame is taken.")
+    animated: bool = Field(False, description="Animated sources: an animated thumbnail (webp or png), "
+                                              "not the first frame.")
+    max_frames: int = Field(300, ge=1, description="Animated: an animation with more frames fails.")
+
+    @model_validator(mode="after")
+    def _animation_needs_a_format_that_animates(self) -> ThumbnailParams:
+        if self.animated and not self.output_format.animates:
+            raise ValueError(f"animated thumbnails need format webp or png, not {self.format}")
+        return self
 
     @field_validator("background")
     @classmethod
@@ -160,6 +173,10 @@ def handler(event: dict[str, Any], context: Context) -> dict[str, Any]:
         raise PermanentError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set in this worker; thumbnail refuses to run")
     try:
         with _seekable_input(context) as source:
+            if params.animated:
+                animation = _animation(source, max(params.sizes), params)
+                if animation is not None:
+                    return _write_animated(animation, params, context)
             image, source_size, orientation = _decode(source, max(params.sizes), context)
     except InvalidInput as not_an_image:
         if "not a recognised image format" not in str(not_an_image):
@@ -257,6 +274,82 @@ def _decode(source: IO[bytes], largest: int, context: Context) -> tuple[Image.Im
             raise InvalidInput(f"not a readable image: not a recognised image format (known: {known})") from exc
         except _DECODE_ERRORS as exc:
             raise InvalidInput(f"not a readable image: {exc}") from exc
+
+
+ANIMATION_PIXELS = 64_000_000
+"""The most pixels an animated thumbnail's frames may hold together, at its largest size (memory)."""
+
+
+@dataclass
+class _Animation:
+    frames: list[Image.Image]  # RGBA, at the largest size
+    durations: list[int]  # ms per frame
+    loop: int
+    source_size: tuple[int, int]
+
+
+def _animation(source: IO[bytes], largest: int, params: ThumbnailParams) -> _Animation | None:
+    """Every frame of an animated source, shrunk to the largest size as it is read; None if not animated."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(source, formats=("GIF", "WEBP", "PNG"))
+            if not getattr(image, "is_animated", False):
+                source.seek(0)
+                return None
+            count = image.n_frames
+            if count > params.max_frames:
+                raise InvalidInput(f"animation has {count} frames, more than max_frames ({params.max_frames})")
+            box = (min(image.width, largest), min(image.height, largest))
+            if count * box[0] * box[1] > ANIMATION_PIXELS:
+                raise InvalidInput(f"animation too large to thumbnail: {count} frames of {image.width}x"
+                                   f"{image.height} (ask for smaller sizes, or fewer frames with max_frames)")
+            frames, durations = [], []
+            for frame in ImageSequence.Iterator(image):
+                durations.append(int(frame.info.get("duration") or 100))
+                shrunk = frame.convert("RGBA")
+                if params.fit == "cover":
+                    shrunk = _centre_square(shrunk)
+                shrunk.thumbnail((largest, largest), Image.Resampling.BICUBIC, reducing_gap=REDUCING_GAP)
+                frames.append(shrunk)
+            return _Animation(frames, durations, int(image.info.get("loop", 0)), image.size)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise InvalidInput(f"image too large to process safely (possible decompression bomb): {exc}") from exc
+        except UnidentifiedImageError:
+            source.seek(0)
+            return None  # not GIF, WebP or PNG: the still-image path decides
+        except _DECODE_ERRORS as exc:
+            raise InvalidInput(f"not a readable image: {exc}") from exc
+
+
+def _write_animated(animation: _Animation, params: ThumbnailParams, context: Context) -> dict[str, Any]:
+    """One animated thumbnail per size: every frame, its timing and the loop count kept."""
+    fmt = params.output_format
+    thumbnails = []
+    for size in params.sizes:
+        frames = []
+        for frame in animation.frames:
+            shrunk = frame.copy()
+            if params.fit == "exact":
+                shrunk = shrunk.resize((size, size), Image.Resampling.BICUBIC)
+            else:
+                shrunk.thumbnail((size, size), Image.Resampling.BICUBIC)
+            frames.append(shrunk)
+        options: dict[str, Any] = {"save_all": True, "append_images": frames[1:], "duration": animation.durations,
+                                   "loop": animation.loop}
+        if fmt.lossy:
+            options["quality"] = params.quality
+        buffer = io.BytesIO()
+        frames[0].save(buffer, fmt.pillow, **options)
+        width, height = frames[0].size
+        ref = context.output.put(f"thumb-{size}.{fmt.ext}", buffer.getvalue(), content_type=fmt.content_type,
+                                 metadata={"width": width, "height": height, "frames": len(frames)})
+        thumbnails.append({"size": size, "key": ref.key, "width": width, "height": height, "bytes": ref.size,
+                           "frames": len(frames)})
+    context.logger.info("thumbnail %s: %d-frame animation, wrote %s", context.input.key, len(animation.frames),
+                        ", ".join(t["key"] for t in thumbnails))
+    return {"format": fmt.ext, "source": {"width": animation.source_size[0], "height": animation.source_size[1]},
+            "frames": len(animation.frames), "thumbnails": thumbnails}
 
 
 def _centre_square(image: Image.Image) -> Image.Image:
