@@ -214,3 +214,31 @@ def test_a_celery_worker_killed_with_sigkill_leaves_no_runner(tmp_path: Path, re
 
 def _parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _pid(_: Any) -> int:
+    return os.getpid()
+
+
+def test_a_runner_keeps_no_pipe_or_socket_the_worker_had_open_when_it_started() -> None:
+    # Another thread of the worker may be starting a subprocess when a runner is forked: its
+    # error pipe must reach EOF when that thread closes it, not when the runner dies.
+    import select
+    import socket
+
+    read_end, write_end = os.pipe()
+    ours, theirs = socket.socketpair()
+    runners = pool()
+    runners.close()  # only the runner started here
+    try:
+        result = runners.run("fd-test", None, _pid, None, timeout=30, memory_mb=256)
+        assert result.ok and result.value != os.getpid() and runners.idle() == 1  # a live runner
+        os.close(write_end)
+        assert select.select([read_end], [], [], 5)[0], "the pipe's write end is still open in the runner"
+        assert os.read(read_end, 1) == b""
+        theirs.close()
+        assert select.select([ours], [], [], 5)[0] and ours.recv(1) == b""  # the peer is gone for good
+    finally:
+        runners.close()
+        os.close(read_end)
+        ours.close()

@@ -37,6 +37,7 @@ import resource
 import select
 import signal
 import socket
+import stat
 import struct
 import sys
 import threading
@@ -248,6 +249,7 @@ def _serve(sock: socket.socket, work: Work, warm: Callable[[], None] | None, mem
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     _forget_inherited_runners()
+    _detach_inherited_pipes_and_sockets(keep=sock.fileno())
     _become_subreaper()
     if warm is not None:
         try:
@@ -406,6 +408,38 @@ def _high_water_mark(pid: int) -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 0
+
+
+def _detach_inherited_pipes_and_sockets(keep: int) -> None:
+    """Point every pipe and socket this runner inherited (but ``keep`` and stdio) at /dev/null.
+
+    A runner is forked, never exec'd, from a worker that may have other
+    threads: at that moment one of them may be starting a subprocess (its
+    error pipe open) or hold connections (broker, database, store). A runner
+    keeping a pipe's write end would leave that thread waiting for an EOF
+    for as long as the runner lives; keeping a socket, a connection the
+    worker closes stays open. Each such descriptor becomes /dev/null instead
+    of being closed, so an object in this process that still holds its
+    number closes /dev/null one day, never a file opened since.
+    """
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:  # no /proc: nothing to look at
+        return
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for name in names:
+            fd = int(name)
+            if fd <= 2 or fd in (keep, devnull):
+                continue
+            try:
+                kind = os.fstat(fd).st_mode
+            except OSError:  # (the listing's own descriptor, closed by now)
+                continue
+            if stat.S_ISFIFO(kind) or stat.S_ISSOCK(kind):
+                os.dup2(devnull, fd, inheritable=False)
+    finally:
+        os.close(devnull)
 
 
 def _forget_inherited_runners() -> None:
