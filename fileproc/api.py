@@ -17,6 +17,7 @@
   and ``/openapi.json``: the admin API, behind a different (admin) token.
 - ``GET /healthz``: open; 200 once the service can reach its database.
 - ``GET /metrics``: Prometheus metrics (:mod:`fileproc.metrics`), for the admin token or ``metrics.token``.
+- ``/ui``: the web dashboard (:mod:`fileproc.ui`), logged in with the admin token.
 """
 
 from __future__ import annotations
@@ -322,6 +323,9 @@ def create_app(service: Service, tokens: Tokens, *, committer: Committer | None 
             _require(tokens.admin, request)
         return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
+    from fileproc.ui import install as install_dashboard
+
+    install_dashboard(app, service, tokens)  # /ui: the web dashboard, behind the admin token
     return app
 
 

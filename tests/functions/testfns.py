@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from fileproc import TransientError, function
+from fileproc import PermanentError, TransientError, function
 
 
 @function("slow", timeout=20, retries=2)
@@ -122,3 +122,11 @@ def halfway(event, context):
     while not release.exists():
         time.sleep(0.05)
     context.output.put("done.txt", b"done")
+
+
+@function("gate", retries=0)
+def gate(event, context):
+    """Fails (for good) until the file ``marker`` exists, then writes one output: a failure an admin can retry."""
+    if not Path(context.params["marker"]).exists():
+        raise PermanentError(f"waiting for {context.params['marker']}: not there yet")
+    context.output.put("passed.txt", b"through the gate", content_type="text/plain")
