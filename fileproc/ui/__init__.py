@@ -105,8 +105,7 @@ def install(app: FastAPI, service: Service, tokens: Tokens) -> None:
         target = _local(fields.get("next", "/ui"))
         if not sessions.token_is_right(fields.get("token", "")):
             return page(request, "login.html", None, 401, next=target,
-                        error="That is not the admin token. It is api.admin_token, or \"admin\" in "
-                              "data_dir/tokens.json.")
+                        error="That is not the admin token.")
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(COOKIE, sessions.issue(), max_age=sessions.max_age, path="/ui", httponly=True,
                             samesite="strict", secure=request.url.scheme == "https")

@@ -65,7 +65,7 @@ def overview(service: Service) -> Overview:
                           .where(JobRow.finished_at >= hour_ago)).all()
         oldest = s.scalar(select(JobRow.id).where(JobRow.status == JobStatus.QUEUED)
                           .order_by(JobRow.id).limit(1))
-    day = {status: 0 for status in STATUSES}
+    day: dict[str, int] = {str(status): 0 for status in STATUSES}
     hour = dict(day)
     for status, in_day, in_hour in recent:
         day[status], hour[status] = in_day, int(in_hour or 0)
