@@ -17,6 +17,7 @@
   and ``/openapi.json``: the admin API, behind a different (admin) token.
 - ``GET /healthz``: open; 200 once the service can reach its database.
 - ``GET /metrics``: Prometheus metrics (:mod:`fileproc.metrics`), for the admin token or ``metrics.token``.
+- ``/ui``: the web dashboard (:mod:`fileproc.ui`), logged in with the admin token.
 """
 
 from __future__ import annotations
@@ -340,6 +341,9 @@ def create_app(service: Service, tokens: Tokens, *, committer: Committer | None 
         except IndexCorrupt as exc:
             raise HTTPException(503, f"{exc}; the indexer rebuilds it from storage") from exc
 
+    from fileproc.ui import install as install_dashboard
+
+    install_dashboard(app, service, tokens)  # /ui: the web dashboard, behind the admin token
     return app
 
 

@@ -292,44 +292,19 @@ class StateCollector(Collector):
         return [by_status, total]
 
     def _queues(self) -> Iterable[Metric]:
-        with self.service.db.reading() as s:
-            now = self.service.db.now(s)
-            rows = s.execute(select(JobRow.pipeline, JobRow.step_index, func.count(), func.min(JobRow.created_at))
-                             .where(JobRow.status == JobStatus.QUEUED)
-                             .group_by(JobRow.pipeline, JobRow.step_index)).all()
-        depth: dict[str, int] = {queue: 0 for queue in self.service.queues()}
-        oldest: dict[str, float] = {}
-        for pipeline, step_index, count, first in rows:
-            queue = self._queue(pipeline, step_index)
-            depth[queue] = depth.get(queue, 0) + count
-            since = aware(first)
-            waited = max(0.0, (now - since).total_seconds()) if since is not None else 0.0
-            oldest[queue] = max(oldest.get(queue, 0.0), waited)
+        waiting = queue_depths(self.service)
         depth_family = GaugeMetricFamily("fileproc_queue_depth", "Queued steps waiting for a worker, by queue.",
                                          labels=["queue"])
         oldest_family = GaugeMetricFamily("fileproc_queue_oldest_seconds",
                                           "Age of the oldest queued job, by queue (0 when none waits).",
                                           labels=["queue"])
-        for queue in sorted(depth):
-            depth_family.add_metric([queue], depth[queue])
-            oldest_family.add_metric([queue], oldest.get(queue, 0.0))
+        for queue, (depth, oldest) in waiting.items():
+            depth_family.add_metric([queue], depth)
+            oldest_family.add_metric([queue], oldest)
         return [depth_family, oldest_family]
 
-    def _queue(self, pipeline: str, step_index: int) -> str:
-        found = self.service.pipelines.get(pipeline)
-        if found is None or step_index >= len(found.steps):
-            return "?"
-        try:
-            return self.service.queue_for(found.steps[step_index])
-        except FunctionNotFound:  # checked at start; kept so a scrape never fails on it
-            return found.steps[step_index].queue or found.steps[step_index].function
-
     def _drift(self) -> Iterable[Metric]:
-        with self.service.db.reading() as s:
-            since = self.service.db.now(s) - DRIFT_WINDOW
-            rows = s.execute(select(DriftRow.bucket, func.sum(DriftRow.new_objects + DriftRow.new_versions),
-                                    func.max(DriftRow.finished_at))
-                             .where(DriftRow.finished_at >= since).group_by(DriftRow.bucket)).all()
+        rows = recent_drift(self.service)
         found = GaugeMetricFamily("fileproc_reconcile_drift_objects",
                                   "Objects reconciliation found without a job (lost notifications), last 24 h.",
                                   labels=["bucket"])
@@ -341,6 +316,45 @@ class StateCollector(Collector):
             if when is not None:
                 last.add_metric([bucket], when.timestamp())
         return [found, last]
+
+
+def recent_drift(service: Service) -> list[tuple[str, int, datetime | None]]:
+    """Each bucket reconciled in the last :data:`DRIFT_WINDOW`: objects found without a job, and its last pass."""
+    with service.db.reading() as s:
+        since = service.db.now(s) - DRIFT_WINDOW
+        rows = s.execute(select(DriftRow.bucket, func.sum(DriftRow.new_objects + DriftRow.new_versions),
+                                func.max(DriftRow.finished_at))
+                         .where(DriftRow.finished_at >= since).group_by(DriftRow.bucket)
+                         .order_by(DriftRow.bucket)).all()
+    return [(bucket, int(count or 0), aware(finished)) for bucket, count, finished in rows]
+
+
+def queue_depths(service: Service) -> dict[str, tuple[int, float]]:
+    """Each queue (all of :meth:`Service.queues`, sorted): queued steps waiting, and the oldest one's age in seconds."""
+    with service.db.reading() as s:
+        now = service.db.now(s)
+        rows = s.execute(select(JobRow.pipeline, JobRow.step_index, func.count(), func.min(JobRow.created_at))
+                         .where(JobRow.status == JobStatus.QUEUED)
+                         .group_by(JobRow.pipeline, JobRow.step_index)).all()
+    depth: dict[str, int] = {queue: 0 for queue in service.queues()}
+    oldest: dict[str, float] = {}
+    for pipeline, step_index, count, first in rows:
+        queue = _queue(service, pipeline, step_index)
+        depth[queue] = depth.get(queue, 0) + count
+        since = aware(first)
+        waited = max(0.0, (now - since).total_seconds()) if since is not None else 0.0
+        oldest[queue] = max(oldest.get(queue, 0.0), waited)
+    return {queue: (depth[queue], oldest.get(queue, 0.0)) for queue in sorted(depth)}
+
+
+def _queue(service: Service, pipeline: str, step_index: int) -> str:
+    found = service.pipelines.get(pipeline)
+    if found is None or step_index >= len(found.steps):
+        return "?"
+    try:
+        return service.queue_for(found.steps[step_index])
+    except FunctionNotFound:  # checked at start; kept so a scrape never fails on it
+        return found.steps[step_index].queue or found.steps[step_index].function
 
 
 class Metrics:
@@ -367,4 +381,5 @@ class Metrics:
         return generate_latest(registry)
 
 
-__all__ = ["METRICS_CONTENT_TYPE", "Metrics", "SharedCounters", "StateCollector", "multiprocess_dir"]
+__all__ = ["METRICS_CONTENT_TYPE", "Metrics", "SharedCounters", "StateCollector", "multiprocess_dir", "queue_depths",
+           "recent_drift"]

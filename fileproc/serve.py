@@ -144,6 +144,7 @@ def serve(service: Service, host: str, port: int, config_argv: list[str]) -> Non
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, access_log=False,
                                                log_level=settings.log_level.lower(), lifespan="on"))
         log.info("fileproc serving on http://%s:%d (data in %s)", host, port, settings.data_dir.resolve())
+        log.info("dashboard: http://%s:%d/ui (log in with the admin token)", host, port)
         # uvicorn handles SIGINT/SIGTERM, then re-raises them once it has stopped; with
         # the default handlers that would kill this process before the cleanup below.
         for sig in (signal.SIGINT, signal.SIGTERM):

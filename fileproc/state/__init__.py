@@ -317,7 +317,9 @@ class Database:
                           .execution_options(synchronize_session=False))
 
     def list_jobs(self, status: str | None = None, limit: int = 100, *, bucket: str | None = None,
-                  key: str | None = None) -> list[Job]:
+                  key: str | None = None, pipeline: str | None = None, prefix: str | None = None,
+                  offset: int = 0) -> list[Job]:
+        """Jobs, newest first; each filter given narrows them (``prefix``: of the key)."""
         with self.reading() as s:
             query = select(JobRow).options(selectinload(JobRow.attempts), selectinload(JobRow.outputs))
             if status:
@@ -326,7 +328,11 @@ class Database:
                 query = query.where(JobRow.bucket == bucket)
             if key is not None:
                 query = query.where(JobRow.key == key)
-            rows = s.scalars(query.order_by(JobRow.id.desc()).limit(limit))
+            if pipeline:
+                query = query.where(JobRow.pipeline == pipeline)
+            if prefix:
+                query = query.where(JobRow.key.startswith(prefix, autoescape=True))
+            rows = s.scalars(query.order_by(JobRow.id.desc()).offset(offset).limit(limit))
             return [job_of(r) for r in rows]
 
     def count_jobs(self) -> dict[str, int]:

@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from fileproc import TransientError, function
+from fileproc import PermanentError, TransientError, function
 
 
 @function("slow", timeout=20, retries=2)
@@ -131,3 +131,11 @@ def per_line(event, context):
         lines = stream.read().decode().split()
     for line in lines:
         context.output.put(f"{line}.txt", line.encode())
+
+
+@function("gate", retries=0)
+def gate(event, context):
+    """Fails (for good) until the file ``marker`` exists, then writes one output: a failure an admin can retry."""
+    if not Path(context.params["marker"]).exists():
+        raise PermanentError(f"waiting for {context.params['marker']}: not there yet")
+    context.output.put("passed.txt", b"through the gate", content_type="text/plain")

@@ -1,0 +1,69 @@
+"""The dashboard's session cookie and CSRF tokens, signed with a key derived from the admin token.
+
+A session is ``EXPIRES.NONCE.SIGNATURE``: nothing is stored on the server, so
+every API process (``--workers N``, several hosts sharing the admin token)
+accepts the sessions any of them issued. Changing the admin token ends every
+session. The CSRF token of a session is a second signature over its nonce: a
+form posted without it (or with another session's) is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+
+COOKIE = "fileproc_session"
+MAX_AGE = 12 * 3600
+"""Seconds a session lasts after logging in."""
+
+
+@dataclass(frozen=True)
+class Session:
+    nonce: str
+    expires: int
+    csrf: str
+
+
+class Sessions:
+    """Issues and checks session cookies for one admin token.
+
+    Example::
+
+        sessions = Sessions(tokens.admin)
+        cookie = sessions.issue()
+        sessions.check(cookie).csrf     # the token the session's forms carry
+    """
+
+    def __init__(self, admin_token: str, max_age: int = MAX_AGE) -> None:
+        # Derived, never the token itself: a leaked signature tells nothing about the admin token.
+        self._key = hmac.new(admin_token.encode(), b"fileproc dashboard session v1", hashlib.sha256).digest()
+        self._admin = admin_token.encode()
+        self.max_age = max_age
+
+    def token_is_right(self, given: str) -> bool:
+        return bool(given) and hmac.compare_digest(given.encode(), self._admin)
+
+    def issue(self) -> str:
+        payload = f"{int(time.time()) + self.max_age}.{secrets.token_urlsafe(18)}"
+        return f"{payload}.{self._sign(payload)}"
+
+    def check(self, cookie: str | None) -> Session | None:
+        """The session this cookie carries; None when it is missing, forged or expired."""
+        if not cookie:
+            return None
+        payload, _, signature = cookie.rpartition(".")
+        expires, _, nonce = payload.partition(".")
+        if not (nonce and expires.isdigit() and hmac.compare_digest(signature, self._sign(payload))):
+            return None
+        if int(expires) < time.time():
+            return None
+        return Session(nonce, int(expires), self._sign(f"csrf.{nonce}"))
+
+    def _sign(self, payload: str) -> str:
+        return hmac.new(self._key, payload.encode(), hashlib.sha256).hexdigest()
+
+
+__all__ = ["COOKIE", "MAX_AGE", "Session", "Sessions"]
