@@ -77,6 +77,19 @@ def test_a_deleted_source_takes_its_outputs_with_it_and_the_job_says_what_went(t
     shown = fileproc(tmp_path / "fileproc.toml", "job", str(removal.job.id)).stdout
     assert "removed out/a.txt/red.txt (made by an earlier job)" in shown
 
+    from fastapi.testclient import TestClient
+
+    from fileproc.api import create_app
+    from fileproc.tokens import Tokens
+    from tests.test_ui import ADMIN, WEBHOOK, log_in
+
+    with TestClient(create_app(service, Tokens(WEBHOOK, ADMIN)), follow_redirects=False) as client:
+        log_in(client)
+        page = client.get(f"/ui/jobs/{removal.job.id}").text
+        assert "<h3>Removed</h3>" in page and "green.txt" in page  # on the dashboard's job page too
+        assert f"by <a href=\"/ui/jobs/{removal.job.id}\">job #{removal.job.id}</a>" in \
+            client.get(f"/ui/jobs/{made.id}").text
+
 
 def test_with_keep_the_outputs_stay_when_the_source_goes(tmp_path: Path) -> None:
     service = service_for(tmp_path, None)  # keep is the default
