@@ -175,6 +175,7 @@ def create_app(service: Service, tokens: Tokens, *, committer: Committer | None 
                openapi_url=None)
     app.answer_seconds = deque(maxlen=4096)
     app.state.counters = counters
+    app.state.service = service
 
     def webhook_auth(request: Request) -> None:
         _require(tokens.webhook, request)
@@ -332,12 +333,9 @@ def create_app(service: Service, tokens: Tokens, *, committer: Committer | None 
                page: Annotated[int, Query(ge=1)] = 1,
                per_page: Annotated[int, Query(ge=1, le=100)] = 10) -> dict[str, Any]:
         from fileproc.search import IndexCorrupt
-        from fileproc.search.whoosh import WhooshIndex
 
-        index = getattr(app.state, "search_index", None) or WhooshIndex(settings.search_dir)
-        app.state.search_index = index
         try:
-            return index.search(q, bucket=bucket, type=type, page=page, per_page=per_page).to_dict()
+            return search_index(app).search(q, bucket=bucket, type=type, page=page, per_page=per_page).to_dict()
         except IndexCorrupt as exc:
             raise HTTPException(503, f"{exc}; the indexer rebuilds it from storage") from exc
 
@@ -345,6 +343,16 @@ def create_app(service: Service, tokens: Tokens, *, committer: Committer | None 
 
     install_dashboard(app, service, tokens)  # /ui: the web dashboard, behind the admin token
     return app
+
+
+def search_index(app: FastAPI) -> Any:
+    """This process's search index: its indexer's, or opened once for searching (``GET /search``, ``/ui``)."""
+    from fileproc.search.whoosh import WhooshIndex
+
+    index = getattr(app.state, "search_index", None)
+    if index is None:
+        index = app.state.search_index = WhooshIndex(app.state.service.settings.search_dir)
+    return index
 
 
 def _start_indexer(service: Service) -> Any:

@@ -117,3 +117,19 @@ def test_pages_render_and_allow_only_their_own_assets(service: Service, client: 
         assert "http://" not in answer.text and "https://" not in answer.text, path  # nothing from elsewhere
     assert client.get("/ui/jobs/999999").status_code == 404
     assert client.get("/ui/static/ui.css").status_code == 200
+
+
+def test_search_finds_indexed_documents_with_their_words_marked(client: TestClient, service: Service) -> None:
+    from fileproc.search import Document
+    from fileproc.search.whoosh import WhooshIndex
+
+    WhooshIndex(service.settings.search_dir).add([
+        Document("docs", "ferry/timetable.txt", "The ferry leaves at noon <b>sharp</b>.", type="text"),
+        Document("docs", "notes/other.txt", "Nothing about boats here.", type="text"),
+    ])
+    log_in(client)
+    page = client.get("/ui/search", params={"q": "ferry"}).text
+    assert "1 document<" in page and "timetable.txt" in page and "other.txt" not in page
+    assert "<mark>ferry</mark>" in page.lower() or "<mark>Ferry</mark>" in page
+    assert "&lt;b&gt;sharp" in page and "<b>sharp" not in page  # the document's own markup is text
+    assert "No document matches" in client.get("/ui/search", params={"q": "zeppelin"}).text

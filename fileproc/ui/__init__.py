@@ -40,6 +40,7 @@ from fileproc.ui.session import COOKIE, Session, Sessions
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
+SEARCH_PAGE = 20
 PREVIEWED = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif", "image/avif"})
 """Output types shown inline; anything else is offered as a download (an SVG or HTML output could run script)."""
 EVENT_NAMES = ("s3:ObjectCreated:Put", "s3:ObjectCreated:Post", "s3:ObjectCreated:Copy",
@@ -211,6 +212,23 @@ def install(app: FastAPI, service: Service, tokens: Tokens) -> None:
                           for p, reason in verdicts(list(service.pipelines.values()), probe)]
         return page(request, "pipelines.html", session, target=target, event=event, size=size, tested=tested,
                     problem=problem, event_names=EVENT_NAMES, queue_of=_queue_of(service), dumps=json.dumps)
+
+    @router.get("/search")
+    def search(request: Request, q: str = "", bucket: str = "", type: str = "",
+               page_number: Annotated[int, Query(alias="page", ge=1)] = 1) -> Response:
+        from fileproc.api import search_index
+        from fileproc.search import IndexCorrupt
+
+        session = session_of(request)
+        found, problem = None, None
+        if q.strip():
+            try:
+                found = search_index(app).search(q, bucket=bucket or None, type=type or None, page=page_number,
+                                                 per_page=SEARCH_PAGE)
+            except IndexCorrupt as exc:
+                problem = f"{exc}; the indexer rebuilds it from storage"
+        return page(request, "search.html", session, q=q, bucket=bucket, type=type, found=found,
+                    problem=problem, page_number=page_number, per_page=SEARCH_PAGE)
 
     @router.get("/why")
     def why(request: Request, target: str = "") -> Response:
