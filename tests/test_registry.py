@@ -134,7 +134,7 @@ def test_a_handler_that_cannot_be_found_is_named(tmp_path: Path, handler: str, m
 
 @pytest.mark.parametrize(("params", "message"), [
     ({"size": [128]}, "pipelines.p.steps[0].params.size: unknown param of 'thumbnail' "
-                      "(known: background, fit, format, metadata, poster_seconds, quality, sizes)"),
+                      "(known: animated, background, fit, format, max_frames, metadata, poster_seconds, quality, sizes)"),
     ({"sizes": [0]}, "pipelines.p.steps[0].params.sizes: Value error, sizes must be positive integers"),
     ({"format": "bmp"}, "pipelines.p.steps[0].params.format: Value error, format must be one of"),
 ])
@@ -158,7 +158,8 @@ def test_params_for_gives_validated_params_with_defaults(tmp_path: Path) -> None
     service = service_for(tmp_path, [{"function": "thumbnail", "params": {"sizes": [64, 64, 32], "format": "JPG"}}])
     (step,) = service.pipelines["p"].steps
     assert service.params_for(step) == {"sizes": [64, 32], "format": "jpeg", "quality": 85, "fit": "fit",
-                                        "metadata": "strip", "background": "white", "poster_seconds": 1.0}
+                                        "metadata": "strip", "background": "white", "poster_seconds": 1.0,
+                                        "animated": False, "max_frames": 300}
 
 
 def test_a_model_that_allows_extra_fields_still_refuses_unknown_params(tmp_path: Path) -> None:
