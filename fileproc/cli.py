@@ -473,6 +473,17 @@ def doctor(state: State) -> None:
         raise click.ClickException(f"{problems} problem(s) found")
 
 
+# --- serverless user functions (issue 9): fileproc/serverless/commands.py ----------------------
+def _add_serverless_commands() -> None:
+    from fileproc.serverless.commands import functions, invoke, logs, usage
+
+    for command in (functions, invoke, logs, usage):
+        cli.add_command(command)
+
+
+_add_serverless_commands()
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)

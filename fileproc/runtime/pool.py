@@ -122,8 +122,9 @@ class RunnerPool:
         except BaseException:  # this worker is being stopped mid-step: so is the step
             self._stop(runner)
             raise
-        duration_ms = int((time.monotonic() - started) * 1000)
-        common: dict[str, Any] = {"duration_ms": duration_ms, "cold": cold, "runner_pid": runner.pid}
+        elapsed = time.monotonic() - started
+        common: dict[str, Any] = {"duration_ms": int(elapsed * 1000), "duration_s": elapsed, "cold": cold,
+                                  "runner_pid": runner.pid}
         if reply is _CANCELLED or reply is _TIMED_OUT:
             common["peak_memory_kb"] = _high_water_mark(runner.pid)  # reset when the step started
             self._stop(runner)

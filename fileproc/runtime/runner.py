@@ -36,6 +36,7 @@ from fileproc.runtime import leases
 from fileproc.runtime.invoke import StepRequest, invoke, kind_of
 from fileproc.runtime.pool import Retire, pool, warm_hook
 from fileproc.runtime.sandbox import ChildResult
+from fileproc.serverless.metering import billed_ms, report_line
 from fileproc.service import Service
 from fileproc.state import AttemptStatus, DatabaseUnavailable, Job, JobStatus, Output, Send, StepEnd, StepStart
 from fileproc.storage import ObjectInfo
@@ -92,7 +93,8 @@ def run_step(service: Service, job_id: int, step_index: int, worker: str) -> Out
     step = pipeline.steps[step_index]
     spec = service.spec(step)
     limits = limits_for(spec, step)
-    end = _Ender(service, job, step_index, attempt_id, spec.name, limits, started.failures)
+    end = _Ender(service, job, step_index, attempt_id, spec.name, limits, started.failures,
+                 version=None if spec.version == "$LATEST" else spec.version)
 
     if started.lost and started.failures > limits.retries:
         return end.fail("failed", f"gave up: the worker running step {spec.name!r} was lost {started.lost} times "
@@ -119,7 +121,7 @@ def run_step(service: Service, job_id: int, step_index: int, worker: str) -> Out
                           limits.memory_mb, str(scratch))
     progress = _Progress(service, job_id, step_index, attempt_id, scratch)
     with leases.held(progress.renew, job_id, attempt_id, lease, asked_at=asked_at) as held:
-        result = execute(service, request, cancel=held.lost)
+        result = execute(service, request, cancel=held.lost, spec=spec)
     if held.lost.is_set():
         return end.late(result)
     return end.from_result(result)
@@ -141,39 +143,92 @@ def _submit_current(service: Service, event: ObjectEvent, info: ObjectInfo) -> N
         log.warning("cannot submit the current version of %s/%s: %s", event.bucket, event.key, exc)
 
 
-def execute(service: Service, request: StepRequest, *, cancel: threading.Event) -> ChildResult:
+def execute(service: Service, request: StepRequest, *, cancel: threading.Event,
+            spec: FunctionSpec | None = None) -> ChildResult:
     """Run the step's handler in a warm runner of its function (a process of its own), under its limits.
 
     ``cold`` on the result says whether the runner was new; ``recycled`` why
     it was replaced after this step (None: it stays warm for the next one).
+    A deployed function's runners are per version (``spec``: the version the
+    worker resolved for this step).
     """
-    spec = service.spec(service.pipelines[request.pipeline].steps[request.step_index])
+    spec = spec or service.spec(service.pipelines[request.pipeline].steps[request.step_index])
+    prepare = getattr(spec.handler, "prepare", None)
+    if prepare is not None:  # a deployed version: its package and requirements on this host, once
+        try:
+            prepare(service.storage)
+        except FileprocError as exc:
+            error = {"kind": kind_of(exc), "type": type(exc).__name__, "message": str(exc), "traceback": None}
+            return ChildResult(True, value={"error": error, "result": None, "outputs": []})
 
     def work(step: StepRequest) -> Any:  # runs in the runner, for every step it is sent
-        outcome = invoke(service, step)
+        outcome = invoke(service, step, spec)
         if (outcome.get("error") or {}).get("kind") == "memory":  # the handler reported a MemoryError
             return Retire(outcome, f"ran out of memory (limit {step.memory_mb} MB)")
         return outcome
 
     try:
-        return pool().run((spec.name, request.memory_mb), service, work, request, timeout=request.timeout,
-                          memory_mb=request.memory_mb, cancel=cancel, warm=warm_hook(spec.handler))
+        result = pool().run((spec.name, spec.version, request.memory_mb), service, work, request,
+                            timeout=request.timeout, memory_mb=request.memory_mb, cancel=cancel,
+                            warm=_warm_up(service, spec))
     finally:
         # A step killed from outside (timeout, lost lease) cannot clean up after itself.
         shutil.rmtree(request.scratch_dir, ignore_errors=True)
+    if result.recycled and result.runner_pid:  # the runner is gone: so is its private TMPDIR
+        shutil.rmtree(service.settings.data_dir.resolve() / "scratch" / f"{result.runner_pid}.tmp",
+                      ignore_errors=True)
+    return result
+
+
+def _warm_up(service: Service, spec: FunctionSpec) -> Any:
+    """What a new runner of ``spec`` does before its first step.
+
+    Every runner gets the standard AWS variables pointing boto3 at the
+    configured store; a deployed function's runner gets Lambda's whole
+    environment instead of the worker's, and its copy of the settings loses
+    fileproc's secrets.
+    """
+    from fileproc.serverless.lambda_runtime import store_variables
+
+    hook = getattr(spec.handler, "warm", None)
+    if getattr(spec.handler, "lambda_style", False):
+        def warm_deployed() -> None:
+            _forget_secrets(service)
+            hook()
+
+        return warm_deployed
+    module_hook = warm_hook(spec.handler)
+    variables = store_variables(service.settings)
+
+    def warm_registered() -> None:
+        os.environ.update(variables)
+        if module_hook is not None:
+            module_hook()
+
+    return warm_registered
+
+
+def _forget_secrets(service: Service) -> None:
+    # The runner never talks to the database, the broker or the API: their secrets go.
+    from pydantic import SecretStr
+
+    settings = service.settings
+    settings.database.url = settings.broker.url = SecretStr("")
+    settings.api.webhook_token = settings.api.admin_token = SecretStr("")
 
 
 class _Ender:
     """Builds the step's second transaction from how it ended, and sends what comes next."""
 
     def __init__(self, service: Service, job: Job, step_index: int, attempt_id: int, function: str,
-                 limits: Limits, failures: int) -> None:
+                 limits: Limits, failures: int, version: str | None = None) -> None:
         self.service, self.job, self.step_index, self.attempt_id = service, job, step_index, attempt_id
-        self.function, self.limits, self.failures = function, limits, failures
+        self.function, self.limits, self.failures, self.version = function, limits, failures, version
 
     def _finish(self, attempt_status: str, outcome: str, reason: str | None, result: ChildResult | None,
                 **extra: Any) -> Outcome:
         value = (result.value if result else None) or {}
+        metering = self._metering(result, value)
         end = StepEnd(
             job_id=self.job.id, step_index=self.step_index, attempt_id=self.attempt_id,
             attempt_status=attempt_status, outcome=outcome, reason=reason,
@@ -181,7 +236,7 @@ class _Ender:
             peak_memory_kb=result.peak_memory_kb if result else None,
             bytes_read=value.get("bytes_read", 0), bytes_written=value.get("bytes_written", 0),
             cold_start=result.cold if result else None, recycled=result.recycled if result else None,
-            result=value.get("result"), **extra)
+            result=value.get("result"), version=self.version, **metering, **extra)
         if not _record(self.service, end):
             log.warning("job %s: step %d finished after losing its lease; result refused", self.job.id,
                         self.step_index)
@@ -190,6 +245,16 @@ class _Ender:
         if outcome == "next":
             outbox.send(self.service, [Send(self.job.id, self.step_index + 1, self.job.pipeline)])
         return Outcome(outcome, reason or "", retry_in=end.retry_in if outcome == "retry" else None)
+
+    def _metering(self, result: ChildResult | None, value: dict[str, Any]) -> dict[str, Any]:
+        """Memory given, billed duration, and the invocation's log ending in Lambda's REPORT line."""
+        if result is None or not result.duration_s:
+            return {}
+        request_id = f"{self.job.id}-{self.step_index}-{self.attempt_id}"
+        report = report_line(request_id, result.duration_s, self.limits.memory_mb, result.peak_memory_kb)
+        log.info("%s (%s)", report, self.function)
+        return {"memory_mb": self.limits.memory_mb, "billed_ms": billed_ms(result.duration_s),
+                "log": f"{value.get('log') or ''}{report}\n"}
 
     def _log(self, outcome: str, reason: str | None) -> None:
         where = f"job {self.job.id} ({self.job.pipeline}) {self.job.bucket}/{self.job.key}"

@@ -316,7 +316,8 @@ class Database:
             s.execute(select(1))
 
 
-_NEW_COLUMNS = {"attempts": {"progress": "JSON"}}
+_NEW_COLUMNS = {"attempts": {"progress": "JSON", "version": "VARCHAR(64)", "memory_mb": "INTEGER",
+                             "billed_ms": "BIGINT", "log": "TEXT"}}
 """Columns added since a table was first made: create_all makes new tables only."""
 
 

@@ -106,6 +106,12 @@ class AttemptRow(Base):
     result: Mapped[Any | None] = mapped_column(JSON, default=None)
     # A long step's latest {"percent", "speed", "at"}, while it runs (Context.report_progress).
     progress: Mapped[Any | None] = mapped_column(JSON, default=None)
+    # Metering (issue 9): the deployed version that ran, the memory it was given, the billed
+    # duration (rounded up to 1 ms) and what it printed, with Lambda's START/END/REPORT lines.
+    version: Mapped[str | None] = mapped_column(String(64), default=None)
+    memory_mb: Mapped[int | None] = mapped_column(Integer, default=None)
+    billed_ms: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    log: Mapped[str | None] = mapped_column(Text, default=None)
 
     job: Mapped[JobRow] = relationship(back_populates="attempts")
 
@@ -157,3 +163,40 @@ class DriftRow(Base):
     cpu_ms: Mapped[int] = mapped_column(Integer, default=0)
     duration_ms: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class FunctionVersionRow(Base):
+    """One immutable version of a deployed user function (``fileproc functions deploy``).
+
+    The package (a zip of the handler's file or folder) lives in storage under
+    ``package_key``; each host unpacks it and installs ``requirements`` once
+    per version (:mod:`fileproc.serverless.packages`).
+    """
+
+    __tablename__ = "function_versions"
+    __table_args__ = (UniqueConstraint("function", "version", name="uq_function_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    function: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    handler: Mapped[str] = mapped_column(String(255))  # Lambda's notation: module.function
+    timeout: Mapped[float] = mapped_column(default=60.0)
+    memory_mb: Mapped[int] = mapped_column(Integer, default=128)
+    concurrency: Mapped[int | None] = mapped_column(Integer, default=None)
+    retries: Mapped[int] = mapped_column(Integer, default=2)
+    env: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    package_key: Mapped[str] = mapped_column(String(1024))
+    package_sha256: Mapped[str] = mapped_column(String(64))
+    requirements: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FunctionAliasRow(Base):
+    """A name for one version of a deployed function: ``live`` is the one a bare name runs."""
+
+    __tablename__ = "function_aliases"
+
+    function: Mapped[str] = mapped_column(String(64), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

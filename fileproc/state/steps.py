@@ -193,7 +193,8 @@ _END_ATTEMPT = Prepared(update(attempts).where(attempts.c.id == bindparam("p_att
     status=bindparam("p_status"), finished_at=bindparam("p_now"), duration_ms=bindparam("p_duration"),
     peak_memory_kb=bindparam("p_peak"), bytes_read=bindparam("p_read"), bytes_written=bindparam("p_written"),
     cold_start=bindparam("p_cold"), recycled=bindparam("p_recycled"), error=bindparam("p_error"),
-    traceback=bindparam("p_traceback"), result=bindparam("p_result"),
+    traceback=bindparam("p_traceback"), result=bindparam("p_result"), version=bindparam("p_version"),
+    memory_mb=bindparam("p_memory"), billed_ms=bindparam("p_billed"), log=bindparam("p_log"),
 ))
 
 _OUTPUTS = {name: Prepared(dialect.insert(outputs).values(
@@ -276,7 +277,8 @@ def finish_step(connect: Callable[[], Any], end: StepEnd) -> bool:
             "p_duration": end.duration_ms, "p_peak": end.peak_memory_kb, "p_read": end.bytes_read,
             "p_written": end.bytes_written, "p_cold": end.cold_start, "p_recycled": end.recycled,
             "p_error": end.error if moved else _late_reason(end), "p_traceback": end.traceback,
-            "p_result": end.result,
+            "p_result": end.result, "p_version": end.version, "p_memory": end.memory_mb, "p_billed": end.billed_ms,
+            "p_log": end.log,
         })
         if moved and end.outputs:
             _OUTPUTS[tx.dialect.name].many(tx, [

@@ -1,0 +1,302 @@
+"""Lambda's execution environment, inside a warm runner of a deployed function version.
+
+Built in the worker (:func:`environment`: what the runner's environment
+holds) and applied in each new runner by :meth:`LambdaHandler.warm`, before
+the handler's module is imported:
+
+- the environment is *replaced*: Lambda's variables (``AWS_LAMBDA_*``,
+  ``AWS_REGION``, ``LAMBDA_TASK_ROOT``, ``_HANDLER`` ...), the standard AWS
+  variables that point boto3 at the configured S3-compatible store
+  (``AWS_ENDPOINT_URL_S3``, credentials), the function's own ``--env``, and
+  nothing of fileproc's settings or secrets (the runner's copy of the
+  settings loses its secrets too);
+- a private writable folder as ``TMPDIR`` (and ``tempfile``'s folder), kept
+  for the runner's life like Lambda's ``/tmp``; the package's folder is
+  ``LAMBDA_TASK_ROOT`` and first on ``sys.path``, its requirements second;
+- the root logger gets Lambda's handler (``[LEVEL]\\tTIME\\tREQUEST_ID\\tMSG``);
+  ``print`` and logging are captured per invocation (:func:`captured`) between
+  Lambda's ``START`` and ``END`` lines;
+- boto3's default session records every object the handler writes (so its
+  outputs are recorded on the job) and marks them with the pipeline's
+  provenance (so they never loop back into it).
+
+A handler's return value must be JSON-serialisable (else
+``Runtime.MarshalError``); an exception is recorded as Lambda's error object
+(``errorMessage``, ``errorType``, ``requestId``, ``stackTrace``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import logging
+import os
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fileproc.errors import PermanentError
+from fileproc.functions import log_group_name, log_stream_name
+
+if TYPE_CHECKING:
+    from fileproc.config import Settings
+    from fileproc.state.deployments import FunctionVersion
+    from fileproc.storage import Storage
+
+LOG_LIMIT = 256 * 1024
+"""Characters of one invocation's output kept on its attempt (the rest is dropped, and says so)."""
+
+DEFAULT_REGION = "us-east-1"
+
+
+def aws_region(settings: Settings) -> str:
+    """The region handlers see (``awsRegion``, ``AWS_REGION``): ``storage.region``, else us-east-1."""
+    return settings.storage.region or DEFAULT_REGION
+
+
+def store_variables(settings: Settings) -> dict[str, str]:
+    """The standard AWS variables that point boto3 at the configured store (S3 backend only)."""
+    region = aws_region(settings)
+    found = {"AWS_REGION": region, "AWS_DEFAULT_REGION": region}
+    if settings.storage.backend == "s3":
+        url = f"{'https' if settings.storage.secure else 'http'}://{settings.storage.endpoint}"
+        found |= {"AWS_ENDPOINT_URL_S3": url, "AWS_ENDPOINT_URL": url,
+                  "AWS_ACCESS_KEY_ID": settings.storage.access_key.get_secret_value(),
+                  "AWS_SECRET_ACCESS_KEY": settings.storage.secret_key.get_secret_value()}
+    return found
+
+
+def environment(settings: Settings, version: FunctionVersion, folder: Path) -> dict[str, str]:
+    """The whole environment of a runner of ``version`` (TMPDIR and the log stream are added in the runner)."""
+    code = folder / "code"
+    python = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    found = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+        "LANG": "en_US.UTF-8", "TZ": ":UTC",
+        "LAMBDA_TASK_ROOT": str(code), "LAMBDA_RUNTIME_DIR": sys.prefix, "_HANDLER": version.handler,
+        "AWS_EXECUTION_ENV": f"AWS_Lambda_{python}",
+        "AWS_LAMBDA_FUNCTION_NAME": version.function,
+        "AWS_LAMBDA_FUNCTION_VERSION": str(version.version),
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(version.memory_mb),
+        "AWS_LAMBDA_LOG_GROUP_NAME": log_group_name(version.function),
+        "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+        "PYTHONPATH": f"{code}:{folder / 'deps'}",
+        # boto3 reads no ~/.aws of the host: path-style addressing (what S3-compatible stores
+        # serve) from a file of the function's own, credentials from the variables only.
+        "AWS_CONFIG_FILE": str(folder / "aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(folder / "aws-credentials"),
+        **store_variables(settings),
+    }
+    return {**found, **version.env}
+
+
+class LambdaHandler:
+    """The handler of a deployed version: a ``handler(event, context)`` loaded in its runner.
+
+    Built in the worker; :meth:`warm` runs once in each new runner (the
+    pool's warm-up hook), so the module is imported before the first event,
+    as Lambda's init phase does. An import that fails is reported on each
+    invocation as Lambda reports it (``Runtime.ImportModuleError``).
+    """
+
+    lambda_style = True
+
+    def __init__(self, version: FunctionVersion, folder: Path, env: dict[str, str], tmp_root: Path,
+                 package_bucket: str) -> None:
+        self.version = version
+        self.package_bucket = package_bucket
+        self.folder = folder
+        self.env = env
+        self.tmp_root = tmp_root
+        self._handler: Any = None
+        self._init_error: tuple[str, str] | None = None
+        self.init_ms: float | None = None
+
+    def prepare(self, storage: Storage) -> None:
+        """In the worker, before a runner starts: the version's package and requirements on this host."""
+        from fileproc.serverless import packages
+
+        packages.install(storage, self.package_bucket, self.version.package_key, self.folder,
+                         self.version.requirements)
+
+    def warm(self) -> None:
+        started = time.perf_counter()
+        tmp = self.tmp_root / f"{os.getpid()}.tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        (self.folder / "aws-config").write_text("[default]\ns3 =\n    addressing_style = path\n")
+        os.environ.clear()
+        os.environ.update({**self.env, "TMPDIR": str(tmp),
+                           "AWS_LAMBDA_LOG_STREAM_NAME": log_stream_name(str(self.version.version))})
+        tempfile.tempdir = str(tmp)
+        code, deps = str(self.folder / "code"), str(self.folder / "deps")
+        sys.path[:0] = [code, deps]
+        importlib.invalidate_caches()
+        # The working directory stays the worker's (relative data_dir paths hold): Lambda's
+        # would be the package's folder, which handlers find as LAMBDA_TASK_ROOT.
+        _lambda_logging()
+        _hook_boto3()
+        module_name, _, attribute = self.version.handler.rpartition(".")
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # the user's module failing at import: reported on each invocation
+            self._init_error = ("Runtime.ImportModuleError", f"Unable to import module '{module_name}': {exc}")
+            return
+        handler = getattr(module, attribute, None)
+        if not callable(handler):
+            self._init_error = ("Runtime.HandlerNotFound", f"Handler '{attribute}' missing on module '{module_name}'")
+            return
+        self._handler = handler
+        self.init_ms = (time.perf_counter() - started) * 1000
+
+    def __call__(self, event: dict[str, Any], context: Any) -> Any:
+        if self._handler is None and self._init_error is None:
+            self.warm()
+        if self._init_error is not None:
+            kind, message = self._init_error
+            raise InitError(kind, message)
+        return self._handler(event, context)
+
+
+class InitError(PermanentError):
+    """The function's module did not import, or has no such handler: no retry will help."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+# --- logging and output, per invocation ----------------------------------------------------
+
+_request_id = ""
+
+
+class Captured(io.TextIOBase):
+    """What one invocation printed or logged (at most :data:`LOG_LIMIT` characters)."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self._size = 0
+        self._dropped = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if self._size + len(text) > LOG_LIMIT:
+            self._dropped += len(text)
+        else:
+            self._parts.append(text)
+            self._size += len(text)
+        return len(text)
+
+    @property
+    def text(self) -> str:
+        dropped = f"[fileproc: {self._dropped} more characters of output dropped]\n" if self._dropped else ""
+        return "".join(self._parts) + dropped
+
+
+@contextlib.contextmanager
+def captured(request_id: str, version: str) -> Iterator[Captured]:
+    """Capture ``print`` and logging of one invocation, between Lambda's START and END lines."""
+    global _request_id
+    out = Captured()
+    out.write(f"START RequestId: {request_id} Version: {version}\n")
+    saved = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = out
+    _request_id = request_id
+    try:
+        yield out
+    finally:
+        sys.stdout, sys.stderr = saved
+        _request_id = ""
+        out.write(f"END RequestId: {request_id}\n")
+
+
+class _LambdaLogHandler(logging.Handler):
+    """Lambda's root handler: ``[LEVEL]\\tTIME\\tREQUEST_ID\\tMESSAGE`` to the invocation's output."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            message = self.format(record).replace("\n", "\r")  # one entry per line, as Lambda keeps it
+            sys.stdout.write(f"[{record.levelname}]\t{when}.{int(record.msecs):03d}Z\t{_request_id}\t{message}\n")
+        except Exception:
+            self.handleError(record)
+
+
+def _lambda_logging() -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):  # the worker's: a function's lines go to its own log
+        root.removeHandler(handler)
+    root.addHandler(_LambdaLogHandler())
+    root.setLevel(logging.WARNING)  # Python's default, as on Lambda: a handler sets INFO itself
+
+
+# --- boto3: outputs recorded, marked with the pipeline's provenance ------------------------
+
+_written: list[tuple[str, str, str]] = []
+_provenance: dict[str, str] = {}
+
+
+def start_invocation(provenance: dict[str, str]) -> None:
+    """Before each invocation: what boto3 writes from now on is this step's, with this provenance."""
+    global _provenance
+    _written.clear()
+    _provenance = dict(provenance)
+
+
+def written() -> list[tuple[str, str, str]]:
+    """(bucket, key, etag) of each object the handler wrote through boto3 in this invocation."""
+    return list(_written)
+
+
+def _hook_boto3() -> None:
+    # Only boto3's default session (what `boto3.client("s3")` uses) is hooked, when it is made.
+    boto3 = sys.modules.get("boto3")
+    if boto3 is None:
+        return
+    original = boto3.setup_default_session
+
+    def setup_default_session(**kwargs: Any) -> None:
+        original(**kwargs)
+        events = boto3.DEFAULT_SESSION.events
+        for operation in ("PutObject", "CreateMultipartUpload", "CopyObject"):
+            events.register(f"before-parameter-build.s3.{operation}", _mark)
+        for operation in ("PutObject", "CompleteMultipartUpload", "CopyObject"):
+            events.register(f"after-call.s3.{operation}", _record)
+
+    boto3.setup_default_session = setup_default_session
+    boto3.DEFAULT_SESSION = None
+
+
+def _mark(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+    context["fileproc_target"] = (params.get("Bucket"), params.get("Key"))
+    if _provenance:
+        if params.get("MetadataDirective") == "COPY":  # a copy keeps its source's metadata: nothing to add
+            return
+        params["Metadata"] = {**_provenance, **(params.get("Metadata") or {})}
+
+
+def _record(http_response: Any, parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+    target = context.get("fileproc_target")
+    status = getattr(http_response, "status_code", 0)
+    if target and target[0] and target[1] and 200 <= status < 300:
+        etag = parsed.get("ETag") or (parsed.get("CopyObjectResult") or {}).get("ETag") or ""
+        _written.append((target[0], target[1], str(etag).strip('"')))
+
+
+def error_object(exc: BaseException, request_id: str) -> dict[str, Any]:
+    """Lambda's record of a handler's exception."""
+    kind = exc.kind if isinstance(exc, InitError) else type(exc).__name__
+    frames = traceback.extract_tb(exc.__traceback__)
+    return {"errorMessage": str(exc) or kind, "errorType": kind, "requestId": request_id,
+            "stackTrace": [line for line in traceback.format_list(frames)]}
+
+
+__all__ = ["Captured", "InitError", "LambdaHandler", "aws_region", "captured", "environment", "error_object",
+           "start_invocation", "store_variables", "written"]

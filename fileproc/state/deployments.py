@@ -1,0 +1,145 @@
+"""Deployed user functions in the state database: immutable versions and their aliases.
+
+``fileproc functions deploy`` adds a version (numbered 1, 2, ... per
+function) and points the ``live`` alias at it; ``rollback`` points ``live``
+at an older one. A pipeline step naming ``NAME`` runs ``NAME:live``;
+``NAME:3`` a fixed version, ``NAME:ALIAS`` any alias. Resolving a name runs
+on every step of a deployed function, so it is one prepared statement
+(:class:`~fileproc.state.steps.Prepared`), and callers cache it briefly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, cast
+
+from sqlalchemy import Table, and_, bindparam, delete, func, select
+
+from fileproc.errors import FunctionNotFound
+from fileproc.state.models import FunctionAliasRow, FunctionVersionRow, utcnow
+from fileproc.state.records import aware
+from fileproc.state.steps import Prepared
+
+if TYPE_CHECKING:
+    from fileproc.state import Database
+
+LIVE = "live"
+"""The alias a bare function name runs, moved by every deploy and by ``rollback``."""
+
+versions = cast(Table, FunctionVersionRow.__table__)
+aliases = cast(Table, FunctionAliasRow.__table__)
+
+
+@dataclass(frozen=True)
+class FunctionVersion:
+    """One immutable version of a deployed function."""
+
+    function: str
+    version: int
+    handler: str
+    timeout: float
+    memory_mb: int
+    concurrency: int | None
+    retries: int
+    env: dict[str, str]
+    package_key: str
+    package_sha256: str
+    requirements: str
+    created_at: datetime
+    aliases: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"function": self.function, "version": self.version, "handler": self.handler,
+                "timeout": self.timeout, "memory_mb": self.memory_mb, "concurrency": self.concurrency,
+                "retries": self.retries, "env": dict(self.env), "package_key": self.package_key,
+                "package_sha256": self.package_sha256, "requirements": self.requirements,
+                "created_at": self.created_at.isoformat(), "aliases": list(self.aliases)}
+
+
+def _version_of(row: Any, names: list[str] | None = None) -> FunctionVersion:
+    return FunctionVersion(row.function, row.version, row.handler, row.timeout, row.memory_mb, row.concurrency,
+                           row.retries, dict(row.env or {}), row.package_key, row.package_sha256,
+                           row.requirements or "", aware(row.created_at) or utcnow(), names or [])
+
+
+_BY_VERSION = Prepared(select(versions).where(versions.c.function == bindparam("p_function"),
+                                              versions.c.version == bindparam("p_version")))
+_BY_ALIAS = Prepared(select(versions).join(aliases, and_(aliases.c.function == versions.c.function,
+                                                         aliases.c.version == versions.c.version))
+                     .where(aliases.c.function == bindparam("p_function"), aliases.c.alias == bindparam("p_alias")))
+
+
+def resolve(db: Database, function: str, qualifier: str = LIVE) -> FunctionVersion:
+    """The version ``function:qualifier`` names (a number or an alias); FunctionNotFound if none."""
+    with db.transaction() as tx:
+        if qualifier.isdigit():
+            row = _BY_VERSION.first(tx, {"p_function": function, "p_version": int(qualifier)})
+        else:
+            row = _BY_ALIAS.first(tx, {"p_function": function, "p_alias": qualifier})
+    if row is None:
+        raise FunctionNotFound(f"no deployed function {function}:{qualifier} (see `fileproc functions list`)")
+    return _version_of(row)
+
+
+def add_version(db: Database, function: str, *, handler: str, timeout: float, memory_mb: int,
+                concurrency: int | None, retries: int, env: dict[str, str], package_key: str,
+                package_sha256: str, requirements: str) -> FunctionVersion:
+    """Record the next version of ``function`` and point ``live`` at it, in one transaction."""
+    with db.session() as s:
+        number = (s.scalar(select(func.max(FunctionVersionRow.version))
+                           .where(FunctionVersionRow.function == function)) or 0) + 1
+        row = FunctionVersionRow(function=function, version=number, handler=handler, timeout=timeout,
+                                 memory_mb=memory_mb, concurrency=concurrency, retries=retries, env=dict(env),
+                                 package_key=package_key, package_sha256=package_sha256,
+                                 requirements=requirements, created_at=db.now(s))
+        s.add(row)
+        _point(s, db, function, LIVE, number)
+        s.flush()
+        return _version_of(row, [LIVE])
+
+
+def set_alias(db: Database, function: str, alias: str, version: int) -> FunctionVersion:
+    """Point ``alias`` of ``function`` at ``version`` (which must exist)."""
+    with db.session() as s:
+        row = s.scalars(select(FunctionVersionRow).where(FunctionVersionRow.function == function,
+                                                         FunctionVersionRow.version == version)).one_or_none()
+        if row is None:
+            raise FunctionNotFound(f"no version {version} of function {function!r}")
+        _point(s, db, function, alias, version)
+        return _version_of(row)
+
+
+def _point(s: Any, db: Database, function: str, alias: str, version: int) -> None:
+    row = s.get(FunctionAliasRow, (function, alias))
+    if row is None:
+        s.add(FunctionAliasRow(function=function, alias=alias, version=version, updated_at=db.now(s)))
+    else:
+        row.version, row.updated_at = version, db.now(s)
+
+
+def list_versions(db: Database, function: str | None = None) -> list[FunctionVersion]:
+    """Every version (of ``function``, or of all), oldest first, each with the aliases pointing at it."""
+    with db.reading() as s:
+        query = select(FunctionVersionRow)
+        named = select(FunctionAliasRow)
+        if function is not None:
+            query = query.where(FunctionVersionRow.function == function)
+            named = named.where(FunctionAliasRow.function == function)
+        pointed: dict[tuple[str, int], list[str]] = {}
+        for alias in s.scalars(named):
+            pointed.setdefault((alias.function, alias.version), []).append(alias.alias)
+        rows = s.scalars(query.order_by(FunctionVersionRow.function, FunctionVersionRow.version))
+        return [_version_of(r, sorted(pointed.get((r.function, r.version), []))) for r in rows]
+
+
+def delete_function(db: Database, function: str) -> list[FunctionVersion]:
+    """Forget every version and alias of ``function``; the versions it had."""
+    gone = list_versions(db, function)
+    with db.session() as s:
+        s.execute(delete(FunctionAliasRow).where(FunctionAliasRow.function == function))
+        s.execute(delete(FunctionVersionRow).where(FunctionVersionRow.function == function))
+    return gone
+
+
+__all__ = ["LIVE", "FunctionVersion", "add_version", "delete_function", "list_versions", "resolve", "set_alias"]
