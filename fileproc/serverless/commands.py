@@ -33,6 +33,7 @@ def _parts(ctx: click.Context) -> tuple[Settings, Database, Storage]:
     from fileproc.storage import open_storage
 
     settings = ctx.obj.settings
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     return settings, Database(settings.database_url, timeout=settings.database.timeout), open_storage(settings)
 
 

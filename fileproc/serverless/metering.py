@@ -63,8 +63,8 @@ class Usage:
 
     def to_dict(self, by: str) -> dict[str, Any]:
         return {by: self.group, "requests": self.requests, "billed_ms": self.billed_ms,
-                "gb_seconds": round(self.gb_seconds, 6), "cold_starts": self.cold_starts, "errors": self.errors,
-                "duration_ms": self.duration_ms, "cost": round(self.cost, 10)}
+                "gb_seconds": self.gb_seconds, "cold_starts": self.cold_starts, "errors": self.errors,
+                "duration_ms": self.duration_ms, "cost": self.cost}
 
 
 BILLED_STATUSES = ("succeeded", "failed", "timed_out", "late", "retried")
