@@ -16,7 +16,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from fileproc.errors import FunctionNotFound
+from fileproc.errors import FileprocError, FunctionNotFound
 from fileproc.functions import FunctionSpec
 from fileproc.serverless import packages
 from fileproc.serverless.lambda_runtime import LambdaHandler, environment
@@ -73,7 +73,7 @@ class Catalog:
             return False
         try:
             self.version(reference)
-        except FunctionNotFound:
+        except FileprocError:  # not deployed, or no database to ask: the caller names what is known
             return False
         return True
 
