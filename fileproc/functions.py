@@ -243,7 +243,7 @@ class Context:
 
     aws_request_id: str
     function_name: str
-    memory_limit_in_mb: str
+    memory_limit_in_mb: str  # an int is accepted (and made a str)
     deadline: float
     params: dict[str, Any]
     input: InputObject

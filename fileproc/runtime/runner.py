@@ -190,8 +190,9 @@ def _warm_up(service: Service, spec: FunctionSpec) -> Any:
     """
     from fileproc.serverless.lambda_runtime import store_variables
 
-    hook = getattr(spec.handler, "warm", None)
     if getattr(spec.handler, "lambda_style", False):
+        hook = spec.handler.warm  # type: ignore[attr-defined]
+
         def warm_deployed() -> None:
             _forget_secrets(service)
             hook()

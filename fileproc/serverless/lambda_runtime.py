@@ -257,7 +257,7 @@ def written() -> list[tuple[str, str, str]]:
 
 def _hook_boto3() -> None:
     # Only boto3's default session (what `boto3.client("s3")` uses) is hooked, when it is made.
-    boto3 = sys.modules.get("boto3")
+    boto3: Any = sys.modules.get("boto3")
     if boto3 is None:
         return
     original = boto3.setup_default_session
