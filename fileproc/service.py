@@ -110,7 +110,11 @@ class Service:
         return function if function in self.registry else function.partition(":")[0]  # a deployed one's name
 
     def queue_for(self, step: Step) -> str:
-        return step.queue or self.spec(step).queue
+        if step.queue or step.function in self.registry:
+            return step.queue or self.spec(step).queue
+        from fileproc.serverless.catalog import USER_QUEUE
+
+        return USER_QUEUE  # every deployed function's (sending a step never asks the database)
 
     def queues(self) -> list[str]:
         """Every queue a worker may need: each function's, and each step's override."""

@@ -188,8 +188,11 @@ def test_deploy_rollback_and_pinned_versions_reach_a_running_worker(tmp_path: Pa
                    for line in fileproc(config, "usage", "--json", "--by", "pipeline").splitlines()}
     assert by_pipeline == {"p": 3, "pinned": 1}
 
+    queued = upload(service, "4.txt")
     assert "deleted peek (2 versions)" in fileproc(config, "functions", "delete", "peek")
     assert "no deployed functions" in fileproc(config, "functions", "list")
+    failed = run(service, queued)  # queued before the delete: it fails, saying why
+    assert failed.status == "failed" and "no function named 'peek'" in (failed.error or "")
 
 
 def test_errors_and_return_values_are_recorded_as_lambda_reports_them(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fileproc import outbox
-from fileproc.errors import FileprocError, ObjectNotFound, StorageError
+from fileproc.errors import FileprocError, FunctionNotFound, ObjectNotFound, StorageError
 from fileproc.events import ObjectEvent
 from fileproc.functions import PROGRESS_FILE, FunctionSpec
 from fileproc.rules import PROVENANCE_PIPELINE, Step
@@ -91,7 +91,11 @@ def run_step(service: Service, job_id: int, step_index: int, worker: str) -> Out
         service.db.end_job(job_id, JobStatus.FAILED, f"pipeline {job.pipeline!r} is no longer configured")
         return Outcome("failed", "pipeline gone")
     step = pipeline.steps[step_index]
-    spec = service.spec(step)
+    try:
+        spec = service.spec(step)
+    except FunctionNotFound as exc:  # a deployed function deleted since the job was queued
+        return _Ender(service, job, step_index, attempt_id, step.function, Limits(0, 0, 0),
+                      started.failures).fail(AttemptStatus.FAILED, str(exc), error=str(exc))
     limits = limits_for(spec, step)
     end = _Ender(service, job, step_index, attempt_id, spec.name, limits, started.failures,
                  version=None if spec.version == "$LATEST" else spec.version)
