@@ -77,6 +77,7 @@ class FunctionSpec:
     params: type[BaseModel] | None = None
     source: str = ""
     version: str = "$LATEST"  # a deployed function's version number
+    concurrency: int | None = None  # a deployed function's reserved concurrency (steps at once, everywhere)
 
     @property
     def module(self) -> str:

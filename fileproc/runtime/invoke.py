@@ -162,7 +162,9 @@ def _invoke_lambda(spec: FunctionSpec, event: dict[str, Any], context: Context, 
             shaped = lam.error_object(exc, context.aws_request_id)
             print(json.dumps(shaped))  # Lambda logs the error object too
             outcome["result"] = shaped
-            outcome["error"] = {"kind": kind_of(exc), "type": shaped["errorType"], "message": shaped["errorMessage"],
+            plain = lam.plain_reason(exc, getattr(getattr(spec.handler, "version", None), "disk_mb", 0))
+            outcome["error"] = {"kind": "permanent" if plain and "disk limit" in plain else kind_of(exc),
+                                "type": shaped["errorType"], "message": plain or shaped["errorMessage"],
                                 "traceback": "".join(traceback.format_exception(exc))[-8000:]}
         else:
             try:

@@ -124,8 +124,14 @@ def run_step(service: Service, job_id: int, step_index: int, worker: str) -> Out
     request = StepRequest(request_id, pipeline.name, step_index, job.event, info, limits.timeout,
                           limits.memory_mb, str(scratch))
     progress = _Progress(service, job_id, step_index, attempt_id, scratch)
-    with leases.held(progress.renew, job_id, attempt_id, lease, asked_at=asked_at) as held:
-        result = execute(service, request, cancel=held.lost, spec=spec)
+    slot = _Slot(service, spec, request_id, limits.timeout + lease)
+    if not slot.take():
+        return end.throttle(spec.concurrency or 0)
+    try:
+        with leases.held(progress.renew, job_id, attempt_id, lease, asked_at=asked_at) as held:
+            result = execute(service, request, cancel=held.lost, spec=spec)
+    finally:
+        slot.give()
     if held.lost.is_set():
         return end.late(result)
     return end.from_result(result)
@@ -222,6 +228,37 @@ def _forget_secrets(service: Service) -> None:
     settings.api.webhook_token = settings.api.admin_token = SecretStr("")
 
 
+class _Slot:
+    """A unit of a deployed function's reserved concurrency, held while its step runs (if it has a limit).
+
+    Held at most the step's timeout plus a lease: a worker that dies holding
+    one loses it then, as its step's lease runs out.
+    """
+
+    def __init__(self, service: Service, spec: FunctionSpec, holder: str, seconds: float) -> None:
+        self.service, self.spec, self.holder, self.seconds = service, spec, holder, seconds
+        self.held = False
+
+    def take(self) -> bool:
+        if not self.spec.concurrency:
+            return True
+        from fileproc.state.deployments import take_slot
+
+        self.held = take_slot(self.service.db, self.spec.name, self.holder, self.seconds)
+        return self.held
+
+    def give(self) -> None:
+        if self.held:
+            from fileproc.state.deployments import give_slot
+
+            give_slot(self.service.db, self.spec.name, self.holder)
+            self.held = False
+
+
+THROTTLED = "throttled"
+"""An attempt that found its function's reserved concurrency all in use: queued again, not a failure."""
+
+
 class _Ender:
     """Builds the step's second transaction from how it ended, and sends what comes next."""
 
@@ -258,8 +295,12 @@ class _Ender:
         request_id = f"{self.job.id}-{self.step_index}-{self.attempt_id}"
         report = report_line(request_id, result.duration_s, self.limits.memory_mb, result.peak_memory_kb)
         log.info("%s (%s)", report, self.function)
+        notes = ""
+        if result.left_running:
+            notes = (f"fileproc: the invocation left {result.left_running} process(es) running when it returned; "
+                     "they were killed\n")
         return {"memory_mb": self.limits.memory_mb, "billed_ms": billed_ms(result.duration_s),
-                "log": f"{value.get('log') or ''}{report}\n"}
+                "log": f"{value.get('log') or ''}{notes}{report}\n"}
 
     def _log(self, outcome: str, reason: str | None) -> None:
         where = f"job {self.job.id} ({self.job.pipeline}) {self.job.bucket}/{self.job.key}"
@@ -277,6 +318,11 @@ class _Ender:
 
     def skip(self, reason: str) -> Outcome:
         return self._finish(AttemptStatus.SKIPPED, "skipped", reason, None, error=reason)
+
+    def throttle(self, concurrency: int) -> Outcome:
+        """Every slot of the function's reserved concurrency is in use: queue the step again soon."""
+        why = f"throttled: all {concurrency} of {self.function!r}'s reserved concurrency in use"
+        return self._finish(THROTTLED, "retry", why, None, retry_in=random.uniform(0.5, 1.5), error=why)
 
     def fail(self, attempt_status: str, reason: str, result: ChildResult | None = None,
              **extra: Any) -> Outcome:

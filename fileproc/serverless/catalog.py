@@ -96,7 +96,7 @@ class Catalog:
             spec = FunctionSpec(version.function, handler, queue=USER_QUEUE, timeout=version.timeout,
                                 memory_mb=version.memory_mb, retries=version.retries,
                                 source=f"deployed {version.function}:{version.version}",
-                                version=str(version.version))
+                                version=str(version.version), concurrency=version.concurrency)
             with self._lock:
                 self._specs[key] = spec
         return spec

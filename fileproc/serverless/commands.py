@@ -76,6 +76,8 @@ def new(name: str, force: bool) -> None:
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True, help="Seconds.")
 @click.option("--memory", type=click.IntRange(min=16), default=128, show_default=True, help="MB.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Reserved concurrency (recorded).")
+@click.option("--disk", type=click.IntRange(min=1), default=512, show_default=True,
+              help="MB: the largest file the function may write (Lambda's /tmp default: 512).")
 @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
               help="Re-runs after a failure that may pass (Lambda's asynchronous default: 2).")
 @click.option("--env", "env", multiple=True, help="KEY=VALUE for the function's environment (repeatable).")
@@ -83,7 +85,7 @@ def new(name: str, force: bool) -> None:
               help="A requirements.txt installed for this version (pip install --target).")
 @click.pass_context
 def deploy(ctx: click.Context, path: Path, name: str, handler: str, timeout: float, memory: int,
-           concurrency: int | None, retries: int, env: tuple[str, ...], requirements: Path | None) -> None:
+           concurrency: int | None, disk: int, retries: int, env: tuple[str, ...], requirements: Path | None) -> None:
     """Deploy PATH (a file or a folder) as a new version of NAME and make it live.
 
     The package goes to storage (every host loads it from there), its
@@ -123,7 +125,8 @@ def deploy(ctx: click.Context, path: Path, name: str, handler: str, timeout: flo
     packages.install(storage, settings.functions.bucket, key,
                      packages.folder_for(settings.data_dir.resolve(), name, digest, text), text)
     version = add_version(db, name, handler=handler, timeout=timeout, memory_mb=memory, concurrency=concurrency,
-                          retries=retries, env=variables, package_key=key, package_sha256=digest, requirements=text)
+                          retries=retries, env=variables, package_key=key, package_sha256=digest, requirements=text,
+                          disk_mb=disk)
     click.echo(f"deployed {name} version {version.version} (live): {handler}, {memory} MB, {timeout:g} s")
 
 

@@ -28,10 +28,13 @@ A handler's return value must be JSON-serialisable (else
 from __future__ import annotations
 
 import contextlib
+import errno
+import faulthandler
 import importlib
 import io
 import logging
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -133,12 +136,15 @@ class LambdaHandler:
         os.environ.update({**self.env, "TMPDIR": str(tmp),
                            "AWS_LAMBDA_LOG_STREAM_NAME": log_stream_name(str(self.version.version))})
         tempfile.tempdir = str(tmp)
+        limit = self.version.disk_mb * 1024 * 1024  # a file past it fails with EFBIG (Python ignores SIGXFSZ)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
         code, deps = str(self.folder / "code"), str(self.folder / "deps")
         sys.path[:0] = [code, deps]
         importlib.invalidate_caches()
         # The working directory stays the worker's (relative data_dir paths hold): Lambda's
         # would be the package's folder, which handlers find as LAMBDA_TASK_ROOT.
         _lambda_logging()
+        faulthandler.disable()  # a crash is reported by the worker (killed by SIGSEGV), not dumped on its stderr
         _hook_boto3()
         module_name, _, attribute = self.version.handler.rpartition(".")
         try:
@@ -288,6 +294,15 @@ def _record(http_response: Any, parsed: dict[str, Any], context: dict[str, Any],
     if target and target[0] and target[1] and 200 <= status < 300:
         etag = parsed.get("ETag") or (parsed.get("CopyObjectResult") or {}).get("ETag") or ""
         _written.append((target[0], target[1], str(etag).strip('"')))
+
+
+def plain_reason(exc: BaseException, disk_mb: int) -> str | None:
+    """What a handler's exception means in plain words, where fileproc knows better than its message."""
+    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+        return f"wrote a file past its disk limit of {disk_mb} MB ({exc.strerror})"
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return f"the disk is full ({exc.strerror})"
+    return None
 
 
 def error_object(exc: BaseException, request_id: str) -> dict[str, Any]:

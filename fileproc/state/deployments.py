@@ -11,13 +11,13 @@ on every step of a deployed function, so it is one prepared statement
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, and_, bindparam, delete, func, select
+from sqlalchemy import Table, and_, bindparam, delete, func, or_, select, update
 
 from fileproc.errors import FunctionNotFound
-from fileproc.state.models import FunctionAliasRow, FunctionVersionRow, utcnow
+from fileproc.state.models import FunctionAliasRow, FunctionSlotRow, FunctionVersionRow, utcnow
 from fileproc.state.records import aware
 from fileproc.state.steps import Prepared
 
@@ -28,6 +28,7 @@ LIVE = "live"
 """The alias a bare function name runs, moved by every deploy and by ``rollback``."""
 
 versions = cast(Table, FunctionVersionRow.__table__)
+slots = cast(Table, FunctionSlotRow.__table__)
 aliases = cast(Table, FunctionAliasRow.__table__)
 
 
@@ -48,19 +49,20 @@ class FunctionVersion:
     requirements: str
     created_at: datetime
     aliases: list[str] = field(default_factory=list)
+    disk_mb: int = 512
 
     def to_dict(self) -> dict[str, Any]:
         return {"function": self.function, "version": self.version, "handler": self.handler,
                 "timeout": self.timeout, "memory_mb": self.memory_mb, "concurrency": self.concurrency,
                 "retries": self.retries, "env": dict(self.env), "package_key": self.package_key,
                 "package_sha256": self.package_sha256, "requirements": self.requirements,
-                "created_at": self.created_at.isoformat(), "aliases": list(self.aliases)}
+                "created_at": self.created_at.isoformat(), "aliases": list(self.aliases), "disk_mb": self.disk_mb}
 
 
 def _version_of(row: Any, names: list[str] | None = None) -> FunctionVersion:
     return FunctionVersion(row.function, row.version, row.handler, row.timeout, row.memory_mb, row.concurrency,
                            row.retries, dict(row.env or {}), row.package_key, row.package_sha256,
-                           row.requirements or "", aware(row.created_at) or utcnow(), names or [])
+                           row.requirements or "", aware(row.created_at) or utcnow(), names or [], row.disk_mb)
 
 
 _BY_VERSION = Prepared(select(versions).where(versions.c.function == bindparam("p_function"),
@@ -84,17 +86,19 @@ def resolve(db: Database, function: str, qualifier: str = LIVE) -> FunctionVersi
 
 def add_version(db: Database, function: str, *, handler: str, timeout: float, memory_mb: int,
                 concurrency: int | None, retries: int, env: dict[str, str], package_key: str,
-                package_sha256: str, requirements: str) -> FunctionVersion:
+                package_sha256: str, requirements: str, disk_mb: int = 512) -> FunctionVersion:
     """Record the next version of ``function`` and point ``live`` at it, in one transaction."""
     with db.session() as s:
         number = (s.scalar(select(func.max(FunctionVersionRow.version))
                            .where(FunctionVersionRow.function == function)) or 0) + 1
         row = FunctionVersionRow(function=function, version=number, handler=handler, timeout=timeout,
                                  memory_mb=memory_mb, concurrency=concurrency, retries=retries, env=dict(env),
+                                 disk_mb=disk_mb,
                                  package_key=package_key, package_sha256=package_sha256,
                                  requirements=requirements, created_at=db.now(s))
         s.add(row)
         _point(s, db, function, LIVE, number)
+        _size_slots(s, function, concurrency)
         s.flush()
         return _version_of(row, [LIVE])
 
@@ -107,6 +111,8 @@ def set_alias(db: Database, function: str, alias: str, version: int) -> Function
         if row is None:
             raise FunctionNotFound(f"no version {version} of function {function!r}")
         _point(s, db, function, alias, version)
+        if alias == LIVE:
+            _size_slots(s, function, row.concurrency)
         return _version_of(row)
 
 
@@ -138,8 +144,52 @@ def delete_function(db: Database, function: str) -> list[FunctionVersion]:
     gone = list_versions(db, function)
     with db.session() as s:
         s.execute(delete(FunctionAliasRow).where(FunctionAliasRow.function == function))
+        s.execute(delete(FunctionSlotRow).where(FunctionSlotRow.function == function))
         s.execute(delete(FunctionVersionRow).where(FunctionVersionRow.function == function))
     return gone
 
 
-__all__ = ["LIVE", "FunctionVersion", "add_version", "delete_function", "list_versions", "resolve", "set_alias"]
+# --- reserved concurrency ----------------------------------------------------------------------
+
+
+def _size_slots(s: Any, function: str, concurrency: int | None) -> None:
+    """K slot rows for a function whose live version reserves K (none without a limit)."""
+    existing = set(s.scalars(select(FunctionSlotRow.slot).where(FunctionSlotRow.function == function)))
+    wanted = set(range(concurrency or 0))
+    if existing - wanted:
+        s.execute(delete(FunctionSlotRow).where(FunctionSlotRow.function == function,
+                                                FunctionSlotRow.slot.in_(sorted(existing - wanted))))
+    for slot in sorted(wanted - existing):
+        s.add(FunctionSlotRow(function=function, slot=slot))
+
+
+_FREE = or_(slots.c.holder.is_(None), slots.c.until < bindparam("p_now"))
+# The freedom condition is in the outer WHERE too: on PostgreSQL a second worker racing for the
+# same slot re-checks it after the first one's commit, and takes nothing.
+_TAKE_SLOT = Prepared(update(slots).where(
+    slots.c.function == bindparam("p_function"), _FREE,
+    slots.c.slot == select(func.min(slots.c.slot)).where(slots.c.function == bindparam("p_function"), _FREE)
+    .scalar_subquery(),
+).values(holder=bindparam("p_holder"), until=bindparam("p_until")))
+_GIVE_SLOT = Prepared(update(slots).where(slots.c.function == bindparam("p_function"),
+                                          slots.c.holder == bindparam("p_holder")).values(holder=None, until=None))
+
+
+def take_slot(db: Database, function: str, holder: str, seconds: float) -> bool:
+    """Take a free slot of ``function``'s reserved concurrency for ``seconds`` at most; False if none is free."""
+    from fileproc.state.steps import now
+
+    with db.transaction() as tx:
+        at = now(tx)
+        return bool(_TAKE_SLOT.rowcount(tx, {"p_function": function, "p_holder": holder, "p_now": at,
+                                             "p_until": at + timedelta(seconds=seconds)}))
+
+
+def give_slot(db: Database, function: str, holder: str) -> None:
+    """Give back the slot ``holder`` took."""
+    with db.transaction() as tx:
+        _GIVE_SLOT.rowcount(tx, {"p_function": function, "p_holder": holder})
+
+
+__all__ = ["LIVE", "FunctionVersion", "add_version", "delete_function", "give_slot", "list_versions", "resolve",
+           "set_alias", "take_slot"]

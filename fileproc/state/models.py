@@ -183,6 +183,7 @@ class FunctionVersionRow(Base):
     timeout: Mapped[float] = mapped_column(default=60.0)
     memory_mb: Mapped[int] = mapped_column(Integer, default=128)
     concurrency: Mapped[int | None] = mapped_column(Integer, default=None)
+    disk_mb: Mapped[int] = mapped_column(Integer, default=512)  # largest file it may write (Lambda's /tmp: 512 MB)
     retries: Mapped[int] = mapped_column(Integer, default=2)
     env: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     package_key: Mapped[str] = mapped_column(String(1024))
@@ -200,3 +201,20 @@ class FunctionAliasRow(Base):
     alias: Mapped[str] = mapped_column(String(64), primary_key=True)
     version: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FunctionSlotRow(Base):
+    """One unit of a deployed function's reserved concurrency, held by the attempt running in it.
+
+    A function deployed with ``--concurrency K`` has K slots; a step takes a
+    free one (or one whose holder's time ran out: its worker died) before it
+    runs and gives it back after, so at most K of its steps run at once across
+    every worker and host.
+    """
+
+    __tablename__ = "function_slots"
+
+    function: Mapped[str] = mapped_column(String(64), primary_key=True)
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(64), default=None)
+    until: Mapped[datetime | None] = mapped_column(default=None)
