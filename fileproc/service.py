@@ -37,7 +37,11 @@ class Service:
         self.settings = settings
         self.registry = Registry.for_settings(settings, deployed=lambda name: self.catalog.exists(name))
         self.functions: dict[str, FunctionSpec] = self.registry.specs()
-        self.pipelines: dict[str, Pipeline] = {p.name: p for p in settings.pipelines}
+        from fileproc.serverless.invocations import Pipelines
+
+        # With the made-up pipeline of each direct invocation (POST /functions/NAME/invoke).
+        self.pipelines: dict[str, Pipeline] = Pipelines({p.name: p for p in settings.pipelines},
+                                                        settings.functions.bucket)
         celery.configure(settings)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
 

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from minio import Minio
@@ -88,6 +89,31 @@ def test_the_aws_tutorial_handler_deployed_unchanged_makes_the_resized_copy(
         # The copy carries the pipeline's provenance: it is never fed back into a pipeline that wrote it.
         assert client.stat_object("uploads-resized", "resized-pets/my cat.jpg").metadata.get(
             "x-amz-meta-fileproc-pipeline") == "resize"
+
+        # Invoked directly over HTTP (the back-end use case): synchronously, then asynchronously.
+        png = image_bytes(200, 100, fmt="PNG")
+        client.put_object("uploads", "direct.png", io.BytesIO(png), len(png))  # no pipeline takes .png
+        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        url = f"http://127.0.0.1:{api_port}/functions/CreateThumbnail/invoke"
+        sync = httpx.post(url, json={"bucket": "uploads", "key": "direct.png"}, headers=admin, timeout=90)
+        assert sync.status_code == 200 and sync.json()["status"] == "succeeded", sync.text
+        assert "REPORT RequestId: " in sync.json()["log"] and sync.json()["version"] == "1"
+        assert client.stat_object("uploads-resized", "resized-direct.png").size > 0
+        event = {"Records": [{"s3": {"bucket": {"name": "uploads"}, "object": {"key": "pets/my+cat.jpg"}}}]}
+        queued = httpx.post(url, json={"event": event}, headers={**admin, "X-Amz-Invocation-Type": "Event"},
+                            timeout=30)
+        assert queued.status_code == 202, queued.text
+        poll = f"http://127.0.0.1:{api_port}{queued.json()['poll']}"
+        done = wait_for(lambda: (lambda a: a if a["status"] in ("succeeded", "failed") else None)(
+            httpx.get(poll, headers=admin, timeout=10).json()), 60, "the asynchronous invocation", processes[-1])
+        assert done["status"] == "succeeded" and done["function"] == "CreateThumbnail", done
+        missing = httpx.post(url.replace("CreateThumbnail", "Nope"), json={"bucket": "uploads", "key": "direct.png"},
+                             headers=admin, timeout=10)
+        assert missing.status_code == 404
+        assert httpx.post(url, json={"bucket": "uploads", "key": "direct.png"}, timeout=10).status_code == 401
+        usage = {json.loads(line)["pipeline"]: json.loads(line)
+                 for line in fileproc(config, "usage", "--by", "pipeline", "--json").stdout.splitlines()}
+        assert usage["(invoke)"]["requests"] == 2 and usage["resize"]["requests"] == 1
     finally:
         for process in reversed(processes):
             process.stop()

@@ -94,7 +94,8 @@ def usage(db: Database, settings: Settings, *, by: str = "function", function: s
 def summarise(rows: Iterable[Any], settings: Settings, by: str) -> list[Usage]:
     groups: dict[str, Usage] = {}
     for row in rows:
-        key = {"function": row.function, "pipeline": row.pipeline,
+        pipeline = "(invoke)" if row.pipeline.startswith("_invoke.") else row.pipeline  # direct invocations
+        key = {"function": row.function, "pipeline": pipeline,
                "day": row.started_at.strftime("%Y-%m-%d")}[by]
         group = groups.setdefault(key, Usage(key))
         # Attempts recorded before metering have no billed duration: their whole milliseconds are.
