@@ -24,6 +24,7 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,12 @@ def run_step(service: Service, job_id: int, step_index: int, worker: str) -> Out
                       started.failures).fail(AttemptStatus.FAILED, str(exc), error=str(exc))
     limits = limits_for(spec, step)
     end = _Ender(service, job, step_index, attempt_id, spec.name, limits, started.failures,
-                 version=None if spec.version == "$LATEST" else spec.version)
+                 version=None if spec.version == "$LATEST" else spec.version,
+                 deployed=getattr(spec.handler, "version", None) if getattr(spec.handler, "lambda_style", False)
+                 else None)
+    too_old = end.too_old()
+    if too_old:
+        return end.fail(AttemptStatus.FAILED, too_old, error=too_old, condition="EventAgeExceeded")
 
     if started.lost and started.failures > limits.retries:
         return end.fail("failed", f"gave up: the worker running step {spec.name!r} was lost {started.lost} times "
@@ -263,14 +269,48 @@ class _Ender:
     """Builds the step's second transaction from how it ended, and sends what comes next."""
 
     def __init__(self, service: Service, job: Job, step_index: int, attempt_id: int, function: str,
-                 limits: Limits, failures: int, version: str | None = None) -> None:
+                 limits: Limits, failures: int, version: str | None = None, deployed: Any = None) -> None:
         self.service, self.job, self.step_index, self.attempt_id = service, job, step_index, attempt_id
         self.function, self.limits, self.failures, self.version = function, limits, failures, version
+        self.deployed = deployed  # a deployed function's FunctionVersion: retries, age, destinations
+
+    @property
+    def request_id(self) -> str:
+        return f"{self.job.id}-{self.step_index}-{self.attempt_id}"
+
+    def too_old(self) -> str | None:
+        """Why a deployed function's event is dropped for its age (None: it is young enough)."""
+        if self.deployed is None:
+            return None
+        age = (datetime.now(UTC) - self.job.created_at).total_seconds()
+        if age <= self.deployed.max_event_age:
+            return None
+        return (f"step {self.function!r}: the event is {age:.0f} s old, past its maximum age of "
+                f"{self.deployed.max_event_age:g} s: not tried again")
+
+    def _destination(self, attempt_status: str, outcome: str, condition: str | None,
+                     value: dict[str, Any]) -> dict[str, Any] | None:
+        """Lambda's destination record, for a deployed function's step that ended for good."""
+        if self.deployed is None or outcome not in ("succeeded", "next", "failed"):
+            return None
+        from fileproc.serverless.destinations import destination_record
+        from fileproc.serverless.lambda_runtime import aws_region
+
+        region = aws_region(self.service.settings)
+        event = {"Records": [self.job.object_event.to_record(region=region, configuration_id=self.job.pipeline)]}
+        return destination_record(
+            self.deployed, region=region, request_id=self.request_id,
+            condition="Success" if outcome != "failed" else condition or "RetriesExhausted",
+            event=event, result=value.get("result"), invoke_count=self.failures + 1)
 
     def _finish(self, attempt_status: str, outcome: str, reason: str | None, result: ChildResult | None,
                 **extra: Any) -> Outcome:
         value = (result.value if result else None) or {}
         metering = self._metering(result, value)
+        record = self._destination(attempt_status, outcome, extra.pop("condition", None), value)
+        if record is not None and outcome == "failed":
+            extra["dead_letter"] = {"function": self.function, "version": self.version, "request_id": self.request_id,
+                                    "condition": record["requestContext"]["condition"], "record": record}
         end = StepEnd(
             job_id=self.job.id, step_index=self.step_index, attempt_id=self.attempt_id,
             attempt_status=attempt_status, outcome=outcome, reason=reason,
@@ -284,6 +324,12 @@ class _Ender:
                         self.step_index)
             return Outcome("late", "this attempt lost its lease; another took the step over")
         self._log(outcome, reason)
+        if record is not None:
+            url = self.deployed.on_failure if outcome == "failed" else self.deployed.on_success
+            if url:
+                from fileproc.serverless.destinations import deliver
+
+                deliver(url, record)
         if outcome == "next":
             outbox.send(self.service, [Send(self.job.id, self.step_index + 1, self.job.pipeline)])
         return Outcome(outcome, reason or "", retry_in=end.retry_in if outcome == "retry" else None)
@@ -341,7 +387,8 @@ class _Ender:
         if failures > self.limits.retries:
             return self.fail(AttemptStatus.FAILED, f"{where}failed {failures} times; last error: {message}",
                              result, **detail)
-        delay = backoff(failures)
+        delay = backoff(failures) if self.deployed is None else min(
+            MAX_BACKOFF_SECONDS, self.deployed.backoff * 2.0 ** (failures - 1) * random.uniform(0.8, 1.2))
         log.warning("job %s: %s failure, retry %d/%d in %.1f s: %s", self.job.id, kind, failures,
                     self.limits.retries, delay, message)
         return self._finish(AttemptStatus.FAILED, "retry", f"retrying in {delay:.0f} s after: {message}",

@@ -80,12 +80,19 @@ def new(name: str, force: bool) -> None:
               help="MB: the largest file the function may write (Lambda's /tmp default: 512).")
 @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
               help="Re-runs after a failure that may pass (Lambda's asynchronous default: 2).")
+@click.option("--backoff", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Seconds before the first retry; doubled for each next one.")
+@click.option("--max-event-age", type=click.FloatRange(min=1), default=21600, show_default=True,
+              help="Seconds: an event older than this is not tried again (dead-lettered). Lambda's default: 6 h.")
+@click.option("--on-success", default=None, help="URL POSTed Lambda's destination record after a success.")
+@click.option("--on-failure", default=None, help="URL POSTed Lambda's destination record after the last failure.")
 @click.option("--env", "env", multiple=True, help="KEY=VALUE for the function's environment (repeatable).")
 @click.option("--requirements", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A requirements.txt installed for this version (pip install --target).")
 @click.pass_context
 def deploy(ctx: click.Context, path: Path, name: str, handler: str, timeout: float, memory: int,
-           concurrency: int | None, disk: int, retries: int, env: tuple[str, ...], requirements: Path | None) -> None:
+           concurrency: int | None, disk: int, retries: int, backoff: float, max_event_age: float,
+           on_success: str | None, on_failure: str | None, env: tuple[str, ...], requirements: Path | None) -> None:
     """Deploy PATH (a file or a folder) as a new version of NAME and make it live.
 
     The package goes to storage (every host loads it from there), its
@@ -104,6 +111,9 @@ def deploy(ctx: click.Context, path: Path, name: str, handler: str, timeout: flo
 
     if not NAME.match(name):
         raise ConfigError(f"--name {name!r}: letters, digits, '-' and '_' (at most 64)")
+    for url in (on_success, on_failure):
+        if url and not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{url!r}: a destination is an http:// or https:// URL")
     if not HANDLER.match(handler):
         raise ConfigError(f"--handler {handler!r}: give MODULE.FUNCTION, e.g. lambda_function.lambda_handler")
     variables = {}
@@ -126,7 +136,8 @@ def deploy(ctx: click.Context, path: Path, name: str, handler: str, timeout: flo
                      packages.folder_for(settings.data_dir.resolve(), name, digest, text), text)
     version = add_version(db, name, handler=handler, timeout=timeout, memory_mb=memory, concurrency=concurrency,
                           retries=retries, env=variables, package_key=key, package_sha256=digest, requirements=text,
-                          disk_mb=disk)
+                          disk_mb=disk, backoff=backoff, max_event_age=max_event_age, on_success=on_success,
+                          on_failure=on_failure)
     click.echo(f"deployed {name} version {version.version} (live): {handler}, {memory} MB, {timeout:g} s")
 
 
@@ -250,6 +261,48 @@ def delete(ctx: click.Context, name: str) -> None:
         except StorageError as exc:
             click.echo(f"warning: package {key} not removed: {exc}", err=True)
     click.echo(f"deleted {name} ({len(gone)} versions)")
+
+
+def replay_dead_letters(service: Any, function: str | None) -> None:
+    """``fileproc retry --dead-letters``: run each dead letter's job again, once."""
+    from fileproc import dispatch
+    from fileproc.state.deployments import dead_letters, mark_replayed
+
+    letters = dead_letters(service.db, function)
+    if not letters:
+        click.echo("no dead letters to replay")
+    for letter in letters:
+        job = dispatch.retry(service, letter["job"])
+        mark_replayed(service.db, letter["id"])
+        status = job.status if job is not None else "gone"
+        click.echo(f"dead letter {letter['id']} ({letter['function']}, {letter['condition']}): job {letter['job']} "
+                   f"{status}")
+
+
+@functions.command("dead-letters")
+@click.argument("name", required=False)
+@click.option("--all", "everything", is_flag=True, help="Those already replayed too.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line (with Lambda's destination record).")
+@click.pass_context
+def dead_letters_cmd(ctx: click.Context, name: str | None, everything: bool, as_json: bool) -> None:
+    """Events deployed functions failed for good (retries exhausted or too old).
+
+    Replay them with `fileproc retry --dead-letters [--function NAME]`.
+
+    \b
+    Example:
+        fileproc functions dead-letters resize
+    """
+    from fileproc.state.deployments import dead_letters
+
+    _, db, _ = _parts(ctx)
+    for letter in dead_letters(db, name, replayed=everything):
+        if as_json:
+            click.echo(json.dumps(letter))
+        else:
+            replayed = f" (replayed {letter['replayed_at']})" if letter["replayed_at"] else ""
+            click.echo(f"{letter['id']}  {letter['created_at']}  {letter['function']}:v{letter['version']}  "
+                       f"job {letter['job']}  {letter['condition']}: {letter['error']}{replayed}")
 
 
 # --- usage, logs, invoke ---------------------------------------------------------------------

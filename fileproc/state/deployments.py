@@ -50,19 +50,26 @@ class FunctionVersion:
     created_at: datetime
     aliases: list[str] = field(default_factory=list)
     disk_mb: int = 512
+    backoff: float = 2.0
+    max_event_age: float = 21600.0
+    on_success: str | None = None
+    on_failure: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"function": self.function, "version": self.version, "handler": self.handler,
                 "timeout": self.timeout, "memory_mb": self.memory_mb, "concurrency": self.concurrency,
                 "retries": self.retries, "env": dict(self.env), "package_key": self.package_key,
                 "package_sha256": self.package_sha256, "requirements": self.requirements,
-                "created_at": self.created_at.isoformat(), "aliases": list(self.aliases), "disk_mb": self.disk_mb}
+                "created_at": self.created_at.isoformat(), "aliases": list(self.aliases), "disk_mb": self.disk_mb,
+                "backoff": self.backoff, "max_event_age": self.max_event_age, "on_success": self.on_success,
+                "on_failure": self.on_failure}
 
 
 def _version_of(row: Any, names: list[str] | None = None) -> FunctionVersion:
     return FunctionVersion(row.function, row.version, row.handler, row.timeout, row.memory_mb, row.concurrency,
                            row.retries, dict(row.env or {}), row.package_key, row.package_sha256,
-                           row.requirements or "", aware(row.created_at) or utcnow(), names or [], row.disk_mb)
+                           row.requirements or "", aware(row.created_at) or utcnow(), names or [], row.disk_mb,
+                           row.backoff, row.max_event_age, row.on_success, row.on_failure)
 
 
 _BY_VERSION = Prepared(select(versions).where(versions.c.function == bindparam("p_function"),
@@ -86,14 +93,17 @@ def resolve(db: Database, function: str, qualifier: str = LIVE) -> FunctionVersi
 
 def add_version(db: Database, function: str, *, handler: str, timeout: float, memory_mb: int,
                 concurrency: int | None, retries: int, env: dict[str, str], package_key: str,
-                package_sha256: str, requirements: str, disk_mb: int = 512) -> FunctionVersion:
+                package_sha256: str, requirements: str, disk_mb: int = 512, backoff: float = 2.0,
+                max_event_age: float = 21600.0, on_success: str | None = None,
+                on_failure: str | None = None) -> FunctionVersion:
     """Record the next version of ``function`` and point ``live`` at it, in one transaction."""
     with db.session() as s:
         number = (s.scalar(select(func.max(FunctionVersionRow.version))
                            .where(FunctionVersionRow.function == function)) or 0) + 1
         row = FunctionVersionRow(function=function, version=number, handler=handler, timeout=timeout,
                                  memory_mb=memory_mb, concurrency=concurrency, retries=retries, env=dict(env),
-                                 disk_mb=disk_mb,
+                                 disk_mb=disk_mb, backoff=backoff, max_event_age=max_event_age,
+                                 on_success=on_success, on_failure=on_failure,
                                  package_key=package_key, package_sha256=package_sha256,
                                  requirements=requirements, created_at=db.now(s))
         s.add(row)
@@ -137,6 +147,31 @@ def list_versions(db: Database, function: str | None = None) -> list[FunctionVer
             pointed.setdefault((alias.function, alias.version), []).append(alias.alias)
         rows = s.scalars(query.order_by(FunctionVersionRow.function, FunctionVersionRow.version))
         return [_version_of(r, sorted(pointed.get((r.function, r.version), []))) for r in rows]
+
+
+def dead_letters(db: Database, function: str | None = None, *, replayed: bool = False) -> list[dict[str, Any]]:
+    """Dead-letter records (of ``function``), oldest first; those not replayed yet unless ``replayed``."""
+    from fileproc.state.models import DeadLetterRow
+
+    with db.reading() as s:
+        query = select(DeadLetterRow)
+        if function:
+            query = query.where(DeadLetterRow.function == function)
+        if not replayed:
+            query = query.where(DeadLetterRow.replayed_at.is_(None))
+        return [{"id": r.id, "job": r.job_id, "function": r.function, "version": r.version,
+                 "request_id": r.request_id, "condition": r.condition, "error": r.error, "record": r.record,
+                 "created_at": (aware(r.created_at) or utcnow()).isoformat(),
+                 "replayed_at": r.replayed_at.isoformat() if r.replayed_at else None}
+                for r in s.scalars(query.order_by(DeadLetterRow.id))]
+
+
+def mark_replayed(db: Database, letter_id: int) -> None:
+    from fileproc.state.models import DeadLetterRow
+
+    with db.session() as s:
+        s.execute(update(DeadLetterRow).where(DeadLetterRow.id == letter_id).values(replayed_at=db.now(s))
+                  .execution_options(synchronize_session=False))
 
 
 def delete_function(db: Database, function: str) -> list[FunctionVersion]:
@@ -191,5 +226,5 @@ def give_slot(db: Database, function: str, holder: str) -> None:
         _GIVE_SLOT.rowcount(tx, {"p_function": function, "p_holder": holder})
 
 
-__all__ = ["LIVE", "FunctionVersion", "add_version", "delete_function", "give_slot", "list_versions", "resolve",
-           "set_alias", "take_slot"]
+__all__ = ["LIVE", "FunctionVersion", "add_version", "dead_letters", "delete_function", "give_slot", "list_versions",
+           "mark_replayed", "resolve", "set_alias", "take_slot"]

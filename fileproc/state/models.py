@@ -185,6 +185,10 @@ class FunctionVersionRow(Base):
     concurrency: Mapped[int | None] = mapped_column(Integer, default=None)
     disk_mb: Mapped[int] = mapped_column(Integer, default=512)  # largest file it may write (Lambda's /tmp: 512 MB)
     retries: Mapped[int] = mapped_column(Integer, default=2)
+    backoff: Mapped[float] = mapped_column(default=2.0)  # seconds before the first retry, doubling
+    max_event_age: Mapped[float] = mapped_column(default=21600.0)  # Lambda's default: 6 hours
+    on_success: Mapped[str | None] = mapped_column(String(2048), default=None)  # destination webhooks
+    on_failure: Mapped[str | None] = mapped_column(String(2048), default=None)
     env: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     package_key: Mapped[str] = mapped_column(String(1024))
     package_sha256: Mapped[str] = mapped_column(String(64))
@@ -218,3 +222,26 @@ class FunctionSlotRow(Base):
     slot: Mapped[int] = mapped_column(Integer, primary_key=True)
     holder: Mapped[str | None] = mapped_column(String(64), default=None)
     until: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class DeadLetterRow(Base):
+    """A deployed function's event that failed for good (retries exhausted, too old): replayable.
+
+    ``record`` is Lambda's destination record (``requestContext``,
+    ``requestPayload``, ``responseContext``, ``responsePayload``);
+    ``fileproc retry --dead-letters`` runs the job again and sets ``replayed_at``.
+    """
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (Index("ix_dead_letters_function", "function", "replayed_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(Integer, index=True)
+    function: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str | None] = mapped_column(String(64), default=None)
+    request_id: Mapped[str] = mapped_column(String(64))
+    condition: Mapped[str] = mapped_column(String(32))  # RetriesExhausted or EventAgeExceeded
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    record: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    replayed_at: Mapped[datetime | None] = mapped_column(default=None)
