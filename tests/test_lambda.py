@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,7 @@ def wheel(folder: Path) -> Path:
 
 
 def test_a_deployed_handler_gets_lambdas_event_context_environment_and_its_requirements(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
     code = tmp_path / "probe"
     shutil.copytree(SAMPLES / "probe", code)
     wheel(code)
@@ -100,6 +101,8 @@ def test_a_deployed_handler_gets_lambdas_event_context_environment_and_its_requi
                  "--requirements", str(tmp_path / "requirements.txt"), "--env", "GREETING=hi")
     assert "deployed peek version 1 (live)" in out
     monkeypatch.setenv("FILEPROC_TEST_SECRET", "the worker's, not the function's")
+    marker = Path(tempfile.mkstemp(prefix="fileproc-host-only-", dir="/tmp")[1])
+    request.addfinalizer(marker.unlink)
     service = service_for(config)
 
     done = run(service, upload(service, "dir/a b.txt"))
@@ -129,9 +132,10 @@ def test_a_deployed_handler_gets_lambdas_event_context_environment_and_its_requi
     assert env["AWS_LAMBDA_LOG_STREAM_NAME"] == context["stream"] and env["GREETING"] == "hi"
     assert env["AWS_REGION"] == "us-east-1" and env["AWS_EXECUTION_ENV"].startswith("AWS_Lambda_python3")
     assert not [name for name in env if name.startswith("FILEPROC_")]  # nothing of fileproc's
-    tmpdir = Path(env["TMPDIR"])
-    assert tmpdir.is_relative_to((tmp_path / "data" / "scratch").resolve())
-    assert Path(result["tmp"]).parent == tmpdir  # tempfile writes in the private folder
+    # /tmp is the function's own (a tmpfs in a mount namespace of its runner), as on Lambda.
+    assert env["TMPDIR"] == "/tmp" and Path(result["tmp"]).parent == Path("/tmp")
+    assert marker.name not in result["tmp_listing"]  # the host's /tmp is not seen...
+    assert not Path(result["tmp"]).exists()  # ...and what the function writes there stays in its own
 
     assert attempt.version == "1" and attempt.memory_mb == 256
     assert attempt.billed_ms is not None and attempt.billed_ms >= max(1, attempt.duration_ms or 0)

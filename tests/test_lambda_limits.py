@@ -63,7 +63,7 @@ def test_each_misbehaviour_is_recorded_in_plain_words_and_others_keep_running(tw
 
     filled = run(service, upload(service, "fill.txt"))
     assert filled.status == "failed"
-    assert "wrote a file past its disk limit of 16 MB (File too large)" in (filled.error or "")
+    assert "past its disk limit of 16 MB" in (filled.error or "")  # its /tmp (16 MB) filled, or one file grew past it
     still_fine()
 
     leaked = run(service, upload(service, "leak.txt"))

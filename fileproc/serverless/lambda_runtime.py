@@ -51,6 +51,8 @@ if TYPE_CHECKING:
     from fileproc.state.deployments import FunctionVersion
     from fileproc.storage import Storage
 
+log = logging.getLogger(__name__)
+
 LOG_LIMIT = 256 * 1024
 """Characters of one invocation's output kept on its attempt (the rest is dropped, and says so)."""
 
@@ -129,9 +131,14 @@ class LambdaHandler:
 
     def warm(self) -> None:
         started = time.perf_counter()
-        tmp = self.tmp_root / f"{os.getpid()}.tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
         (self.folder / "aws-config").write_text("[default]\ns3 =\n    addressing_style = path\n")
+        keep = [Path(sys.prefix), Path(sys.base_prefix), self.folder, self.tmp_root, Path.cwd(),
+                *(Path(p) for p in sys.path if p)]
+        if private_tmp(self.version.disk_mb, keep):
+            tmp = Path("/tmp")
+        else:  # no mount namespace here (not root, or a container without CAP_SYS_ADMIN): TMPDIR only
+            tmp = self.tmp_root / f"{os.getpid()}.tmp"
+            tmp.mkdir(parents=True, exist_ok=True)
         os.environ.clear()
         os.environ.update({**self.env, "TMPDIR": str(tmp),
                            "AWS_LAMBDA_LOG_STREAM_NAME": log_stream_name(str(self.version.version))})
@@ -166,6 +173,49 @@ class LambdaHandler:
             kind, message = self._init_error
             raise InitError(kind, message)
         return self._handler(event, context)
+
+
+_CLONE_NEWNS = 0x00020000
+_MS_BIND, _MS_REC, _MS_PRIVATE = 4096, 16384, 1 << 18
+
+
+def private_tmp(size_mb: int, keep: list[Path]) -> bool:
+    """Give this process a /tmp of its own: a tmpfs of ``size_mb`` in a mount namespace of its own.
+
+    Like Lambda's /tmp: private to the execution environment, kept between
+    its invocations, and as big as the function's disk limit (a handler that
+    fills it gets ENOSPC; nobody else's /tmp fills). Entries of the host's
+    /tmp that hold what this process needs (``keep``: its Python, the
+    function's folder, data_dir) are bound back in. False (nothing changed)
+    where the OS does not allow it: not root, or no CAP_SYS_ADMIN.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    host_tmp = Path("/tmp").resolve()
+    needed = sorted({host_tmp / p.resolve().relative_to(host_tmp).parts[0] for p in keep
+                     if p.resolve().is_relative_to(host_tmp) and p.resolve() != host_tmp})
+    if libc.unshare(_CLONE_NEWNS) != 0:
+        return False
+    # Mounts made from now on stay in this namespace (the host's /tmp never sees them).
+    if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
+        return False
+    # Opened in the new namespace (a bind's source must be in it): reachable after /tmp is covered.
+    original = os.open("/tmp", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if libc.mount(b"tmpfs", b"/tmp", b"tmpfs", 0, f"size={size_mb}m,mode=1777".encode()) != 0:
+            return False
+        for entry in needed:
+            source = f"/proc/self/fd/{original}/{entry.name}"
+            if os.path.isdir(source):
+                os.mkdir(entry)
+            else:
+                Path(entry).touch()
+            if libc.mount(source.encode(), str(entry).encode(), None, _MS_BIND | _MS_REC, None) != 0:
+                log.warning("private /tmp: %s could not be bound back in (errno %d)", entry, ctypes.get_errno())
+        return True
+    finally:
+        os.close(original)
 
 
 class InitError(PermanentError):
@@ -301,7 +351,7 @@ def plain_reason(exc: BaseException, disk_mb: int) -> str | None:
     if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
         return f"wrote a file past its disk limit of {disk_mb} MB ({exc.strerror})"
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return f"the disk is full ({exc.strerror})"
+        return f"ran out of disk space: past its disk limit of {disk_mb} MB, or the disk is full ({exc.strerror})"
     return None
 
 

@@ -38,4 +38,5 @@ def handler(event, context):
         },
         "env": {k: v for k, v in os.environ.items()},
         "tmp": scratch,
+        "tmp_listing": sorted(os.listdir("/tmp")),
     }
