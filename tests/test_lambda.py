@@ -27,16 +27,20 @@ from fileproc.events import ObjectEvent
 from fileproc.runtime.runner import run_step
 from fileproc.service import Service
 from fileproc.state import Job
-from tests.procs import write_config
+from tests.procs import Process, wait_for, write_config
 
 SAMPLES = Path(__file__).parent / "lambda_functions"
 
 
-def make_config(tmp_path: Path, steps: list[dict[str, Any]], extra: list[dict[str, Any]] = ()) -> Path:  # type: ignore[assignment]
+def make_config(tmp_path: Path, steps: list[dict[str, Any]], extra: list[dict[str, Any]] = (),  # type: ignore[assignment]
+                database: str | None = None) -> Path:
     pipelines = [{"name": "p", "match": {"bucket": "inbox"}, "steps": steps,
                   "output": {"bucket": "out", "key": "{key}/{name}"}}, *extra]
-    return write_config(tmp_path / "fileproc.toml", {
-        "data_dir": str(tmp_path / "data"), "functions": {"alias_seconds": 0}, "pipelines": pipelines})
+    settings: dict[str, Any] = {"data_dir": str(tmp_path / "data"), "functions": {"alias_seconds": 0},
+                                "pipelines": pipelines}
+    if database:
+        settings["database"] = {"url": database}
+    return write_config(tmp_path / "fileproc.toml", settings)
 
 
 def fileproc(config: Path, *args: str) -> str:
@@ -142,7 +146,7 @@ def test_a_deployed_handler_gets_lambdas_event_context_environment_and_its_requi
     request_id = f"{job_id}-0-{attempt.id}" if (job_id := done.id) else ""
     log = attempt.log or ""
     assert log.startswith(f"START RequestId: {request_id} Version: 1\n")
-    assert "hello from peek\n" in log
+    assert "hello from peek\n" in log and "and from a child process\n" in log
     assert re.search(rf"\[INFO\]\t\S+Z\t{request_id}\tthe key is dir/a\+b.txt\n", log)
     assert f"END RequestId: {request_id}\n" in log
     assert re.search(rf"REPORT RequestId: {request_id}\tDuration: [\d.]+ ms\tBilled Duration: {attempt.billed_ms} ms"
@@ -165,6 +169,9 @@ def test_deploy_rollback_and_pinned_versions_reach_a_running_worker(tmp_path: Pa
         return done.attempts[-1].result["code"], done.attempts[-1].version
 
     assert code_of(upload(service, "1.txt")) == ("v-one", "1")
+    again = run(service, upload(service, "1b.txt"))
+    assert again.attempts[0].cold_start is False  # the same warm runner: its output starts clean each time
+    assert (again.attempts[0].log or "").count("and from a child process\n") == 1 and "\0" not in again.attempts[0].log
     app = code / "app.py"
     app.write_text(app.read_text().replace('VERSION = "v-one"', 'VERSION = "v-two"'))
     assert "version 2 (live)" in deploy(config, code, "peek", "app.handler")
@@ -180,17 +187,17 @@ def test_deploy_rollback_and_pinned_versions_reach_a_running_worker(tmp_path: Pa
 
     # Usage, checked against the attempts recorded: GB-seconds = billed seconds x configured GB, summed.
     attempts = [a for job in service.db.list_jobs() for a in job.attempts]
-    assert len(attempts) == 4 and all(a.billed_ms and a.memory_mb == 128 for a in attempts)
+    assert len(attempts) == 5 and all(a.billed_ms and a.memory_mb == 128 for a in attempts)
     (usage,) = [json.loads(line) for line in fileproc(config, "usage", "--json").splitlines()]
     billed = sum(a.billed_ms or 0 for a in attempts)
     gb_seconds = sum((a.billed_ms or 0) / 1000 * 128 / 1024 for a in attempts)
-    assert usage["function"] == "peek" and usage["requests"] == 4 and usage["billed_ms"] == billed
+    assert usage["function"] == "peek" and usage["requests"] == 5 and usage["billed_ms"] == billed
     assert usage["gb_seconds"] == pytest.approx(gb_seconds)
-    assert usage["cost"] == pytest.approx(4 * 0.0000002 + gb_seconds * 0.0000166667)
+    assert usage["cost"] == pytest.approx(5 * 0.0000002 + gb_seconds * 0.0000166667)
     assert usage["cold_starts"] == sum(1 for a in attempts if a.cold_start) >= 2  # one runner per version
     by_pipeline = {json.loads(line)["pipeline"]: json.loads(line)["requests"]
                    for line in fileproc(config, "usage", "--json", "--by", "pipeline").splitlines()}
-    assert by_pipeline == {"p": 3, "pinned": 1}
+    assert by_pipeline == {"p": 4, "pinned": 1}
 
     queued = upload(service, "4.txt")
     assert "deleted peek (2 versions)" in fileproc(config, "functions", "delete", "peek")
@@ -256,3 +263,16 @@ def test_functions_new_scaffolds_a_handler_that_deploys_and_runs(tmp_path: Path,
     assert "\tnew object s3://inbox/my file.txt (5 bytes)" in (done.attempts[0].log or "")
     printed = fileproc(config, "invoke", "hello", "--bucket", "inbox", "--key", "my file.txt")
     assert '"statusCode": 200' in printed and "REPORT RequestId: invoke-" in printed
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps({"Records": [{"s3": {"bucket": {"name": "inbox"}, "object": {"key": "my+file.txt"}}}]}))
+    assert "my file.txt" in fileproc(config, "invoke", "hello", "--event", str(event))
+    assert json.loads(fileproc(config, "functions", "show", "hello"))["handler"] == "lambda_function.lambda_handler"
+
+    follow = Process(config, ["logs", "hello", "--follow"], tmp_path / "follow.log")
+    try:
+        wait_for(lambda: "my file.txt" in follow.log.read_text(), 30, "the logged invocation", follow)
+        later = run(service, upload(service, "later.txt"))
+        request_id = f"{later.id}-0-{later.attempts[0].id}"
+        wait_for(lambda: f"END RequestId: {request_id}" in follow.log.read_text(), 30, "the new invocation", follow)
+    finally:
+        follow.stop()

@@ -18,6 +18,8 @@ import pytest
 from fileproc.config import load_settings
 from fileproc.runtime.runner import run_step
 from fileproc.service import Service
+from fileproc.state import Database
+from fileproc.state.models import Base
 from tests.procs import process_running
 from tests.test_lambda import SAMPLES, deploy, make_config, run, service_for, upload
 
@@ -89,12 +91,20 @@ def _worker(config: str, job_ids: list[int], name: str) -> None:
             s.execute(update(JobRow).where(JobRow.id.in_(pending)).values(send_after=None))
 
 
-def test_reserved_concurrency_holds_across_two_worker_processes(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_reserved_concurrency_holds_across_two_worker_processes(tmp_path: Path, database: str,
+                                                                request: pytest.FixtureRequest) -> None:
     code = tmp_path / "misbehave"
     shutil.copytree(SAMPLES / "misbehave", code)
     runs = tmp_path / "runs.txt"
-    config = make_config(tmp_path, [{"function": "slow"}])
+    url = None
+    if database == "postgres":  # where two workers really race for a slot
+        url = request.getfixturevalue("postgres_url")
+        with Database(url).session() as s:  # a clean slate on the shared server
+            for table in ("outputs", "attempts", "jobs", "function_slots", "function_aliases", "function_versions",
+                          "dead_letters"):
+                s.execute(Base.metadata.tables[table].delete())
+    config = make_config(tmp_path, [{"function": "slow"}], database=url)
     deploy(config, code, "slow", "app.handler", "--concurrency", "1", "--env", f"RUNS_FILE={runs}")
     service = service_for(config)
     jobs = [upload(service, f"slow-{n}.txt").id for n in range(6)]

@@ -258,19 +258,57 @@ class Captured(io.TextIOBase):
 
 @contextlib.contextmanager
 def captured(request_id: str, version: str) -> Iterator[Captured]:
-    """Capture ``print`` and logging of one invocation, between Lambda's START and END lines."""
+    """Capture ``print`` and logging of one invocation, between Lambda's START and END lines.
+
+    What the handler writes in Python is kept in order; what its child
+    processes (or C code) write to the process's stdout and stderr goes to a
+    memory file meanwhile and is added after it.
+    """
     global _request_id
     out = Captured()
     out.write(f"START RequestId: {request_id} Version: {version}\n")
     saved = sys.stdout, sys.stderr
     sys.stdout = sys.stderr = out
     _request_id = request_id
+    descriptors = _redirect_descriptors()
     try:
         yield out
     finally:
         sys.stdout, sys.stderr = saved
         _request_id = ""
+        if descriptors is not None:
+            out.write(_restore_descriptors(*descriptors))
         out.write(f"END RequestId: {request_id}\n")
+
+
+_output_file: int | None = None  # a memory file for fd 1 and 2 during invocations, one per runner
+
+
+def _redirect_descriptors() -> tuple[int, int] | None:
+    global _output_file
+    try:
+        if _output_file is None:
+            _output_file = os.memfd_create("fileproc-invocation-output")
+        saved = os.dup(1), os.dup(2)
+        os.dup2(_output_file, 1)
+        os.dup2(_output_file, 2)
+    except (OSError, AttributeError):  # no memfd (not Linux): Python-level output only
+        return None
+    return saved
+
+
+def _restore_descriptors(out_fd: int, err_fd: int) -> str:
+    assert _output_file is not None
+    os.dup2(out_fd, 1)
+    os.dup2(err_fd, 2)
+    os.close(out_fd)
+    os.close(err_fd)
+    size = os.fstat(_output_file).st_size
+    data = os.pread(_output_file, min(size, LOG_LIMIT), 0)
+    os.ftruncate(_output_file, 0)
+    os.lseek(_output_file, 0, os.SEEK_SET)  # the next invocation writes from the start again
+    return data.decode(errors="replace") + (f"[fileproc: {size - LOG_LIMIT} more bytes of output dropped]\n"
+                                            if size > LOG_LIMIT else "")
 
 
 class _LambdaLogHandler(logging.Handler):

@@ -15,7 +15,19 @@ import enum
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -165,6 +177,17 @@ class DriftRow(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
 
 
+class Seconds(TypeDecorator[float]):
+    """A float read as the driver gives it: Prepared statements compile result conversions without the
+    column's type code, which PostgreSQL's numeric types insist on (its drivers return floats anyway)."""
+
+    impl = Float
+    cache_ok = True
+
+    def result_processor(self, dialect: Any, coltype: Any) -> None:
+        return None
+
+
 class FunctionVersionRow(Base):
     """One immutable version of a deployed user function (``fileproc functions deploy``).
 
@@ -180,13 +203,13 @@ class FunctionVersionRow(Base):
     function: Mapped[str] = mapped_column(String(64), index=True)
     version: Mapped[int] = mapped_column(Integer)
     handler: Mapped[str] = mapped_column(String(255))  # Lambda's notation: module.function
-    timeout: Mapped[float] = mapped_column(default=60.0)
+    timeout: Mapped[float] = mapped_column(Seconds, default=60.0)
     memory_mb: Mapped[int] = mapped_column(Integer, default=128)
     concurrency: Mapped[int | None] = mapped_column(Integer, default=None)
     disk_mb: Mapped[int] = mapped_column(Integer, default=512)  # largest file it may write (Lambda's /tmp: 512 MB)
     retries: Mapped[int] = mapped_column(Integer, default=2)
-    backoff: Mapped[float] = mapped_column(default=2.0)  # seconds before the first retry, doubling
-    max_event_age: Mapped[float] = mapped_column(default=21600.0)  # Lambda's default: 6 hours
+    backoff: Mapped[float] = mapped_column(Seconds, default=2.0)  # seconds before the first retry, doubling
+    max_event_age: Mapped[float] = mapped_column(Seconds, default=21600.0)  # Lambda's default: 6 hours
     on_success: Mapped[str | None] = mapped_column(String(2048), default=None)  # destination webhooks
     on_failure: Mapped[str | None] = mapped_column(String(2048), default=None)
     env: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

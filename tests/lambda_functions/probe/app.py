@@ -2,6 +2,7 @@
 
 import logging
 import os
+import subprocess
 import tempfile
 
 try:
@@ -22,6 +23,7 @@ def handler(event, context):
     if mode == "unmarshalable":
         return {"when": object()}
     print("hello from", context.function_name)
+    subprocess.run(["echo", "and from a child process"], check=True)
     logger.info("the key is %s", event["Records"][0]["s3"]["object"]["key"])
     scratch = tempfile.mkdtemp()
     with open(os.path.join(scratch, "x"), "w") as fh:
