@@ -24,7 +24,6 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +34,10 @@ from fileproc.functions import PROGRESS_FILE, FunctionSpec
 from fileproc.rules import PROVENANCE_PIPELINE, Step
 from fileproc.runtime import leases
 from fileproc.runtime.invoke import StepRequest, invoke, kind_of
-from fileproc.runtime.pool import Retire, pool, warm_hook
+from fileproc.runtime.pool import Retire, pool
 from fileproc.runtime.sandbox import ChildResult
-from fileproc.serverless.metering import billed_ms, report_line
+from fileproc.serverless.metering import attempt_metering
+from fileproc.serverless.stepping import Policy, ReservedSlot, deployed_version, warm_up
 from fileproc.service import Service
 from fileproc.state import AttemptStatus, DatabaseUnavailable, Job, JobStatus, Output, Send, StepEnd, StepStart
 from fileproc.storage import ObjectInfo
@@ -98,11 +98,11 @@ def run_step(service: Service, job_id: int, step_index: int, worker: str) -> Out
         return _Ender(service, job, step_index, attempt_id, step.function, Limits(0, 0, 0),
                       started.failures).fail(AttemptStatus.FAILED, str(exc), error=str(exc))
     limits = limits_for(spec, step)
+    deployed = deployed_version(spec)  # a deployed function: its own retries, age, destinations
+    policy = Policy(service, deployed, job, f"{job_id}-{step_index}-{attempt_id}") if deployed else None
     end = _Ender(service, job, step_index, attempt_id, spec.name, limits, started.failures,
-                 version=None if spec.version == "$LATEST" else spec.version,
-                 deployed=getattr(spec.handler, "version", None) if getattr(spec.handler, "lambda_style", False)
-                 else None)
-    too_old = end.too_old()
+                 version=None if spec.version == "$LATEST" else spec.version, policy=policy)
+    too_old = policy.too_old(spec.name) if policy else None
     if too_old:
         return end.fail(AttemptStatus.FAILED, too_old, error=too_old, condition="EventAgeExceeded")
 
@@ -130,7 +130,7 @@ def run_step(service: Service, job_id: int, step_index: int, worker: str) -> Out
     request = StepRequest(request_id, pipeline.name, step_index, job.event, info, limits.timeout,
                           limits.memory_mb, str(scratch))
     progress = _Progress(service, job_id, step_index, attempt_id, scratch)
-    slot = _Slot(service, spec, request_id, limits.timeout + lease)
+    slot = ReservedSlot(service, spec, request_id, limits.timeout + lease)
     if not slot.take():
         return end.throttle(spec.concurrency or 0)
     try:
@@ -186,7 +186,7 @@ def execute(service: Service, request: StepRequest, *, cancel: threading.Event,
     try:
         result = pool().run((spec.name, spec.version, request.memory_mb), service, work, request,
                             timeout=request.timeout, memory_mb=request.memory_mb, cancel=cancel,
-                            warm=_warm_up(service, spec))
+                            warm=warm_up(service, spec))
     finally:
         # A step killed from outside (timeout, lost lease) cannot clean up after itself.
         shutil.rmtree(request.scratch_dir, ignore_errors=True)
@@ -194,71 +194,6 @@ def execute(service: Service, request: StepRequest, *, cancel: threading.Event,
         shutil.rmtree(service.settings.data_dir.resolve() / "scratch" / f"{result.runner_pid}.tmp",
                       ignore_errors=True)
     return result
-
-
-def _warm_up(service: Service, spec: FunctionSpec) -> Any:
-    """What a new runner of ``spec`` does before its first step.
-
-    Every runner gets the standard AWS variables pointing boto3 at the
-    configured store; a deployed function's runner gets Lambda's whole
-    environment instead of the worker's, and its copy of the settings loses
-    fileproc's secrets.
-    """
-    from fileproc.serverless.lambda_runtime import store_variables
-
-    if getattr(spec.handler, "lambda_style", False):
-        hook = spec.handler.warm  # type: ignore[attr-defined]
-
-        def warm_deployed() -> None:
-            _forget_secrets(service)
-            hook()
-
-        return warm_deployed
-    module_hook = warm_hook(spec.handler)
-    variables = store_variables(service.settings)
-
-    def warm_registered() -> None:
-        os.environ.update(variables)
-        if module_hook is not None:
-            module_hook()
-
-    return warm_registered
-
-
-def _forget_secrets(service: Service) -> None:
-    # The runner never talks to the database, the broker or the API: their secrets go.
-    from pydantic import SecretStr
-
-    settings = service.settings
-    settings.database.url = settings.broker.url = SecretStr("")
-    settings.api.webhook_token = settings.api.admin_token = SecretStr("")
-
-
-class _Slot:
-    """A unit of a deployed function's reserved concurrency, held while its step runs (if it has a limit).
-
-    Held at most the step's timeout plus a lease: a worker that dies holding
-    one loses it then, as its step's lease runs out.
-    """
-
-    def __init__(self, service: Service, spec: FunctionSpec, holder: str, seconds: float) -> None:
-        self.service, self.spec, self.holder, self.seconds = service, spec, holder, seconds
-        self.held = False
-
-    def take(self) -> bool:
-        if not self.spec.concurrency:
-            return True
-        from fileproc.state.deployments import take_slot
-
-        self.held = take_slot(self.service.db, self.spec.name, self.holder, self.seconds)
-        return self.held
-
-    def give(self) -> None:
-        if self.held:
-            from fileproc.state.deployments import give_slot
-
-            give_slot(self.service.db, self.spec.name, self.holder)
-            self.held = False
 
 
 THROTTLED = "throttled"
@@ -269,48 +204,20 @@ class _Ender:
     """Builds the step's second transaction from how it ended, and sends what comes next."""
 
     def __init__(self, service: Service, job: Job, step_index: int, attempt_id: int, function: str,
-                 limits: Limits, failures: int, version: str | None = None, deployed: Any = None) -> None:
+                 limits: Limits, failures: int, version: str | None = None, policy: Policy | None = None) -> None:
         self.service, self.job, self.step_index, self.attempt_id = service, job, step_index, attempt_id
         self.function, self.limits, self.failures, self.version = function, limits, failures, version
-        self.deployed = deployed  # a deployed function's FunctionVersion: retries, age, destinations
-
-    @property
-    def request_id(self) -> str:
-        return f"{self.job.id}-{self.step_index}-{self.attempt_id}"
-
-    def too_old(self) -> str | None:
-        """Why a deployed function's event is dropped for its age (None: it is young enough)."""
-        if self.deployed is None:
-            return None
-        age = (datetime.now(UTC) - self.job.created_at).total_seconds()
-        if age <= self.deployed.max_event_age:
-            return None
-        return (f"step {self.function!r}: the event is {age:.0f} s old, past its maximum age of "
-                f"{self.deployed.max_event_age:g} s: not tried again")
-
-    def _destination(self, attempt_status: str, outcome: str, condition: str | None,
-                     value: dict[str, Any]) -> dict[str, Any] | None:
-        """Lambda's destination record, for a deployed function's step that ended for good."""
-        if self.deployed is None or outcome not in ("succeeded", "next", "failed"):
-            return None
-        from fileproc.serverless.destinations import destination_record
-        from fileproc.serverless.lambda_runtime import aws_region
-
-        region = aws_region(self.service.settings)
-        event = {"Records": [self.job.object_event.to_record(region=region, configuration_id=self.job.pipeline)]}
-        return destination_record(
-            self.deployed, region=region, request_id=self.request_id,
-            condition="Success" if outcome != "failed" else condition or "RetriesExhausted",
-            event=event, result=value.get("result"), invoke_count=self.failures + 1)
+        self.policy = policy  # a deployed function's retries, age, dead letter and destinations
 
     def _finish(self, attempt_status: str, outcome: str, reason: str | None, result: ChildResult | None,
                 **extra: Any) -> Outcome:
         value = (result.value if result else None) or {}
-        metering = self._metering(result, value)
-        record = self._destination(attempt_status, outcome, extra.pop("condition", None), value)
-        if record is not None and outcome == "failed":
-            extra["dead_letter"] = {"function": self.function, "version": self.version, "request_id": self.request_id,
-                                    "condition": record["requestContext"]["condition"], "record": record}
+        request_id = f"{self.job.id}-{self.step_index}-{self.attempt_id}"
+        metering = attempt_metering(request_id, result, self.limits.memory_mb, value.get("log"), self.function)
+        condition = extra.pop("condition", None)
+        record = self.policy.record(outcome, condition, value.get("result"), self.failures) if self.policy else None
+        if self.policy and record and outcome == "failed":
+            extra["dead_letter"] = self.policy.dead_letter(record)
         end = StepEnd(
             job_id=self.job.id, step_index=self.step_index, attempt_id=self.attempt_id,
             attempt_status=attempt_status, outcome=outcome, reason=reason,
@@ -324,29 +231,11 @@ class _Ender:
                         self.step_index)
             return Outcome("late", "this attempt lost its lease; another took the step over")
         self._log(outcome, reason)
-        if record is not None:
-            url = self.deployed.on_failure if outcome == "failed" else self.deployed.on_success
-            if url:
-                from fileproc.serverless.destinations import deliver
-
-                deliver(url, record)
+        if self.policy and record:
+            self.policy.deliver(outcome, record)
         if outcome == "next":
             outbox.send(self.service, [Send(self.job.id, self.step_index + 1, self.job.pipeline)])
         return Outcome(outcome, reason or "", retry_in=end.retry_in if outcome == "retry" else None)
-
-    def _metering(self, result: ChildResult | None, value: dict[str, Any]) -> dict[str, Any]:
-        """Memory given, billed duration, and the invocation's log ending in Lambda's REPORT line."""
-        if result is None or not result.duration_s:
-            return {}
-        request_id = f"{self.job.id}-{self.step_index}-{self.attempt_id}"
-        report = report_line(request_id, result.duration_s, self.limits.memory_mb, result.peak_memory_kb)
-        log.info("%s (%s)", report, self.function)
-        notes = ""
-        if result.left_running:
-            notes = (f"fileproc: the invocation left {result.left_running} process(es) running when it returned; "
-                     "they were killed\n")
-        return {"memory_mb": self.limits.memory_mb, "billed_ms": billed_ms(result.duration_s),
-                "log": f"{value.get('log') or ''}{notes}{report}\n"}
 
     def _log(self, outcome: str, reason: str | None) -> None:
         where = f"job {self.job.id} ({self.job.pipeline}) {self.job.bucket}/{self.job.key}"
@@ -387,8 +276,7 @@ class _Ender:
         if failures > self.limits.retries:
             return self.fail(AttemptStatus.FAILED, f"{where}failed {failures} times; last error: {message}",
                              result, **detail)
-        delay = backoff(failures) if self.deployed is None else min(
-            MAX_BACKOFF_SECONDS, self.deployed.backoff * 2.0 ** (failures - 1) * random.uniform(0.8, 1.2))
+        delay = self.policy.retry_delay(failures) if self.policy else backoff(failures)
         log.warning("job %s: %s failure, retry %d/%d in %.1f s: %s", self.job.id, kind, failures,
                     self.limits.retries, delay, message)
         return self._finish(AttemptStatus.FAILED, "retry", f"retrying in {delay:.0f} s after: {message}",

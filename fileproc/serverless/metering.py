@@ -12,6 +12,7 @@ with Lambda's public x86 prices as the defaults, so the figures compare.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,7 +25,10 @@ from fileproc.state.models import AttemptRow, JobRow
 
 if TYPE_CHECKING:
     from fileproc.config import Settings
+    from fileproc.runtime.sandbox import ChildResult
     from fileproc.state import Database
+
+log = logging.getLogger("fileproc.runtime.runner")  # REPORT lines sit with the worker's step lines
 
 GROUPINGS = ("function", "pipeline", "day")
 
@@ -45,6 +49,25 @@ def report_line(request_id: str, seconds: float, memory_mb: int, peak_memory_kb:
             f"Billed Duration: {billed_ms(seconds)} ms\tMemory Size: {memory_mb} MB\t"
             f"Max Memory Used: {math.ceil(peak_memory_kb / 1024)} MB")
     return line + (f"\tInit Duration: {init_ms:.2f} ms" if init_ms is not None else "")
+
+
+def attempt_metering(request_id: str, result: ChildResult | None, memory_mb: int, output: str | None,
+                     function: str) -> dict[str, Any]:
+    """What an attempt records besides its duration: memory given, billed duration, and its log.
+
+    The log is what the invocation printed (``output``), a note of processes
+    it left running, and Lambda's REPORT line, which the worker logs too.
+    """
+    if result is None or not result.duration_s:
+        return {}
+    report = report_line(request_id, result.duration_s, memory_mb, result.peak_memory_kb)
+    log.info("%s (%s)", report, function)
+    notes = ""
+    if result.left_running:
+        notes = (f"fileproc: the invocation left {result.left_running} process(es) running when it returned; "
+                 "they were killed\n")
+    return {"memory_mb": memory_mb, "billed_ms": billed_ms(result.duration_s),
+            "log": f"{output or ''}{notes}{report}\n"}
 
 
 @dataclass
@@ -113,4 +136,4 @@ def summarise(rows: Iterable[Any], settings: Settings, by: str) -> list[Usage]:
     return [groups[key] for key in sorted(groups)]
 
 
-__all__ = ["GROUPINGS", "Usage", "billed_ms", "gb_seconds", "report_line", "summarise", "usage"]
+__all__ = ["GROUPINGS", "Usage", "attempt_metering", "billed_ms", "gb_seconds", "report_line", "summarise", "usage"]
