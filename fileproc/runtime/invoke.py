@@ -19,7 +19,6 @@ from urllib.parse import quote
 from fileproc.errors import (
     TRANSIENT,
     ConfigError,
-    FileprocError,
     FunctionNotFound,
     InvalidInput,
     InvalidMetadata,
@@ -123,8 +122,11 @@ def invoke(service: Service, request: StepRequest, spec: FunctionSpec | None = N
     )
     lambda_style = getattr(spec.handler, "lambda_style", False)
     lambda_event = {"Records": [event.to_record(region=region, configuration_id=pipeline.name)]}
-    if lambda_style:
-        return _invoke_lambda(spec, lambda_event, context, storage, writer, reader, provenance)
+    if lambda_style:  # a deployed handler, as Lambda runs one
+        from fileproc.serverless.lambda_runtime import invoke_lambda
+
+        ran, written = invoke_lambda(spec, lambda_event, context, storage, provenance, kind_of)
+        return _finished(ran, writer, reader, written)
     outcome: dict[str, Any] = {"error": None, "result": None}
     try:  # the scratch folder is removed by the worker (runner.execute), however the step ends
         outcome["result"] = _plain(spec.handler(lambda_event, context))
@@ -144,47 +146,6 @@ def _finished(outcome: dict[str, Any], writer: OutputWriter, reader: InputObject
     outcome["bytes_read"] = reader.bytes_read
     outcome["bytes_written"] = sum(o["size"] for o in outcome["outputs"])
     return outcome
-
-
-def _invoke_lambda(spec: FunctionSpec, event: dict[str, Any], context: Context, storage: Storage,
-                   writer: OutputWriter, reader: InputObject, provenance: dict[str, str]) -> dict[str, Any]:
-    """A deployed handler, as Lambda runs one: output captured, the result JSON, errors as Lambda's object."""
-    import json
-
-    from fileproc.serverless import lambda_runtime as lam
-
-    outcome: dict[str, Any] = {"error": None, "result": None}
-    lam.start_invocation(provenance)
-    with lam.captured(context.aws_request_id, spec.version) as log:
-        try:
-            value = spec.handler(event, context)
-        except Exception as exc:
-            shaped = lam.error_object(exc, context.aws_request_id)
-            print(json.dumps(shaped))  # Lambda logs the error object too
-            outcome["result"] = shaped
-            plain = lam.plain_reason(exc, getattr(getattr(spec.handler, "version", None), "disk_mb", 0))
-            outcome["error"] = {"kind": "permanent" if plain and "disk limit" in plain else kind_of(exc),
-                                "type": shaped["errorType"], "message": plain or shaped["errorMessage"],
-                                "traceback": "".join(traceback.format_exception(exc))[-8000:]}
-        else:
-            try:
-                outcome["result"] = json.loads(json.dumps(value))
-            except (TypeError, ValueError) as exc:
-                message = f"Unable to marshal response: {exc}"
-                outcome["result"] = {"errorMessage": message, "errorType": "Runtime.MarshalError",
-                                     "requestId": context.aws_request_id, "stackTrace": []}
-                outcome["error"] = {"kind": "permanent", "type": "Runtime.MarshalError", "message": message,
-                                    "traceback": None}
-    outcome["log"] = log.text
-    extra = []
-    for bucket, key, etag in lam.written():  # what the handler wrote itself, through boto3
-        try:
-            info = storage.head(bucket, key)
-        except FileprocError:
-            continue  # written and gone again: nothing to record
-        extra.append({"bucket": bucket, "key": key, "size": info.size, "etag": info.etag or etag,
-                      "content_type": info.content_type})
-    return _finished(outcome, writer, reader, extra)
 
 
 def _plain(value: Any) -> Any:

@@ -32,6 +32,7 @@ import errno
 import faulthandler
 import importlib
 import io
+import json
 import logging
 import os
 import resource
@@ -39,15 +40,16 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fileproc.errors import PermanentError
+from fileproc.errors import FileprocError, PermanentError
 from fileproc.functions import log_group_name, log_stream_name
 
 if TYPE_CHECKING:
     from fileproc.config import Settings
+    from fileproc.functions import Context, FunctionSpec
     from fileproc.state.deployments import FunctionVersion
     from fileproc.storage import Storage
 
@@ -384,6 +386,50 @@ def _record(http_response: Any, parsed: dict[str, Any], context: dict[str, Any],
         _written.append((target[0], target[1], str(etag).strip('"')))
 
 
+def invoke_lambda(spec: FunctionSpec, event: dict[str, Any], context: Context, storage: Storage,
+                  provenance: dict[str, str], kind_of: Callable[[BaseException], str],
+                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Call a deployed handler as Lambda does: its outcome, and the objects it wrote through boto3.
+
+    Output is captured; the return value must be JSON (else
+    ``Runtime.MarshalError``); an exception becomes Lambda's error object
+    (logged too, as Lambda logs it), in plain words where fileproc knows
+    better. ``kind_of`` classifies an exception for the worker.
+    """
+    outcome: dict[str, Any] = {"error": None, "result": None}
+    start_invocation(provenance)
+    with captured(context.aws_request_id, spec.version) as out:
+        try:
+            value = spec.handler(event, context)
+        except Exception as exc:
+            shaped = error_object(exc, context.aws_request_id)
+            print(json.dumps(shaped))
+            outcome["result"] = shaped
+            plain = plain_reason(exc, getattr(getattr(spec.handler, "version", None), "disk_mb", 0))
+            outcome["error"] = {"kind": "permanent" if plain and "disk limit" in plain else kind_of(exc),
+                                "type": shaped["errorType"], "message": plain or shaped["errorMessage"],
+                                "traceback": "".join(traceback.format_exception(exc))[-8000:]}
+        else:
+            try:
+                outcome["result"] = json.loads(json.dumps(value))
+            except (TypeError, ValueError) as exc:
+                message = f"Unable to marshal response: {exc}"
+                outcome["result"] = {"errorMessage": message, "errorType": "Runtime.MarshalError",
+                                     "requestId": context.aws_request_id, "stackTrace": []}
+                outcome["error"] = {"kind": "permanent", "type": "Runtime.MarshalError", "message": message,
+                                    "traceback": None}
+    outcome["log"] = out.text
+    found = []
+    for bucket, key, etag in written():
+        try:
+            info = storage.head(bucket, key)
+        except FileprocError:
+            continue  # written and gone again: nothing to record
+        found.append({"bucket": bucket, "key": key, "size": info.size, "etag": info.etag or etag,
+                      "content_type": info.content_type})
+    return outcome, found
+
+
 def plain_reason(exc: BaseException, disk_mb: int) -> str | None:
     """What a handler's exception means in plain words, where fileproc knows better than its message."""
     if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
@@ -402,4 +448,5 @@ def error_object(exc: BaseException, request_id: str) -> dict[str, Any]:
 
 
 __all__ = ["Captured", "InitError", "LambdaHandler", "aws_region", "captured", "environment", "error_object",
+           "invoke_lambda",
            "start_invocation", "store_variables", "written"]
