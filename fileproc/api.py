@@ -33,7 +33,7 @@ from urllib.parse import quote
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
@@ -46,7 +46,6 @@ from fileproc.intake.notifications import BadNotification, TooManyRecords, parse
 from fileproc.intake.objects import candidates, complete, needs_head
 from fileproc.intake.webhook import Busy, Committer, Counters
 from fileproc.outbox import Relay
-from fileproc.rules import Step
 from fileproc.service import Service
 from fileproc.state import STATUSES, DatabaseUnavailable
 from fileproc.tokens import Tokens
@@ -303,61 +302,10 @@ def create_app(service: Service, tokens: Tokens, *, committer: Committer | None 
             raise HTTPException(404, str(exc)) from exc
         return report.to_dict()
 
-    _add_function_routes(app, service, admin_auth)
+    from fileproc.serverless.http import add_function_routes  # issue 9: user functions
+
+    add_function_routes(app, service, admin_auth)
     return app
-
-
-class InvokeRequest(BaseModel):
-    """An object to run a function on: ``bucket`` and ``key``, or an S3 ``event`` (its first record's)."""
-
-    model_config = ConfigDict(extra="forbid")
-    bucket: str | None = None
-    key: str | None = None
-    event: dict[str, Any] | None = None
-
-
-def _add_function_routes(app: FastAPI, service: Service, admin_auth: Any) -> None:
-    """``POST /functions/NAME/invoke`` and ``GET /functions/invocations/ID`` (issue 9: user functions)."""
-    from urllib.parse import unquote_plus
-
-    from fileproc.errors import FunctionNotFound, ObjectNotFound
-    from fileproc.serverless import invocations
-
-    @app.post("/functions/{name}/invoke", dependencies=[Depends(admin_auth)])
-    def invoke_function(name: str, body: InvokeRequest, request: Request,
-                        mode: Annotated[str, Query(pattern="^(sync|async)$")] = "sync") -> Response:
-        if request.headers.get("x-amz-invocation-type", "").lower() == "event":  # Lambda's own way to ask
-            mode = "async"
-        bucket, key = body.bucket, body.key
-        if body.event is not None:
-            try:
-                record = body.event["Records"][0]["s3"]
-                bucket, key = record["bucket"]["name"], unquote_plus(record["object"]["key"])
-            except (KeyError, IndexError, TypeError) as exc:
-                raise HTTPException(400, "event: not an S3 event (Records[0].s3.bucket.name and .object.key)") from exc
-        if not bucket or not key:
-            raise HTTPException(400, "give bucket and key, or an S3 event")
-        try:
-            job = invocations.submit(service, name, bucket, key, mode=mode)
-        except (FunctionNotFound, ObjectNotFound) as exc:
-            raise HTTPException(404, str(exc)) from exc
-        if mode == "async":
-            return _json({"invocation": job.id, "status": job.status,
-                          "poll": f"/functions/invocations/{job.id}"}, 202)
-        spec = service.spec(Step(function=name))
-        done = invocations.wait(service, job.id, spec.timeout + 30) or job
-        answer = invocations.describe(done)
-        if not done.finished:
-            return _json(answer, 202)  # still running: poll it
-        failed = {"X-Amz-Function-Error": "Unhandled"} if done.status == "failed" else None
-        return _json(answer, 200, failed)
-
-    @app.get("/functions/invocations/{invocation}", dependencies=[Depends(admin_auth)])
-    def invocation(invocation: int) -> dict[str, Any]:
-        job = service.db.get_job(invocation)
-        if job is None or not invocations.is_direct(job.pipeline):
-            raise HTTPException(404, f"no invocation {invocation}")
-        return invocations.describe(job)
 
 
 def app_from_settings() -> FastAPI:
