@@ -11,6 +11,8 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,19 +27,28 @@ from tests.test_lambda import SAMPLES, deploy, make_config, run, service_for, up
 
 
 @pytest.fixture
-def two_functions(tmp_path: Path) -> Service:
+def elsewhere() -> Iterator[Path]:
+    """A folder outside /tmp and outside data_dir, that no function may write to."""
+    folder = Path(tempfile.mkdtemp(prefix="fileproc-test-", dir="/var/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def two_functions(tmp_path: Path, elsewhere: Path) -> Service:
     code = tmp_path / "misbehave"
     shutil.copytree(SAMPLES / "misbehave", code)
     config = make_config(tmp_path, [{"function": "bad"}], extra=[
         {"name": "good", "match": {"bucket": "good-in"}, "steps": [{"function": "good"}],
          "output": {"bucket": "out", "key": "{key}/{name}"}}])
     deploy(config, code, "bad", "app.handler", "--timeout", "2", "--memory", "128", "--disk", "16",
-           "--retries", "0")
+           "--retries", "0", "--env", f"OUTSIDE={tmp_path}", "--env", f"OUTSIDE2={elsewhere}")
     deploy(config, code, "good", "app.handler", "--retries", "0")
     return service_for(config)
 
 
-def test_each_misbehaviour_is_recorded_in_plain_words_and_others_keep_running(two_functions: Service) -> None:
+def test_each_misbehaviour_is_recorded_in_plain_words_and_others_keep_running(two_functions: Service,
+                                                                            elsewhere: Path) -> None:
     service = two_functions
     first = run(service, upload(service, "first.txt", bucket="good-in"))
     assert first.status == "succeeded" and first.attempts[0].cold_start is True
@@ -68,6 +79,13 @@ def test_each_misbehaviour_is_recorded_in_plain_words_and_others_keep_running(tw
     assert "past its disk limit of 16 MB" in (filled.error or "")  # its /tmp (16 MB) filled, or one file grew past it
     still_fine()
 
+    for name, folder in (("outside", service.settings.data_dir.parent.resolve()), ("outside2", elsewhere)):
+        refused = run(service, upload(service, f"{name}.txt"))  # next to data_dir; a host folder elsewhere
+        assert refused.status == "failed" and f"refused writing {folder}/written-by-a-function: a function " \
+            "writes only to its /tmp and the folders fileproc gives it" in (refused.error or "")
+        assert not (folder / "written-by-a-function").exists()
+        still_fine()
+
     leaked = run(service, upload(service, "leak.txt"))
     assert leaked.status == "failed" and "needed more than its memory limit of 128 MB" in (leaked.error or "")
     still_fine()
@@ -96,7 +114,6 @@ def test_reserved_concurrency_holds_across_two_worker_processes(tmp_path: Path, 
                                                                 request: pytest.FixtureRequest) -> None:
     code = tmp_path / "misbehave"
     shutil.copytree(SAMPLES / "misbehave", code)
-    runs = tmp_path / "runs.txt"
     url = None
     if database == "postgres":  # where two workers really race for a slot
         url = request.getfixturevalue("postgres_url")
@@ -105,7 +122,7 @@ def test_reserved_concurrency_holds_across_two_worker_processes(tmp_path: Path, 
                           "dead_letters"):
                 s.execute(Base.metadata.tables[table].delete())
     config = make_config(tmp_path, [{"function": "slow"}], database=url)
-    deploy(config, code, "slow", "app.handler", "--concurrency", "1", "--env", f"RUNS_FILE={runs}")
+    deploy(config, code, "slow", "app.handler", "--concurrency", "1")
     service = service_for(config)
     jobs = [upload(service, f"slow-{n}.txt").id for n in range(6)]
     context = multiprocessing.get_context("fork")
@@ -115,11 +132,11 @@ def test_reserved_concurrency_holds_across_two_worker_processes(tmp_path: Path, 
     for process in workers:
         process.join(120)
         assert process.exitcode == 0
-    spans = sorted(tuple(map(float, line.split())) for line in runs.read_text().splitlines())
+    finished = [service.db.get_job(job_id) for job_id in jobs]
+    assert all(job is not None and job.status == "succeeded" for job in finished)
+    spans = sorted(tuple(job.attempts[-1].result["ran"]) for job in finished if job)
     assert len(spans) == 6
     for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end, f"two steps of a function with reserved concurrency 1 overlapped: {spans}"
-    finished = [service.db.get_job(job_id) for job_id in jobs]
-    assert all(job is not None and job.status == "succeeded" for job in finished)
     throttled = [a for job in finished if job for a in job.attempts if a.status == "throttled"]
     assert throttled and all("reserved concurrency in use" in (a.error or "") for a in throttled)

@@ -89,8 +89,12 @@ class Catalog:
             settings = self.service.settings
             folder = packages.folder_for(settings.data_dir.resolve(), version.function, version.package_sha256,
                                          version.requirements)
-            handler = LambdaHandler(version, folder, environment(settings, version, folder),
-                                    settings.data_dir.resolve() / "scratch", settings.functions.bucket)
+            data_dir = settings.data_dir.resolve()
+            writable = [data_dir / "scratch"]  # the step scratch folders (context.input.path, progress)
+            if settings.storage.backend == "local":  # context.output writes the storage's own files
+                writable += [settings.buckets_dir.resolve(), data_dir / "tmp"]
+            handler = LambdaHandler(version, folder, environment(settings, version, folder), data_dir / "scratch",
+                                    settings.functions.bucket, writable)
             with contextlib.suppress(ImportError):  # loaded once here: each runner forked from us has it warm
                 import boto3  # noqa: F401
             spec = FunctionSpec(version.function, handler, queue=USER_QUEUE, timeout=version.timeout,

@@ -114,9 +114,10 @@ class LambdaHandler:
     lambda_style = True
 
     def __init__(self, version: FunctionVersion, folder: Path, env: dict[str, str], tmp_root: Path,
-                 package_bucket: str) -> None:
+                 package_bucket: str, writable: list[Path] | None = None) -> None:
         self.version = version
         self.package_bucket = package_bucket
+        self.writable = writable or []  # besides its /tmp: the step scratch folders, local storage's
         self.folder = folder
         self.env = env
         self.tmp_root = tmp_root
@@ -136,7 +137,9 @@ class LambdaHandler:
         (self.folder / "aws-config").write_text("[default]\ns3 =\n    addressing_style = path\n")
         keep = [Path(sys.prefix), Path(sys.base_prefix), self.folder, self.tmp_root, Path.cwd(),
                 *(Path(p) for p in sys.path if p)]
-        if private_tmp(self.version.disk_mb, keep):
+        for folder in self.writable:  # made now: the runner may not make them once confined
+            folder.mkdir(parents=True, exist_ok=True)
+        if private_tmp(self.version.disk_mb, keep, self.writable):
             tmp = Path("/tmp")
         else:  # no mount namespace here (not root, or a container without CAP_SYS_ADMIN): TMPDIR only
             tmp = self.tmp_root / f"{os.getpid()}.tmp"
@@ -147,6 +150,7 @@ class LambdaHandler:
         tempfile.tempdir = str(tmp)
         limit = self.version.disk_mb * 1024 * 1024  # a file past it fails with EFBIG (Python ignores SIGXFSZ)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        _confine([tmp, *self.writable])
         code, deps = str(self.folder / "code"), str(self.folder / "deps")
         sys.path[:0] = [code, deps]
         importlib.invalidate_caches()
@@ -178,18 +182,19 @@ class LambdaHandler:
 
 
 _CLONE_NEWNS = 0x00020000
-_MS_BIND, _MS_REC, _MS_PRIVATE = 4096, 16384, 1 << 18
+_MS_RDONLY, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
 
 
-def private_tmp(size_mb: int, keep: list[Path]) -> bool:
+def private_tmp(size_mb: int, keep: list[Path], writable: list[Path] = ()) -> bool:  # type: ignore[assignment]
     """Give this process a /tmp of its own: a tmpfs of ``size_mb`` in a mount namespace of its own.
 
     Like Lambda's /tmp: private to the execution environment, kept between
     its invocations, and as big as the function's disk limit (a handler that
     fills it gets ENOSPC; nobody else's /tmp fills). Entries of the host's
     /tmp that hold what this process needs (``keep``: its Python, the
-    function's folder, data_dir) are bound back in. False (nothing changed)
-    where the OS does not allow it: not root, or no CAP_SYS_ADMIN.
+    function's folder, data_dir) are bound back in read-only, and of those
+    the ``writable`` folders read-write. False (nothing changed) where the
+    OS does not allow it: not root, or no CAP_SYS_ADMIN.
     """
     import ctypes
 
@@ -215,6 +220,13 @@ def private_tmp(size_mb: int, keep: list[Path]) -> bool:
                 Path(entry).touch()
             if libc.mount(source.encode(), str(entry).encode(), None, _MS_BIND | _MS_REC, None) != 0:
                 log.warning("private /tmp: %s could not be bound back in (errno %d)", entry, ctypes.get_errno())
+                continue
+            libc.mount(None, str(entry).encode(), None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY, None)
+        for folder in writable:
+            folder = folder.resolve()
+            if folder.is_relative_to(host_tmp) and folder.is_dir():
+                source = f"/proc/self/fd/{original}/{folder.relative_to(host_tmp)}"
+                libc.mount(source.encode(), str(folder).encode(), None, _MS_BIND, None)
         return True
     finally:
         os.close(original)
@@ -406,7 +418,7 @@ def invoke_lambda(spec: FunctionSpec, event: dict[str, Any], context: Context, s
             print(json.dumps(shaped))
             outcome["result"] = shaped
             plain = plain_reason(exc, getattr(getattr(spec.handler, "version", None), "disk_mb", 0))
-            outcome["error"] = {"kind": "permanent" if plain and "disk limit" in plain else kind_of(exc),
+            outcome["error"] = {"kind": "permanent" if plain else kind_of(exc),
                                 "type": shaped["errorType"], "message": plain or shaped["errorMessage"],
                                 "traceback": "".join(traceback.format_exception(exc))[-8000:]}
         else:
@@ -430,8 +442,30 @@ def invoke_lambda(spec: FunctionSpec, event: dict[str, Any], context: Context, s
     return outcome, found
 
 
+_writable: list[Path] = []  # where this runner may write, once confined (empty: not confined)
+
+
+def _confine(folders: list[Path]) -> None:
+    """Writes only beneath ``folders`` (and /dev/null, /dev/shm, this process's /proc entry) from now on."""
+    from fileproc.serverless.landlock import restrict_writes
+
+    global _writable
+    sys.dont_write_bytecode = True  # its package is read-only to it: no __pycache__ beside the code
+    allowed = [*folders, Path("/dev/shm"), Path(f"/proc/{os.getpid()}")]
+    if restrict_writes(allowed, [Path("/dev/null"), Path("/dev/zero"), Path("/dev/full")]):
+        _writable = allowed
+
+
 def plain_reason(exc: BaseException, disk_mb: int) -> str | None:
     """What a handler's exception means in plain words, where fileproc knows better than its message."""
+    if isinstance(exc, OSError) and _writable and exc.filename:
+        target = Path(os.fsdecode(exc.filename)).absolute()
+        # Read-only: the host's folders bound into its private /tmp; refused: outside its folders.
+        outside = exc.errno == errno.EROFS or (
+            exc.errno == errno.EACCES and not any(target.is_relative_to(folder) for folder in _writable))
+        if outside:
+            return (f"refused writing {target}: a function writes only to its /tmp and the folders fileproc "
+                    f"gives it ({exc.strerror})")
     if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
         return f"wrote a file past its disk limit of {disk_mb} MB ({exc.strerror})"
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:

@@ -23,11 +23,13 @@ def handler(event, context):
         with open(os.path.join(tempfile.gettempdir(), "big"), "wb") as out:
             for _ in range(64):
                 out.write(b"\0" * (1 << 20))
+    if what.startswith("outside"):  # somewhere that is not its own (OUTSIDE, OUTSIDE2: folders of the test's)
+        with open(os.path.join(os.environ[what.upper()], "written-by-a-function"), "w") as out:
+            out.write("should not be here")
     if what == "leak":
         kept.append(bytearray(200 << 20))
-    if what.startswith("slow"):  # records when it ran, for the reserved-concurrency test
+    if what.startswith("slow"):  # says when it ran, for the reserved-concurrency test
         started = time.time()
         time.sleep(0.4)
-        with open(os.environ["RUNS_FILE"], "a") as out:
-            out.write(f"{started} {time.time()}\n")
+        return {"ran": [started, time.time()]}
     return {"ok": what}
