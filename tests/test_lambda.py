@@ -141,6 +141,8 @@ def test_a_deployed_handler_gets_lambdas_event_context_environment_and_its_requi
     assert marker.name not in result["tmp_listing"]  # the host's /tmp is not seen...
     assert not Path(result["tmp"]).exists()  # ...and what the function writes there stays in its own
 
+    assert [o.key for o in done.outputs] == ["dir/a b.txt/seen.txt"]  # context.output works, confined
+    assert service.storage.open("out", "dir/a b.txt/seen.txt").read() == b"seen"
     assert attempt.version == "1" and attempt.memory_mb == 256
     assert attempt.billed_ms is not None and attempt.billed_ms >= max(1, attempt.duration_ms or 0)
     request_id = f"{job_id}-0-{attempt.id}" if (job_id := done.id) else ""

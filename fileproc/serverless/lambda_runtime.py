@@ -28,6 +28,7 @@ A handler's return value must be JSON-serialisable (else
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import faulthandler
 import importlib
@@ -46,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from fileproc.errors import FileprocError, PermanentError
 from fileproc.functions import log_group_name, log_stream_name
+from fileproc.serverless.landlock import restrict_writes  # imported here, not in each new runner
 
 if TYPE_CHECKING:
     from fileproc.config import Settings
@@ -139,7 +141,7 @@ class LambdaHandler:
                 *(Path(p) for p in sys.path if p)]
         for folder in self.writable:  # made now: the runner may not make them once confined
             folder.mkdir(parents=True, exist_ok=True)
-        if private_tmp(self.version.disk_mb, keep, self.writable):
+        if private_tmp(self.version.disk_mb, keep):
             tmp = Path("/tmp")
         else:  # no mount namespace here (not root, or a container without CAP_SYS_ADMIN): TMPDIR only
             tmp = self.tmp_root / f"{os.getpid()}.tmp"
@@ -182,51 +184,54 @@ class LambdaHandler:
 
 
 _CLONE_NEWNS = 0x00020000
-_MS_RDONLY, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
+_MS_BIND, _MS_REC, _MS_PRIVATE = 4096, 16384, 1 << 18
 
 
-def private_tmp(size_mb: int, keep: list[Path], writable: list[Path] = ()) -> bool:  # type: ignore[assignment]
+HOST_ENTRIES = Path("/mnt")
+"""Where a runner with a private /tmp sees the host /tmp's entries it needs (in its own mount namespace)."""
+
+
+def private_tmp(size_mb: int, keep: list[Path]) -> bool:
     """Give this process a /tmp of its own: a tmpfs of ``size_mb`` in a mount namespace of its own.
 
     Like Lambda's /tmp: private to the execution environment, kept between
     its invocations, and as big as the function's disk limit (a handler that
     fills it gets ENOSPC; nobody else's /tmp fills). Entries of the host's
     /tmp that hold what this process needs (``keep``: its Python, the
-    function's folder, data_dir) are bound back in read-only, and of those
-    the ``writable`` folders read-write. False (nothing changed) where the
-    OS does not allow it: not root, or no CAP_SYS_ADMIN.
+    function's folder, data_dir) stay reachable at their paths: each is
+    bound under :data:`HOST_ENTRIES` (a small tmpfs of this namespace) and
+    linked from the private /tmp, so writing beneath them is not writing
+    beneath /tmp (which matters to :func:`_confine`). False (nothing changed)
+    where the OS does not allow it: not root, or no CAP_SYS_ADMIN.
     """
-    import ctypes
-
     libc = ctypes.CDLL(None, use_errno=True)
     host_tmp = Path("/tmp").resolve()
-    needed = sorted({host_tmp / p.resolve().relative_to(host_tmp).parts[0] for p in keep
+    needed = sorted({p.resolve().relative_to(host_tmp).parts[0] for p in keep
                      if p.resolve().is_relative_to(host_tmp) and p.resolve() != host_tmp})
+    if needed and not HOST_ENTRIES.is_dir():
+        return False
     if libc.unshare(_CLONE_NEWNS) != 0:
         return False
-    # Mounts made from now on stay in this namespace (the host's /tmp never sees them).
+    # Mounts made from now on stay in this namespace (the host never sees them).
     if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
         return False
     # Opened in the new namespace (a bind's source must be in it): reachable after /tmp is covered.
     original = os.open("/tmp", os.O_RDONLY | os.O_DIRECTORY)
     try:
+        if needed and libc.mount(b"tmpfs", str(HOST_ENTRIES).encode(), b"tmpfs", 0, b"size=1m,mode=755") != 0:
+            return False
         if libc.mount(b"tmpfs", b"/tmp", b"tmpfs", 0, f"size={size_mb}m,mode=1777".encode()) != 0:
             return False
-        for entry in needed:
-            source = f"/proc/self/fd/{original}/{entry.name}"
+        for name in needed:
+            source, target = f"/proc/self/fd/{original}/{name}", HOST_ENTRIES / name
             if os.path.isdir(source):
-                os.mkdir(entry)
+                target.mkdir()
             else:
-                Path(entry).touch()
-            if libc.mount(source.encode(), str(entry).encode(), None, _MS_BIND | _MS_REC, None) != 0:
-                log.warning("private /tmp: %s could not be bound back in (errno %d)", entry, ctypes.get_errno())
+                target.touch()
+            if libc.mount(source.encode(), str(target).encode(), None, _MS_BIND | _MS_REC, None) != 0:
+                log.warning("private /tmp: %s could not be bound (errno %d)", name, ctypes.get_errno())
                 continue
-            libc.mount(None, str(entry).encode(), None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY, None)
-        for folder in writable:
-            folder = folder.resolve()
-            if folder.is_relative_to(host_tmp) and folder.is_dir():
-                source = f"/proc/self/fd/{original}/{folder.relative_to(host_tmp)}"
-                libc.mount(source.encode(), str(folder).encode(), None, _MS_BIND, None)
+            os.symlink(target, host_tmp / name)
         return True
     finally:
         os.close(original)
@@ -447,22 +452,19 @@ _writable: list[Path] = []  # where this runner may write, once confined (empty:
 
 def _confine(folders: list[Path]) -> None:
     """Writes only beneath ``folders`` (and /dev/null, /dev/shm, this process's /proc entry) from now on."""
-    from fileproc.serverless.landlock import restrict_writes
-
     global _writable
     sys.dont_write_bytecode = True  # its package is read-only to it: no __pycache__ beside the code
     allowed = [*folders, Path("/dev/shm"), Path(f"/proc/{os.getpid()}")]
     if restrict_writes(allowed, [Path("/dev/null"), Path("/dev/zero"), Path("/dev/full")]):
-        _writable = allowed
+        _writable = [folder.resolve() for folder in allowed]  # as Landlock sees them (through links)
 
 
 def plain_reason(exc: BaseException, disk_mb: int) -> str | None:
     """What a handler's exception means in plain words, where fileproc knows better than its message."""
     if isinstance(exc, OSError) and _writable and exc.filename:
         target = Path(os.fsdecode(exc.filename)).absolute()
-        # Read-only: the host's folders bound into its private /tmp; refused: outside its folders.
-        outside = exc.errno == errno.EROFS or (
-            exc.errno == errno.EACCES and not any(target.is_relative_to(folder) for folder in _writable))
+        where = target.parent.resolve() / target.name  # what Landlock checked (a host folder links from /tmp)
+        outside = exc.errno == errno.EACCES and not any(where.is_relative_to(folder) for folder in _writable)
         if outside:
             return (f"refused writing {target}: a function writes only to its /tmp and the folders fileproc "
                     f"gives it ({exc.strerror})")

@@ -31,10 +31,12 @@ REFER = 1 << 13  # ABI 2: link or rename across folders
 TRUNCATE = 1 << 14  # ABI 3
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
 def _syscall(number: int, *args: object) -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    return int(libc.syscall(ctypes.c_long(number), *args))
+    return int(_libc.syscall(ctypes.c_long(number), *args))
 
 
 def abi() -> int:
@@ -73,8 +75,7 @@ def restrict_writes(folders: Iterable[Path], files: Iterable[Path] = ()) -> bool
                          ctypes.c_uint32(0))
             finally:
                 os.close(parent)
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             return False
         return _syscall(_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0)) == 0
     finally:

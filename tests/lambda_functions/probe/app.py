@@ -25,6 +25,8 @@ def handler(event, context):
     print("hello from", context.function_name)
     subprocess.run(["echo", "and from a child process"], check=True)
     logger.info("the key is %s", event["Records"][0]["s3"]["object"]["key"])
+    if hasattr(context, "output"):  # fileproc's extra: written through the storage, recorded as an output
+        context.output.put("seen.txt", b"seen", content_type="text/plain")
     scratch = tempfile.mkdtemp()
     with open(os.path.join(scratch, "x"), "w") as fh:
         fh.write("private")
