@@ -200,6 +200,12 @@ def test_deploy_rollback_and_pinned_versions_reach_a_running_worker(tmp_path: Pa
     by_pipeline = {json.loads(line)["pipeline"]: json.loads(line)["requests"]
                    for line in fileproc(config, "usage", "--json", "--by", "pipeline").splitlines()}
     assert by_pipeline == {"p": 4, "pinned": 1}
+    (today,) = [json.loads(line) for line in fileproc(config, "usage", "--by", "day", "--since", "1d", "--json")
+                .splitlines()]
+    assert today["day"] == attempts[0].started_at.strftime("%Y-%m-%d") and today["requests"] == 5
+    assert fileproc(config, "usage", "--since", "2999-01-01").strip() == "nothing ran"
+    table = fileproc(config, "usage", "--pipeline", "pinned")
+    assert re.search(r"^peek\s+1\s+0\s+0\s", table, re.M), table  # 1 request, on v1's warm runner, no error
 
     queued = upload(service, "4.txt")
     assert "deleted peek (2 versions)" in fileproc(config, "functions", "delete", "peek")
