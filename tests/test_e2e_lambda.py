@@ -111,9 +111,15 @@ def test_the_aws_tutorial_handler_deployed_unchanged_makes_the_resized_copy(
                              headers=admin, timeout=10)
         assert missing.status_code == 404
         assert httpx.post(url, json={"bucket": "uploads", "key": "direct.png"}, timeout=10).status_code == 401
+        own = {"Authorization": "Bearer " + fileproc(config, "functions", "token", "CreateThumbnail").stdout.strip()}
+        mine = httpx.post(url, json={"bucket": "uploads", "key": "direct.png"}, headers=own, timeout=90)
+        assert mine.status_code == 200 and mine.json()["status"] == "succeeded", mine.text  # its own token will do
+        assert httpx.get(poll, headers=own, timeout=10).status_code == 200
+        assert httpx.post(url.replace("CreateThumbnail", "Other"), json={"bucket": "uploads", "key": "direct.png"},
+                          headers=own, timeout=10).status_code == 401  # ...for it alone
         usage = {json.loads(line)["pipeline"]: json.loads(line)
                  for line in fileproc(config, "usage", "--by", "pipeline", "--json").stdout.splitlines()}
-        assert usage["(invoke)"]["requests"] == 2 and usage["resize"]["requests"] == 1
+        assert usage["(invoke)"]["requests"] == 3 and usage["resize"]["requests"] == 1
     finally:
         for process in reversed(processes):
             process.stop()

@@ -263,6 +263,26 @@ def delete(ctx: click.Context, name: str) -> None:
     click.echo(f"deleted {name} ({len(gone)} versions)")
 
 
+@functions.command()
+@click.argument("name")
+@click.pass_context
+def token(ctx: click.Context, name: str) -> None:
+    """Make NAME's own invoke token (replacing the old one): POST /functions/NAME/invoke without admin.
+
+    Shown once; fileproc keeps only its hash.
+
+    \b
+    Example:
+        fileproc functions token resize
+    """
+    from fileproc.state.deployments import list_versions, new_token
+
+    _, db, _ = _parts(ctx)
+    if not list_versions(db, name):
+        raise FunctionNotFound(f"no deployed function {name!r}")
+    click.echo(new_token(db, name))
+
+
 def replay_dead_letters(service: Any, function: str | None) -> None:
     """``fileproc retry --dead-letters``: run each dead letter's job again, once."""
     from fileproc import dispatch

@@ -1,13 +1,14 @@
 """The HTTP side of user functions: ``POST /functions/NAME/invoke`` and ``GET /functions/invocations/ID``.
 
-Added to the API by :func:`fileproc.api.create_app`, behind the admin token.
+Added to the API by :func:`fileproc.api.create_app`, behind the admin token or the function's own
+(``fileproc functions token NAME``).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
 
@@ -28,13 +29,23 @@ def add_function_routes(app: FastAPI, service: Service, admin_auth: Any) -> None
     """``POST /functions/NAME/invoke`` and ``GET /functions/invocations/ID`` (issue 9: user functions)."""
     from urllib.parse import unquote_plus
 
-    from fileproc.api import _json
+    from fileproc.api import _bearer, _json
     from fileproc.errors import FunctionNotFound, ObjectNotFound
     from fileproc.serverless import invocations
+    from fileproc.state.deployments import token_matches
 
-    @app.post("/functions/{name}/invoke", dependencies=[Depends(admin_auth)])
+    def allowed(request: Request, function: str) -> None:
+        """The admin token, or the function's own (``fileproc functions token NAME``)."""
+        try:
+            admin_auth(request)
+        except HTTPException:
+            if not token_matches(service.db, function.partition(":")[0], _bearer(request)):
+                raise
+
+    @app.post("/functions/{name}/invoke")
     def invoke_function(name: str, body: InvokeRequest, request: Request,
                         mode: Annotated[str, Query(pattern="^(sync|async)$")] = "sync") -> Response:
+        allowed(request, name)
         if request.headers.get("x-amz-invocation-type", "").lower() == "event":  # Lambda's own way to ask
             mode = "async"
         bucket, key = body.bucket, body.key
@@ -61,12 +72,14 @@ def add_function_routes(app: FastAPI, service: Service, admin_auth: Any) -> None
         failed = {"X-Amz-Function-Error": "Unhandled"} if done.status == "failed" else None
         return _json(answer, 200, failed)
 
-    @app.get("/functions/invocations/{invocation}", dependencies=[Depends(admin_auth)])
-    def invocation(invocation: int) -> dict[str, Any]:
+    @app.get("/functions/invocations/{invocation}")
+    def invocation(invocation: int, request: Request) -> dict[str, Any]:
         job = service.db.get_job(invocation)
-        if job is None or not invocations.is_direct(job.pipeline):
+        answer = invocations.describe(job) if job is not None and invocations.is_direct(job.pipeline) else None
+        allowed(request, answer["function"] if answer else "")
+        if answer is None:
             raise HTTPException(404, f"no invocation {invocation}")
-        return invocations.describe(job)
+        return answer
 
 
 __all__ = ["InvokeRequest", "add_function_routes"]

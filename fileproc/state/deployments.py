@@ -174,12 +174,48 @@ def mark_replayed(db: Database, letter_id: int) -> None:
                   .execution_options(synchronize_session=False))
 
 
+def new_token(db: Database, function: str) -> str:
+    """A new invoke token for ``function`` (replacing its old one); only its hash is kept."""
+    import hashlib
+    import secrets
+
+    from fileproc.state.models import FunctionTokenRow
+
+    token = f"fn-{function}-{secrets.token_urlsafe(24)}"
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    with db.session() as s:
+        row = s.get(FunctionTokenRow, function)
+        if row is None:
+            s.add(FunctionTokenRow(function=function, token_sha256=digest, created_at=db.now(s)))
+        else:
+            row.token_sha256, row.created_at = digest, db.now(s)
+    return token
+
+
+def token_matches(db: Database, function: str, token: str) -> bool:
+    """Whether ``token`` is ``function``'s invoke token."""
+    import hashlib
+    import hmac
+
+    from fileproc.state.models import FunctionTokenRow
+
+    if not token:
+        return False
+    with db.reading() as s:
+        row = s.get(FunctionTokenRow, function)
+        expected = row.token_sha256 if row else ""
+    return bool(expected) and hmac.compare_digest(hashlib.sha256(token.encode()).hexdigest(), expected)
+
+
 def delete_function(db: Database, function: str) -> list[FunctionVersion]:
     """Forget every version and alias of ``function``; the versions it had."""
     gone = list_versions(db, function)
     with db.session() as s:
         s.execute(delete(FunctionAliasRow).where(FunctionAliasRow.function == function))
         s.execute(delete(FunctionSlotRow).where(FunctionSlotRow.function == function))
+        from fileproc.state.models import FunctionTokenRow
+
+        s.execute(delete(FunctionTokenRow).where(FunctionTokenRow.function == function))
         s.execute(delete(FunctionVersionRow).where(FunctionVersionRow.function == function))
     return gone
 
@@ -227,4 +263,4 @@ def give_slot(db: Database, function: str, holder: str) -> None:
 
 
 __all__ = ["LIVE", "FunctionVersion", "add_version", "dead_letters", "delete_function", "give_slot", "list_versions",
-           "mark_replayed", "resolve", "set_alias", "take_slot"]
+           "mark_replayed", "new_token", "resolve", "set_alias", "take_slot", "token_matches"]

@@ -268,3 +268,13 @@ class DeadLetterRow(Base):
     record: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     replayed_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class FunctionTokenRow(Base):
+    """A deployed function's own invoke token (its SHA-256): ``POST /functions/NAME/invoke`` without admin."""
+
+    __tablename__ = "function_tokens"
+
+    function: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
