@@ -29,6 +29,7 @@ lint: install
 bench: install
 	$(BIN)/python -m bench.thumbnail_bench
 	$(BIN)/python -m bench.intake
+	$(BIN)/python -m bench.invoke
 
 clean:
 	rm -rf $(VENV) fileproc-data .pytest_cache .ruff_cache .mypy_cache

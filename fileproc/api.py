@@ -342,6 +342,10 @@ def create_app(service: Service, tokens: Tokens, *, committer: Committer | None 
     from fileproc.ui import install as install_dashboard
 
     install_dashboard(app, service, tokens)  # /ui: the web dashboard, behind the admin token
+
+    from fileproc.serverless.http import add_function_routes  # deployed user functions
+
+    add_function_routes(app, service, admin_auth)
     return app
 
 

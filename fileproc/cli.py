@@ -373,19 +373,27 @@ def _progress_text(progress: dict[str, Any] | None) -> str:
 @cli.command()
 @click.argument("job_id", type=int, required=False)
 @click.option("--failed", is_flag=True, help="Retry every failed job.")
+@click.option("--dead-letters", is_flag=True, help="Replay deployed functions' dead-letter records not replayed yet.")
+@click.option("--function", "function", default=None, help="With --dead-letters: only this function's.")
 @pass_state
-def retry(state: State, job_id: int | None, failed: bool) -> None:
+def retry(state: State, job_id: int | None, failed: bool, dead_letters: bool, function: str | None) -> None:
     """Run a failed job again (from the step that failed), or all of them.
 
     \b
     Example:
         fileproc retry 42
         fileproc retry --failed
+        fileproc retry --dead-letters --function resize
     """
     from fileproc import dispatch
 
+    if dead_letters:
+        from fileproc.serverless.commands import replay_dead_letters
+
+        replay_dead_letters(state.service, function)
+        return
     if (job_id is None) == (not failed):
-        raise click.UsageError("give a JOB_ID or --failed")
+        raise click.UsageError("give a JOB_ID, --failed or --dead-letters")
     ids = state.service.db.failed_job_ids() if job_id is None else [job_id]
     for one in ids:
         found = dispatch.retry(state.service, one)
@@ -628,6 +636,17 @@ def logs_summary(state: State, prefix: str, as_json: bool) -> None:
         click.echo(f"response time: p50 {rt['p50']} ms, p95 {rt['p95']} ms ({rt['count']} requests)")
     if totals["first"]:
         click.echo(f"from {totals['first']} to {totals['last']}")
+
+
+# --- serverless user functions: fileproc/serverless/commands.py ----------------------
+def _add_serverless_commands() -> None:
+    from fileproc.serverless.commands import functions, invoke, logs, usage
+
+    for command in (functions, invoke, logs, usage):
+        cli.add_command(command)
+
+
+_add_serverless_commands()
 
 
 def main() -> None:

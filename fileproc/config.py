@@ -154,6 +154,26 @@ class FunctionSettings(Section):
         default_factory=list,
         description="Directories of user function modules (`*.py`), loaded at start like the built-ins.",
     )
+    bucket: str = Field(
+        "fileproc-functions",
+        description="Bucket holding deployed functions' packages (`fileproc functions deploy`), read by every host.",
+    )
+    alias_seconds: float = Field(
+        2.0, ge=0,
+        description="How long a worker trusts what a deployed function's alias (`live`) pointed at: a deploy or "
+        "rollback reaches running workers within this.",
+    )
+
+
+class UsageSettings(Section):
+    price_per_request: float = Field(
+        0.0000002, ge=0, description="Cost of one invocation in `fileproc usage` (default: AWS Lambda's x86 price, "
+        "$0.20 per million requests)."
+    )
+    price_per_gb_second: float = Field(
+        0.0000166667, ge=0, description="Cost of one GB-second in `fileproc usage` (default: AWS Lambda's x86 "
+        "price, $0.0000166667)."
+    )
 
 
 class WatcherSettings(Section):
@@ -205,6 +225,7 @@ class Settings(Section):
     watcher: WatcherSettings = Field(default_factory=WatcherSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     search: SearchSettings = Field(default_factory=SearchSettings)
+    usage: UsageSettings = Field(default_factory=UsageSettings)
     pipelines: list[Pipeline] = Field(
         default_factory=list, description="Which objects go through which functions (config file only)."
     )

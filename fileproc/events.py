@@ -8,10 +8,14 @@ event record a Lambda-style handler expects.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote_plus
+
+PRINCIPAL = "fileproc"
+"""The principal fileproc names in an event record's ``userIdentity`` and ``ownerIdentity``."""
 
 
 def normalize_etag(etag: str | None) -> str | None:
@@ -62,24 +66,34 @@ class ObjectEvent:
             return self.version_id or self.etag or ""
         return f"removed:{self.sequencer or self.time.isoformat()}"
 
-    def to_record(self) -> dict[str, Any]:
-        """The AWS S3 notification record (``event["Records"][0]`` in Lambda)."""
+    def to_record(self, *, region: str = "", configuration_id: str = "fileproc") -> dict[str, Any]:
+        """The AWS S3 notification record (``event["Records"][0]`` in Lambda), every field AWS sends.
+
+        The key is URL-encoded (spaces as ``+``), as AWS encodes it; ``region``
+        is the store's (``awsRegion``), ``configuration_id`` names the
+        notification rule (fileproc passes the pipeline's name).
+        """
         obj: dict[str, Any] = {"key": quote_plus(self.key, safe="/"), "size": self.size or 0}
         if self.etag:
             obj["eTag"] = self.etag
         if self.version_id:
             obj["versionId"] = self.version_id
-        if self.sequencer:
-            obj["sequencer"] = self.sequencer
+        obj["sequencer"] = self.sequencer or f"{int(self.time.timestamp() * 1_000_000):016X}"
+        request_id = hashlib.sha1(f"{self.bucket}/{self.key}/{self.version}".encode()).hexdigest()
         return {
             "eventVersion": "2.1",
             "eventSource": "aws:s3",
-            "awsRegion": "",
+            "awsRegion": region,
             "eventTime": self.time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
             "eventName": self.event_name.removeprefix("s3:"),
+            "userIdentity": {"principalId": PRINCIPAL},
+            "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+            "responseElements": {"x-amz-request-id": request_id[:16].upper(), "x-amz-id-2": request_id},
             "s3": {
                 "s3SchemaVersion": "1.0",
-                "bucket": {"name": self.bucket, "arn": f"arn:aws:s3:::{self.bucket}"},
+                "configurationId": configuration_id,
+                "bucket": {"name": self.bucket, "ownerIdentity": {"principalId": PRINCIPAL},
+                           "arn": f"arn:aws:s3:::{self.bucket}"},
                 "object": obj,
             },
         }

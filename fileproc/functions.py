@@ -76,6 +76,8 @@ class FunctionSpec:
     retries: int = 2
     params: type[BaseModel] | None = None
     source: str = ""
+    version: str = "$LATEST"  # a deployed function's version number
+    concurrency: int | None = None  # a deployed function's reserved concurrency (steps at once, everywhere)
 
     @property
     def module(self) -> str:
@@ -219,13 +221,30 @@ class OutputWriter:
         return ref
 
 
+@dataclass(frozen=True)
+class CognitoIdentity:
+    """``context.identity``, as Lambda's Python runtime has it (empty for an S3 trigger)."""
+
+    cognito_identity_id: str | None = None
+    cognito_identity_pool_id: str | None = None
+
+
+ACCOUNT_ID = "000000000000"
+"""The account fileproc names in ARNs (a self-hosted service has no AWS account)."""
+
+
 @dataclass
 class Context:
-    """What a handler gets besides the event. Lambda's attributes come first."""
+    """What a handler gets besides the event. Lambda's attributes come first, with Lambda's types.
+
+    As in Lambda's Python runtime: ``memory_limit_in_mb`` is a str,
+    ``invoked_function_arn`` has 7 parts (8 with a version or alias),
+    ``identity`` and ``client_context`` are None-valued for an S3 trigger.
+    """
 
     aws_request_id: str
     function_name: str
-    memory_limit_in_mb: int
+    memory_limit_in_mb: str  # an int is accepted (and made a str)
     deadline: float
     params: dict[str, Any]
     input: InputObject
@@ -236,7 +255,14 @@ class Context:
     event: ObjectEvent
     function_version: str = "$LATEST"
     scratch: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
+    region: str = "us-east-1"
+    qualifier: str | None = None  # the alias or version the step named (part of the invoked ARN)
+    identity: CognitoIdentity = field(default_factory=CognitoIdentity)
+    client_context: Any = None
     _progress_at: float = field(default=0.0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.memory_limit_in_mb = str(self.memory_limit_in_mb)  # Lambda gives a str; callers may pass an int
 
     @property
     def scratch_dir(self) -> Path:
@@ -265,12 +291,41 @@ class Context:
 
     @property
     def invoked_function_arn(self) -> str:
-        return f"arn:fileproc:function:{self.function_name}"
+        arn = f"arn:aws:lambda:{self.region}:{ACCOUNT_ID}:function:{self.function_name}"
+        return f"{arn}:{self.qualifier}" if self.qualifier else arn
 
     @property
     def log_group_name(self) -> str:
-        return f"/fileproc/{self.function_name}"
+        return log_group_name(self.function_name)
+
+    @property
+    def log_stream_name(self) -> str:
+        return log_stream_name(self.function_version)
 
     def get_remaining_time_in_millis(self) -> int:
         return max(0, int((self.deadline - time.monotonic()) * 1000))
 
+
+def log_group_name(function_name: str) -> str:
+    """Lambda's log group of a function: ``/aws/lambda/NAME``."""
+    return f"/aws/lambda/{function_name}"
+
+
+_STREAM_ID = os.urandom(16).hex()
+
+
+def log_stream_name(version: str) -> str:
+    """Lambda's log stream of this execution environment: ``YYYY/MM/DD/[VERSION]hex``.
+
+    The hex part is drawn once per process, so each runner (an execution
+    environment) has its own stream, as on Lambda.
+    """
+    return f"{time.strftime('%Y/%m/%d', time.gmtime())}/[{version}]{_STREAM_ID}"
+
+
+def _new_stream_after_fork() -> None:
+    global _STREAM_ID
+    _STREAM_ID = os.urandom(16).hex()
+
+
+os.register_at_fork(after_in_child=_new_stream_after_fork)

@@ -35,7 +35,7 @@ import hashlib
 import importlib
 import importlib.util
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
@@ -83,13 +83,17 @@ class Registry:
     # --- filling -----------------------------------------------------------------------
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> Registry:
-        """Entry points, then ``functions.paths``, then the steps' handlers; pipelines checked."""
+    def for_settings(cls, settings: Settings, deployed: Callable[[str], bool] | None = None) -> Registry:
+        """Entry points, then ``functions.paths``, then the steps' handlers; pipelines checked.
+
+        ``deployed(name)`` says whether a step's unknown function is a deployed
+        one (``fileproc functions deploy``), which the check then accepts.
+        """
         registry = cls()
         registry.load_entry_points()
         registry.load_paths(settings.functions.paths)
         registry.load_step_handlers(settings.pipelines, settings.functions.paths)
-        registry.check(settings.pipelines)
+        registry.check(settings.pipelines, deployed)
         return registry
 
     def add(self, spec: FunctionSpec) -> None:
@@ -147,11 +151,13 @@ class Registry:
 
     # --- params ------------------------------------------------------------------------
 
-    def check(self, pipelines: Iterable[Pipeline]) -> None:
-        """Every step names a known function, with params its model accepts."""
+    def check(self, pipelines: Iterable[Pipeline], deployed: Callable[[str], bool] | None = None) -> None:
+        """Every step names a known (or deployed) function, with params its model accepts."""
         for pipeline in pipelines:
             for index, step in enumerate(pipeline.steps):
                 where = f"pipelines.{pipeline.name}.steps[{index}]"
+                if step.function not in self._specs and deployed is not None and deployed(step.function):
+                    continue
                 if step.function not in self._specs:
                     raise ConfigError(f"{where}.function: no function named {step.function!r} (known: {self.known()})")
                 validate_params(self._specs[step.function], step.params, f"{where}.params")

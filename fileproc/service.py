@@ -12,12 +12,13 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from fileproc.config import Settings
-from fileproc.errors import StorageError
+from fileproc.errors import FunctionNotFound, StorageError
 from fileproc.functions import FunctionSpec
 from fileproc.registry import Registry
 from fileproc.rules import Pipeline, Step
 
 if TYPE_CHECKING:
+    from fileproc.serverless.catalog import Catalog
     from fileproc.state import Database
     from fileproc.storage import Storage
 
@@ -34,9 +35,13 @@ class Service:
         from fileproc.runtime import app as celery  # imported here: Celery is slow to import
 
         self.settings = settings
-        self.registry = Registry.for_settings(settings)
+        self.registry = Registry.for_settings(settings, deployed=lambda name: self.catalog.exists(name))
         self.functions: dict[str, FunctionSpec] = self.registry.specs()
-        self.pipelines: dict[str, Pipeline] = {p.name: p for p in settings.pipelines}
+        from fileproc.serverless.invocations import Pipelines
+
+        # With the made-up pipeline of each direct invocation (POST /functions/NAME/invoke).
+        self.pipelines: dict[str, Pipeline] = Pipelines({p.name: p for p in settings.pipelines},
+                                                        settings.functions.bucket)
         celery.configure(settings)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
 
@@ -69,9 +74,25 @@ class Service:
             except StorageError as exc:
                 logging.getLogger(__name__).warning("cannot create bucket %s: %s", name, exc)
 
+    @cached_property
+    def catalog(self) -> Catalog:
+        """The deployed user functions (``fileproc functions deploy``), resolved per step."""
+        from fileproc.serverless.catalog import Catalog
+
+        return Catalog(self)
+
     def spec(self, step: Step) -> FunctionSpec:
-        """The function ``step`` calls (FunctionNotFound if none)."""
-        return self.registry.get(step.function)
+        """The function ``step`` calls: a registered one, else the deployed version it names now.
+
+        FunctionNotFound if neither.
+        """
+        if step.function in self.registry:
+            return self.registry.get(step.function)
+        try:
+            return self.catalog.spec(step.function)
+        except FunctionNotFound:
+            self.registry.get(step.function)  # raises, naming the registered functions
+            raise
 
     def params_for(self, step: Step) -> dict[str, Any]:
         """What ``step``'s handler gets as ``context.params``.
@@ -80,6 +101,8 @@ class Service:
         against the function's params model, with the model's defaults filled
         in, or the params as written for a function without a model.
         """
+        if step.function not in self.registry:  # a deployed function: params are passed as written
+            return dict(step.params)
         return self.registry.params_for(step)
 
     def function_name(self, pipeline: str, step_index: int) -> str:
@@ -87,16 +110,23 @@ class Service:
         found = self.pipelines.get(pipeline)
         if found is None or step_index >= len(found.steps):
             return "?"
-        return found.steps[step_index].function
+        function = found.steps[step_index].function
+        return function if function in self.registry else function.partition(":")[0]  # a deployed one's name
 
     def queue_for(self, step: Step) -> str:
-        return step.queue or self.spec(step).queue
+        if step.queue or step.function in self.registry:
+            return step.queue or self.spec(step).queue
+        from fileproc.serverless.catalog import USER_QUEUE
+
+        return USER_QUEUE  # every deployed function's (sending a step never asks the database)
 
     def queues(self) -> list[str]:
         """Every queue a worker may need: each function's, and each step's override."""
         names = {spec.queue for spec in self.functions.values()}
         names |= {s.queue for p in self.pipelines.values() for s in p.steps if s.queue}
-        return sorted(names)
+        from fileproc.serverless.catalog import USER_QUEUE
+
+        return sorted(names | {USER_QUEUE})
 
 
 CELERY_CHATTER = (

@@ -134,7 +134,8 @@ def test_a_handler_that_cannot_be_found_is_named(tmp_path: Path, handler: str, m
 
 @pytest.mark.parametrize(("params", "message"), [
     ({"size": [128]}, "pipelines.p.steps[0].params.size: unknown param of 'thumbnail' "
-                      "(known: animated, background, fit, format, max_frames, metadata, poster_seconds, quality, sizes)"),
+                      "(known: animated, background, fit, format, max_frames, metadata, poster_seconds, "
+                      "quality, sizes)"),
     ({"sizes": [0]}, "pipelines.p.steps[0].params.sizes: Value error, sizes must be positive integers"),
     ({"format": "bmp"}, "pipelines.p.steps[0].params.format: Value error, format must be one of"),
 ])

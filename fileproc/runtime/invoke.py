@@ -26,8 +26,9 @@ from fileproc.errors import (
     PermanentError,
 )
 from fileproc.events import ObjectEvent
-from fileproc.functions import Context, InputObject, OutputWriter
+from fileproc.functions import Context, FunctionSpec, InputObject, OutputWriter
 from fileproc.rules import PROVENANCE_PIPELINE, render_key
+from fileproc.serverless.lambda_runtime import aws_region
 from fileproc.service import Service
 from fileproc.storage import ObjectInfo, Storage, open_storage
 
@@ -72,11 +73,16 @@ def _runner_storage(service: Service) -> Storage:
     return _storage
 
 
-def invoke(service: Service, request: StepRequest) -> dict[str, Any]:
-    """Run the step's handler; returns outputs, bytes in/out, the return value or the error."""
+def invoke(service: Service, request: StepRequest, spec: FunctionSpec | None = None) -> dict[str, Any]:
+    """Run the step's handler; returns outputs, bytes in/out, the return value or the error.
+
+    ``spec`` is the function the worker resolved for the step (a deployed
+    function's version can change between two lookups: the runner runs the
+    one it was started for).
+    """
     pipeline = service.pipelines[request.pipeline]
     step = pipeline.steps[request.step_index]
-    spec = service.spec(step)
+    spec = spec or service.spec(step)
     event = ObjectEvent.from_dict(request.event)
     storage = _runner_storage(service)
     scratch = Path(request.scratch_dir)  # made only if the step uses it: most never do
@@ -95,10 +101,12 @@ def invoke(service: Service, request: StepRequest) -> dict[str, Any]:
         provenance,
     )
     reader = InputObject(storage, source, scratch)
+    _, _, qualifier = step.function.partition(":")
+    region = aws_region(service.settings)
     context = Context(
         aws_request_id=request.request_id,
         function_name=spec.name,
-        memory_limit_in_mb=request.memory_mb,
+        memory_limit_in_mb=str(request.memory_mb),
         deadline=time.monotonic() + request.timeout,
         params=service.params_for(step),
         input=reader,
@@ -108,20 +116,35 @@ def invoke(service: Service, request: StepRequest) -> dict[str, Any]:
         pipeline=pipeline.name,
         event=event,
         scratch=scratch,
+        function_version=spec.version,
+        region=region,
+        qualifier=qualifier if qualifier and spec.version != "$LATEST" else None,
     )
+    lambda_style = getattr(spec.handler, "lambda_style", False)
+    lambda_event = {"Records": [event.to_record(region=region, configuration_id=pipeline.name)]}
+    if lambda_style:  # a deployed handler, as Lambda runs one
+        from fileproc.serverless.lambda_runtime import invoke_lambda
+
+        ran, written = invoke_lambda(spec, lambda_event, context, storage, provenance, kind_of)
+        return _finished(ran, writer, reader, written)
     outcome: dict[str, Any] = {"error": None, "result": None}
     try:  # the scratch folder is removed by the worker (runner.execute), however the step ends
-        outcome["result"] = _plain(spec.handler({"Records": [event.to_record()]}, context))
+        outcome["result"] = _plain(spec.handler(lambda_event, context))
     except Exception as exc:  # reported to the worker, which decides
         outcome["error"] = {"kind": kind_of(exc), "type": type(exc).__name__,
                             "message": str(exc) or type(exc).__name__,
                             "traceback": "".join(traceback.format_exception(exc))[-8000:]}
+    return _finished(outcome, writer, reader)
+
+
+def _finished(outcome: dict[str, Any], writer: OutputWriter, reader: InputObject,
+              extra: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     outcome["outputs"] = [
         {"bucket": o.bucket, "key": o.key, "size": o.size, "etag": o.etag, "content_type": o.content_type}
         for o in writer.written
-    ]
+    ] + (extra or [])
     outcome["bytes_read"] = reader.bytes_read
-    outcome["bytes_written"] = sum(o.size for o in writer.written)
+    outcome["bytes_written"] = sum(o["size"] for o in outcome["outputs"])
     return outcome
 
 

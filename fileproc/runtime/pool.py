@@ -123,8 +123,9 @@ class RunnerPool:
         except BaseException:  # this worker is being stopped mid-step: so is the step
             self._stop(runner)
             raise
-        duration_ms = int((time.monotonic() - started) * 1000)
-        common: dict[str, Any] = {"duration_ms": duration_ms, "cold": cold, "runner_pid": runner.pid}
+        elapsed = time.monotonic() - started
+        common: dict[str, Any] = {"duration_ms": int(elapsed * 1000), "duration_s": elapsed, "cold": cold,
+                                  "runner_pid": runner.pid}
         if reply is _CANCELLED or reply is _TIMED_OUT:
             common["peak_memory_kb"] = _high_water_mark(runner.pid)  # reset when the step started
             self._stop(runner)
@@ -148,7 +149,7 @@ class RunnerPool:
         return ChildResult(
             ok=payload["ok"], value=payload.get("value"), error_type=payload.get("error_type"),
             error=payload.get("error"), peak_memory_kb=payload.get("peak_memory_kb", 0), recycled=recycled,
-            **common,
+            left_running=payload.get("left_running", 0), **common,
         )
 
     def close(self) -> None:
@@ -284,10 +285,11 @@ def _serve(sock: socket.socket, work: Work, warm: Callable[[], None] | None, mem
             payload = {"ok": False, "error_type": type(exc).__name__, "error": str(exc) or type(exc).__name__}
             if not isinstance(exc, Exception):  # SystemExit and the like: this runner is not fit to go on
                 recycle = f"the step raised {type(exc).__name__}"
-        _reap_descendants()
+        left_running = _reap_descendants()
         held = _memory()
         payload["peak_memory_kb"] = _peak(held, children_peak)
         payload["recycle"] = recycle or _leak(new, held, memory_mb)
+        payload["left_running"] = left_running
         try:
             reply = pickle.dumps(payload)
         except Exception as exc:
@@ -362,19 +364,22 @@ def _children() -> list[int]:
     return pids
 
 
-def _reap_descendants() -> None:
-    """Kill whatever the finished step left running, and reap it."""
+def _reap_descendants() -> int:
+    """Kill whatever the finished step left running, and reap it; how many processes were killed."""
+    killed: set[int] = set()
     if not _has_children():  # most steps start none: skip reading /proc
-        return
+        return 0
     for _ in range(400):  # killing a child hands its own children to us: repeat until none is left
         children = _children()
         if not children:
-            return
+            break
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
         if not _reap_exited():
             time.sleep(0.005)  # killed, not yet dead
+    return len(killed)
 
 
 def _has_children() -> bool:

@@ -28,15 +28,17 @@ from pathlib import Path
 from typing import Any
 
 from fileproc import outbox
-from fileproc.errors import FileprocError, ObjectNotFound, StorageError
+from fileproc.errors import FileprocError, FunctionNotFound, ObjectNotFound, StorageError
 from fileproc.events import ObjectEvent
 from fileproc.functions import PROGRESS_FILE, FunctionSpec
 from fileproc.rules import PROVENANCE_PIPELINE, Step
 from fileproc.runtime import leases
 from fileproc.runtime.cleanup import Cleanup, remove_earlier_outputs
 from fileproc.runtime.invoke import StepRequest, invoke, kind_of
-from fileproc.runtime.pool import Retire, pool, warm_hook
+from fileproc.runtime.pool import Retire, pool
 from fileproc.runtime.sandbox import ChildResult
+from fileproc.serverless.metering import attempt_metering
+from fileproc.serverless.stepping import Policy, ReservedSlot, deployed_version, warm_up
 from fileproc.service import Service
 from fileproc.state import AttemptStatus, DatabaseUnavailable, Job, JobStatus, Output, Send, StepEnd, StepStart
 from fileproc.storage import ObjectInfo
@@ -91,9 +93,19 @@ def run_step(service: Service, job_id: int, step_index: int, worker: str) -> Out
         service.db.end_job(job_id, JobStatus.FAILED, f"pipeline {job.pipeline!r} is no longer configured")
         return Outcome("failed", "pipeline gone")
     step = pipeline.steps[step_index]
-    spec = service.spec(step)
+    try:
+        spec = service.spec(step)
+    except FunctionNotFound as exc:  # a deployed function deleted since the job was queued
+        return _Ender(service, job, step_index, attempt_id, step.function, Limits(0, 0, 0),
+                      started.failures).fail(AttemptStatus.FAILED, str(exc), error=str(exc))
     limits = limits_for(spec, step)
-    end = _Ender(service, job, step_index, attempt_id, spec.name, limits, started.failures)
+    deployed = deployed_version(spec)  # a deployed function: its own retries, age, destinations
+    policy = Policy(service, deployed, job, f"{job_id}-{step_index}-{attempt_id}") if deployed else None
+    end = _Ender(service, job, step_index, attempt_id, spec.name, limits, started.failures,
+                 version=None if spec.version == "$LATEST" else spec.version, policy=policy)
+    too_old = policy.too_old(spec.name) if policy else None
+    if too_old:
+        return end.fail(AttemptStatus.FAILED, too_old, error=too_old, condition="EventAgeExceeded")
 
     if started.lost and started.failures > limits.retries:
         return end.fail("failed", f"gave up: the worker running step {spec.name!r} was lost {started.lost} times "
@@ -124,8 +136,14 @@ def run_step(service: Service, job_id: int, step_index: int, worker: str) -> Out
     request = StepRequest(request_id, pipeline.name, step_index, job.event, info, limits.timeout,
                           limits.memory_mb, str(scratch))
     progress = _Progress(service, job_id, step_index, attempt_id, scratch)
-    with leases.held(progress.renew, job_id, attempt_id, lease, asked_at=asked_at) as held:
-        result = execute(service, request, cancel=held.lost)
+    slot = ReservedSlot(service, spec, request_id, limits.timeout + lease)
+    if not slot.take():
+        return end.throttle(spec.concurrency or 0)
+    try:
+        with leases.held(progress.renew, job_id, attempt_id, lease, asked_at=asked_at) as held:
+            result = execute(service, request, cancel=held.lost, spec=spec)
+    finally:
+        slot.give()
     if held.lost.is_set():
         return end.late(result)
     return end.from_result(result)
@@ -147,39 +165,65 @@ def _submit_current(service: Service, event: ObjectEvent, info: ObjectInfo) -> N
         log.warning("cannot submit the current version of %s/%s: %s", event.bucket, event.key, exc)
 
 
-def execute(service: Service, request: StepRequest, *, cancel: threading.Event) -> ChildResult:
+def execute(service: Service, request: StepRequest, *, cancel: threading.Event,
+            spec: FunctionSpec | None = None) -> ChildResult:
     """Run the step's handler in a warm runner of its function (a process of its own), under its limits.
 
     ``cold`` on the result says whether the runner was new; ``recycled`` why
     it was replaced after this step (None: it stays warm for the next one).
+    A deployed function's runners are per version (``spec``: the version the
+    worker resolved for this step).
     """
-    spec = service.spec(service.pipelines[request.pipeline].steps[request.step_index])
+    spec = spec or service.spec(service.pipelines[request.pipeline].steps[request.step_index])
+    prepare = getattr(spec.handler, "prepare", None)
+    if prepare is not None:  # a deployed version: its package and requirements on this host, once
+        try:
+            prepare(service.storage)
+        except FileprocError as exc:
+            error = {"kind": kind_of(exc), "type": type(exc).__name__, "message": str(exc), "traceback": None}
+            return ChildResult(True, value={"error": error, "result": None, "outputs": []})
 
     def work(step: StepRequest) -> Any:  # runs in the runner, for every step it is sent
-        outcome = invoke(service, step)
+        outcome = invoke(service, step, spec)
         if (outcome.get("error") or {}).get("kind") == "memory":  # the handler reported a MemoryError
             return Retire(outcome, f"ran out of memory (limit {step.memory_mb} MB)")
         return outcome
 
     try:
-        return pool().run((spec.name, request.memory_mb), service, work, request, timeout=request.timeout,
-                          memory_mb=request.memory_mb, cancel=cancel, warm=warm_hook(spec.handler))
+        result = pool().run((spec.name, spec.version, request.memory_mb), service, work, request,
+                            timeout=request.timeout, memory_mb=request.memory_mb, cancel=cancel,
+                            warm=warm_up(service, spec))
     finally:
         # A step killed from outside (timeout, lost lease) cannot clean up after itself.
         shutil.rmtree(request.scratch_dir, ignore_errors=True)
+    if result.recycled and result.runner_pid:  # the runner is gone: so is its private TMPDIR
+        shutil.rmtree(service.settings.data_dir.resolve() / "scratch" / f"{result.runner_pid}.tmp",
+                      ignore_errors=True)
+    return result
+
+
+THROTTLED = "throttled"
+"""An attempt that found its function's reserved concurrency all in use: queued again, not a failure."""
 
 
 class _Ender:
     """Builds the step's second transaction from how it ended, and sends what comes next."""
 
     def __init__(self, service: Service, job: Job, step_index: int, attempt_id: int, function: str,
-                 limits: Limits, failures: int) -> None:
+                 limits: Limits, failures: int, version: str | None = None, policy: Policy | None = None) -> None:
         self.service, self.job, self.step_index, self.attempt_id = service, job, step_index, attempt_id
-        self.function, self.limits, self.failures = function, limits, failures
+        self.function, self.limits, self.failures, self.version = function, limits, failures, version
+        self.policy = policy  # a deployed function's retries, age, dead letter and destinations
 
     def _finish(self, attempt_status: str, outcome: str, reason: str | None, result: ChildResult | None,
                 **extra: Any) -> Outcome:
         value = (result.value if result else None) or {}
+        request_id = f"{self.job.id}-{self.step_index}-{self.attempt_id}"
+        metering = attempt_metering(request_id, result, self.limits.memory_mb, value.get("log"), self.function)
+        condition = extra.pop("condition", None)
+        record = self.policy.record(outcome, condition, value.get("result"), self.failures) if self.policy else None
+        if self.policy and record and outcome == "failed":
+            extra["dead_letter"] = self.policy.dead_letter(record)
         end = StepEnd(
             job_id=self.job.id, step_index=self.step_index, attempt_id=self.attempt_id,
             attempt_status=attempt_status, outcome=outcome, reason=reason,
@@ -187,12 +231,14 @@ class _Ender:
             peak_memory_kb=result.peak_memory_kb if result else None,
             bytes_read=value.get("bytes_read", 0), bytes_written=value.get("bytes_written", 0),
             cold_start=result.cold if result else None, recycled=result.recycled if result else None,
-            result=value.get("result"), **extra)
+            result=value.get("result"), version=self.version, **metering, **extra)
         if not _record(self.service, end):
             log.warning("job %s: step %d finished after losing its lease; result refused", self.job.id,
                         self.step_index)
             return Outcome("late", "this attempt lost its lease; another took the step over")
         self._log(outcome, reason)
+        if self.policy and record:
+            self.policy.deliver(outcome, record)
         if outcome == "next":
             outbox.send(self.service, [Send(self.job.id, self.step_index + 1, self.job.pipeline)])
         return Outcome(outcome, reason or "", retry_in=end.retry_in if outcome == "retry" else None)
@@ -232,6 +278,11 @@ class _Ender:
     def skip(self, reason: str) -> Outcome:
         return self._finish(AttemptStatus.SKIPPED, "skipped", reason, None, error=reason)
 
+    def throttle(self, concurrency: int) -> Outcome:
+        """Every slot of the function's reserved concurrency is in use: queue the step again soon."""
+        why = f"throttled: all {concurrency} of {self.function!r}'s reserved concurrency in use"
+        return self._finish(THROTTLED, "retry", why, None, retry_in=random.uniform(0.5, 1.5), error=why)
+
     def fail(self, attempt_status: str, reason: str, result: ChildResult | None = None,
              **extra: Any) -> Outcome:
         return self._finish(attempt_status, "failed", reason, result, **extra)
@@ -249,7 +300,7 @@ class _Ender:
         if failures > self.limits.retries:
             return self.fail(AttemptStatus.FAILED, f"{where}failed {failures} times; last error: {message}",
                              result, **detail)
-        delay = backoff(failures)
+        delay = self.policy.retry_delay(failures) if self.policy else backoff(failures)
         log.warning("job %s: %s failure, retry %d/%d in %.1f s: %s", self.job.id, kind, failures,
                     self.limits.retries, delay, message)
         return self._finish(AttemptStatus.FAILED, "retry", f"retrying in {delay:.0f} s after: {message}",

@@ -27,3 +27,5 @@ class ChildResult:
     cold: bool | None = None  # the runner process was new for this step
     recycled: str | None = None  # why the runner was replaced after this step (None: it was kept)
     runner_pid: int | None = None  # the process that ran the step
+    left_running: int = 0  # processes the step started and left running when it returned (killed then)
+    duration_s: float = 0.0  # duration_ms before rounding (billing rounds it up)

@@ -15,7 +15,19 @@ import enum
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -106,6 +118,12 @@ class AttemptRow(Base):
     result: Mapped[Any | None] = mapped_column(JSON, default=None)
     # A long step's latest {"percent", "speed", "at"}, while it runs (Context.report_progress).
     progress: Mapped[Any | None] = mapped_column(JSON, default=None)
+    # Metering: the deployed version that ran, the memory it was given, the billed
+    # duration (rounded up to 1 ms) and what it printed, with Lambda's START/END/REPORT lines.
+    version: Mapped[str | None] = mapped_column(String(64), default=None)
+    memory_mb: Mapped[int | None] = mapped_column(Integer, default=None)
+    billed_ms: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    log: Mapped[str | None] = mapped_column(Text, default=None)
 
     job: Mapped[JobRow] = relationship(back_populates="attempts")
 
@@ -161,3 +179,106 @@ class DriftRow(Base):
     cpu_ms: Mapped[int] = mapped_column(Integer, default=0)
     duration_ms: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class Seconds(TypeDecorator[float]):
+    """A float read as the driver gives it: Prepared statements compile result conversions without the
+    column's type code, which PostgreSQL's numeric types insist on (its drivers return floats anyway)."""
+
+    impl = Float
+    cache_ok = True
+
+    def result_processor(self, dialect: Any, coltype: Any) -> None:
+        return None
+
+
+class FunctionVersionRow(Base):
+    """One immutable version of a deployed user function (``fileproc functions deploy``).
+
+    The package (a zip of the handler's file or folder) lives in storage under
+    ``package_key``; each host unpacks it and installs ``requirements`` once
+    per version (:mod:`fileproc.serverless.packages`).
+    """
+
+    __tablename__ = "function_versions"
+    __table_args__ = (UniqueConstraint("function", "version", name="uq_function_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    function: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    handler: Mapped[str] = mapped_column(String(255))  # Lambda's notation: module.function
+    timeout: Mapped[float] = mapped_column(Seconds, default=60.0)
+    memory_mb: Mapped[int] = mapped_column(Integer, default=128)
+    concurrency: Mapped[int | None] = mapped_column(Integer, default=None)
+    disk_mb: Mapped[int] = mapped_column(Integer, default=512)  # largest file it may write (Lambda's /tmp: 512 MB)
+    retries: Mapped[int] = mapped_column(Integer, default=2)
+    backoff: Mapped[float] = mapped_column(Seconds, default=2.0)  # seconds before the first retry, doubling
+    max_event_age: Mapped[float] = mapped_column(Seconds, default=21600.0)  # Lambda's default: 6 hours
+    on_success: Mapped[str | None] = mapped_column(String(2048), default=None)  # destination webhooks
+    on_failure: Mapped[str | None] = mapped_column(String(2048), default=None)
+    env: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    package_key: Mapped[str] = mapped_column(String(1024))
+    package_sha256: Mapped[str] = mapped_column(String(64))
+    requirements: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FunctionAliasRow(Base):
+    """A name for one version of a deployed function: ``live`` is the one a bare name runs."""
+
+    __tablename__ = "function_aliases"
+
+    function: Mapped[str] = mapped_column(String(64), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FunctionSlotRow(Base):
+    """One unit of a deployed function's reserved concurrency, held by the attempt running in it.
+
+    A function deployed with ``--concurrency K`` has K slots; a step takes a
+    free one (or one whose holder's time ran out: its worker died) before it
+    runs and gives it back after, so at most K of its steps run at once across
+    every worker and host.
+    """
+
+    __tablename__ = "function_slots"
+
+    function: Mapped[str] = mapped_column(String(64), primary_key=True)
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(64), default=None)
+    until: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class DeadLetterRow(Base):
+    """A deployed function's event that failed for good (retries exhausted, too old): replayable.
+
+    ``record`` is Lambda's destination record (``requestContext``,
+    ``requestPayload``, ``responseContext``, ``responsePayload``);
+    ``fileproc retry --dead-letters`` runs the job again and sets ``replayed_at``.
+    """
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (Index("ix_dead_letters_function", "function", "replayed_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(Integer, index=True)
+    function: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str | None] = mapped_column(String(64), default=None)
+    request_id: Mapped[str] = mapped_column(String(64))
+    condition: Mapped[str] = mapped_column(String(32))  # RetriesExhausted or EventAgeExceeded
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    record: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    replayed_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class FunctionTokenRow(Base):
+    """A deployed function's own invoke token (its SHA-256): ``POST /functions/NAME/invoke`` without admin."""
+
+    __tablename__ = "function_tokens"
+
+    function: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

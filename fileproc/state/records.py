@@ -29,6 +29,10 @@ class Attempt:
     result: Any = None
     recycled: str | None = None
     progress: dict[str, Any] | None = None
+    version: str | None = None
+    memory_mb: int | None = None
+    billed_ms: int | None = None
+    log: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,8 @@ class Job:
                     "duration_ms": a.duration_ms, "peak_memory_kb": a.peak_memory_kb,
                     "bytes_read": a.bytes_read, "bytes_written": a.bytes_written, "cold_start": a.cold_start,
                     "recycled": a.recycled, "error": a.error, "traceback": a.traceback, "result": a.result,
-                    "progress": a.progress,
+                    "progress": a.progress, "version": a.version, "memory_mb": a.memory_mb,
+                    "billed_ms": a.billed_ms, "log": a.log,
                 }
                 for a in self.attempts
             ],
@@ -161,6 +166,11 @@ class StepEnd:
     error: str | None = None
     traceback: str | None = None
     result: Any = None
+    version: str | None = None
+    memory_mb: int | None = None
+    billed_ms: int | None = None
+    log: str | None = None
+    dead_letter: dict[str, Any] | None = None  # a deployed function's final failure, recorded with the end
     send_now: bool = True  # the caller sends the next step itself right after the commit
 
 
@@ -189,7 +199,8 @@ def attempt_of(row: AttemptRow) -> Attempt:
     return Attempt(
         row.id, row.step_index, row.function, row.status, row.worker, aware(row.started_at) or utcnow(),
         aware(row.finished_at), row.duration_ms, row.peak_memory_kb, row.bytes_read, row.bytes_written, row.error,
-        row.cold_start, row.traceback, row.result, row.recycled, row.progress,
+        row.cold_start, row.traceback, row.result, row.recycled, row.progress, row.version, row.memory_mb,
+        row.billed_ms, row.log,
     )
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
 from fileproc.state import logtotals
-from fileproc.state.models import AttemptRow, AttemptStatus, JobRow, JobStatus, OutputRow, utcnow
+from fileproc.state.models import AttemptRow, AttemptStatus, DeadLetterRow, JobRow, JobStatus, OutputRow, utcnow
 from fileproc.state.records import Job, StepEnd, StepStart, aware, job_of
 
 BAD_ATTEMPTS = (AttemptStatus.FAILED, AttemptStatus.TIMED_OUT, AttemptStatus.LOST)
@@ -32,6 +32,7 @@ LOST_REASON = "the worker running this step was lost (killed, crashed, out of me
 jobs = cast(Table, JobRow.__table__)
 attempts = cast(Table, AttemptRow.__table__)
 outputs = cast(Table, OutputRow.__table__)
+dead_letters = cast(Table, DeadLetterRow.__table__)
 
 @dataclass(frozen=True)
 class Tx:
@@ -194,7 +195,8 @@ _END_ATTEMPT = Prepared(update(attempts).where(attempts.c.id == bindparam("p_att
     status=bindparam("p_status"), finished_at=bindparam("p_now"), duration_ms=bindparam("p_duration"),
     peak_memory_kb=bindparam("p_peak"), bytes_read=bindparam("p_read"), bytes_written=bindparam("p_written"),
     cold_start=bindparam("p_cold"), recycled=bindparam("p_recycled"), error=bindparam("p_error"),
-    traceback=bindparam("p_traceback"), result=bindparam("p_result"),
+    traceback=bindparam("p_traceback"), result=bindparam("p_result"), version=bindparam("p_version"),
+    memory_mb=bindparam("p_memory"), billed_ms=bindparam("p_billed"), log=bindparam("p_log"),
 ))
 
 _OUTPUTS = {name: Prepared(dialect.insert(outputs).values(
@@ -202,6 +204,10 @@ _OUTPUTS = {name: Prepared(dialect.insert(outputs).values(
     size=bindparam("p_size"), etag=bindparam("p_etag"), content_type=bindparam("p_type"),
 ).on_conflict_do_nothing()) for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))}
 _NOW = Prepared(select(func.now()))
+_DEAD_LETTER = Prepared(insert(dead_letters).values(
+    job_id=bindparam("p_job"), function=bindparam("p_function"), version=bindparam("p_version"),
+    request_id=bindparam("p_request"), condition=bindparam("p_condition"), error=bindparam("p_error"),
+    record=bindparam("p_record"), created_at=bindparam("p_now")))
 
 # A `logs` step's file totals replace those of an earlier version of the same file (see state/logtotals.py).
 _LOG_FILE_FORGET = Prepared(delete(logtotals.log_files).where(
@@ -283,8 +289,15 @@ def finish_step(connect: Callable[[], Any], end: StepEnd) -> bool:
             "p_duration": end.duration_ms, "p_peak": end.peak_memory_kb, "p_read": end.bytes_read,
             "p_written": end.bytes_written, "p_cold": end.cold_start, "p_recycled": end.recycled,
             "p_error": end.error if moved else _late_reason(end), "p_traceback": end.traceback,
-            "p_result": end.result,
+            "p_result": end.result, "p_version": end.version, "p_memory": end.memory_mb, "p_billed": end.billed_ms,
+            "p_log": end.log,
         })
+        if moved and end.dead_letter:
+            letter = end.dead_letter
+            _DEAD_LETTER.rowcount(tx, {"p_job": end.job_id, "p_function": letter["function"],
+                                       "p_version": letter.get("version"), "p_request": letter["request_id"],
+                                       "p_condition": letter["condition"], "p_error": end.error,
+                                       "p_record": letter["record"], "p_now": at})
         if moved and end.outputs:
             _OUTPUTS[tx.dialect.name].many(tx, [
                 {"p_job": end.job_id, "p_step": end.step_index, "p_bucket": o.bucket, "p_key": o.key,

@@ -1,0 +1,19 @@
+"""Serverless user functions: deploy a Lambda handler unchanged, run it isolated, meter what it cost.
+
+- :mod:`.packages`: a handler's file or folder zipped into storage (so every
+  host can load it), unpacked and its requirements installed once per
+  version on each host;
+- :mod:`.catalog`: which version a step's ``NAME``, ``NAME:VERSION`` or
+  ``NAME:ALIAS`` runs, resolved per step (cached briefly) so workers pick up
+  a deploy or a rollback without a restart;
+- :mod:`.lambda_runtime`: Lambda's execution environment inside a warm
+  runner: ``AWS_LAMBDA_*`` and AWS variables, nothing of fileproc's
+  settings, a private ``TMPDIR``, print/logging captured per invocation,
+  boto3 pointed at the configured store;
+- :mod:`.metering`: billed duration, GB-seconds, the ``REPORT`` line and
+  ``fileproc usage``;
+- :mod:`.scaffold`: ``fileproc functions new``.
+
+The versions themselves are rows of the state database
+(:mod:`fileproc.state.deployments`).
+"""

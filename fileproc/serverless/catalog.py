@@ -1,0 +1,109 @@
+"""Which deployed version a step runs: ``NAME`` (its ``live`` alias), ``NAME:VERSION`` or ``NAME:ALIAS``.
+
+Resolved on every step, from the state database, so a deploy or a rollback
+reaches every worker without a restart; an alias is trusted for
+``functions.alias_seconds`` (default 2 s), a version number for good
+(versions never change). The spec of a version is built once per worker
+process: its handler (:class:`~.lambda_runtime.LambdaHandler`) is what its
+warm runners load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from fileproc.errors import FileprocError, FunctionNotFound
+from fileproc.functions import FunctionSpec
+from fileproc.serverless import packages
+from fileproc.serverless.lambda_runtime import LambdaHandler, environment
+from fileproc.state.deployments import LIVE, FunctionVersion, resolve
+
+if TYPE_CHECKING:
+    from fileproc.service import Service
+
+USER_QUEUE = "user-functions"
+"""The Celery queue of every deployed function (a worker started before a deploy already listens to it)."""
+
+NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+"""What a deployed function may be called (Lambda's rule: letters, digits, hyphens, underscores)."""
+
+QUALIFIER = re.compile(r"^(?:\d+|[A-Za-z][A-Za-z0-9_-]{0,63})$")
+
+
+def split(reference: str) -> tuple[str, str]:
+    """``NAME[:QUALIFIER]`` as (name, qualifier); the qualifier defaults to ``live``."""
+    name, _, qualifier = reference.partition(":")
+    return name, qualifier or LIVE
+
+
+def looks_deployed(reference: str) -> bool:
+    """Whether ``reference`` can name a deployed function (a plain handler's ``module:function`` can too)."""
+    name, qualifier = split(reference)
+    return bool(NAME.match(name) and QUALIFIER.match(qualifier))
+
+
+class Catalog:
+    """A worker's view of the deployed functions."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self._resolved: dict[tuple[str, str], tuple[float, FunctionVersion]] = {}
+        self._specs: dict[tuple[str, int], FunctionSpec] = {}
+        self._lock = threading.Lock()
+
+    def version(self, reference: str) -> FunctionVersion:
+        """The version ``reference`` names now (FunctionNotFound if none)."""
+        name, qualifier = split(reference)
+        now = time.monotonic()
+        with self._lock:
+            found = self._resolved.get((name, qualifier))
+        if found is not None and (qualifier.isdigit() or now < found[0]):
+            return found[1]
+        version = resolve(self.service.db, name, qualifier)
+        with self._lock:
+            self._resolved[(name, qualifier)] = (now + self.service.settings.functions.alias_seconds, version)
+        return version
+
+    def exists(self, reference: str) -> bool:
+        if not looks_deployed(reference):
+            return False
+        try:
+            self.version(reference)
+        except FileprocError:  # not deployed, or no database to ask: the caller names what is known
+            return False
+        return True
+
+    def spec(self, reference: str) -> FunctionSpec:
+        """The spec of the version ``reference`` names now."""
+        if not looks_deployed(reference):
+            raise FunctionNotFound(f"no function named {reference!r}")
+        version = self.version(reference)
+        key = (version.function, version.version)
+        with self._lock:
+            spec = self._specs.get(key)
+        if spec is None:
+            settings = self.service.settings
+            folder = packages.folder_for(settings.data_dir.resolve(), version.function, version.package_sha256,
+                                         version.requirements)
+            data_dir = settings.data_dir.resolve()
+            writable = [data_dir / "scratch"]  # the step scratch folders (context.input.path, progress)
+            if settings.storage.backend == "local":  # context.output writes the storage's own files
+                writable += [settings.buckets_dir.resolve(), data_dir / "tmp"]
+            handler = LambdaHandler(version, folder, environment(settings, version, folder), data_dir / "scratch",
+                                    settings.functions.bucket, writable)
+            with contextlib.suppress(ImportError):  # loaded once here: each runner forked from us has it warm
+                import boto3  # noqa: F401
+            spec = FunctionSpec(version.function, handler, queue=USER_QUEUE, timeout=version.timeout,
+                                memory_mb=version.memory_mb, retries=version.retries,
+                                source=f"deployed {version.function}:{version.version}",
+                                version=str(version.version), concurrency=version.concurrency)
+            with self._lock:
+                self._specs[key] = spec
+        return spec
+
+
+__all__ = ["NAME", "USER_QUEUE", "Catalog", "looks_deployed", "split"]

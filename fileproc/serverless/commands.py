@@ -1,0 +1,485 @@
+"""The CLI of user functions: ``fileproc functions ...``, ``usage``, ``logs``, ``invoke``.
+
+Thin over :mod:`fileproc.state.deployments`, :mod:`.packages` and
+:mod:`.metering`. ``functions`` commands need the state database and
+storage only, not a whole service: a pipeline may name a function that is
+not deployed yet.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from fileproc.errors import ConfigError, FunctionNotFound
+
+if TYPE_CHECKING:
+    from fileproc.config import Settings
+    from fileproc.state import Database
+    from fileproc.storage import Storage
+
+HANDLER = re.compile(r"^[A-Za-z_][\w.]*\.[A-Za-z_]\w*$")
+
+
+def _parts(ctx: click.Context) -> tuple[Settings, Database, Storage]:
+    from fileproc.state import Database
+    from fileproc.storage import open_storage
+
+    settings = ctx.obj.settings
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings, Database(settings.database_url, timeout=settings.database.timeout), open_storage(settings)
+
+
+@click.group()
+def functions() -> None:
+    """Deploy and manage your own Lambda-style functions.
+
+    \b
+    Example:
+        fileproc functions new resize
+        fileproc functions deploy resize/ --name resize --handler lambda_function.lambda_handler
+        fileproc functions list
+    """
+
+
+@functions.command("new")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Overwrite files that exist.")
+def new(name: str, force: bool) -> None:
+    """Make a folder NAME with a handler, a sample S3 event and a test.
+
+    \b
+    Example:
+        fileproc functions new resize && cd resize && python -m pytest
+    """
+    from fileproc.serverless.catalog import NAME
+    from fileproc.serverless.scaffold import scaffold
+
+    if not NAME.match(name):
+        raise ConfigError(f"{name!r}: a function name is letters, digits, '-' and '_' (at most 64)")
+    for path in scaffold(Path(name), name, force=force):
+        click.echo(f"wrote {path}")
+    click.echo(f"deploy it: fileproc functions deploy {name} --name {name} --handler lambda_function.lambda_handler")
+
+
+@functions.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--name", required=True, help="The function's name (letters, digits, '-', '_').")
+@click.option("--handler", required=True, help="MODULE.FUNCTION, Lambda's notation: lambda_function.lambda_handler.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True, help="Seconds.")
+@click.option("--memory", type=click.IntRange(min=16), default=128, show_default=True, help="MB.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Reserved concurrency (recorded).")
+@click.option("--disk", type=click.IntRange(min=1), default=512, show_default=True,
+              help="MB: the largest file the function may write (Lambda's /tmp default: 512).")
+@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Re-runs after a failure that may pass (Lambda's asynchronous default: 2).")
+@click.option("--backoff", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Seconds before the first retry; doubled for each next one.")
+@click.option("--max-event-age", type=click.FloatRange(min=1), default=21600, show_default=True,
+              help="Seconds: an event older than this is not tried again (dead-lettered). Lambda's default: 6 h.")
+@click.option("--on-success", default=None, help="URL POSTed Lambda's destination record after a success.")
+@click.option("--on-failure", default=None, help="URL POSTed Lambda's destination record after the last failure.")
+@click.option("--env", "env", multiple=True, help="KEY=VALUE for the function's environment (repeatable).")
+@click.option("--requirements", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A requirements.txt installed for this version (pip install --target).")
+@click.pass_context
+def deploy(ctx: click.Context, path: Path, name: str, handler: str, timeout: float, memory: int,
+           concurrency: int | None, disk: int, retries: int, backoff: float, max_event_age: float,
+           on_success: str | None, on_failure: str | None, env: tuple[str, ...], requirements: Path | None) -> None:
+    """Deploy PATH (a file or a folder) as a new version of NAME and make it live.
+
+    The package goes to storage (every host loads it from there), its
+    requirements are installed on this host first (a bad one fails the
+    deploy), and the `live` alias moves to the new version: running workers
+    pick it up within functions.alias_seconds.
+
+    \b
+    Example:
+        fileproc functions deploy lambda_function.py --name resize \\
+            --handler lambda_function.lambda_handler --memory 256 --timeout 30 --env SIZE=128
+    """
+    from fileproc.serverless import packages
+    from fileproc.serverless.catalog import NAME
+    from fileproc.state.deployments import add_version
+
+    if not NAME.match(name):
+        raise ConfigError(f"--name {name!r}: letters, digits, '-' and '_' (at most 64)")
+    for url in (on_success, on_failure):
+        if url and not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{url!r}: a destination is an http:// or https:// URL")
+    if not HANDLER.match(handler):
+        raise ConfigError(f"--handler {handler!r}: give MODULE.FUNCTION, e.g. lambda_function.lambda_handler")
+    variables = {}
+    for item in env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--env {item!r}: give KEY=VALUE")
+        variables[key] = value
+    module = handler.rpartition(".")[0]
+    package = packages.build(path)
+    files = _names(package)
+    wanted = {f"{module.replace('.', '/')}.py", f"{module.replace('.', '/')}/__init__.py"}
+    if not wanted & files:
+        raise ConfigError(f"--handler {handler!r}: the package has no module {module!r} "
+                          f"(it holds {', '.join(sorted(files)[:5])})")
+    text = requirements.read_text() if requirements else ""
+    settings, db, storage = _parts(ctx)
+    key, digest = packages.store(storage, settings.functions.bucket, name, package)
+    packages.install(storage, settings.functions.bucket, key,
+                     packages.folder_for(settings.data_dir.resolve(), name, digest, text), text)
+    version = add_version(db, name, handler=handler, timeout=timeout, memory_mb=memory, concurrency=concurrency,
+                          retries=retries, env=variables, package_key=key, package_sha256=digest, requirements=text,
+                          disk_mb=disk, backoff=backoff, max_event_age=max_event_age, on_success=on_success,
+                          on_failure=on_failure)
+    click.echo(f"deployed {name} version {version.version} (live): {handler}, {memory} MB, {timeout:g} s")
+
+
+def _names(package: bytes) -> set[str]:
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(package)) as archive:
+        return set(archive.namelist())
+
+
+@functions.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def list_cmd(ctx: click.Context, as_json: bool) -> None:
+    """The deployed functions and their live versions.
+
+    \b
+    Example:
+        fileproc functions list
+    """
+    from fileproc.state.deployments import LIVE, list_versions
+
+    _, db, _ = _parts(ctx)
+    latest: dict[str, Any] = {}
+    counts: dict[str, int] = {}
+    for version in list_versions(db):
+        counts[version.function] = counts.get(version.function, 0) + 1
+        if LIVE in version.aliases:
+            latest[version.function] = version
+    if as_json:
+        click.echo(json.dumps([{**v.to_dict(), "versions": counts[n]} for n, v in sorted(latest.items())]))
+        return
+    if not latest:
+        click.echo("no deployed functions (see `fileproc functions deploy --help`)")
+    for name, version in sorted(latest.items()):
+        click.echo(f"{name}  live=v{version.version}  {version.handler}  {version.memory_mb} MB  "
+                   f"{version.timeout:g} s  ({counts[name]} versions)")
+
+
+@functions.command()
+@click.argument("name")
+@click.pass_context
+def show(ctx: click.Context, name: str) -> None:
+    """Everything about NAME's live version, as JSON.
+
+    \b
+    Example:
+        fileproc functions show resize
+    """
+    from fileproc.state.deployments import LIVE, list_versions
+
+    _, db, _ = _parts(ctx)
+    for version in list_versions(db, name):
+        if LIVE in version.aliases:
+            click.echo(json.dumps(version.to_dict(), indent=2))
+            return
+    raise FunctionNotFound(f"no deployed function {name!r}")
+
+
+@functions.command()
+@click.argument("name")
+@click.pass_context
+def versions(ctx: click.Context, name: str) -> None:
+    """Every version of NAME, with the aliases pointing at each.
+
+    \b
+    Example:
+        fileproc functions versions resize
+    """
+    from fileproc.state.deployments import list_versions
+
+    _, db, _ = _parts(ctx)
+    found = list_versions(db, name)
+    if not found:
+        raise FunctionNotFound(f"no deployed function {name!r}")
+    for v in found:
+        aliases = f"  [{', '.join(v.aliases)}]" if v.aliases else ""
+        click.echo(f"v{v.version}  {v.created_at:%Y-%m-%d %H:%M:%S}  {v.handler}  {v.memory_mb} MB  "
+                   f"sha256:{v.package_sha256[:12]}{aliases}")
+
+
+@functions.command()
+@click.argument("name")
+@click.argument("version", type=int)
+@click.pass_context
+def rollback(ctx: click.Context, name: str, version: int) -> None:
+    """Point NAME's live alias at VERSION (workers follow within functions.alias_seconds).
+
+    \b
+    Example:
+        fileproc functions rollback resize 1
+    """
+    from fileproc.state.deployments import LIVE, set_alias
+
+    _, db, _ = _parts(ctx)
+    set_alias(db, name, LIVE, version)
+    click.echo(f"{name}: live is now version {version}")
+
+
+@functions.command()
+@click.argument("name")
+@click.pass_context
+def delete(ctx: click.Context, name: str) -> None:
+    """Forget NAME: its versions, aliases and packages (steps naming it then fail).
+
+    \b
+    Example:
+        fileproc functions delete resize
+    """
+    from fileproc.errors import StorageError
+    from fileproc.state.deployments import delete_function
+
+    settings, db, storage = _parts(ctx)
+    gone = delete_function(db, name)
+    if not gone:
+        raise FunctionNotFound(f"no deployed function {name!r}")
+    for key in {v.package_key for v in gone}:
+        try:
+            storage.delete(settings.functions.bucket, key)
+        except StorageError as exc:
+            click.echo(f"warning: package {key} not removed: {exc}", err=True)
+    click.echo(f"deleted {name} ({len(gone)} versions)")
+
+
+@functions.command()
+@click.argument("name")
+@click.pass_context
+def token(ctx: click.Context, name: str) -> None:
+    """Make NAME's own invoke token (replacing the old one): POST /functions/NAME/invoke without admin.
+
+    Shown once; fileproc keeps only its hash.
+
+    \b
+    Example:
+        fileproc functions token resize
+    """
+    from fileproc.state.deployments import list_versions, new_token
+
+    _, db, _ = _parts(ctx)
+    if not list_versions(db, name):
+        raise FunctionNotFound(f"no deployed function {name!r}")
+    click.echo(new_token(db, name))
+
+
+def replay_dead_letters(service: Any, function: str | None) -> None:
+    """``fileproc retry --dead-letters``: run each dead letter's job again, once."""
+    from fileproc import dispatch
+    from fileproc.state.deployments import dead_letters, mark_replayed
+
+    letters = dead_letters(service.db, function)
+    if not letters:
+        click.echo("no dead letters to replay")
+    for letter in letters:
+        job = dispatch.retry(service, letter["job"])
+        mark_replayed(service.db, letter["id"])
+        status = job.status if job is not None else "gone"
+        click.echo(f"dead letter {letter['id']} ({letter['function']}, {letter['condition']}): job {letter['job']} "
+                   f"{status}")
+
+
+@functions.command("dead-letters")
+@click.argument("name", required=False)
+@click.option("--all", "everything", is_flag=True, help="Those already replayed too.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line (with Lambda's destination record).")
+@click.pass_context
+def dead_letters_cmd(ctx: click.Context, name: str | None, everything: bool, as_json: bool) -> None:
+    """Events deployed functions failed for good (retries exhausted or too old).
+
+    Replay them with `fileproc retry --dead-letters [--function NAME]`.
+
+    \b
+    Example:
+        fileproc functions dead-letters resize
+    """
+    from fileproc.state.deployments import dead_letters
+
+    _, db, _ = _parts(ctx)
+    for letter in dead_letters(db, name, replayed=everything):
+        if as_json:
+            click.echo(json.dumps(letter))
+        else:
+            replayed = f" (replayed {letter['replayed_at']})" if letter["replayed_at"] else ""
+            click.echo(f"{letter['id']}  {letter['created_at']}  {letter['function']}:v{letter['version']}  "
+                       f"job {letter['job']}  {letter['condition']}: {letter['error']}{replayed}")
+
+
+# --- usage, logs, invoke ---------------------------------------------------------------------
+
+
+def _since(value: str | None) -> datetime | None:
+    """``7d``, ``12h``, ``30m`` ago, or an ISO date."""
+    if not value:
+        return None
+    found = re.fullmatch(r"(\d+)([dhm])", value)
+    if found:
+        unit = {"d": "days", "h": "hours", "m": "minutes"}[found.group(2)]
+        return datetime.now(UTC) - timedelta(**{unit: int(found.group(1))})
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give 7d, 12h, 30m or a date (2026-11-01)") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@click.command()
+@click.option("--function", "function", default=None, help="Only this function.")
+@click.option("--pipeline", default=None, help="Only this pipeline.")
+@click.option("--since", default=None, help="Only invocations since: 7d, 12h, 30m, or a date.")
+@click.option("--by", type=click.Choice(["function", "pipeline", "day"]), default="function", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per group.")
+@click.pass_context
+def usage(ctx: click.Context, function: str | None, pipeline: str | None, since: str | None, by: str,
+          as_json: bool) -> None:
+    """What ran and what it would cost: requests, GB-seconds, billed ms, cold starts.
+
+    Cost uses usage.price_per_request and usage.price_per_gb_second
+    (defaults: AWS Lambda's x86 prices).
+
+    \b
+    Example:
+        fileproc usage --since 7d --by day
+    """
+    from fileproc.serverless.metering import usage as measure
+
+    settings, db, _ = _parts(ctx)
+    groups = measure(db, settings, by=by, function=function, pipeline=pipeline, since=_since(since))
+    if as_json:
+        for group in groups:
+            click.echo(json.dumps(group.to_dict(by)))
+        return
+    if not groups:
+        click.echo("nothing ran")
+        return
+    click.echo(f"{by:<24} {'requests':>9} {'cold':>5} {'errors':>6} {'billed ms':>11} {'GB-s':>12} {'cost $':>12}")
+    for g in groups:
+        click.echo(f"{g.group:<24} {g.requests:>9} {g.cold_starts:>5} {g.errors:>6} {g.billed_ms:>11} "
+                   f"{g.gb_seconds:>12.6f} {g.cost:>12.8f}")
+
+
+@click.command()
+@click.argument("name")
+@click.option("--request", "request_id", default=None, help="Only this invocation (its RequestId).")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new invocations as they finish.")
+@click.option("--limit", type=int, default=20, show_default=True, help="The last this many invocations.")
+@click.pass_context
+def logs(ctx: click.Context, name: str, request_id: str | None, follow: bool, limit: int) -> None:
+    """What function NAME printed, invocation by invocation (START ... END, REPORT).
+
+    \b
+    Example:
+        fileproc logs resize --follow
+    """
+    from sqlalchemy import select
+
+    from fileproc.state.models import AttemptRow
+
+    _, db, _ = _parts(ctx)
+
+    def query(after: int) -> list[Any]:
+        wanted = select(AttemptRow.id, AttemptRow.job_id, AttemptRow.step_index, AttemptRow.log).where(
+            AttemptRow.function == name, AttemptRow.log.is_not(None), AttemptRow.id > after)
+        if request_id:
+            job, step, attempt = [*request_id.split("-"), "", "", ""][:3]
+            if not (job.isdigit() and step.isdigit() and attempt.isdigit()):
+                raise click.BadParameter(f"{request_id!r} is not a fileproc RequestId (JOB-STEP-ATTEMPT)")
+            wanted = wanted.where(AttemptRow.id == int(attempt))
+        with db.reading() as s:
+            rows = list(s.execute(wanted.order_by(AttemptRow.id.desc()).limit(limit)))
+        return rows[::-1]
+
+    last = 0
+    rows = query(last)
+    if not rows and not follow:
+        raise FunctionNotFound(f"no logged invocation of {name!r}" + (f" with RequestId {request_id}"
+                                                                       if request_id else ""))
+    while True:
+        for row in rows:
+            click.echo(row.log, nl=False)
+            last = row.id
+        if not follow:
+            return
+        time.sleep(1.0)
+        rows = query(last)
+
+
+@click.command()
+@click.argument("name")
+@click.option("--event", "event_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="An S3 event JSON file (its first record's bucket and key are used).")
+@click.option("--bucket", default=None, help="The object's bucket (with --key).")
+@click.option("--key", default=None, help="The object's key (with --bucket).")
+@click.option("--output-bucket", default="{bucket}", show_default=True,
+              help="Where context.output writes (`{bucket}`: the object's).")
+@click.pass_context
+def invoke(ctx: click.Context, name: str, event_file: Path | None, bucket: str | None, key: str | None,
+           output_bucket: str) -> None:
+    """Run function NAME once on an object, here, and print its result and log.
+
+    Runs in a runner of its own like any step, under the function's limits,
+    without a job (nothing is recorded). Exit status 1 if it failed.
+
+    \b
+    Example:
+        fileproc invoke resize --bucket uploads --key cat.jpg
+        fileproc invoke resize --event event.json
+    """
+    from urllib.parse import unquote_plus
+
+    from fileproc.intake.objects import event_for
+    from fileproc.rules import Pipeline
+    from fileproc.runtime.invoke import StepRequest
+    from fileproc.runtime.runner import execute, limits_for
+
+    if event_file is not None:
+        record = json.loads(event_file.read_text())["Records"][0]["s3"]
+        bucket, key = record["bucket"]["name"], unquote_plus(record["object"]["key"])
+    if not bucket or not key:
+        raise click.UsageError("give --event FILE, or --bucket and --key")
+    service = ctx.obj.service
+    pipeline = Pipeline.model_validate({"name": f"invoke-{name}", "match": {"bucket": bucket},
+                                        "steps": [{"function": name}],
+                                        "output": {"bucket": output_bucket, "key": f"invoke/{name}/{{key}}/{{name}}"}})
+    service.pipelines[pipeline.name] = pipeline
+    spec = service.spec(pipeline.steps[0])
+    limits = limits_for(spec, pipeline.steps[0])
+    info = service.storage.head(bucket, key)
+    event = event_for(bucket, key, info, source="invoke")
+    request_id = f"invoke-{int(time.time() * 1000)}"
+    scratch = service.settings.data_dir / "scratch" / f"invoke.{request_id}"
+    request = StepRequest(request_id, pipeline.name, 0, event.to_dict(), info, limits.timeout, limits.memory_mb,
+                          str(scratch))
+    result = execute(service, request, cancel=threading.Event(), spec=spec)
+    from fileproc.serverless.metering import report_line
+
+    value = result.value or {}
+    click.echo(value.get("log") or "", nl=False)
+    click.echo(report_line(request_id, result.duration_s, limits.memory_mb, result.peak_memory_kb))
+    click.echo(json.dumps(value.get("result")))
+    error = value.get("error") or ({"message": result.error} if not result.ok else None)
+    if error:
+        raise click.ClickException(f"{name} failed: {error.get('message')}")
+
+
+__all__ = ["functions", "invoke", "logs", "usage"]

@@ -1,0 +1,85 @@
+"""Landlock (Linux 5.13+): a deployed function's runner may write only beneath the folders it is given.
+
+Reads stay open (a handler reads its libraries, certificates, its package);
+creating, writing, truncating, renaming and removing files is refused
+(``PermissionError``) everywhere but the folders given: the runner's /tmp,
+the step scratch folders and, on the local backend, the storage's own. The
+restriction is the runner's and its children's for good, needs no
+privilege, and is skipped (False) where the kernel has no Landlock.
+
+Not covered: files the runner inherited open from the worker (Landlock
+checks a path when it is opened).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+from collections.abc import Iterable
+from pathlib import Path
+
+_CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446  # the same on every architecture
+_CREATE_RULESET_VERSION = 1
+_RULE_PATH_BENEATH = 1
+_PR_SET_NO_NEW_PRIVS = 38
+
+WRITE_FILE = 1 << 1
+REMOVE_DIR, REMOVE_FILE = 1 << 4, 1 << 5
+MAKE = sum(1 << bit for bit in range(6, 13))  # char, dir, reg, sock, fifo, block, sym
+REFER = 1 << 13  # ABI 2: link or rename across folders
+TRUNCATE = 1 << 14  # ABI 3
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def _syscall(number: int, *args: object) -> int:
+    return int(_libc.syscall(ctypes.c_long(number), *args))
+
+
+def abi() -> int:
+    """The kernel's Landlock ABI version (0: none)."""
+    version = _syscall(_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(_CREATE_RULESET_VERSION))
+    return max(version, 0)
+
+
+def restrict_writes(folders: Iterable[Path], files: Iterable[Path] = ()) -> bool:
+    """From now on this process (and what it starts) writes only beneath ``folders`` and to ``files``.
+
+    False, with nothing changed, where the kernel has no Landlock.
+    """
+    version = abi()
+    if version < 1:
+        return False
+    handled = WRITE_FILE | REMOVE_DIR | REMOVE_FILE | MAKE
+    if version >= 2:
+        handled |= REFER
+    if version >= 3:
+        handled |= TRUNCATE
+    attr = ctypes.create_string_buffer(struct.pack("=Q", handled))
+    ruleset = _syscall(_CREATE_RULESET, attr, ctypes.c_size_t(8), ctypes.c_uint32(0))
+    if ruleset < 0:
+        return False
+    try:
+        for path, rights in [*((p, handled) for p in folders),
+                             *((p, handled & (WRITE_FILE | TRUNCATE)) for p in files)]:
+            try:
+                parent = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                continue  # not there: nothing to allow
+            try:
+                rule = ctypes.create_string_buffer(struct.pack("=Qi", rights, parent))
+                _syscall(_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(_RULE_PATH_BENEATH), rule,
+                         ctypes.c_uint32(0))
+            finally:
+                os.close(parent)
+        if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            return False
+        return _syscall(_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0)) == 0
+    finally:
+        os.close(ruleset)
+
+
+__all__ = ["abi", "restrict_writes"]

@@ -1,0 +1,147 @@
+"""What a deployed function adds around one step (called from :mod:`fileproc.runtime.runner`).
+
+- :func:`warm_up`: what a new runner does before its first step (Lambda's
+  environment for a deployed version, the AWS variables for every runner);
+- :class:`ReservedSlot`: a unit of the function's reserved concurrency, held
+  while the step runs;
+- :class:`Policy`: the function's own retries, backoff, maximum event age,
+  dead letter and destinations, for the step's end.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from fileproc.functions import FunctionSpec
+from fileproc.runtime.pool import warm_hook
+
+if TYPE_CHECKING:
+    from fileproc.service import Service
+    from fileproc.state import Job
+    from fileproc.state.deployments import FunctionVersion
+
+MAX_BACKOFF_SECONDS = 300.0
+
+
+def deployed_version(spec: FunctionSpec) -> FunctionVersion | None:
+    """The deployed version ``spec`` runs (None for a registered function)."""
+    return getattr(spec.handler, "version", None) if getattr(spec.handler, "lambda_style", False) else None
+
+
+def warm_up(service: Service, spec: FunctionSpec) -> Callable[[], None]:
+    """What a new runner of ``spec`` does before its first step.
+
+    Every runner gets the standard AWS variables pointing boto3 at the
+    configured store; a deployed function's runner gets Lambda's whole
+    environment instead of the worker's, and its copy of the settings loses
+    fileproc's secrets.
+    """
+    from fileproc.serverless.lambda_runtime import store_variables
+
+    if deployed_version(spec) is not None:
+        hook = spec.handler.warm  # type: ignore[attr-defined]
+
+        def warm_deployed() -> None:
+            _forget_secrets(service)
+            hook()
+
+        return warm_deployed
+    module_hook = warm_hook(spec.handler)
+    variables = store_variables(service.settings)
+
+    def warm_registered() -> None:
+        os.environ.update(variables)
+        if module_hook is not None:
+            module_hook()
+
+    return warm_registered
+
+
+def _forget_secrets(service: Service) -> None:
+    # The runner never talks to the database, the broker or the API: their secrets go.
+    from pydantic import SecretStr
+
+    settings = service.settings
+    settings.database.url = settings.broker.url = SecretStr("")
+    settings.api.webhook_token = settings.api.admin_token = SecretStr("")
+
+
+class ReservedSlot:
+    """A unit of a deployed function's reserved concurrency, held while its step runs (if it has a limit).
+
+    Held at most ``seconds`` (the step's timeout plus a lease): a worker that
+    dies holding one loses it then, as its step's lease runs out.
+    """
+
+    def __init__(self, service: Service, spec: FunctionSpec, holder: str, seconds: float) -> None:
+        self.service, self.spec, self.holder, self.seconds = service, spec, holder, seconds
+        self.held = False
+
+    def take(self) -> bool:
+        """Whether the step may run now (always, for a function without reserved concurrency)."""
+        if not self.spec.concurrency:
+            return True
+        from fileproc.state.deployments import take_slot
+
+        self.held = take_slot(self.service.db, self.spec.name, self.holder, self.seconds)
+        return self.held
+
+    def give(self) -> None:
+        if self.held:
+            from fileproc.state.deployments import give_slot
+
+            give_slot(self.service.db, self.spec.name, self.holder)
+            self.held = False
+
+
+class Policy:
+    """A deployed function's own retries, maximum event age, dead letter and destinations for one step."""
+
+    def __init__(self, service: Service, version: FunctionVersion, job: Job, request_id: str) -> None:
+        self.service, self.version, self.job, self.request_id = service, version, job, request_id
+
+    def too_old(self, function: str) -> str | None:
+        """Why the event is dropped for its age (None: it is young enough)."""
+        age = (datetime.now(UTC) - self.job.created_at).total_seconds()
+        if age <= self.version.max_event_age:
+            return None
+        return (f"step {function!r}: the event is {age:.0f} s old, past its maximum age of "
+                f"{self.version.max_event_age:g} s: not tried again")
+
+    def retry_delay(self, failures: int) -> float:
+        """Seconds before retry number ``failures``: ``--backoff``, doubled each time, with jitter."""
+        return min(MAX_BACKOFF_SECONDS, self.version.backoff * 2.0 ** (failures - 1) * random.uniform(0.8, 1.2))
+
+    def record(self, outcome: str, condition: str | None, result: Any, failures: int) -> dict[str, Any] | None:
+        """Lambda's destination record, if the step ended for good (``outcome``: succeeded, next or failed)."""
+        if outcome not in ("succeeded", "next", "failed"):
+            return None
+        from fileproc.serverless.destinations import destination_record
+        from fileproc.serverless.lambda_runtime import aws_region
+
+        region = aws_region(self.service.settings)
+        event = {"Records": [self.job.object_event.to_record(region=region, configuration_id=self.job.pipeline)]}
+        return destination_record(
+            self.version, region=region, request_id=self.request_id,
+            condition="Success" if outcome != "failed" else condition or "RetriesExhausted",
+            event=event, result=result, invoke_count=failures + 1)
+
+    def dead_letter(self, record: dict[str, Any]) -> dict[str, Any]:
+        """What the step's end records as its dead letter."""
+        return {"function": self.version.function, "version": str(self.version.version),
+                "request_id": self.request_id, "condition": record["requestContext"]["condition"], "record": record}
+
+    def deliver(self, outcome: str, record: dict[str, Any]) -> None:
+        """POST the record to the function's on-success or on-failure destination, if it has one."""
+        url = self.version.on_failure if outcome == "failed" else self.version.on_success
+        if url:
+            from fileproc.serverless.destinations import deliver
+
+            deliver(url, record)
+
+
+__all__ = ["Policy", "ReservedSlot", "deployed_version", "warm_up"]
