@@ -62,12 +62,23 @@ def warm_up(service: Service, spec: FunctionSpec) -> Callable[[], None]:
 
 
 def _forget_secrets(service: Service) -> None:
-    # The runner never talks to the database, the broker or the API: their secrets go.
+    # The runner never talks to the database, the broker or the API: their secrets go, and
+    # so do the objects that hold them (the database's engines, the broker's URL in Celery).
+    import gc
+
     from pydantic import SecretStr
+
+    from fileproc.runtime.app import celery_app
 
     settings = service.settings
     settings.database.url = settings.broker.url = SecretStr("")
     settings.api.webhook_token = settings.api.admin_token = SecretStr("")
+    if "db" in service.__dict__:
+        service.db.after_fork()  # its pooled connections are the worker's: dropped, never closed here
+        del service.__dict__["db"]
+    celery_app.conf.broker_url = None
+    celery_app.conf.broker_transport_options = {}
+    gc.collect()
 
 
 class ReservedSlot:
