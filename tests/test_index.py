@@ -224,3 +224,20 @@ def test_document_format_of_the_function_is_what_search_reads() -> None:
     parsed = parse_document(json.dumps({"fileproc_document": 1, "bucket": "b", "key": "k", "text": "t"}).encode())
     assert isinstance(parsed, Document) and parsed.id == "b/k"
     assert parse_document(b"not json") is None
+
+
+def test_commits_keep_few_segments_and_snippets_show_the_match_in_context(tmp_path: Path) -> None:
+    from whoosh import index as whoosh_index
+
+    from fileproc.search.whoosh import MAX_SEGMENTS
+
+    index = WhooshIndex(tmp_path / "search")
+    filler = " ".join(f"word{n}" for n in range(200))  # 1,500 characters before the match
+    for batch in range(12):  # twelve commits of fifty documents: Whoosh alone would keep twelve segments
+        index.add([_doc(f"b{batch}/{n}.txt", f"{filler} the <b>harbour</b> pilots {batch} {n}") for n in range(50)])
+    segments = whoosh_index.open_dir(str(index.current))._segments()
+    assert len(segments) <= MAX_SEGMENTS
+    assert index.count() == 600
+    hit = index.search("pilot").hits[0]
+    assert "<mark>pilots</mark>" in hit.snippet and "&lt;b&gt;harbour&lt;/b&gt;" in hit.snippet
+    assert not hit.snippet.startswith("word0 ")  # the fragment around the match, not the start of the text

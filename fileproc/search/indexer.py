@@ -67,6 +67,9 @@ LOOKBACK = 1000
 READERS = 8
 """Document objects read from storage at once."""
 
+STAGE_ROWS = 64
+"""Outputs staged at a time while following (the hold is looked at in between)."""
+
 FOLLOW_INTERVAL = 0.2
 """Seconds between passes while a batch is open (documents arriving): the commit follows the stream's pause."""
 
@@ -185,14 +188,20 @@ class Indexer:
         assert self._lock_file is not None, "call acquire() first"
         if self._open is None:
             self._check_index()
-        rows = self._pending(self.batch - len(self._staged))
-        if rows:
-            self._stage(rows)
-        if self._open is None:
-            return 0
-        if rows and len(self._staged) < self.batch and time.monotonic() - self._opened_at < hold:
-            return 0
-        return self._commit()
+        committed, first = 0, True
+        while not self._stop.is_set():
+            rows = self._pending(min(STAGE_ROWS, self.batch - len(self._staged)))
+            if rows:
+                self._stage(rows)
+            if self._open is None:
+                return committed
+            paused = not rows and first  # nothing new since the last pass, FOLLOW_INTERVAL ago
+            if paused or len(self._staged) >= self.batch or time.monotonic() - self._opened_at >= hold:
+                committed += self._commit()
+            if not rows:
+                return committed
+            first = False
+        return committed
 
     def _check_index(self) -> None:
         try:
