@@ -393,6 +393,14 @@ def _follow_in_child(settings: Settings) -> None:
     indexer = Indexer(Service(settings))
     signal.signal(signal.SIGTERM, lambda *_: indexer._stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
+    parent = os.getppid()
+
+    def orphaned() -> None:  # the parent killed outright: stop too, releasing the writer lock
+        while not indexer._stop.wait(1.0):
+            if os.getppid() != parent:
+                indexer._stop.set()
+
+    threading.Thread(target=orphaned, name="fileproc-indexer-parent", daemon=True).start()
     indexer._loop()
     indexer.release()
 
