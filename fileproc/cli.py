@@ -568,7 +568,9 @@ def search(state: State, query: str, bucket: str | None, kind: str | None, limit
         click.echo(f"{hit.bucket}/{hit.key}  ({hit.type}, score {hit.score:.2f})")
         click.echo(f"    {_plain_snippet(hit.snippet)}")
     shown = (page - 1) * limit + len(found.hits)
-    click.echo(f"{shown} of {found.total} hit(s)" + (f"; more with --page {page + 1}" if shown < found.total else ""))
+    about = "" if found.exact else "about "  # more matched than this page: the total is an estimate
+    click.echo(f"{shown} of {about}{found.total} hit(s)" + (f"; more with --page {page + 1}" if shown < found.total
+                                                              else ""))
 
 
 @cli.command()

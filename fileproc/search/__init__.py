@@ -127,10 +127,11 @@ class SearchPage:
     page: int
     per_page: int
     hits: list[Hit] = field(default_factory=list)
+    exact: bool = True  # False: more matched than the hits up to this page, and ``total`` is an estimate
 
     def to_dict(self) -> dict[str, Any]:
-        return {"query": self.query, "total": self.total, "page": self.page, "per_page": self.per_page,
-                "hits": [h.to_dict() for h in self.hits]}
+        return {"query": self.query, "total": self.total, "exact": self.exact, "page": self.page,
+                "per_page": self.per_page, "hits": [h.to_dict() for h in self.hits]}
 
 
 class SearchIndex(abc.ABC):
@@ -153,6 +154,15 @@ class SearchIndex(abc.ABC):
     def delete(self, ids: Iterable[str]) -> None:
         self.update(delete=ids)
 
+    def begin(self) -> Batch:
+        """Changes applied together by :meth:`Batch.commit` (atomic, like :meth:`update`).
+
+        The default buffers them for one :meth:`update`; an engine may do the
+        work as they are staged (Whoosh analyzes each document then), so an
+        indexer following a stream of documents spreads it over the stream.
+        """
+        return Batch(self)
+
     @abc.abstractmethod
     def search(self, query: str, *, bucket: str | None = None, type: str | None = None, page: int = 1,
                per_page: int = 10) -> SearchPage:
@@ -171,6 +181,39 @@ class SearchIndex(abc.ABC):
         """Replace the whole index with ``documents``, atomically for searchers; how many."""
 
 
+class Batch:
+    """Changes to a :class:`SearchIndex` that become visible together, at :meth:`commit`.
+
+    A document id staged twice in one batch is not allowed (the engine may
+    not be able to replace what it has not committed yet): :attr:`ids` says
+    what a batch holds, so its user commits first.
+    """
+
+    def __init__(self, index: SearchIndex) -> None:
+        self.index = index
+        self.ids: set[str] = set()
+        self._add: list[Document] = []
+        self._delete: list[str] = []
+
+    def stage(self, add: Iterable[Document] = (), delete: Iterable[str] = ()) -> None:
+        add, delete = list(add), list(delete)
+        ids = [d.id for d in add] + delete
+        if len(set(ids)) != len(ids) or self.ids & set(ids):
+            raise ValueError("a document id is staged twice in one batch: commit first")
+        self.ids |= set(ids)
+        self._stage(add, delete)
+
+    def _stage(self, add: list[Document], delete: list[str]) -> None:
+        self._add += add
+        self._delete += delete
+
+    def commit(self) -> None:
+        self.index.update(add=self._add, delete=self._delete)
+
+    def cancel(self) -> None:
+        self._add, self._delete = [], []
+
+
 class IndexCorrupt(FileprocError):
     """The index on disk cannot be read (missing files, a broken segment)."""
 
@@ -186,5 +229,5 @@ def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
-__all__ = ["DOCUMENT_CONTENT_TYPE", "DOCUMENT_NAME", "Document", "Hit", "IndexCorrupt", "SearchIndex",
+__all__ = ["DOCUMENT_CONTENT_TYPE", "DOCUMENT_NAME", "Batch", "Document", "Hit", "IndexCorrupt", "SearchIndex",
            "SearchPage", "Tombstone", "batched", "parse_document"]

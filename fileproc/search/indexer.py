@@ -34,16 +34,28 @@ import contextlib
 import fcntl
 import json
 import logging
+import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from fileproc.config import Settings
 from fileproc.errors import FileprocError, ObjectNotFound, StorageError
-from fileproc.search import DOCUMENT_CONTENT_TYPE, DOCUMENT_NAME, Document, IndexCorrupt, Tombstone, parse_document
+from fileproc.search import (
+    DOCUMENT_CONTENT_TYPE,
+    DOCUMENT_NAME,
+    Batch,
+    Document,
+    IndexCorrupt,
+    Tombstone,
+    parse_document,
+)
 from fileproc.search.whoosh import WhooshIndex
 from fileproc.service import Service
 
@@ -51,6 +63,15 @@ log = logging.getLogger(__name__)
 
 LOOKBACK = 1000
 """Output ids below the cursor looked at again on each pass (see the module docstring)."""
+
+READERS = 8
+"""Document objects read from storage at once."""
+
+STAGE_ROWS = 64
+"""Outputs staged at a time while following (the hold is looked at in between)."""
+
+FOLLOW_INTERVAL = 0.2
+"""Seconds between passes while a batch is open (documents arriving): the commit follows the stream's pause."""
 
 
 @dataclass
@@ -85,6 +106,10 @@ class Indexer:
         self._applied: set[int] = set()  # ids at most LOOKBACK below the cursor, already applied
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._open: Batch | None = None  # staged, not committed yet (see follow)
+        self._opened_at = 0.0
+        self._staged: set[int] = set()  # the output ids in it
 
     # --- the writer lock ------------------------------------------------------------------
 
@@ -104,6 +129,7 @@ class Indexer:
         return True
 
     def release(self) -> None:
+        self._cancel()  # what was staged is applied again by the next writer: the cursor did not move
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
@@ -139,6 +165,45 @@ class Indexer:
     def catch_up(self) -> int:
         """Apply every document written since the cursor; how many outputs were applied. Needs the lock."""
         assert self._lock_file is not None, "call acquire() first"
+        self._check_index()
+        applied = 0
+        while True:
+            rows = self._pending(self.batch)
+            if not rows:
+                return applied
+            self._stage(rows)
+            applied += self._commit()
+
+    def follow(self, *, hold: float) -> int:
+        """One pass of the running indexer: stage what arrived; commit only when the stream pauses.
+
+        Documents are staged into an open batch as they arrive (Whoosh
+        analyzes each one then), and the batch is committed when a pass finds
+        nothing new, when it holds ``search.batch`` documents, or when its
+        first one has waited ``hold`` seconds. A commit costs about as much
+        as analyzing its documents again, mostly per distinct word, so under
+        a stream of documents fewer, larger commits are much cheaper than one
+        per pass. How many outputs were committed. Needs the lock.
+        """
+        assert self._lock_file is not None, "call acquire() first"
+        if self._open is None:
+            self._check_index()
+        committed, first = 0, True
+        while not self._stop.is_set():
+            rows = self._pending(min(STAGE_ROWS, self.batch - len(self._staged)))
+            if rows:
+                self._stage(rows)
+            if self._open is None:
+                return committed
+            paused = not rows and first  # nothing new since the last pass, FOLLOW_INTERVAL ago
+            if paused or len(self._staged) >= self.batch or time.monotonic() - self._opened_at >= hold:
+                committed += self._commit()
+            if not rows:
+                return committed
+            first = False
+        return committed
+
+    def _check_index(self) -> None:
         try:
             if not self.index.exists():
                 raise IndexCorrupt("no index yet")
@@ -146,26 +211,25 @@ class Indexer:
         except IndexCorrupt as exc:
             log.warning("search index missing or unreadable (%s); rebuilding it from storage", exc)
             self.rebuild()
-        applied = 0
-        while True:
-            cursor = self.cursor()
-            rows = [row for row in self.service.db.outputs_after(max(0, cursor - LOOKBACK), DOCUMENT_CONTENT_TYPE,
-                                                                  limit=self.batch + LOOKBACK)
-                    if row[0] not in self._applied][:self.batch]
-            if not rows:
-                return applied
-            self._apply([(bucket, key) for _, bucket, key in rows])
-            top = max(cursor, max(row[0] for row in rows))
-            self._applied |= {row[0] for row in rows}
-            self._applied = {i for i in self._applied if i > top - LOOKBACK}
-            self._save_cursor(top)
-            applied += len(rows)
 
-    def _apply(self, locations: list[tuple[str, str]]) -> None:
+    def _pending(self, limit: int) -> list[tuple[int, str, str]]:
+        """Output rows not applied nor staged yet, oldest first (at most ``limit``)."""
+        if limit <= 0:
+            return []
+        cursor = self.cursor()
+        skip = self._applied | self._staged
+        return [row for row in self.service.db.outputs_after(max(0, cursor - LOOKBACK), DOCUMENT_CONTENT_TYPE,
+                                                             limit=limit + LOOKBACK + len(self._staged))
+                if row[0] not in skip][:limit]
+
+    def _stage(self, rows: list[tuple[int, str, str]]) -> None:
+        """Read the rows' document objects (several at once) and stage them in the open batch."""
+        locations = list(dict.fromkeys((bucket, key) for _, bucket, key in rows))
+        with ThreadPoolExecutor(READERS) as pool:
+            found_all = list(pool.map(lambda location: self._read(*location), locations))
         adds: dict[str, Document] = {}
         deletes: set[str] = set()
-        for bucket, key in dict.fromkeys(locations):
-            found = self._read(bucket, key)
+        for found in found_all:
             if isinstance(found, Document):
                 adds[found.id] = found
                 deletes.discard(found.id)
@@ -173,10 +237,50 @@ class Indexer:
                 deletes.add(found.id)
                 adds.pop(found.id, None)
         try:
-            self.index.update(add=adds.values(), delete=deletes)
+            if self._open is not None and self._open.ids & (set(adds) | deletes):
+                self._commit()  # the same document again: what is staged must be committed before it
+            if self._open is None:
+                self._open, self._opened_at = self.index.begin(), time.monotonic()
+            self._open.stage(add=adds.values(), delete=deletes)
+        except IndexCorrupt as exc:
+            self._cancel()
+            log.warning("search index unreadable (%s); rebuilding it from storage", exc)
+            self.rebuild()
+            return
+        except BaseException:
+            self._cancel()
+            raise
+        self._staged |= {row[0] for row in rows}
+
+    def _commit(self) -> int:
+        """Commit the open batch and move the cursor past it; how many outputs it held."""
+        if self._open is None:
+            return 0
+        batch, rows = self._open, self._staged
+        self._open, self._staged = None, set()
+        started = time.monotonic()
+        try:
+            batch.commit()
         except IndexCorrupt as exc:
             log.warning("search index unreadable (%s); rebuilding it from storage", exc)
             self.rebuild()
+            return 0
+        except BaseException:
+            batch.cancel()
+            raise
+        cursor = self.cursor()
+        top = max(cursor, max(rows))
+        self._applied |= rows
+        self._applied = {i for i in self._applied if i > top - LOOKBACK}
+        self._save_cursor(top)
+        log.info("search index: committed %d document(s) in %.2f s, %.2f s after the first was staged", len(rows),
+                 time.monotonic() - started, time.monotonic() - self._opened_at)
+        return len(rows)
+
+    def _cancel(self) -> None:
+        if self._open is not None:
+            self._open.cancel()
+        self._open, self._staged = None, set()
 
     def _read(self, bucket: str, key: str) -> Document | Tombstone | None:
         try:
@@ -205,6 +309,7 @@ class Indexer:
     def rebuild(self) -> int:
         """A new index from the document objects in storage, swapped in at once; how many documents."""
         assert self._lock_file is not None, "call acquire() first"
+        self._cancel()  # a batch of the old generation: what it held is in storage, read below
         started_at = self.service.db.last_output_id()  # what lands meanwhile is applied by the next pass
         latest: dict[str, Document] = {}
         for found in self.stored_documents():
@@ -240,25 +345,64 @@ class Indexer:
     # --- running --------------------------------------------------------------------------
 
     def start(self) -> Indexer:
-        self._thread = threading.Thread(target=self._loop, name="fileproc-indexer", daemon=True)
-        self._thread.start()
+        """Follow the outputs in a child process of its own.
+
+        Not a thread: indexing is Python code, and in the process that also
+        dispatches jobs and answers the API it would share one interpreter
+        lock with them and fall behind exactly when documents pour in.
+        """
+        context = multiprocessing.get_context("spawn")  # no fork of a process with threads
+        self._process = context.Process(target=_follow_in_child, args=(self.service.settings,),
+                                        name="fileproc-indexer", daemon=True)
+        self._process.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(30)
+        if self._process is not None and self._process.is_alive():
+            self._process.terminate()  # SIGTERM: it commits what it staged, then exits
+            self._process.join(30)
+            if self._process.is_alive():
+                self._process.kill()
         self.release()
 
     def _loop(self) -> None:
-        interval = self.service.settings.search.interval
+        settings = self.service.settings.search
         while not self._stop.is_set():
+            wait = settings.interval
             try:
                 if self.acquire():  # another process of this host may be the writer: then only wait
-                    self.catch_up()
+                    self.follow(hold=settings.hold)
+                    if self._open is not None:
+                        wait = min(wait, FOLLOW_INTERVAL)  # documents are arriving: look again soon
             except (FileprocError, IndexCorrupt, OSError) as exc:
-                log.warning("indexer: %s (trying again in %.0f s)", exc, interval)
-            self._stop.wait(interval)
+                self._cancel()
+                log.warning("indexer: %s (trying again in %.0f s)", exc, wait)
+            self._stop.wait(wait)
+        try:
+            self._commit()  # what was staged, before stopping
+        except (FileprocError, IndexCorrupt, OSError) as exc:
+            log.warning("indexer: %s", exc)
+
+
+def _follow_in_child(settings: Settings) -> None:
+    """The indexer process: follow the outputs until SIGTERM (see :meth:`Indexer.start`)."""
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    indexer = Indexer(Service(settings))
+    signal.signal(signal.SIGTERM, lambda *_: indexer._stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
+    parent = os.getppid()
+
+    def orphaned() -> None:  # the parent killed outright: stop too, releasing the writer lock
+        while not indexer._stop.wait(1.0):
+            if os.getppid() != parent:
+                indexer._stop.set()
+
+    threading.Thread(target=orphaned, name="fileproc-indexer-parent", daemon=True).start()
+    indexer._loop()
+    indexer.release()
 
 
 def document_locations(service: Service) -> list[tuple[str, str]]:

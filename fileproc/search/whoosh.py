@@ -15,9 +15,11 @@ broken generation is simply replaced.
 from __future__ import annotations
 
 import contextlib
+import copy
 import html
 import os
 import pickle
+import re
 import shutil
 import struct
 import threading
@@ -26,18 +28,34 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from whoosh import highlight, index, qparser, query
+from whoosh import index, qparser, query, writing
 from whoosh.analysis import StemmingAnalyzer
 from whoosh.fields import DATETIME, ID, NUMERIC, STORED, TEXT, Schema
+from whoosh.reading import SegmentReader
 from whoosh.searching import Searcher
 
-from fileproc.search import Document, Hit, IndexCorrupt, SearchIndex, SearchPage, batched
+from fileproc.search import Batch, Document, Hit, IndexCorrupt, SearchIndex, SearchPage
 
 STORED_CHARS = 100_000
 """Text kept in the index for snippets (all of it is indexed). Highlighting
 re-reads the stored text of each hit shown, so this bounds a page's cost."""
 
 SNIPPET_CHARS = 240
+
+SNIPPET_SURROUND = 60
+"""Characters of context before the first and after the last match of a fragment."""
+
+HIGHLIGHT_CHARS = 20_000
+"""The start of a hit's stored text that highlighting looks at (a match further in gives the plain start)."""
+
+HIGHLIGHT_TERMS = 50
+"""Most query terms highlighted (a prefix query may expand to many)."""
+
+MAX_SEGMENTS = 6
+"""Segments a commit leaves at most (see :func:`_merge_few`)."""
+
+FILTERS_KEPT = 32
+"""Bucket/type filters (sets of document numbers) kept per searcher."""
 
 _READ_ERRORS = (index.IndexError, OSError, ValueError, EOFError, KeyError, IndexError, struct.error,
                 pickle.UnpicklingError, TypeError, AttributeError)
@@ -60,14 +78,78 @@ def schema() -> Schema:
     )
 
 
-class _Mark(highlight.HtmlFormatter):
-    """Matched words as ``<mark>word</mark>``, everything else HTML-escaped."""
+class _Snippets:
+    """Highlighted snippets for the hits of one query, without analyzing whole texts again.
 
-    def format_token(self, text: str, token: Any, replace: bool = False) -> str:
-        return f"<mark>{html.escape(highlight.get_text(text, token, replace), quote=False)}</mark>"
+    Whoosh's highlighter runs the stemming analyzer over every word of each
+    hit's text, which costs more than the search. Here a regular expression
+    (run in C) finds the words that *may* be one of the query's terms (they
+    start like the term's stem: Porter stems are the word's start but for
+    their last two letters at most), and only those few are run through the
+    field's analyzer to confirm them. The snippet is up to two fragments
+    around the matches with the most distinct terms, matched words in
+    ``<mark></mark>``, the rest HTML-escaped.
+    """
 
-    def _text(self, text: str) -> str:
-        return html.escape(text, quote=False)
+    def __init__(self, searcher: Searcher, parsed: Any) -> None:
+        self.analyzer = searcher.schema["content"].analyzer
+        words: set[str] = set()
+        with contextlib.suppress(*_READ_ERRORS):
+            # fieldname= given: without it Whoosh 2.7 keeps only the first leaf's field (a loop variable
+            # shadows the argument)
+            for _, text in parsed.existing_terms(searcher.reader(), phrases=True, expand=True, fieldname="content"):
+                words.add(text.decode("utf-8") if isinstance(text, bytes) else str(text))
+                if len(words) >= HIGHLIGHT_TERMS:
+                    break
+        self.words = frozenset(words)
+        starts = sorted({word[:max(3, len(word) - 2)] for word in words}, key=len, reverse=True)
+        self.candidates = (re.compile(r"\b(?:" + "|".join(map(re.escape, starts)) + r")\w*", re.IGNORECASE)
+                           if starts else None)
+        self.confirmed: dict[str, bool] = {}
+
+    def _is_term(self, word: str) -> bool:
+        found = self.confirmed.get(word)
+        if found is None:
+            found = any(token.text in self.words for token in self.analyzer(word))
+            self.confirmed[word] = found
+        return found
+
+    def __call__(self, text: str) -> str:
+        matches = []
+        if self.candidates is not None:
+            for match in self.candidates.finditer(text):
+                if self._is_term(match.group()):
+                    matches.append((match.start(), match.end(), match.group().lower()))
+                    if len(matches) >= 64:
+                        break
+        if not matches:
+            return html.escape(text[:SNIPPET_CHARS], quote=False)
+        fragments = []  # (distinct words, start, end, matches)
+        i = 0
+        while i < len(matches):
+            j = i + 1
+            while j < len(matches) and matches[j][1] - matches[i][0] <= SNIPPET_CHARS - 2 * SNIPPET_SURROUND:
+                j += 1
+            group = matches[i:j]
+            start = max(0, group[0][0] - SNIPPET_SURROUND)
+            space = text.find(" ", start, group[0][0])
+            start = space + 1 if start and space >= 0 else start
+            end = min(len(text), group[-1][1] + SNIPPET_SURROUND)
+            space = text.rfind(" ", group[-1][1], end)
+            end = space if end < len(text) and space >= 0 else end
+            fragments.append((len({m[2] for m in group}), start, end, group))
+            i = j
+        best = sorted(sorted(fragments, key=lambda f: -f[0])[:2], key=lambda f: f[1])
+        out = []
+        for _, start, end, group in best:
+            parts, at = [], start
+            for m_start, m_end, _word in group:
+                parts.append(html.escape(text[at:m_start], quote=False))
+                parts.append(f"<mark>{html.escape(text[m_start:m_end], quote=False)}</mark>")
+                at = m_end
+            parts.append(html.escape(text[at:end], quote=False))
+            out.append("".join(parts).replace("\n", " ").strip())
+        return "...".join(out)
 
 
 class WhooshIndex(SearchIndex):
@@ -82,6 +164,8 @@ class WhooshIndex(SearchIndex):
         self._lock = threading.Lock()
         self._searcher: Searcher | None = None
         self._ix: Any = None
+        self._parser: Any = None
+        self._filters: dict[tuple[str, str], set[int]] = {}
 
     # --- files --------------------------------------------------------------------------
 
@@ -133,36 +217,39 @@ class WhooshIndex(SearchIndex):
     # --- writing ------------------------------------------------------------------------
 
     def update(self, add: Iterable[Document] = (), delete: Iterable[str] = ()) -> None:
+        adds = _unique(add)
+        added = {document.id for document in adds}
+        batch = self.begin()
+        try:
+            batch.stage(add=adds, delete=[i for i in dict.fromkeys(delete) if i not in added])
+        except BaseException:
+            batch.cancel()
+            raise
+        batch.commit()
+
+    def begin(self) -> _WhooshBatch:
         ix = self._open()
         try:
-            writer = ix.writer(limitmb=64)
+            return _WhooshBatch(self, ix.writer(limitmb=64))
         except _READ_ERRORS as exc:
             raise IndexCorrupt(f"cannot write the search index: {exc!r}") from exc
-        try:
-            for doc_id in delete:
-                writer.delete_by_term("id", doc_id)
-            for document in add:
-                writer.update_document(**_fields(document))
-        except BaseException:
-            writer.cancel()
-            raise
-        try:
-            writer.commit()
-        except _READ_ERRORS as exc:
-            raise IndexCorrupt(f"cannot commit to the search index: {exc!r}") from exc
 
     def rebuild(self, documents: Iterable[Document]) -> int:
         generation = self._new_generation()
         ix = index.open_dir(str(generation))
         count = 0
         try:
-            for batch in batched(documents, 1000):
-                writer = ix.writer(limitmb=128)
-                for document in batch:
+            # One writer: Whoosh spills sorted runs to disk past limitmb and merges them at the
+            # commit, so the new generation is one segment without writing everything twice.
+            writer = ix.writer(limitmb=128)
+            try:
+                for document in documents:
                     writer.update_document(**_fields(document))
-                writer.commit()
-                count += len(batch)
-            ix.optimize()
+                    count += 1
+            except BaseException:
+                writer.cancel()
+                raise
+            writer.commit(optimize=True)
         except BaseException:
             shutil.rmtree(generation, ignore_errors=True)
             raise
@@ -181,8 +268,10 @@ class WhooshIndex(SearchIndex):
                 self._searcher = None
             if self._searcher is None:
                 self._searcher = self._open().searcher()
+                self._filters.clear()  # document numbers change with the segments
         except _READ_ERRORS as exc:
             self._searcher, self._ix = None, None
+            self._filters.clear()
             raise IndexCorrupt(f"cannot read the search index: {exc!r}") from exc
         return self._searcher
 
@@ -195,34 +284,133 @@ class WhooshIndex(SearchIndex):
             searcher = self._current_searcher()
             return {fields["id"]: fields.get("etag", "") for fields in searcher.all_stored_fields()}
 
+    def _filter(self, searcher: Searcher, bucket: str | None, type: str | None) -> set[int] | None:
+        """The document numbers in ``bucket`` / of ``type``, kept per searcher (a filter is reused across queries)."""
+        if not bucket and not type:
+            return None
+        key = (bucket or "", type or "")
+        found = self._filters.get(key)
+        if found is None:
+            terms = [query.Term(name, value) for name, value in (("bucket", bucket), ("type", type)) if value]
+            found = set(searcher.docs_for_query(query.And(terms) if len(terms) > 1 else terms[0]))
+            if len(self._filters) >= FILTERS_KEPT:
+                self._filters.pop(next(iter(self._filters)))
+            self._filters[key] = found
+        return found
+
     def search(self, query_text: str, *, bucket: str | None = None, type: str | None = None, page: int = 1,
                per_page: int = 10) -> SearchPage:
+        """The ``page``-th ``per_page`` hits, best first.
+
+        Only the hits up to this page are scored and collected, so Whoosh can
+        skip the blocks of postings that cannot make it into them; the total
+        is therefore exact when fewer documents matched than that, and an
+        estimate (an upper bound from the terms' document frequencies) when
+        more did: ``SearchPage.exact`` says which.
+        """
         page, per_page = max(1, page), max(1, min(per_page, 1000))
         with self._lock:
             searcher = self._current_searcher()
-            parser = qparser.MultifieldParser(["title", "name", "content"], searcher.schema)
-            parsed = parser.parse(query_text) if query_text.strip() else query.Every()
-            terms = [query.Term(name, value) for name, value in (("bucket", bucket), ("type", type)) if value]
-            wanted = query.And(terms) if terms else None
             try:
-                results = searcher.search_page(parsed, page, pagelen=per_page, filter=wanted)
-                results.results.fragmenter = highlight.ContextFragmenter(maxchars=SNIPPET_CHARS, surround=60)
-                results.results.formatter = _Mark()
-                hits = [_hit(hit) for hit in results]
-                total = len(results.results)
+                if self._parser is None:
+                    self._parser = qparser.MultifieldParser(["title", "name", "content"], searcher.schema)
+                parsed = self._parser.parse(query_text) if query_text.strip() else query.Every()
+                parsed = _prune(parsed, searcher.reader())
+                wanted = self._filter(searcher, bucket, type)
+                limit = page * per_page
+                results = searcher.search(parsed, limit=limit, filter=wanted)
+                scored = results.scored_length()
+                exact = scored < limit
+                bound = len(wanted) if wanted is not None else searcher.doc_count()
+                total = scored if exact else max(scored, min(results.estimated_length(), bound))
+                shown = results[(page - 1) * per_page:limit]
+                snippets = _Snippets(searcher, parsed) if shown else None
+                hits = [_hit(hit, snippets) for hit in shown]
             except _READ_ERRORS as exc:
                 self._searcher, self._ix = None, None
                 raise IndexCorrupt(f"cannot search the index: {exc!r}") from exc
-        return SearchPage(query_text, total, page, per_page, hits)
+        return SearchPage(query_text, total, page, per_page, hits, exact)
 
     def close(self) -> None:
         self.reset()
 
 
-def _hit(hit: Any) -> Hit:
-    snippet = hit.highlights("content", top=2) or ""
-    if not snippet:
-        snippet = html.escape(str(hit.get("content", ""))[:SNIPPET_CHARS], quote=False)
+class _WhooshBatch(Batch):
+    """A Whoosh writer kept open: each document is analyzed when staged, all are written at the commit."""
+
+    def __init__(self, index: WhooshIndex, writer: Any) -> None:
+        super().__init__(index)
+        self.writer = writer
+
+    def _stage(self, add: list[Document], delete: list[str]) -> None:
+        try:
+            for doc_id in delete:
+                self.writer.delete_by_term("id", doc_id)
+            for document in add:
+                self.writer.update_document(**_fields(document))
+        except _READ_ERRORS as exc:
+            raise IndexCorrupt(f"cannot write the search index: {exc!r}") from exc
+
+    def commit(self) -> None:
+        try:
+            self.writer.commit(mergetype=_merge_few)
+        except _READ_ERRORS as exc:
+            raise IndexCorrupt(f"cannot commit to the search index: {exc!r}") from exc
+
+    def cancel(self) -> None:
+        with contextlib.suppress(*_READ_ERRORS):
+            self.writer.cancel()
+
+
+def _prune(q: Any, reader: Any) -> Any:
+    """``q`` without the alternatives of an OR that are words no document has in that field.
+
+    A word is looked for in title, name and content, and it is rarely in
+    all three: each alternative costs a matcher per segment, so a query of
+    plain words is built three times over for nothing. Dropping an absent
+    term changes no score and no match (only ANDs and ORs are entered).
+    """
+    if isinstance(q, query.Or | query.And):
+        subs = [_prune(sub, reader) for sub in q.subqueries]
+        if isinstance(q, query.Or):
+            subs = [sub for sub in subs if not (type(sub) is query.Term and (sub.fieldname, sub.text) not in reader)]
+            if not subs:
+                return query.NullQuery
+            if len(subs) == 1 and q.boost == 1.0 and not q.scale:
+                return subs[0]
+        pruned = copy.copy(q)
+        pruned.subqueries = subs
+        return pruned
+    return q
+
+
+def _unique(documents: Iterable[Document]) -> list[Document]:
+    """The last of each id (what update() promised: a document added twice is replaced)."""
+    return list({document.id: document for document in documents}.values())
+
+
+def _merge_few(writer: Any, segments: list[Any]) -> list[Any]:
+    """The merge policy of a commit: Whoosh's own (tiny segments together), then, while more than
+    :data:`MAX_SEGMENTS` would be left, the smallest ones into the segment being written.
+
+    A search walks every segment, and Whoosh picks its slow matcher for an OR (a word looked for in
+    title, name and content) on segments of 5,000 documents or fewer; Whoosh alone never merges
+    segments of a few thousand. Merging the smallest first keeps each merge's cost in proportion to
+    what it merges (a big segment is rewritten only when as much was added after it).
+    """
+    kept = writing.MERGE_SMALL(writer, segments)
+    if len(kept) <= MAX_SEGMENTS:
+        return list(kept)
+    ordered = sorted(kept, key=lambda segment: segment.doc_count_all())
+    cut = len(ordered) - MAX_SEGMENTS + 1
+    for segment in ordered[:cut]:
+        writer.add_reader(SegmentReader(writer.storage, writer.schema, segment))
+    return ordered[cut:]
+
+
+def _hit(hit: Any, snippets: _Snippets | None) -> Hit:
+    excerpt = str(hit.get("content", ""))[:HIGHLIGHT_CHARS]
+    snippet = snippets(excerpt) if snippets is not None else html.escape(excerpt[:SNIPPET_CHARS], quote=False)
     return Hit(bucket=hit["bucket"], key=hit["key"], score=round(float(hit.score or 0.0), 4), snippet=snippet,
                type=hit.get("type", ""), title=hit.get("title", ""), size=int(hit.get("size") or 0),
                etag=hit.get("etag", ""))
