@@ -133,3 +133,17 @@ def test_search_finds_indexed_documents_with_their_words_marked(client: TestClie
     assert "<mark>ferry</mark>" in page.lower() or "<mark>Ferry</mark>" in page
     assert "&lt;b&gt;sharp" in page and "<b>sharp" not in page  # the document's own markup is text
     assert "No document matches" in client.get("/ui/search", params={"q": "zeppelin"}).text
+
+
+def test_usage_shows_what_ran_by_function_with_its_cost(client: TestClient, service: Service) -> None:
+    from fileproc.runtime.runner import run_step
+    from tests.helpers import image_bytes
+
+    log_in(client)
+    assert "Nothing ran in this window" in client.get("/ui/usage").text
+    info = service.storage.put("uploads", "a.jpg", image_bytes(64, 48))
+    (item,) = dispatch.submit(service, ObjectEvent("uploads", "a.jpg", size=info.size, etag=info.etag), send=False)
+    assert run_step(service, item.job.id, 0, "w").status == "succeeded"
+    page = client.get("/ui/usage").text
+    assert "<code>thumbnail</code>" in page and "cost $" in page
+    assert "<code>" + item.job.created_at.strftime("%Y-%m-%d") in client.get("/ui/usage", params={"by": "day"}).text

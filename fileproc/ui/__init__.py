@@ -230,6 +230,23 @@ def install(app: FastAPI, service: Service, tokens: Tokens) -> None:
         return page(request, "search.html", session, q=q, bucket=bucket, type=type, found=found,
                     problem=problem, page_number=page_number, per_page=SEARCH_PAGE)
 
+    @router.get("/usage")
+    def usage(request: Request, by: str = "function", since: str = "7d") -> Response:
+        from datetime import UTC, datetime, timedelta
+
+        from fileproc.serverless.metering import GROUPINGS
+        from fileproc.serverless.metering import usage as measure
+
+        session = session_of(request)
+        by = by if by in GROUPINGS else "function"
+        windows = {"1d": timedelta(days=1), "7d": timedelta(days=7), "30d": timedelta(days=30), "all": None}
+        since = since if since in windows else "7d"
+        window = windows[since]
+        groups = measure(service.db, service.settings, by=by,
+                         since=datetime.now(UTC) - window if window else None)
+        return page(request, "usage.html", session, groups=groups, by=by, since=since, groupings=GROUPINGS,
+                    windows=list(windows), settings=service.settings.usage)
+
     @router.get("/why")
     def why(request: Request, target: str = "") -> Response:
         from fileproc.why import explain
