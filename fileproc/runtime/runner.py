@@ -219,7 +219,8 @@ class _Ender:
                 **extra: Any) -> Outcome:
         value = (result.value if result else None) or {}
         request_id = f"{self.job.id}-{self.step_index}-{self.attempt_id}"
-        metering = attempt_metering(request_id, result, self.limits.memory_mb, value.get("log"), self.function)
+        metering = attempt_metering(request_id, result, self.limits.memory_mb, value.get("log"), self.function,
+                                    deployed=self.policy is not None)
         condition = extra.pop("condition", None)
         record = self.policy.record(outcome, condition, value.get("result"), self.failures) if self.policy else None
         if self.policy and record and outcome == "failed":

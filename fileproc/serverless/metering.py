@@ -52,7 +52,7 @@ def report_line(request_id: str, seconds: float, memory_mb: int, peak_memory_kb:
 
 
 def attempt_metering(request_id: str, result: ChildResult | None, memory_mb: int, output: str | None,
-                     function: str) -> dict[str, Any]:
+                     function: str, *, deployed: bool = False) -> dict[str, Any]:
     """What an attempt records besides its duration: memory given, billed duration, and its log.
 
     The log is what the invocation printed (``output``), a note of processes
@@ -61,7 +61,9 @@ def attempt_metering(request_id: str, result: ChildResult | None, memory_mb: int
     if result is None or not result.duration_s:
         return {}
     report = report_line(request_id, result.duration_s, memory_mb, result.peak_memory_kb)
-    log.info("%s (%s)", report, function)
+    # A deployed function's REPORT goes to the worker's log as Lambda's goes to CloudWatch; a built-in's
+    # only when debugging (the console shows one line per job, not per step).
+    log.log(logging.INFO if deployed else logging.DEBUG, "%s (%s)", report, function)
     notes = ""
     if result.left_running:
         notes = (f"fileproc: the invocation left {result.left_running} process(es) running when it returned; "
