@@ -168,3 +168,47 @@ def test_animated_thumbnails_need_a_format_that_animates(storage, tmp_path: Path
 
     with pytest.raises(PermanentError, match="animated thumbnails need format webp or png"):
         run(storage, tmp_path, _gif([RED, BLUE]), key="wave.gif", sizes=[64], animated=True, format="jpeg")
+
+
+# --- the real-world kinds, through the runtime ------------------------------------------------------------
+
+
+def test_real_world_images_good_and_bad_through_the_runtime(tmp_path: Path) -> None:
+    # The kinds the handler tests above take one by one, each as a job run by run_step (claim,
+    # warm runner, recorded outputs): what a worker does with an upload.
+    from PIL import ExifTags
+
+    sideways = photo((800, 400))
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    cmyk = Image.new("CMYK", (600, 400), (0, 255, 255, 0))
+    palette = Image.new("P", (300, 200), 0)
+    palette.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    palette.paste(1, (150, 0, 300, 200))
+    good = {
+        "sideways.jpg": encode(sideways, "JPEG", exif=exif.tobytes()),
+        "progressive.jpg": encode(photo((1000, 700)), "JPEG", progressive=True),
+        "cmyk.jpg": encode(cmyk, "JPEG"),
+        "sixteen.png": encode(Image.new("I;16", (300, 300), 40000), "PNG"),
+        "palette.png": encode(palette, "PNG", transparency=0),
+        "wave.gif": _gif([RED, BLUE]),
+    }
+    bad = {"truncated.jpg": encode(photo(), "JPEG")[:2000], "empty.jpg": b"", "notes.jpg": b"just some text\n"}
+    service = make_service(tmp_path, [{"function": "thumbnail", "params": {"sizes": [128], "format": "png"}}])
+    outcomes = {}
+    for key, data in {**good, **bad}.items():
+        job = upload(service, key, data)
+        run_step(service, job.id, 0, "w")
+        done = service.db.get_job(job.id)
+        assert done is not None
+        outcomes[key] = done
+    for key in good:
+        assert outcomes[key].status == "succeeded", (key, outcomes[key].error)
+        (made,) = outcomes[key].outputs
+        assert max(Image.open(service.storage.open("out", made.key)).size) == 128, key
+    upright = Image.open(service.storage.open("out", outcomes["sideways.jpg"].outputs[0].key))
+    assert upright.height > upright.width  # turned as the camera said
+    for key in bad:
+        assert outcomes[key].status == "failed" and "not a readable image" in (outcomes[key].error or ""), \
+            (key, outcomes[key].error)
+        assert [a.status for a in outcomes[key].attempts] == ["failed"]  # not retried: the same bytes fail again
