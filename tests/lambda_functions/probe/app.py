@@ -52,7 +52,7 @@ def _what_the_worker_left():
     import gc
     import sys
 
-    engines = [o for o in gc.get_objects() if type(o).__name__ == "Engine"]
+    engines = [str(o.url) for o in gc.get_objects() if type(o).__name__ == "Engine"]
     celery = sys.modules.get("fileproc.runtime.app")
     broker = celery.celery_app.conf.broker_url if celery else None
-    return {"engines": len(engines), "broker": broker}
+    return {"engines": engines, "broker": broker}
