@@ -362,6 +362,9 @@ def embedded(files: list[Path], latency: list[Path], tmp: Path) -> Result:
     serve = _Process(config, ["serve", "--port", str(port)], root / "serve.log")
     try:
         _wait(lambda: _healthy(port) and uploads.is_dir(), 60, "fileproc serve", serve, every=0.2)
+        # As on the S3 path: the burst meets a started service (its worker's start is not counted).
+        _wait(lambda: "celery.apps.worker" in serve.log.read_text(errors="replace"), 60, "serve's worker", serve,
+              every=0.2)
         seconds, cpu = _burst(upload, [p.name for p in files], derived, root / "data" / "state.db", serve,
                               serve.popen.pid)
         first, done = _one_at_a_time(upload, [p.name for p in latency], derived, serve)
