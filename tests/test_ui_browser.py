@@ -89,6 +89,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             {"name": "thumbnails", "match": {"bucket": "uploads", "suffix": [".jpg", ".png"]},
              "steps": [{"function": "thumbnail", "params": {"sizes": [128]}}],
              "output": {"bucket": "derived", "key": "{pipeline}/{key}/{name}"}},
+            {"name": "documents", "match": {"bucket": "docs"}, "steps": [{"function": "index"}],
+             "output": {"bucket": "derived", "key": "{pipeline}/{key}/{name}"}},
             {"name": "gated", "match": {"bucket": "inbox"},
              "steps": [{"function": "gate", "params": {"marker": str(root / "open")}}],
              "output": {"bucket": "derived", "key": "{pipeline}/{key}/{name}"}},
@@ -210,3 +212,30 @@ def test_overview_and_why_show_what_happened(site: Site) -> None:
     text = site.text()
     assert "watcher" in text and "in storage" in text
     site.screenshot("why")
+
+
+def test_an_uploaded_document_is_found_by_search_and_usage_counts_each_function(site: Site) -> None:
+    # Last in this file: the overview above counts the jobs of the hour.
+    site.log_in()
+    (site.buckets / "docs").mkdir(exist_ok=True)
+    (site.buckets / "docs" / "harbour.txt").write_text(
+        "The lighthouse keeper logged every ship that entered the harbour after dusk.\n")
+    site.open("/ui/jobs?pipeline=documents")
+    site.wait(seen.text_to_be_present_in_element((By.CSS_SELECTOR, "table"), "succeeded"), 60)
+
+    def found(browser: WebDriver) -> bool:  # the indexer commits in batches: search again until it shows
+        site.open("/ui/search?q=lighthouse")
+        return bool(browser.find_elements(By.CSS_SELECTOR, ".hits mark"))
+
+    site.wait(found, 60)
+    hit = site.browser.find_element(By.CSS_SELECTOR, ".hits li")
+    assert "docs/harbour.txt" in hit.text
+    assert [m.text for m in hit.find_elements(By.TAG_NAME, "mark")] == ["lighthouse"]
+    site.screenshot("search")
+
+    site.open("/ui/usage?since=1d")
+    rows = {row.find_element(By.TAG_NAME, "code").text: row.text
+            for row in site.browser.find_elements(By.CSS_SELECTOR, "table.list tbody tr")}
+    assert {"thumbnail", "gate", "index"} <= set(rows), rows
+    assert rows["index"].split()[1] == "1"  # one request: the document above
+    site.screenshot("usage")
