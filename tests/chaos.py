@@ -30,7 +30,7 @@ from minio import Minio
 from fileproc.state import Database, Job
 from tests.netns import Host
 from tests.procs import FUNCTIONS_DIR, Process, wait_for, write_config
-from tests.servers import Versitygw, free_port, versitygw_server
+from tests.servers import Versitygw, free_port, read_object, versitygw_server
 
 WEBHOOK_TOKEN = "hook-" + os.urandom(8).hex()
 ADMIN_TOKEN = "admin-" + os.urandom(8).hex()
@@ -130,12 +130,7 @@ class Deployment:
                 self.client.make_bucket(bucket)
 
     def read(self, bucket: str, key: str) -> bytes:
-        response = self.client.get_object(bucket, key)
-        try:
-            return response.read()
-        finally:
-            response.close()
-            response.release_conn()
+        return read_object(self.client, bucket, key)
 
     # -- state --------------------------------------------------------------
 

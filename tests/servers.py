@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import ip_network
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -263,6 +264,16 @@ class Versitygw:
     def url(self) -> str:
         """The endpoint as an http URL."""
         return f"http://{self.endpoint}"
+
+
+def read_object(client: Any, bucket: str, key: str) -> bytes:
+    """The whole of ``bucket/key`` through a minio client, its connection given back."""
+    response = client.get_object(bucket, key)
+    try:
+        return bytes(response.read())
+    finally:
+        response.close()
+        response.release_conn()
 
 
 def versitygw_binary() -> str:

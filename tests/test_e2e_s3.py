@@ -23,7 +23,7 @@ from PIL import Image
 
 from tests.helpers import image_bytes
 from tests.procs import FUNCTIONS_DIR, Process, fileproc, jobs, settled, wait_for, wait_healthy, write_config
-from tests.servers import Versitygw, free_port
+from tests.servers import Versitygw, free_port, read_object
 
 pytestmark = pytest.mark.services
 
@@ -49,12 +49,7 @@ class Stack:
         self.client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
 
     def read(self, bucket: str, key: str) -> bytes:
-        response = self.client.get_object(bucket, key)
-        try:
-            return response.read()
-        finally:
-            response.close()
-            response.release_conn()
+        return read_object(self.client, bucket, key)
 
     def worker(self, name: str = "worker") -> Process:
         process = Process(self.config, ["worker", "--concurrency", "1"], self.tmp / f"{name}.log")
