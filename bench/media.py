@@ -36,25 +36,16 @@ from typing import Any
 from PIL import Image, ImageFilter
 
 from fileproc import dispatch
-from fileproc.config import load_settings
 from fileproc.events import ObjectEvent
 from fileproc.runtime.runner import run_step
 from fileproc.service import Service
-from tests.helpers import invocation
-from tests.procs import write_config
+from tests.helpers import invocation, local_service
 from workers import thumbnail
 
 
 def service_for(tmp: Path, steps: list[dict[str, Any]]) -> Service:
-    tmp.mkdir(parents=True, exist_ok=True)
-    config = write_config(tmp / "fileproc.toml", {
-        "data_dir": str(tmp / "data"),
-        "pipelines": [{"name": "bench", "match": {"bucket": "inbox"}, "steps": steps,
-                       "output": {"bucket": "out", "key": "{key}/{name}"}}],
-    })
-    service = Service(load_settings(config, env={}))
-    service.prepare_buckets()
-    return service
+    return local_service(tmp, [{"name": "bench", "match": {"bucket": "inbox"}, "steps": steps,
+                                "output": {"bucket": "out", "key": "{key}/{name}"}}])
 
 
 def through_runtime(service: Service, key: str, source: Path) -> Any:

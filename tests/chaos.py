@@ -30,7 +30,7 @@ from minio import Minio
 from fileproc.state import Database, Job
 from tests.netns import Host
 from tests.procs import FUNCTIONS_DIR, Process, wait_for, write_config
-from tests.servers import Versitygw, free_port, read_object, versitygw_server
+from tests.servers import Versitygw, free_port, read_from_s3, versitygw_server
 
 WEBHOOK_TOKEN = "hook-" + os.urandom(8).hex()
 ADMIN_TOKEN = "admin-" + os.urandom(8).hex()
@@ -130,7 +130,7 @@ class Deployment:
                 self.client.make_bucket(bucket)
 
     def read(self, bucket: str, key: str) -> bytes:
-        return read_object(self.client, bucket, key)
+        return read_from_s3(self.client, bucket, key)
 
     # -- state --------------------------------------------------------------
 

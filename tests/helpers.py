@@ -19,13 +19,16 @@ import logging
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from fileproc import Context, InputObject, OutputWriter
 from fileproc.events import ObjectEvent
 from fileproc.storage import Storage
+
+if TYPE_CHECKING:
+    from fileproc.service import Service
 
 OUTPUT_BUCKET = "out"
 """Where :func:`invocation` sends outputs unless told otherwise (created if missing)."""
@@ -85,6 +88,28 @@ def read_object(storage: Storage, bucket: str, key: str) -> bytes:
     """The whole stored object (tests only: objects here are small)."""
     with storage.open(bucket, key) as stream:
         return stream.read()
+
+
+def local_service(folder: Path, pipelines: list[dict[str, Any]], **settings: Any) -> Service:
+    """A service on folders and SQLite under ``folder`` with the test functions, ``pipelines`` and
+    any other ``settings`` sections; its buckets made.
+
+    Example::
+
+        service = local_service(tmp_path, [{"name": "p", "match": {"bucket": "inbox"},
+                                            "steps": [{"function": "thumbnail"}], "output": {"bucket": "out"}}])
+    """
+    from fileproc.config import load_settings
+    from fileproc.service import Service
+    from tests.procs import FUNCTIONS_DIR, write_config
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = write_config(folder / "fileproc.toml", {
+        "data_dir": str(folder / "data"), "functions": {"paths": [str(FUNCTIONS_DIR)]}, "pipelines": pipelines,
+        **settings})
+    service = Service(load_settings(config, env={}))
+    service.prepare_buckets()
+    return service
 
 
 def image_bytes(width: int = 800, height: int = 600, color: str = "teal", fmt: str = "JPEG") -> bytes:

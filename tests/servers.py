@@ -266,7 +266,7 @@ class Versitygw:
         return f"http://{self.endpoint}"
 
 
-def read_object(client: Any, bucket: str, key: str) -> bytes:
+def read_from_s3(client: Any, bucket: str, key: str) -> bytes:
     """The whole of ``bucket/key`` through a minio client, its connection given back."""
     response = client.get_object(bucket, key)
     try:

@@ -20,10 +20,9 @@ from fileproc.events import ObjectEvent
 from fileproc.runtime.runner import run_step
 from fileproc.service import Service
 from fileproc.state import Job
-from tests.helpers import image_bytes
+from tests.helpers import image_bytes, local_service
 from tests.procs import Process, fileproc, wait_for, wait_healthy, write_config
 from tests.servers import free_port
-from tests.test_runner import FUNCTIONS_DIR
 
 REMOVED = "s3:ObjectRemoved:Delete"
 
@@ -34,11 +33,7 @@ def service_for(tmp_path: Path, on_delete: str | None) -> Service:
                                 "output": {"bucket": "out", "key": "{key}/{name}"}}
     if on_delete:
         pipeline["on_delete"] = on_delete
-    config = write_config(tmp_path / "fileproc.toml", {
-        "data_dir": str(tmp_path / "data"), "functions": {"paths": [str(FUNCTIONS_DIR)]}, "pipelines": [pipeline]})
-    service = Service(load_settings(config, env={}))
-    service.prepare_buckets()
-    return service
+    return local_service(tmp_path, [pipeline])
 
 
 def put_and_run(service: Service, key: str, data: bytes) -> Job:

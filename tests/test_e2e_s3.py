@@ -23,7 +23,7 @@ from PIL import Image
 
 from tests.helpers import image_bytes
 from tests.procs import FUNCTIONS_DIR, Process, fileproc, jobs, settled, wait_for, wait_healthy, write_config
-from tests.servers import Versitygw, free_port, read_object
+from tests.servers import Versitygw, free_port, read_from_s3
 
 pytestmark = pytest.mark.services
 
@@ -49,7 +49,7 @@ class Stack:
         self.client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
 
     def read(self, bucket: str, key: str) -> bytes:
-        return read_object(self.client, bucket, key)
+        return read_from_s3(self.client, bucket, key)
 
     def worker(self, name: str = "worker") -> Process:
         process = Process(self.config, ["worker", "--concurrency", "1"], self.tmp / f"{name}.log")

@@ -19,21 +19,14 @@ from fileproc.runtime.runner import run_step
 from fileproc.service import Service
 from fileproc.state import Job, StepStart
 from fileproc.state.models import JobRow
-from tests.helpers import image_bytes
-from tests.procs import FUNCTIONS_DIR, process_running, write_config
+from tests.helpers import image_bytes, local_service
+from tests.procs import process_running, write_config
 from tests.servers import free_port
 
 
 def make_service(tmp_path: Path, steps: list[dict[str, Any]]) -> Service:
-    config = write_config(tmp_path / "fileproc.toml", {
-        "data_dir": str(tmp_path / "data"),
-        "functions": {"paths": [str(FUNCTIONS_DIR)]},
-        "pipelines": [{"name": "p", "match": {"bucket": "inbox"}, "steps": steps,
-                       "output": {"bucket": "out", "key": "{key}/{name}"}}],
-    })
-    service = Service(load_settings(config, env={}))
-    service.prepare_buckets()
-    return service
+    return local_service(tmp_path, [{"name": "p", "match": {"bucket": "inbox"}, "steps": steps,
+                                     "output": {"bucket": "out", "key": "{key}/{name}"}}])
 
 
 def upload(service: Service, key: str, data: bytes) -> Job:
