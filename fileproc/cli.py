@@ -10,7 +10,6 @@ import contextlib
 import gc
 import json
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -145,7 +144,7 @@ def worker(state: State, queues: str | None, concurrency: int | None) -> None:
     Example:
         fileproc --config prod.toml worker --queues thumbnail --concurrency 4
     """
-    from fileproc.runtime.app import celery_app
+    from fileproc.runtime.app import run_worker
     from fileproc.runtime.runner import clean_scratch
     from fileproc.runtime.tasks import bind_service
     from fileproc.service import setup_worker_logging
@@ -155,14 +154,8 @@ def worker(state: State, queues: str | None, concurrency: int | None) -> None:
     clean_scratch(service)
     bind_service(service)
     chosen = queues or ",".join(state.settings.worker.queues or service.queues())
-    argv = [
-        *setup_worker_logging(state.settings), "worker", "--queues", chosen,
-        "--concurrency", str(concurrency or state.settings.worker.concurrency),
-        "--hostname", f"fileproc-{os.getpid()}@{socket.gethostname()}",
-        "--loglevel", state.settings.log_level.upper(),
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
-    ]
-    celery_app.worker_main(argv)
+    setup_worker_logging(state.settings)
+    sys.exit(run_worker(chosen, concurrency or state.settings.worker.concurrency, state.settings.log_level))
 
 
 def _split_target(target: str) -> tuple[str, str]:

@@ -137,22 +137,17 @@ CELERY_CHATTER = (
 """Celery loggers whose INFO lines name task ids, not jobs: a worker shows them at DEBUG only."""
 
 
-def setup_worker_logging(settings: Settings) -> list[str]:
+def setup_worker_logging(settings: Settings) -> None:
     """Logging for ``fileproc worker``: fileproc's own lines, without Celery's chatter.
 
     Sets up logging like every command, then hides Celery's per-task lines
-    (unless ``log_level`` is DEBUG). Returns Celery's options that go with it,
-    to pass before the ``worker`` sub-command; ``--quiet`` drops the banner::
-
-        celery_app.worker_main([*setup_worker_logging(settings), "worker", "--queues", ...])
-
-    Celery's warnings and errors, and its one "ready." line, still show.
+    (unless ``log_level`` is DEBUG); the worker is started ``quiet`` (no
+    banner). Celery's warnings and errors, and its one "ready." line, still show.
     """
     setup_logging(settings)
     if settings.log_level != "DEBUG":
         for name in CELERY_CHATTER:
             logging.getLogger(name).setLevel(logging.WARNING)
-    return ["--quiet"]
 
 
 def setup_logging(settings: Settings) -> None:

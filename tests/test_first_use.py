@@ -191,16 +191,15 @@ def test_a_worker_prints_no_banner_and_no_task_ids(tmp_path: Path, redis_url: st
     script = tmp_path / "worker.py"
     script.write_text(
         "from fileproc.config import load_settings\n"
-        "from fileproc.runtime.app import celery_app\n"
+        "from fileproc.runtime.app import run_worker\n"
         "from fileproc.runtime.tasks import bind_service\n"
         "from fileproc.service import Service, setup_worker_logging\n"
         "settings = load_settings()\n"
         "service = Service(settings)\n"
         "service.prepare_buckets()\n"
         "bind_service(service)\n"
-        "celery_app.worker_main([*setup_worker_logging(settings), 'worker', '--queues', 'thumbnail',\n"
-        "                        '--concurrency', '1', '--pool', 'solo', '--without-gossip', '--without-mingle',\n"
-        "                        '--without-heartbeat', '--loglevel', 'INFO'])\n")
+        "setup_worker_logging(settings)\n"
+        "run_worker('thumbnail', 1, 'INFO', pool_cls='solo')\n")
     env = {**os.environ, "FILEPROC_DATA_DIR": str(tmp_path / "data"), "FILEPROC_BROKER_URL": redis_url,
            "FILEPROC_WORKER_QUEUES": "thumbnail"}
     log = tmp_path / "worker.log"
