@@ -10,9 +10,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import shutil
 import tempfile
+import tomllib
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -136,9 +138,6 @@ def test_a_deployed_handler_gets_lambdas_event_context_environment_and_its_requi
     assert env["AWS_LAMBDA_LOG_STREAM_NAME"] == context["stream"] and env["GREETING"] == "hi"
     assert env["AWS_REGION"] == "us-east-1" and env["AWS_EXECUTION_ENV"].startswith("AWS_Lambda_python3")
     assert not [name for name in env if name.startswith("FILEPROC_")]  # nothing of fileproc's
-    # Nor the worker's database engine (the test process holds other tests' too) or the broker's URL.
-    reachable = result["reachable"]
-    assert reachable["broker"] is None and not [url for url in reachable["engines"] if str(tmp_path) in url]
     # /tmp is the function's own (a tmpfs in a mount namespace of its runner), as on Lambda.
     assert env["TMPDIR"] == "/tmp" and Path(result["tmp"]).parent == Path("/tmp")
     assert marker.name not in result["tmp_listing"]  # the host's /tmp is not seen...
@@ -157,6 +156,53 @@ def test_a_deployed_handler_gets_lambdas_event_context_environment_and_its_requi
     assert re.search(rf"REPORT RequestId: {request_id}\tDuration: [\d.]+ ms\tBilled Duration: {attempt.billed_ms} ms"
                      rf"\tMemory Size: 256 MB\tMax Memory Used: \d+ MB\n$", log)
     assert fileproc(config, "logs", "peek", "--request", request_id) == log
+
+
+def test_a_deployed_functions_runner_holds_nothing_of_the_worker(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its runner is a fresh interpreter: no descriptor, variable, object or secret of the worker's."""
+    code = tmp_path / "probe"
+    shutil.copytree(SAMPLES / "probe", code)
+    secrets = {"api": {"admin_token": "worker-admin-token-0a1b2c", "webhook_token": "worker-webhook-token-3d4e5f"},
+               "broker": {"url": "redis://:worker-broker-password@127.0.0.1:1/0"},
+               "storage": {"access_key": "worker-access-key", "secret_key": "worker-s3-secret-6a7b8c"}}
+    config = make_config(tmp_path, [{"function": "peek"}])
+    write_config(config, {**tomllib.loads(config.read_text()), **secrets})
+    settings = load_settings(config, env={})
+    values = [settings.database_url, settings.api.admin_token.get_secret_value(),
+              settings.api.webhook_token.get_secret_value(), settings.broker.url.get_secret_value(),
+              settings.storage.secret_key.get_secret_value(), "the worker's, not the function's"]
+    hashes = {hashlib.sha256(value.encode()).hexdigest(): value for value in values}
+    deploy(config, code, "peek", "app.handler", "--env", f"SECRET_HASHES={','.join(hashes)}")
+    monkeypatch.setenv("FILEPROC_TEST_SECRET", "the worker's, not the function's")
+    service = service_for(config)
+    state = (settings.data_dir / "state.db").resolve()
+    held = {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}")}
+    assert f"{state}-shm" in held or str(state) in held  # the worker has them open: a fork would inherit them
+
+    done = run(service, upload(service, "a.txt"))
+    assert done.status == "succeeded", done.attempts
+    seen = done.attempts[0].result["reachable"]
+    targets = sorted(seen["descriptors"].values())
+    # stdin, stdout and stderr are /dev/null (an invocation's output goes to the runner's own memory file),
+    # one socket (its channel to the worker), the listing's own folder: nothing else.
+    assert [t for t in targets if t.startswith("socket:")] and len([t for t in targets if t.startswith("socket:")]) == 1
+    others = [t for t in targets if not t.startswith(("socket:", "/dev/null", "/memfd:fileproc-invocation-output"))
+              and t != f"/proc/{done.attempts[0].result['pid']}/fd"]
+    assert others == [], seen["descriptors"]
+    assert not [t for t in targets if str(state) in t or str(settings.data_dir.resolve()) in t]
+    # What it was started with is Lambda's environment, whatever the worker's held.
+    started = set(seen["initial_environment"])
+    assert "AWS_LAMBDA_FUNCTION_NAME" in started and "SECRET_HASHES" in started
+    assert not [name for name in started if name.startswith("FILEPROC_")] and "PYTEST_CURRENT_TEST" not in started
+    # None of the worker's secrets, settings, database or broker objects in its memory.
+    assert [hashes[found] for found in seen["secrets"]] == []
+    assert seen["objects"] == []
+    loaded = set(seen["modules"])
+    for module in ("fileproc.config", "fileproc.service", "fileproc.state", "fileproc.runtime.app", "sqlalchemy",
+                   "celery", "kombu", "pydantic", "fastapi"):
+        assert module not in loaded, f"{module} is loaded in the function's runner"
 
 
 def test_deploy_rollback_and_pinned_versions_reach_a_running_worker(tmp_path: Path) -> None:

@@ -21,6 +21,11 @@ A runner keeps everything a step ran in a process of its own had before:
 - peak memory per step, from the kernel's high-water mark (``VmHWM``, reset
   before each step through ``/proc/self/clear_refs``).
 
+A deployed (user) function's runner is not forked but *spawned*
+(:class:`Spawn`): a fresh interpreter exec'd with a clean environment, no
+descriptor of the worker but its socket, and nothing of the worker's memory;
+it speaks the same protocol and runs the same loop (:func:`serve`).
+
 A runner is replaced (killed; the next step gets a new, cold one) when its
 step timed out, ran out of memory, crashed, was cancelled, or when it holds
 more than its memory limit beyond what it held when it was new (a leak:
@@ -77,6 +82,26 @@ class Retire:
     reason: str
 
 
+@dataclass(frozen=True)
+class Spawn:
+    """How to start a runner as a fresh interpreter instead of a fork of the worker.
+
+    The runner is ``python -I -S -c BOOT`` running ``module.main()`` (which
+    calls :func:`serve`), started with ``env`` as its whole environment, in
+    ``cwd``, with every descriptor closed but its socket. ``setup`` (plain,
+    picklable data: the new interpreter has none of the worker's classes) is
+    the first message it reads, before any step. ``path`` is its
+    ``sys.path``: the worker's own (site-packages already expanded), so
+    ``site`` need not run.
+    """
+
+    module: str
+    setup: Any
+    env: dict[str, str]
+    cwd: str | None = None
+    path: tuple[str, ...] = ()
+
+
 @dataclass
 class _Runner:
     pid: int
@@ -95,13 +120,16 @@ class RunnerPool:
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
-    def run(self, key: Hashable, owner: object, work: Work, request: Any, *, timeout: float, memory_mb: int,
-            cancel: threading.Event | None = None, warm: Callable[[], None] | None = None) -> ChildResult:
+    def run(self, key: Hashable, owner: object, work: Work | None, request: Any, *, timeout: float,
+            memory_mb: int, cancel: threading.Event | None = None, warm: Callable[[], None] | None = None,
+            spawn: Spawn | None = None) -> ChildResult:
         """Run ``work(request)`` in a runner for ``key`` and say how it ended.
 
         ``work`` and ``warm`` are used only when a new runner is forked (they
         are what it runs); ``request`` and what ``work`` returns must pickle.
-        Setting ``cancel`` stops the step (and its runner) at once.
+        With ``spawn``, a new runner is a fresh interpreter instead, and what
+        it runs is its module's. Setting ``cancel`` stops the step (and its
+        runner) at once.
         """
         started = time.monotonic()
         message = pickle.dumps(request)
@@ -114,7 +142,7 @@ class RunnerPool:
                 self._stop(runner)
                 runner, cold = None, True
         if runner is None:
-            runner = _start(key, owner, work, warm, memory_mb)
+            runner = _spawn(key, owner, spawn) if spawn else _start(key, owner, work, warm, memory_mb)
             with contextlib.suppress(OSError):  # if it died at once, it is reported as a crash below
                 _send(runner.sock, message)
         runner.steps += 1
@@ -225,7 +253,9 @@ class RunnerPool:
 # --- the runner process --------------------------------------------------------------------
 
 
-def _start(key: Hashable, owner: object, work: Work, warm: Callable[[], None] | None, memory_mb: int) -> _Runner:
+def _start(key: Hashable, owner: object, work: Work | None, warm: Callable[[], None] | None,
+           memory_mb: int) -> _Runner:
+    assert work is not None, "a forked runner needs its work"
     ours, theirs = socket.socketpair()
     pid = os.fork()
     if pid == 0:  # the runner
@@ -243,14 +273,46 @@ def _start(key: Hashable, owner: object, work: Work, warm: Callable[[], None] | 
     return _Runner(pid, ours, key, owner)
 
 
+_BOOT = "import sys; sys.path[:] = sys.argv[4:]; import importlib; importlib.import_module(sys.argv[1]).main()"
+
+
+def _spawn(key: Hashable, owner: object, spawn: Spawn) -> _Runner:
+    """Start a runner as a fresh interpreter (``python -c BOOT MODULE FD PARENT PATH...``)."""
+    import subprocess
+
+    ours, theirs = socket.socketpair()
+    try:
+        argv = [sys.executable, "-I", "-S", "-c", _BOOT, spawn.module, str(theirs.fileno()), str(os.getpid()),
+                *spawn.path]
+        # close_fds: the runner gets its socket and /dev/null as stdio, nothing else of the worker's.
+        child = subprocess.Popen(argv, env=spawn.env, cwd=spawn.cwd, close_fds=True, pass_fds=(theirs.fileno(),),
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 process_group=0)
+    finally:
+        theirs.close()
+    # The pool reaps its runners itself (os.wait4, for their peak memory): the Popen object must
+    # neither reap it nor warn about it when it goes.
+    child.returncode = 0
+    _send(ours, pickle.dumps(spawn.setup))
+    return _Runner(child.pid, ours, key, owner)
+
+
 def _serve(sock: socket.socket, work: Work, warm: Callable[[], None] | None, memory_mb: int) -> None:
-    """The runner's life: warm up, then run steps until told to stop (EOF) or replaced."""
+    """A forked runner's life: let go of what it inherited from the worker, then :func:`serve`."""
     os.setpgid(0, 0)
+    _forget_inherited_runners()
+    _detach_inherited_pipes_and_sockets(keep=sock.fileno())
+    serve(sock, work, warm, memory_mb)
+
+
+def serve(sock: socket.socket, work: Work, warm: Callable[[], None] | None, memory_mb: int) -> None:
+    """The runner's life: warm up, then run steps until told to stop (EOF) or replaced.
+
+    Runs in the runner (forked or spawned), in a process group of its own.
+    """
     die_with_parent()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
-    _forget_inherited_runners()
-    _detach_inherited_pipes_and_sockets(keep=sock.fileno())
     _become_subreaper()
     if warm is not None:
         try:
@@ -265,7 +327,7 @@ def _serve(sock: socket.socket, work: Work, warm: Callable[[], None] | None, mem
     hard = (new["VmSize"] + 2 * limit) * 1024
     held = new  # what the runner holds between steps (it does nothing while idle: read once per step)
     while True:
-        data = _read_message(sock)
+        data = read_message(sock)
         if data is None:
             return
         _limit_address_space((held["VmSize"] + limit) * 1024, hard)
@@ -472,7 +534,7 @@ def _send(sock: socket.socket, data: bytes) -> None:
     sock.sendall(_HEADER.pack(len(data)) + data)
 
 
-def _read_message(sock: socket.socket) -> bytes | None:
+def read_message(sock: socket.socket) -> bytes | None:
     """The next message, blocking (None at EOF: the worker closed the socket)."""
     header = _read_exactly(sock, _HEADER.size)
     if header is None:
@@ -550,4 +612,4 @@ def warm_hook(handler: Callable[..., Any]) -> Callable[[], None] | None:
 
 os.register_at_fork(after_in_child=_pool._after_fork_in_child)
 
-__all__ = ["IDLE_SECONDS", "MAX_IDLE", "Retire", "RunnerPool", "pool", "warm_hook"]
+__all__ = ["IDLE_SECONDS", "MAX_IDLE", "Retire", "RunnerPool", "Spawn", "pool", "read_message", "serve", "warm_hook"]

@@ -4,13 +4,12 @@ Resolved on every step, from the state database, so a deploy or a rollback
 reaches every worker without a restart; an alias is trusted for
 ``functions.alias_seconds`` (default 2 s), a version number for good
 (versions never change). The spec of a version is built once per worker
-process: its handler (:class:`~.lambda_runtime.LambdaHandler`) is what its
-warm runners load.
+process: its handler (:class:`~.lambda_runtime.LambdaHandler`) says how its
+warm runners start.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 import threading
 import time
@@ -95,8 +94,6 @@ class Catalog:
                 writable += [settings.buckets_dir.resolve(), data_dir / "tmp"]
             handler = LambdaHandler(version, folder, environment(settings, version, folder), data_dir / "scratch",
                                     settings.functions.bucket, writable)
-            with contextlib.suppress(ImportError):  # loaded once here: each runner forked from us has it warm
-                import boto3  # noqa: F401
             spec = FunctionSpec(version.function, handler, queue=USER_QUEUE, timeout=version.timeout,
                                 memory_mb=version.memory_mb, retries=version.retries,
                                 source=f"deployed {version.function}:{version.version}",
