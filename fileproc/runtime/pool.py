@@ -22,9 +22,15 @@ A runner keeps everything a step ran in a process of its own had before:
   before each step through ``/proc/self/clear_refs``).
 
 A deployed (user) function's runner is not forked but *spawned*
-(:class:`Spawn`): a fresh interpreter exec'd with a clean environment, no
+(:class:`Spawn`): a fresh interpreter exec'd with an empty environment, no
 descriptor of the worker but its socket, and nothing of the worker's memory;
-it speaks the same protocol and runs the same loop (:func:`serve`).
+it speaks the same protocol and runs the same loop (:func:`serve`). Its
+first message gives it its environment, working folder and setup
+(:func:`spawned_setup`). So that a cold start does not wait for an
+interpreter to start and import the runtime, the pool keeps one such
+interpreter started ahead (a *spare*, per runner module), not yet given to
+any function: the next new runner of any deployed version takes it, and
+another is started at once.
 
 A runner is replaced (killed; the next step gets a new, cold one) when its
 step timed out, ran out of memory, crashed, was cancelled, or when it holds
@@ -87,10 +93,11 @@ class Spawn:
     """How to start a runner as a fresh interpreter instead of a fork of the worker.
 
     The runner is ``python -I -S -c BOOT`` running ``module.main()`` (which
-    calls :func:`serve`), started with ``env`` as its whole environment, in
-    ``cwd``, with every descriptor closed but its socket. ``setup`` (plain,
-    picklable data: the new interpreter has none of the worker's classes) is
-    the first message it reads, before any step. ``path`` is its
+    calls :func:`spawned_setup`, then :func:`serve`), started with an empty
+    environment and every descriptor closed but its socket. Its first
+    message makes ``env`` its whole environment and ``cwd`` its working
+    folder, and gives it ``setup`` (plain, picklable data: the new
+    interpreter has none of the worker's classes). ``path`` is its
     ``sys.path``: the worker's own (site-packages already expanded), so
     ``site`` need not run.
     """
@@ -117,6 +124,7 @@ class RunnerPool:
 
     def __init__(self) -> None:
         self._idle: list[_Runner] = []  # least recently used first
+        self._spares: dict[Hashable, _Runner] = {}  # interpreters started ahead, by module and path
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
@@ -142,7 +150,7 @@ class RunnerPool:
                 self._stop(runner)
                 runner, cold = None, True
         if runner is None:
-            runner = _spawn(key, owner, spawn) if spawn else _start(key, owner, work, warm, memory_mb)
+            runner = self._spawned(key, owner, spawn) if spawn else _start(key, owner, work, warm, memory_mb)
             with contextlib.suppress(OSError):  # if it died at once, it is reported as a crash below
                 _send(runner.sock, message)
         runner.steps += 1
@@ -180,10 +188,13 @@ class RunnerPool:
             left_running=payload.get("left_running", 0), **common,
         )
 
-    def close(self) -> None:
-        """Stop every idle runner (at exit, or in tests)."""
+    def close(self, *, spares: bool = True) -> None:
+        """Stop every idle runner (at exit, or in tests), and the interpreters started ahead unless not ``spares``."""
         with self._lock:
             idle, self._idle = self._idle, []
+            if spares:
+                idle += self._spares.values()
+                self._spares = {}
         for runner in idle:
             self._stop(runner)
 
@@ -235,6 +246,28 @@ class RunnerPool:
             return None, 0
         return status, int(usage.ru_maxrss)
 
+    def _spawned(self, key: Hashable, owner: object, spawn: Spawn) -> _Runner:
+        """A new runner for ``spawn``: the interpreter started ahead if it is still there; another one ahead."""
+        interpreter = (spawn.module, spawn.path)
+        with self._lock:
+            self._forget_if_forked()
+            spare = self._spares.pop(interpreter, None)
+        if spare is not None:
+            try:
+                _send(spare.sock, _setup_message(spawn))
+            except OSError:  # it died while waiting (the OOM killer): start one now
+                self._stop(spare)
+                spare = None
+        runner = spare or _spawn(spawn)
+        runner.key, runner.owner = key, owner
+        ahead = _spawn(Spawn(spawn.module, None, {}, path=spawn.path), setup=False)
+        with self._lock:
+            surplus = self._spares.pop(interpreter, None)  # (another thread's, started meanwhile)
+            self._spares[interpreter] = ahead
+        if surplus is not None:
+            self._stop(surplus)
+        return runner
+
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()  # another thread may have held it at the fork
         self._forget_if_forked()
@@ -244,9 +277,9 @@ class RunnerPool:
         # runners: they are not its children and not its to use. Only close its copies of
         # the sockets (the parent's stay open).
         if self._pid != os.getpid():
-            for runner in self._idle:
+            for runner in [*self._idle, *self._spares.values()]:
                 runner.sock.close()
-            self._idle = []
+            self._idle, self._spares = [], {}
             self._pid = os.getpid()
 
 
@@ -276,16 +309,21 @@ def _start(key: Hashable, owner: object, work: Work | None, warm: Callable[[], N
 _BOOT = "import sys; sys.path[:] = sys.argv[4:]; import importlib; importlib.import_module(sys.argv[1]).main()"
 
 
-def _spawn(key: Hashable, owner: object, spawn: Spawn) -> _Runner:
-    """Start a runner as a fresh interpreter (``python -c BOOT MODULE FD PARENT PATH...``)."""
+def _spawn(spawn: Spawn, *, setup: bool = True) -> _Runner:
+    """Start a runner as a fresh interpreter (``python -c BOOT MODULE FD PARENT PATH...``).
+
+    Its setup is sent at once, or (``setup=False``: an interpreter started
+    ahead) when a function takes it.
+    """
     import subprocess
 
     ours, theirs = socket.socketpair()
     try:
         argv = [sys.executable, "-I", "-S", "-c", _BOOT, spawn.module, str(theirs.fileno()), str(os.getpid()),
                 *spawn.path]
-        # close_fds: the runner gets its socket and /dev/null as stdio, nothing else of the worker's.
-        child = subprocess.Popen(argv, env=spawn.env, cwd=spawn.cwd, close_fds=True, pass_fds=(theirs.fileno(),),
+        # An empty environment and close_fds: the runner gets its socket and /dev/null as stdio,
+        # nothing else of the worker's.
+        child = subprocess.Popen(argv, env={}, close_fds=True, pass_fds=(theirs.fileno(),),
                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                  process_group=0)
     finally:
@@ -293,8 +331,31 @@ def _spawn(key: Hashable, owner: object, spawn: Spawn) -> _Runner:
     # The pool reaps its runners itself (os.wait4, for their peak memory): the Popen object must
     # neither reap it nor warn about it when it goes.
     child.returncode = 0
-    _send(ours, pickle.dumps(spawn.setup))
-    return _Runner(child.pid, ours, key, owner)
+    runner = _Runner(child.pid, ours, None, None)
+    if setup:
+        with contextlib.suppress(OSError):  # if it died at once, it is reported as a crash
+            _send(ours, _setup_message(spawn))
+    return runner
+
+
+def _setup_message(spawn: Spawn) -> bytes:
+    return pickle.dumps({"env": spawn.env, "cwd": spawn.cwd, "setup": spawn.setup})
+
+
+def spawned_setup(sock: socket.socket) -> Any:
+    """In a spawned runner: wait for its first message, take its environment and folder, return its setup.
+
+    None if the worker closed the socket first (an interpreter started ahead, never used).
+    """
+    data = read_message(sock)
+    if data is None:
+        return None
+    first = pickle.loads(data)
+    os.environ.clear()
+    os.environ.update(first["env"])
+    if first["cwd"]:
+        os.chdir(first["cwd"])
+    return first["setup"]
 
 
 def _serve(sock: socket.socket, work: Work, warm: Callable[[], None] | None, memory_mb: int) -> None:
@@ -612,4 +673,5 @@ def warm_hook(handler: Callable[..., Any]) -> Callable[[], None] | None:
 
 os.register_at_fork(after_in_child=_pool._after_fork_in_child)
 
-__all__ = ["IDLE_SECONDS", "MAX_IDLE", "Retire", "RunnerPool", "Spawn", "pool", "read_message", "serve", "warm_hook"]
+__all__ = ["IDLE_SECONDS", "MAX_IDLE", "Retire", "RunnerPool", "Spawn", "pool", "read_message", "serve",
+           "spawned_setup", "warm_hook"]

@@ -2,13 +2,15 @@
 
 Started by the worker's pool (:class:`fileproc.runtime.pool.Spawn`) as
 ``python -I -S -c BOOT fileproc.serverless.bootstrap FD PARENT PATH...``,
-with Lambda's environment as its whole environment, the version's code
-folder as its working directory, /dev/null as stdin, stdout and stderr, and
-no other descriptor than its socket to the worker (``FD``). So it holds
+with an empty environment, /dev/null as stdin, stdout and stderr, and no
+other descriptor than its socket to the worker (``FD``). So it holds
 nothing of the worker: no open file (the state database, its ``-shm``, a
 broker or database connection), no object (settings, secrets, engines),
-none of its variables. It reads its setup (:meth:`.LambdaHandler.spawn`),
-loads the handler (:class:`.LoadedHandler`: private /tmp, Landlock, the
+none of its variables. It imports what it needs, then waits for its first
+message (the pool starts one ahead, so a cold start does not wait for
+this): Lambda's environment, the version's code folder as its working
+directory, and its setup (:meth:`.LambdaHandler.spawn`). It then loads the
+handler (:class:`.LoadedHandler`: private /tmp, Landlock, the
 module's import) and then runs invocations through the pool's own loop
 (:func:`fileproc.runtime.pool.serve`: memory limit, peak memory, leftover
 processes, leaks), one per message, until the worker closes the socket.
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
 import signal
 import socket
@@ -39,7 +40,7 @@ from fileproc.errors import kind_of
 from fileproc.events import ObjectEvent
 from fileproc.functions import Context, InputObject, OutputWriter
 from fileproc.processes import die_with_parent
-from fileproc.runtime.pool import Retire, read_message, serve
+from fileproc.runtime.pool import Retire, serve, spawned_setup
 from fileproc.serverless.lambda_runtime import LoadedHandler, invoke_lambda, step_outcome
 from fileproc.storage import Storage
 
@@ -55,10 +56,9 @@ def main() -> None:
         os._exit(1)
     signal.pthread_sigmask(signal.SIG_SETMASK, ())  # a mask is inherited across exec: start clean
     sock = socket.socket(fileno=fd)
-    data = read_message(sock)
-    if data is None:
-        return
-    setup = pickle.loads(data)
+    setup = spawned_setup(sock)  # (started ahead: it waits here, the runtime imported, for a function)
+    if setup is None:
+        os._exit(0)
     handler = LoadedHandler(setup)
     storage = cast(Storage, LazyStorage(setup["storage"]))
     memory_mb = setup["memory_mb"]

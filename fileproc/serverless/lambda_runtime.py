@@ -172,7 +172,13 @@ class LoadedHandler:
         self.writable = [Path(p) for p in setup["writable"]]
         self._handler: Any = None
         self._init_error: tuple[str, str] | None = None
+        self._init_output: Captured | None = None
         self.init_ms: float | None = None
+
+    def init_output(self) -> str:
+        """What the module printed or logged when it was imported (once: then it is "")."""
+        output, self._init_output = self._init_output, None
+        return output.text if output is not None else ""
 
     def load(self) -> None:
         """Lambda's environment, then the handler's module: once, before the runner's first step."""
@@ -187,7 +193,7 @@ class LoadedHandler:
         else:  # no mount namespace here (not root, or a container without CAP_SYS_ADMIN): TMPDIR only
             tmp = self.tmp_root / f"{os.getpid()}.tmp"
             tmp.mkdir(parents=True, exist_ok=True)
-        # The environment the runner was started with is Lambda's already: these two are its own.
+        # Its environment is Lambda's already (the pool's first message): these two are its own.
         os.environ.update({"TMPDIR": str(tmp), "AWS_LAMBDA_LOG_STREAM_NAME": log_stream_name(self.version)})
         tempfile.tempdir = str(tmp)
         limit = self.disk_mb * 1024 * 1024  # a file past it fails with EFBIG (Python ignores SIGXFSZ)
@@ -201,7 +207,8 @@ class LoadedHandler:
         _hook_boto3_when_imported()
         module_name, _, attribute = self.handler_name.rpartition(".")
         try:
-            module = importlib.import_module(module_name)
+            with captured_init() as self._init_output:  # what the module prints: in the first invocation's log
+                module = importlib.import_module(module_name)
         except Exception as exc:  # the user's module failing at import: reported on each invocation
             self._init_error = ("Runtime.ImportModuleError", f"Unable to import module '{module_name}': {exc}")
             return
@@ -336,6 +343,21 @@ def captured(request_id: str, version: str) -> Iterator[Captured]:
         if descriptors is not None:
             out.write(_restore_descriptors(*descriptors))
         out.write(f"END RequestId: {request_id}\n")
+
+
+@contextlib.contextmanager
+def captured_init() -> Iterator[Captured]:
+    """Capture what the handler's module prints or logs while it is imported (Lambda's init phase)."""
+    out = Captured()
+    saved = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = out
+    descriptors = _redirect_descriptors()
+    try:
+        yield out
+    finally:
+        sys.stdout, sys.stderr = saved
+        if descriptors is not None:
+            out.write(_restore_descriptors(*descriptors))
 
 
 _output_file: int | None = None  # a memory file for fd 1 and 2 during invocations, one per runner
@@ -505,7 +527,7 @@ def invoke_lambda(handler: LoadedHandler, event: dict[str, Any], context: Contex
                                      "requestId": context.aws_request_id, "stackTrace": []}
                 outcome["error"] = {"kind": "permanent", "type": "Runtime.MarshalError", "message": message,
                                     "traceback": None}
-    outcome["log"] = out.text
+    outcome["log"] = handler.init_output() + out.text
     found = []
     for bucket, key, etag in written():
         try:

@@ -16,6 +16,8 @@ logger.setLevel(logging.INFO)
 
 VERSION = "v-one"
 
+print("probe imported")  # Lambda's init phase: in the first invocation's log, before its START line
+
 
 def handler(event, context):
     mode = os.environ.get("MODE", "")
