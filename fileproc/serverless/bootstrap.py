@@ -55,6 +55,7 @@ def main() -> None:
     if os.getppid() != parent:  # the worker died before the line above: nobody to serve
         os._exit(1)
     signal.pthread_sigmask(signal.SIG_SETMASK, ())  # a mask is inherited across exec: start clean
+    _site_builtins()
     sock = socket.socket(fileno=fd)
     setup = spawned_setup(sock)  # (started ahead: it waits here, the runtime imported, for a function)
     if setup is None:
@@ -74,6 +75,16 @@ def main() -> None:
     except BaseException:
         os._exit(1)
     os._exit(0)
+
+
+def _site_builtins() -> None:
+    # Started with -S (the worker gives its sys.path, already expanded): the builtins `site`
+    # adds (exit, quit, help ...) are added here, for handlers that use them as on Lambda.
+    import site
+
+    site.setquit()
+    site.setcopyright()
+    site.sethelper()
 
 
 def run(handler: LoadedHandler, storage: Storage, call: dict[str, Any]) -> dict[str, Any]:

@@ -1,15 +1,15 @@
 """Lambda's execution environment, inside a warm runner of a deployed function version.
 
 Built in the worker (:func:`environment`: what the runner's environment
-holds) and applied in each new runner by :meth:`LambdaHandler.warm`, before
-the handler's module is imported:
+holds; :meth:`LambdaHandler.spawn`: how its runner starts) and applied in
+each new runner (a fresh interpreter, :mod:`.bootstrap`) by
+:meth:`LoadedHandler.load`, before the handler's module is imported:
 
-- the environment is *replaced*: Lambda's variables (``AWS_LAMBDA_*``,
+- the environment is Lambda's: its variables (``AWS_LAMBDA_*``,
   ``AWS_REGION``, ``LAMBDA_TASK_ROOT``, ``_HANDLER`` ...), the standard AWS
   variables that point boto3 at the configured S3-compatible store
   (``AWS_ENDPOINT_URL_S3``, credentials), the function's own ``--env``, and
-  nothing of fileproc's settings or secrets (the runner's copy of the
-  settings loses its secrets too);
+  nothing of fileproc's settings or secrets (the runner never had them);
 - a private writable folder as ``TMPDIR`` (and ``tempfile``'s folder), kept
   for the runner's life like Lambda's ``/tmp``; the package's folder is
   ``LAMBDA_TASK_ROOT`` and first on ``sys.path``, its requirements second;
@@ -123,6 +123,7 @@ class LambdaHandler:
         self.folder = folder
         self.env = env
         self.tmp_root = tmp_root
+        self._spawns: dict[int, Spawn] = {}
 
     def prepare(self, storage: Storage) -> None:
         """In the worker, before a runner starts: the version's package and requirements on this host."""
@@ -139,6 +140,9 @@ class LambdaHandler:
         folder, or the S3 endpoint and the credentials the function gets
         as ``AWS_*`` anyway.
         """
+        found = self._spawns.get(memory_mb)
+        if found is not None and found.setup["storage"] == storage:  # (built once: asked on every step)
+            return found
         import fileproc
         from fileproc.runtime.pool import Spawn
 
@@ -148,7 +152,9 @@ class LambdaHandler:
                  "tmp_root": str(self.tmp_root), "writable": [str(p) for p in self.writable], "storage": storage}
         # fileproc's own folder first (an editable install's is found by `site`, which the runner skips).
         path = (str(Path(fileproc.__file__).parent.parent), *(p for p in sys.path if p and os.path.isdir(p)))
-        return Spawn("fileproc.serverless.bootstrap", setup, self.env, cwd=str(self.folder / "code"), path=path)
+        spawn = Spawn("fileproc.serverless.bootstrap", setup, self.env, cwd=str(self.folder / "code"), path=path)
+        self._spawns[memory_mb] = spawn
+        return spawn
 
     def __call__(self, event: dict[str, Any], context: Any) -> Any:
         raise TypeError(f"{self.version.function} runs only in a runner of its own (LambdaHandler.spawn)")

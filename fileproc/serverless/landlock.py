@@ -7,8 +7,9 @@ the step scratch folders and, on the local backend, the storage's own. The
 restriction is the runner's and its children's for good, needs no
 privilege, and is skipped (False) where the kernel has no Landlock.
 
-Not covered: files the runner inherited open from the worker (Landlock
-checks a path when it is opened).
+Landlock checks a path when it is opened, so a file already open is not
+covered: a deployed function's runner has none of the worker's (it is a
+fresh interpreter, exec'd with every descriptor closed but its socket).
 """
 
 from __future__ import annotations
