@@ -194,6 +194,10 @@ def test_a_deployed_functions_runner_holds_nothing_of_the_worker(tmp_path: Path,
     assert not [t for t in targets if str(state) in t or str(settings.data_dir.resolve()) in t]
     # It was started with an empty environment (Lambda's came with its setup), whatever the worker's held.
     assert seen["initial_environment"] == []
+    # Nor can it look into the worker's memory or open files through /proc (Landlock keeps it from any
+    # process outside its domain).
+    assert seen["worker"]["mem"] == seen["worker"]["fd/0"] == "PermissionError"
+    # (Its /proc/PID/environ stays readable: Landlock does not cover it. The README says so.)
     # None of the worker's secrets, settings, database or broker objects in its memory.
     assert [hashes[found] for found in seen["secrets"]] == []
     assert seen["objects"] == []

@@ -215,6 +215,9 @@ class RunnerPool:
                 if now - runner.idle_since > IDLE_SECONDS:
                     self._idle.remove(runner)
                     expired.append(runner)
+            for interpreter, spare in list(self._spares.items()):  # no deployed function ran here lately
+                if now - spare.idle_since > IDLE_SECONDS:
+                    expired.append(self._spares.pop(interpreter))
             for runner in reversed(self._idle):  # the most recently used: its caches are warmest
                 if runner.key == key and runner.owner is owner:
                     self._idle.remove(runner)

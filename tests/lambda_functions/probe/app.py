@@ -98,5 +98,13 @@ def _what_the_worker_left():
         if isinstance(module, str) and module.startswith(("fileproc.config", "fileproc.service", "fileproc.state",
                                                           "sqlalchemy", "celery", "kombu", "pydantic")):
             kinds.add(f"{module}.{type(obj).__name__}")
-    return {"descriptors": descriptors, "initial_environment": initial, "secrets": sorted(found),
+    worker = {}  # its parent (the worker): /proc would show its environment, memory and open files
+    for what in ("environ", "mem", "fd/0"):
+        try:
+            with open(f"/proc/{os.getppid()}/{what}", "rb") as entry:
+                entry.read(1)
+            worker[what] = "read"
+        except OSError as exc:
+            worker[what] = type(exc).__name__
+    return {"descriptors": descriptors, "initial_environment": initial, "secrets": sorted(found), "worker": worker,
             "modules": sorted(sys.modules), "objects": sorted(kinds)}
