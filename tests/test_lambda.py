@@ -26,6 +26,7 @@ from fileproc import dispatch
 from fileproc.cli import cli
 from fileproc.config import load_settings
 from fileproc.events import ObjectEvent
+from fileproc.runtime.pool import pool
 from fileproc.runtime.runner import run_step
 from fileproc.service import Service
 from fileproc.state import Job
@@ -160,51 +161,64 @@ def test_a_deployed_handler_gets_lambdas_event_context_environment_and_its_requi
 
 def test_a_deployed_functions_runner_holds_nothing_of_the_worker(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """Its runner is a fresh interpreter: no descriptor, variable, object or secret of the worker's."""
+    """Its runner is a fresh interpreter: no descriptor, variable, object or secret of the worker's.
+
+    Both ways a runner starts are probed: at once (no interpreter started
+    ahead yet), and as the interpreter the pool started ahead.
+    """
     code = tmp_path / "probe"
     shutil.copytree(SAMPLES / "probe", code)
     secrets = {"api": {"admin_token": "worker-admin-token-0a1b2c", "webhook_token": "worker-webhook-token-3d4e5f"},
                "broker": {"url": "redis://:worker-broker-password@127.0.0.1:1/0"},
                "storage": {"access_key": "worker-access-key", "secret_key": "worker-s3-secret-6a7b8c"}}
-    config = make_config(tmp_path, [{"function": "peek"}])
+    config = make_config(tmp_path, [{"function": "peek"}], extra=[
+        {"name": "second", "match": {"bucket": "second"}, "steps": [{"function": "peek2"}],
+         "output": {"bucket": "out", "key": "{key}/{name}"}}])
     write_config(config, {**tomllib.loads(config.read_text()), **secrets})
     settings = load_settings(config, env={})
     values = [settings.database_url, settings.api.admin_token.get_secret_value(),
               settings.api.webhook_token.get_secret_value(), settings.broker.url.get_secret_value(),
               settings.storage.secret_key.get_secret_value(), "the worker's, not the function's"]
     hashes = {hashlib.sha256(value.encode()).hexdigest(): value for value in values}
-    deploy(config, code, "peek", "app.handler", "--env", f"SECRET_HASHES={','.join(hashes)}")
+    for name in ("peek", "peek2"):
+        deploy(config, code, name, "app.handler", "--env", f"SECRET_HASHES={','.join(hashes)}")
     monkeypatch.setenv("FILEPROC_TEST_SECRET", "the worker's, not the function's")
     service = service_for(config)
     state = (settings.data_dir / "state.db").resolve()
     held = {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
             if os.path.exists(f"/proc/self/fd/{fd}")}
     assert f"{state}-shm" in held or str(state) in held  # the worker has them open: a fork would inherit them
+    pool().close()  # no interpreter started ahead: the first runner starts at once, the second takes one
 
-    done = run(service, upload(service, "a.txt"))
-    assert done.status == "succeeded", done.attempts
-    seen = done.attempts[0].result["reachable"]
-    targets = sorted(seen["descriptors"].values())
-    # stdin, stdout and stderr are /dev/null (an invocation's output goes to the runner's own memory file),
-    # one socket (its channel to the worker), the listing's own folder: nothing else.
-    assert [t for t in targets if t.startswith("socket:")] and len([t for t in targets if t.startswith("socket:")]) == 1
-    others = [t for t in targets if not t.startswith(("socket:", "/dev/null", "/memfd:fileproc-invocation-output"))
-              and t != f"/proc/{done.attempts[0].result['pid']}/fd"]
-    assert others == [], seen["descriptors"]
-    assert not [t for t in targets if str(state) in t or str(settings.data_dir.resolve()) in t]
-    # It was started with an empty environment (Lambda's came with its setup), whatever the worker's held.
-    assert seen["initial_environment"] == []
-    # Nor can it look into the worker's memory or open files through /proc (Landlock keeps it from any
-    # process outside its domain).
-    assert seen["worker"]["mem"] == seen["worker"]["fd/0"] == "PermissionError"
-    # (Its /proc/PID/environ stays readable: Landlock does not cover it. The README says so.)
-    # None of the worker's secrets, settings, database or broker objects in its memory.
-    assert [hashes[found] for found in seen["secrets"]] == []
-    assert seen["objects"] == []
-    loaded = set(seen["modules"])
-    for module in ("fileproc.config", "fileproc.service", "fileproc.state", "fileproc.runtime.app", "sqlalchemy",
-                   "celery", "kombu", "pydantic", "fastapi"):
-        assert module not in loaded, f"{module} is loaded in the function's runner"
+    pids = set()
+    for bucket in ("inbox", "second"):
+        done = run(service, upload(service, "a.txt", bucket=bucket))
+        assert done.status == "succeeded", done.attempts
+        assert done.attempts[0].cold_start is True
+        seen = done.attempts[0].result["reachable"]
+        pids.add(done.attempts[0].result["pid"])
+        targets = sorted(seen["descriptors"].values())
+        # stdin, stdout and stderr are /dev/null (an invocation's output goes to the runner's own memory
+        # file), one socket (its channel to the worker), the listing's own folder: nothing else.
+        assert len([t for t in targets if t.startswith("socket:")]) == 1, seen["descriptors"]
+        others = [t for t in targets if not t.startswith(("socket:", "/dev/null", "/memfd:fileproc-invocation-output"))
+                  and t != f"/proc/{done.attempts[0].result['pid']}/fd"]
+        assert others == [], seen["descriptors"]
+        assert not [t for t in targets if str(state) in t or str(settings.data_dir.resolve()) in t]
+        # It was started with an empty environment (Lambda's came with its setup), whatever the worker's held.
+        assert seen["initial_environment"] == []
+        # Nor can it look into the worker's memory or open files through /proc (Landlock keeps it from any
+        # process outside its domain).
+        assert seen["worker"]["mem"] == seen["worker"]["fd/0"] == "PermissionError"
+        # (Its /proc/PID/environ stays readable: Landlock does not cover it. The README says so.)
+        # None of the worker's secrets, settings, database or broker objects in its memory.
+        assert [hashes[found] for found in seen["secrets"]] == []
+        assert seen["objects"] == []
+        loaded = set(seen["modules"])
+        for module in ("fileproc.config", "fileproc.service", "fileproc.state", "fileproc.runtime.app",
+                       "sqlalchemy", "celery", "kombu", "pydantic", "fastapi"):
+            assert module not in loaded, f"{module} is loaded in the function's runner"
+    assert len(pids) == 2  # a runner of its own for each function
 
 
 def test_deploy_rollback_and_pinned_versions_reach_a_running_worker(tmp_path: Path) -> None:
