@@ -180,18 +180,21 @@ def test_a_deployed_functions_runner_holds_nothing_of_the_worker(tmp_path: Path,
               settings.api.webhook_token.get_secret_value(), settings.broker.url.get_secret_value(),
               settings.storage.secret_key.get_secret_value(), "the worker's, not the function's"]
     hashes = {hashlib.sha256(value.encode()).hexdigest(): value for value in values}
+    state = (settings.data_dir / "state.db").resolve()
+    # fileproc's own files (its state, its config) and another function's package are out of its reach.
+    unreadable = [state, config.resolve(), (settings.data_dir / "functions").resolve() / "*" / "*" / "code" / "app.py"]
     for name in ("peek", "peek2"):
-        deploy(config, code, name, "app.handler", "--env", f"SECRET_HASHES={','.join(hashes)}")
+        deploy(config, code, name, "app.handler", "--env", f"SECRET_HASHES={','.join(hashes)}",
+               "--env", f"READ_TRIES={','.join(map(str, unreadable))},/etc/passwd")
     monkeypatch.setenv("FILEPROC_TEST_SECRET", "the worker's, not the function's")
     service = service_for(config)
-    state = (settings.data_dir / "state.db").resolve()
     held = {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
             if os.path.exists(f"/proc/self/fd/{fd}")}
     assert f"{state}-shm" in held or str(state) in held  # the worker has them open: a fork would inherit them
     pool().close()  # no interpreter started ahead: the first runner starts at once, the second takes one
 
     pids = set()
-    for bucket in ("inbox", "second"):
+    for bucket, name, other in (("inbox", "peek", "peek2"), ("second", "peek2", "peek")):
         done = run(service, upload(service, "a.txt", bucket=bucket))
         assert done.status == "succeeded", done.attempts
         assert done.attempts[0].cold_start is True
@@ -207,10 +210,13 @@ def test_a_deployed_functions_runner_holds_nothing_of_the_worker(tmp_path: Path,
         assert not [t for t in targets if str(state) in t or str(settings.data_dir.resolve()) in t]
         # It was started with an empty environment (Lambda's came with its setup), whatever the worker's held.
         assert seen["initial_environment"] == []
-        # Nor can it look into the worker's memory or open files through /proc (Landlock keeps it from any
-        # process outside its domain).
-        assert seen["worker"]["mem"] == seen["worker"]["fd/0"] == "PermissionError"
-        # (Its /proc/PID/environ stays readable: Landlock does not cover it. The README says so.)
+        # Nor can it look into the worker's environment, memory or open files through /proc, nor read
+        # fileproc's files (Landlock): what else the system holds stays readable.
+        functions = (settings.data_dir / "functions").resolve()
+        (own,) = [path for path in seen["worker"] if path.startswith(f"{functions}/{name}/")]
+        assert seen["worker"].pop("/etc/passwd") == seen["worker"].pop(own) == "read"  # its own code it reads
+        assert [path for path in seen["worker"] if path.startswith(f"{functions}/{other}/")]  # another's, not
+        assert seen["worker"] == dict.fromkeys(seen["worker"], "PermissionError") and len(seen["worker"]) == 6
         # None of the worker's secrets, settings, database or broker objects in its memory.
         assert [hashes[found] for found in seen["secrets"]] == []
         assert seen["objects"] == []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fileproc.errors import FileprocError, FunctionNotFound
@@ -92,8 +93,11 @@ class Catalog:
             writable = [data_dir / "scratch"]  # the step scratch folders (context.input.path, progress)
             if settings.storage.backend == "local":  # context.output writes the storage's own files
                 writable += [settings.buckets_dir.resolve(), data_dir / "tmp"]
+            # Out of its reach, even to read: fileproc's state, tokens, broker data, other functions'
+            # code (all in data_dir, but its own folders), the config file, the worker's home.
+            hidden = [data_dir, Path.home(), *([settings.config_file.resolve()] if settings.config_file else [])]
             handler = LambdaHandler(version, folder, environment(settings, version, folder), data_dir / "scratch",
-                                    settings.functions.bucket, writable)
+                                    settings.functions.bucket, writable, hidden)
             spec = FunctionSpec(version.function, handler, queue=USER_QUEUE, timeout=version.timeout,
                                 memory_mb=version.memory_mb, retries=version.retries,
                                 source=f"deployed {version.function}:{version.version}",

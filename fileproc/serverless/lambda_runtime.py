@@ -116,10 +116,11 @@ class LambdaHandler:
     lambda_style = True
 
     def __init__(self, version: FunctionVersion, folder: Path, env: dict[str, str], tmp_root: Path,
-                 package_bucket: str, writable: list[Path] | None = None) -> None:
+                 package_bucket: str, writable: list[Path] | None = None, hidden: list[Path] | None = None) -> None:
         self.version = version
         self.package_bucket = package_bucket
         self.writable = writable or []  # besides its /tmp: the step scratch folders, local storage's
+        self.hidden = hidden or []  # what it may not even read: data_dir (but its own folders), the config file
         self.folder = folder
         self.env = env
         self.tmp_root = tmp_root
@@ -149,7 +150,8 @@ class LambdaHandler:
         version = self.version
         setup = {"function": version.function, "version": str(version.version), "handler": version.handler,
                  "memory_mb": memory_mb, "disk_mb": version.disk_mb, "folder": str(self.folder),
-                 "tmp_root": str(self.tmp_root), "writable": [str(p) for p in self.writable], "storage": storage}
+                 "tmp_root": str(self.tmp_root), "writable": [str(p) for p in self.writable],
+                 "hidden": [str(p) for p in self.hidden], "storage": storage}
         # fileproc's own folder first (an editable install's is found by `site`, which the runner skips).
         path = (str(Path(fileproc.__file__).parent.parent), *(p for p in sys.path if p and os.path.isdir(p)))
         spawn = Spawn("fileproc.serverless.bootstrap", setup, self.env, cwd=str(self.folder / "code"), path=path)
@@ -176,6 +178,7 @@ class LoadedHandler:
         self.folder = Path(setup["folder"])
         self.tmp_root = Path(setup["tmp_root"])
         self.writable = [Path(p) for p in setup["writable"]]
+        self.hidden = [Path(p) for p in setup.get("hidden", [])]
         self._handler: Any = None
         self._init_error: tuple[str, str] | None = None
         self._init_output: Captured | None = None
@@ -204,7 +207,8 @@ class LoadedHandler:
         tempfile.tempdir = str(tmp)
         limit = self.disk_mb * 1024 * 1024  # a file past it fails with EFBIG (Python ignores SIGXFSZ)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-        _confine([tmp, *self.writable])
+        _confine([tmp, *self.writable], self.hidden, [Path(sys.prefix), Path(sys.base_prefix), self.folder,
+                                                      *(Path(p) for p in sys.path if p)])
         code, deps = str(self.folder / "code"), str(self.folder / "deps")
         sys.path[:0] = [code, deps]
         importlib.invalidate_caches()
@@ -546,15 +550,24 @@ def invoke_lambda(handler: LoadedHandler, event: dict[str, Any], context: Contex
 
 
 _writable: list[Path] = []  # where this runner may write, once confined (empty: not confined)
+_hidden: list[Path] = []  # what it may not read either
 
 
-def _confine(folders: list[Path]) -> None:
-    """Writes only beneath ``folders`` (and /dev/null, /dev/shm, this process's /proc entry) from now on."""
-    global _writable
+def _confine(folders: list[Path], hidden: list[Path], readable: list[Path]) -> None:
+    """Writes only beneath ``folders`` (and /dev/null, /dev/shm, this process's /proc entry) from now on.
+
+    Reads too are refused beneath ``hidden`` (but beneath ``folders`` and
+    ``readable``), and in other processes' /proc entries.
+    """
+    global _writable, _hidden
     sys.dont_write_bytecode = True  # its package is read-only to it: no __pycache__ beside the code
     allowed = [*folders, Path("/dev/shm"), Path(f"/proc/{os.getpid()}")]
-    if restrict_writes(allowed, [Path("/dev/null"), Path("/dev/zero"), Path("/dev/full")]):
+    # Never hide "/" (a home folder may hold Python itself: ``readable`` keeps that readable).
+    hidden = [path.resolve() for path in hidden if path.resolve() != Path("/")]
+    if restrict_writes(allowed, [Path("/dev/null"), Path("/dev/zero"), Path("/dev/full")], hidden=hidden,
+                       readable=readable):
         _writable = [folder.resolve() for folder in allowed]  # as Landlock sees them (through links)
+        _hidden = hidden
 
 
 def plain_reason(exc: BaseException, disk_mb: int) -> str | None:
@@ -562,8 +575,11 @@ def plain_reason(exc: BaseException, disk_mb: int) -> str | None:
     if isinstance(exc, OSError) and _writable and exc.filename:
         target = Path(os.fsdecode(exc.filename)).absolute()
         where = target.parent.resolve() / target.name  # what Landlock checked (a host folder links from /tmp)
-        outside = exc.errno == errno.EACCES and not any(where.is_relative_to(folder) for folder in _writable)
-        if outside:
+        mine = any(where.is_relative_to(folder) for folder in _writable)
+        if exc.errno == errno.EACCES and not mine and any(where.is_relative_to(path) for path in _hidden):
+            return (f"refused reading or writing {target}: fileproc's own files (its state, settings and other "
+                    f"functions) are out of a function's reach ({exc.strerror})")
+        if exc.errno == errno.EACCES and not mine:
             return (f"refused writing {target}: a function writes only to its /tmp and the folders fileproc "
                     f"gives it ({exc.strerror})")
     if isinstance(exc, OSError) and exc.errno == errno.EFBIG:

@@ -1,11 +1,14 @@
 """Landlock (Linux 5.13+): a deployed function's runner may write only beneath the folders it is given.
 
-Reads stay open (a handler reads its libraries, certificates, its package);
-creating, writing, truncating, renaming and removing files is refused
+Creating, writing, truncating, renaming and removing files is refused
 (``PermissionError``) everywhere but the folders given: the runner's /tmp,
-the step scratch folders and, on the local backend, the storage's own. The
-restriction is the runner's and its children's for good, needs no
-privilege, and is skipped (False) where the kernel has no Landlock.
+the step scratch folders and, on the local backend, the storage's own.
+Reads stay open (a handler reads its libraries, certificates, its package)
+but for the paths it is hidden from: data_dir (its own folders excepted),
+the config file, the worker's home, and every other process's /proc entry
+(environment, memory, open files). The restriction is the runner's and its
+children's for good, needs no privilege, and is skipped (False) where the
+kernel has no Landlock.
 
 Landlock checks a path when it is opened, so a file already open is not
 covered: a deployed function's runner has none of the worker's (it is a
@@ -26,6 +29,7 @@ _RULE_PATH_BENEATH = 1
 _PR_SET_NO_NEW_PRIVS = 38
 
 WRITE_FILE = 1 << 1
+READ_FILE, READ_DIR = 1 << 2, 1 << 3
 REMOVE_DIR, REMOVE_FILE = 1 << 4, 1 << 5
 MAKE = sum(1 << bit for bit in range(6, 13))  # char, dir, reg, sock, fifo, block, sym
 REFER = 1 << 13  # ABI 2: link or rename across folders
@@ -46,10 +50,15 @@ def abi() -> int:
     return max(version, 0)
 
 
-def restrict_writes(folders: Iterable[Path], files: Iterable[Path] = ()) -> bool:
+def restrict_writes(folders: Iterable[Path], files: Iterable[Path] = (), *,
+                    hidden: Iterable[Path] = (), readable: Iterable[Path] = ()) -> bool:
     """From now on this process (and what it starts) writes only beneath ``folders`` and to ``files``.
 
-    False, with nothing changed, where the kernel has no Landlock.
+    With ``hidden``, it also reads nothing beneath those paths (but beneath
+    ``folders`` and ``readable``, which may lie within them), nor the files
+    of any other process in /proc: everything else stays readable
+    (:func:`readable_except`). False, with nothing changed, where the kernel
+    has no Landlock.
     """
     version = abi()
     if version < 1:
@@ -59,13 +68,19 @@ def restrict_writes(folders: Iterable[Path], files: Iterable[Path] = ()) -> bool
         handled |= REFER
     if version >= 3:
         handled |= TRUNCATE
+    hidden = list(hidden)
+    reads: list[tuple[Path, int]] = []
+    if hidden:
+        handled |= READ_FILE | READ_DIR
+        reads = [(Path("/"), READ_DIR),  # every folder can be listed (names are not contents)
+                 *((path, READ_FILE | READ_DIR) for path in [*readable_except(hidden), *readable])]
     attr = ctypes.create_string_buffer(struct.pack("=Q", handled))
     ruleset = _syscall(_CREATE_RULESET, attr, ctypes.c_size_t(8), ctypes.c_uint32(0))
     if ruleset < 0:
         return False
     try:
         for path, rights in [*((p, handled) for p in folders),
-                             *((p, handled & (WRITE_FILE | TRUNCATE)) for p in files)]:
+                             *((p, handled & (WRITE_FILE | TRUNCATE | READ_FILE)) for p in files), *reads]:
             try:
                 parent = os.open(path, os.O_PATH | os.O_CLOEXEC)
             except OSError:
@@ -83,4 +98,42 @@ def restrict_writes(folders: Iterable[Path], files: Iterable[Path] = ()) -> bool
         os.close(ruleset)
 
 
-__all__ = ["abi", "restrict_writes"]
+def readable_except(hidden: Iterable[Path]) -> list[Path]:
+    """The paths beneath which reading stays open so that nothing beneath ``hidden`` can be read.
+
+    Landlock only allows: so every entry of every folder on the way from
+    ``/`` to a hidden path is allowed, but the hidden one. In /proc, only
+    this process's own entry and what is not a process's (``cpuinfo``,
+    ``sys``, ``self``...) are allowed: another process's environment,
+    memory and open files are hidden. An entry made later in a folder on
+    the way (not beneath an allowed one) is not readable.
+    """
+    hidden = {path.resolve() for path in hidden} | {Path("/proc")}
+    own = str(os.getpid())
+    found: list[Path] = []
+
+    def walk(folder: Path) -> None:
+        try:
+            entries = list(folder.iterdir())
+        except OSError:
+            return
+        for entry in entries:
+            if folder == Path("/proc"):
+                if not entry.name.isdigit() or entry.name == own:
+                    found.append(entry)
+                continue
+            # A rule follows a link: what counts is where it leads.
+            target = entry.resolve() if entry.is_symlink() else entry
+            if any(target.is_relative_to(path) for path in hidden if path != Path("/proc")):
+                continue
+            if any(path.is_relative_to(target) for path in hidden):  # on the way to a hidden path
+                if target == entry and entry.is_dir():
+                    walk(entry)
+                continue  # (a link to a folder on the way: that folder is walked where it is)
+            found.append(entry)
+
+    walk(Path("/"))
+    return found
+
+
+__all__ = ["abi", "readable_except", "restrict_writes"]
