@@ -185,7 +185,7 @@ def test_a_deployed_functions_runner_holds_nothing_of_the_worker(tmp_path: Path,
     unreadable = [state, config.resolve(), (settings.data_dir / "functions").resolve() / "*" / "*" / "code" / "app.py"]
     for name in ("peek", "peek2"):
         deploy(config, code, name, "app.handler", "--env", f"SECRET_HASHES={','.join(hashes)}",
-               "--env", f"READ_TRIES={','.join(map(str, unreadable))},/etc/passwd")
+               "--env", f"READ_TRIES={','.join(map(str, unreadable))},/etc/passwd,/proc/meminfo")
     monkeypatch.setenv("FILEPROC_TEST_SECRET", "the worker's, not the function's")
     service = service_for(config)
     held = {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
@@ -214,7 +214,8 @@ def test_a_deployed_functions_runner_holds_nothing_of_the_worker(tmp_path: Path,
         # fileproc's files (Landlock): what else the system holds stays readable.
         functions = (settings.data_dir / "functions").resolve()
         (own,) = [path for path in seen["worker"] if path.startswith(f"{functions}/{name}/")]
-        assert seen["worker"].pop("/etc/passwd") == seen["worker"].pop(own) == "read"  # its own code it reads
+        assert seen["worker"].pop(own) == "read"  # its own code it reads, and what the system holds
+        assert seen["worker"].pop("/etc/passwd") == seen["worker"].pop("/proc/meminfo") == "read"
         assert [path for path in seen["worker"] if path.startswith(f"{functions}/{other}/")]  # another's, not
         assert seen["worker"] == dict.fromkeys(seen["worker"], "PermissionError") and len(seen["worker"]) == 6
         # None of the worker's secrets, settings, database or broker objects in its memory.

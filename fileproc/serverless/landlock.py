@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import stat
 import struct
 from collections.abc import Iterable
 from pathlib import Path
@@ -86,6 +87,8 @@ def restrict_writes(folders: Iterable[Path], files: Iterable[Path] = (), *,
             except OSError:
                 continue  # not there: nothing to allow
             try:
+                if not stat.S_ISDIR(os.fstat(parent).st_mode):  # a file's rule may hold a file's rights only
+                    rights &= WRITE_FILE | READ_FILE | TRUNCATE
                 rule = ctypes.create_string_buffer(struct.pack("=Qi", rights, parent))
                 _syscall(_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(_RULE_PATH_BENEATH), rule,
                          ctypes.c_uint32(0))
@@ -108,31 +111,35 @@ def readable_except(hidden: Iterable[Path]) -> list[Path]:
     memory and open files are hidden. An entry made later in a folder on
     the way (not beneath an allowed one) is not readable.
     """
-    hidden = {path.resolve() for path in hidden} | {Path("/proc")}
+    hidden_paths = {os.path.realpath(path) for path in hidden}
     own = str(os.getpid())
     found: list[Path] = []
 
-    def walk(folder: Path) -> None:
+    def within(path: str, folder: str) -> bool:
+        return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+    def walk(folder: str) -> None:
         try:
-            entries = list(folder.iterdir())
+            entries = list(os.scandir(folder))
         except OSError:
             return
         for entry in entries:
-            if folder == Path("/proc"):
+            if folder == "/proc":
                 if not entry.name.isdigit() or entry.name == own:
-                    found.append(entry)
+                    found.append(Path(entry.path))
                 continue
             # A rule follows a link: what counts is where it leads.
-            target = entry.resolve() if entry.is_symlink() else entry
-            if any(target.is_relative_to(path) for path in hidden if path != Path("/proc")):
+            link = entry.is_symlink()
+            target = os.path.realpath(entry.path) if link else entry.path
+            if any(within(target, path) for path in hidden_paths):
                 continue
-            if any(path.is_relative_to(target) for path in hidden):  # on the way to a hidden path
-                if target == entry and entry.is_dir():
-                    walk(entry)
+            if target == "/proc" or any(within(path, target) for path in hidden_paths):  # on the way to one
+                if not link and entry.is_dir(follow_symlinks=False):
+                    walk(entry.path)
                 continue  # (a link to a folder on the way: that folder is walked where it is)
-            found.append(entry)
+            found.append(Path(entry.path))
 
-    walk(Path("/"))
+    walk("/")
     return found
 
 
