@@ -3,7 +3,9 @@
 Everything here runs in the runner process (a child of the worker), so what
 it returns to the worker is plain picklable data: outputs, usage, the
 handler's return value, or the error, classified here because an exception
-object may not survive pickling.
+object may not survive pickling. (This is a registered function's step, in
+a runner forked from the worker; a deployed function's runner is a fresh
+interpreter that builds its context itself: :mod:`fileproc.serverless.bootstrap`.)
 """
 
 from __future__ import annotations
