@@ -5,10 +5,15 @@ is deployed with ``fileproc functions deploy`` (SQLite and local storage in a
 temp dir) and invoked through the runtime's :func:`~fileproc.runtime.runner.execute`:
 the trip to the version's warm runner, the Lambda context and event, output
 capture, the result coming back. The baseline calls the same handler in this
-process. Cold: every warm runner is stopped first (fork, Lambda environment,
-module import). The step's two state transactions are bench/step_overhead.py's.
+process. Cold: every warm runner is stopped first; the new runner is the
+interpreter the pool started ahead (Lambda environment, private /tmp,
+Landlock, module import), as in a worker where cold starts are not back to
+back (``--pause`` between them). "No interpreter started ahead": the pool's
+spare is stopped too, so the cold start also execs Python and imports the
+runtime (the first deployed step of a worker, or two new runners at once).
+The step's two state transactions are bench/step_overhead.py's.
 
-    python -m bench.invoke [--warm 300] [--cold 30]
+    python -m bench.invoke [--warm 300] [--cold 30] [--pause 0.5]
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warm", type=int, default=300)
     parser.add_argument("--cold", type=int, default=30)
+    parser.add_argument("--pause", type=float, default=0.5, help="seconds between two cold starts")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -77,17 +83,24 @@ def main() -> None:
 
         cancel = threading.Event()
         execute(service, request(0), cancel=cancel, spec=spec)  # the package is installed once, here
-        warm, cold = [], []
+        warm, cold, exec_cold = [], [], []
         for n in range(args.warm):
             started = time.perf_counter()
             result = execute(service, request(n), cancel=cancel, spec=spec)
             warm.append((time.perf_counter() - started) * 1000)
             assert result.ok and not result.cold and result.value["result"] == {"ok": True}, result
         for n in range(args.cold):
-            pool().close()
+            pool().close(spares=False)
+            time.sleep(args.pause)  # the interpreter started ahead has imported the runtime meanwhile
             started = time.perf_counter()
             result = execute(service, request(n), cancel=cancel, spec=spec)
             cold.append((time.perf_counter() - started) * 1000)
+            assert result.ok and result.cold, result
+        for n in range(args.cold):
+            pool().close()
+            started = time.perf_counter()
+            result = execute(service, request(n), cancel=cancel, spec=spec)
+            exec_cold.append((time.perf_counter() - started) * 1000)
             assert result.ok and result.cold, result
         pool().close()
     base = statistics.median(direct)
@@ -95,6 +108,7 @@ def main() -> None:
     print(_stats("in-process call (baseline)", direct))
     print(_stats("warm invocation (runner trip)", warm))
     print(_stats("cold invocation (new runner)", cold))
+    print(_stats("cold, no interpreter started ahead", exec_cold))
     print(f"\nwarm overhead p50: {statistics.median(warm) - base:.3f} ms (goal <= 2 ms; Lambda 1.5-3 ms)")
     print(f"cold start p50:    {statistics.median(cold) - base:.3f} ms (goal <= 50 ms; Lambda Python 74-102 ms)")
 

@@ -130,3 +130,19 @@ def network_reason(exc: BaseException) -> str | None:
                 return reason
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+PERMANENT: tuple[type[Exception], ...] = (
+    InvalidInput, PermanentError, FunctionNotFound, ConfigError, InvalidName, InvalidMetadata,
+)
+
+
+def kind_of(exc: BaseException) -> str:
+    """How a failure is handled: ``permanent``, ``memory`` (both fail at once), ``transient`` or ``error``."""
+    if isinstance(exc, MemoryError):
+        return "memory"
+    if isinstance(exc, PERMANENT):
+        return "permanent"
+    if isinstance(exc, TRANSIENT):
+        return "transient"
+    return "error"

@@ -10,9 +10,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import shutil
 import tempfile
+import tomllib
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from fileproc import dispatch
 from fileproc.cli import cli
 from fileproc.config import load_settings
 from fileproc.events import ObjectEvent
+from fileproc.runtime.pool import pool
 from fileproc.runtime.runner import run_step
 from fileproc.service import Service
 from fileproc.state import Job
@@ -136,9 +139,6 @@ def test_a_deployed_handler_gets_lambdas_event_context_environment_and_its_requi
     assert env["AWS_LAMBDA_LOG_STREAM_NAME"] == context["stream"] and env["GREETING"] == "hi"
     assert env["AWS_REGION"] == "us-east-1" and env["AWS_EXECUTION_ENV"].startswith("AWS_Lambda_python3")
     assert not [name for name in env if name.startswith("FILEPROC_")]  # nothing of fileproc's
-    # Nor the worker's database engine (the test process holds other tests' too) or the broker's URL.
-    reachable = result["reachable"]
-    assert reachable["broker"] is None and not [url for url in reachable["engines"] if str(tmp_path) in url]
     # /tmp is the function's own (a tmpfs in a mount namespace of its runner), as on Lambda.
     assert env["TMPDIR"] == "/tmp" and Path(result["tmp"]).parent == Path("/tmp")
     assert marker.name not in result["tmp_listing"]  # the host's /tmp is not seen...
@@ -150,13 +150,82 @@ def test_a_deployed_handler_gets_lambdas_event_context_environment_and_its_requi
     assert attempt.billed_ms is not None and attempt.billed_ms >= max(1, attempt.duration_ms or 0)
     request_id = f"{job_id}-0-{attempt.id}" if (job_id := done.id) else ""
     log = attempt.log or ""
-    assert log.startswith(f"START RequestId: {request_id} Version: 1\n")
+    assert log.startswith(f"probe imported\nSTART RequestId: {request_id} Version: 1\n")
     assert "hello from peek\n" in log and "and from a child process\n" in log
     assert re.search(rf"\[INFO\]\t\S+Z\t{request_id}\tthe key is dir/a\+b.txt\n", log)
     assert f"END RequestId: {request_id}\n" in log
     assert re.search(rf"REPORT RequestId: {request_id}\tDuration: [\d.]+ ms\tBilled Duration: {attempt.billed_ms} ms"
                      rf"\tMemory Size: 256 MB\tMax Memory Used: \d+ MB\n$", log)
     assert fileproc(config, "logs", "peek", "--request", request_id) == log
+
+
+def test_a_deployed_functions_runner_holds_nothing_of_the_worker(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its runner is a fresh interpreter: no descriptor, variable, object or secret of the worker's.
+
+    Both ways a runner starts are probed: at once (no interpreter started
+    ahead yet), and as the interpreter the pool started ahead.
+    """
+    code = tmp_path / "probe"
+    shutil.copytree(SAMPLES / "probe", code)
+    secrets = {"api": {"admin_token": "worker-admin-token-0a1b2c", "webhook_token": "worker-webhook-token-3d4e5f"},
+               "broker": {"url": "redis://:worker-broker-password@127.0.0.1:1/0"},
+               "storage": {"access_key": "worker-access-key", "secret_key": "worker-s3-secret-6a7b8c"}}
+    config = make_config(tmp_path, [{"function": "peek"}], extra=[
+        {"name": "second", "match": {"bucket": "second"}, "steps": [{"function": "peek2"}],
+         "output": {"bucket": "out", "key": "{key}/{name}"}}])
+    write_config(config, {**tomllib.loads(config.read_text()), **secrets})
+    settings = load_settings(config, env={})
+    values = [settings.database_url, settings.api.admin_token.get_secret_value(),
+              settings.api.webhook_token.get_secret_value(), settings.broker.url.get_secret_value(),
+              settings.storage.secret_key.get_secret_value(), "the worker's, not the function's"]
+    hashes = {hashlib.sha256(value.encode()).hexdigest(): value for value in values}
+    state = (settings.data_dir / "state.db").resolve()
+    # fileproc's own files (its state, its config) and another function's package are out of its reach.
+    unreadable = [state, config.resolve(), (settings.data_dir / "functions").resolve() / "*" / "*" / "code" / "app.py"]
+    for name in ("peek", "peek2"):
+        deploy(config, code, name, "app.handler", "--env", f"SECRET_HASHES={','.join(hashes)}",
+               "--env", f"READ_TRIES={','.join(map(str, unreadable))},/etc/passwd,/proc/meminfo")
+    monkeypatch.setenv("FILEPROC_TEST_SECRET", "the worker's, not the function's")
+    service = service_for(config)
+    held = {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}")}
+    assert f"{state}-shm" in held or str(state) in held  # the worker has them open: a fork would inherit them
+    pool().close()  # no interpreter started ahead: the first runner starts at once, the second takes one
+
+    pids = set()
+    for bucket, name, other in (("inbox", "peek", "peek2"), ("second", "peek2", "peek")):
+        done = run(service, upload(service, "a.txt", bucket=bucket))
+        assert done.status == "succeeded", done.attempts
+        assert done.attempts[0].cold_start is True
+        seen = done.attempts[0].result["reachable"]
+        pids.add(done.attempts[0].result["pid"])
+        targets = sorted(seen["descriptors"].values())
+        # stdin, stdout and stderr are /dev/null (an invocation's output goes to the runner's own memory
+        # file), one socket (its channel to the worker), the listing's own folder: nothing else.
+        assert len([t for t in targets if t.startswith("socket:")]) == 1, seen["descriptors"]
+        others = [t for t in targets if not t.startswith(("socket:", "/dev/null", "/memfd:fileproc-invocation-output"))
+                  and t != f"/proc/{done.attempts[0].result['pid']}/fd"]
+        assert others == [], seen["descriptors"]
+        assert not [t for t in targets if str(state) in t or str(settings.data_dir.resolve()) in t]
+        # It was started with an empty environment (Lambda's came with its setup), whatever the worker's held.
+        assert seen["initial_environment"] == []
+        # Nor can it look into the worker's environment, memory or open files through /proc, nor read
+        # fileproc's files (Landlock): what else the system holds stays readable.
+        functions = (settings.data_dir / "functions").resolve()
+        (own,) = [path for path in seen["worker"] if path.startswith(f"{functions}/{name}/")]
+        assert seen["worker"].pop(own) == "read"  # its own code it reads, and what the system holds
+        assert seen["worker"].pop("/etc/passwd") == seen["worker"].pop("/proc/meminfo") == "read"
+        assert [path for path in seen["worker"] if path.startswith(f"{functions}/{other}/")]  # another's, not
+        assert seen["worker"] == dict.fromkeys(seen["worker"], "PermissionError") and len(seen["worker"]) == 6
+        # None of the worker's secrets, settings, database or broker objects in its memory.
+        assert [hashes[found] for found in seen["secrets"]] == []
+        assert seen["objects"] == []
+        loaded = set(seen["modules"])
+        for module in ("fileproc.config", "fileproc.service", "fileproc.state", "fileproc.runtime.app",
+                       "sqlalchemy", "celery", "kombu", "pydantic", "fastapi"):
+            assert module not in loaded, f"{module} is loaded in the function's runner"
+    assert len(pids) == 2  # a runner of its own for each function
 
 
 def test_deploy_rollback_and_pinned_versions_reach_a_running_worker(tmp_path: Path) -> None:

@@ -3,7 +3,9 @@
 Everything here runs in the runner process (a child of the worker), so what
 it returns to the worker is plain picklable data: outputs, usage, the
 handler's return value, or the error, classified here because an exception
-object may not survive pickling.
+object may not survive pickling. (This is a registered function's step, in
+a runner forked from the worker; a deployed function's runner is a fresh
+interpreter that builds its context itself: :mod:`fileproc.serverless.bootstrap`.)
 """
 
 from __future__ import annotations
@@ -16,25 +18,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from fileproc.errors import (
-    TRANSIENT,
-    ConfigError,
-    FunctionNotFound,
-    InvalidInput,
-    InvalidMetadata,
-    InvalidName,
-    PermanentError,
-)
+from fileproc.errors import kind_of
 from fileproc.events import ObjectEvent
 from fileproc.functions import Context, FunctionSpec, InputObject, OutputWriter
 from fileproc.rules import PROVENANCE_PIPELINE, render_key
-from fileproc.serverless.lambda_runtime import aws_region
+from fileproc.serverless.lambda_runtime import aws_region, step_outcome
 from fileproc.service import Service
 from fileproc.storage import ObjectInfo, Storage, open_storage
-
-PERMANENT: tuple[type[Exception], ...] = (
-    InvalidInput, PermanentError, FunctionNotFound, ConfigError, InvalidName, InvalidMetadata,
-)
 
 
 @dataclass(frozen=True)
@@ -49,17 +39,6 @@ class StepRequest:
     timeout: float
     memory_mb: int
     scratch_dir: str  # the step's private folder, removed when it ends
-
-
-def kind_of(exc: BaseException) -> str:
-    """How a failure is handled: ``permanent``, ``memory`` (both fail at once), ``transient`` or ``error``."""
-    if isinstance(exc, MemoryError):
-        return "memory"
-    if isinstance(exc, PERMANENT):
-        return "permanent"
-    if isinstance(exc, TRANSIENT):
-        return "transient"
-    return "error"
 
 
 _storage: Storage | None = None
@@ -120,13 +99,7 @@ def invoke(service: Service, request: StepRequest, spec: FunctionSpec | None = N
         region=region,
         qualifier=qualifier if qualifier and spec.version != "$LATEST" else None,
     )
-    lambda_style = getattr(spec.handler, "lambda_style", False)
     lambda_event = {"Records": [event.to_record(region=region, configuration_id=pipeline.name)]}
-    if lambda_style:  # a deployed handler, as Lambda runs one
-        from fileproc.serverless.lambda_runtime import invoke_lambda
-
-        ran, written = invoke_lambda(spec, lambda_event, context, storage, provenance, kind_of)
-        return _finished(ran, writer, reader, written)
     outcome: dict[str, Any] = {"error": None, "result": None}
     try:  # the scratch folder is removed by the worker (runner.execute), however the step ends
         outcome["result"] = _plain(spec.handler(lambda_event, context))
@@ -134,18 +107,7 @@ def invoke(service: Service, request: StepRequest, spec: FunctionSpec | None = N
         outcome["error"] = {"kind": kind_of(exc), "type": type(exc).__name__,
                             "message": str(exc) or type(exc).__name__,
                             "traceback": "".join(traceback.format_exception(exc))[-8000:]}
-    return _finished(outcome, writer, reader)
-
-
-def _finished(outcome: dict[str, Any], writer: OutputWriter, reader: InputObject,
-              extra: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    outcome["outputs"] = [
-        {"bucket": o.bucket, "key": o.key, "size": o.size, "etag": o.etag, "content_type": o.content_type}
-        for o in writer.written
-    ] + (extra or [])
-    outcome["bytes_read"] = reader.bytes_read
-    outcome["bytes_written"] = sum(o["size"] for o in outcome["outputs"])
-    return outcome
+    return step_outcome(outcome, writer, reader)
 
 
 def _plain(value: Any) -> Any:

@@ -21,6 +21,17 @@ A runner keeps everything a step ran in a process of its own had before:
 - peak memory per step, from the kernel's high-water mark (``VmHWM``, reset
   before each step through ``/proc/self/clear_refs``).
 
+A deployed (user) function's runner is not forked but *spawned*
+(:class:`Spawn`): a fresh interpreter exec'd with an empty environment, no
+descriptor of the worker but its socket, and nothing of the worker's memory;
+it speaks the same protocol and runs the same loop (:func:`serve`). Its
+first message gives it its environment, working folder and setup
+(:func:`spawned_setup`). So that a cold start does not wait for an
+interpreter to start and import the runtime, the pool keeps one such
+interpreter started ahead (a *spare*, per runner module), not yet given to
+any function: the next new runner of any deployed version takes it, and
+another is started at once.
+
 A runner is replaced (killed; the next step gets a new, cold one) when its
 step timed out, ran out of memory, crashed, was cancelled, or when it holds
 more than its memory limit beyond what it held when it was new (a leak:
@@ -77,6 +88,27 @@ class Retire:
     reason: str
 
 
+@dataclass(frozen=True)
+class Spawn:
+    """How to start a runner as a fresh interpreter instead of a fork of the worker.
+
+    The runner is ``python -I -S -c BOOT`` running ``module.main()`` (which
+    calls :func:`spawned_setup`, then :func:`serve`), started with an empty
+    environment and every descriptor closed but its socket. Its first
+    message makes ``env`` its whole environment and ``cwd`` its working
+    folder, and gives it ``setup`` (plain, picklable data: the new
+    interpreter has none of the worker's classes). ``path`` is its
+    ``sys.path``: the worker's own (site-packages already expanded), so
+    ``site`` need not run.
+    """
+
+    module: str
+    setup: Any
+    env: dict[str, str]
+    cwd: str | None = None
+    path: tuple[str, ...] = ()
+
+
 @dataclass
 class _Runner:
     pid: int
@@ -92,16 +124,20 @@ class RunnerPool:
 
     def __init__(self) -> None:
         self._idle: list[_Runner] = []  # least recently used first
+        self._spares: dict[Hashable, _Runner] = {}  # interpreters started ahead, by module and path
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
-    def run(self, key: Hashable, owner: object, work: Work, request: Any, *, timeout: float, memory_mb: int,
-            cancel: threading.Event | None = None, warm: Callable[[], None] | None = None) -> ChildResult:
+    def run(self, key: Hashable, owner: object, work: Work | None, request: Any, *, timeout: float,
+            memory_mb: int, cancel: threading.Event | None = None, warm: Callable[[], None] | None = None,
+            spawn: Spawn | None = None) -> ChildResult:
         """Run ``work(request)`` in a runner for ``key`` and say how it ended.
 
         ``work`` and ``warm`` are used only when a new runner is forked (they
         are what it runs); ``request`` and what ``work`` returns must pickle.
-        Setting ``cancel`` stops the step (and its runner) at once.
+        With ``spawn``, a new runner is a fresh interpreter instead, and what
+        it runs is its module's. Setting ``cancel`` stops the step (and its
+        runner) at once.
         """
         started = time.monotonic()
         message = pickle.dumps(request)
@@ -114,7 +150,7 @@ class RunnerPool:
                 self._stop(runner)
                 runner, cold = None, True
         if runner is None:
-            runner = _start(key, owner, work, warm, memory_mb)
+            runner = self._spawned(key, owner, spawn) if spawn else _start(key, owner, work, warm, memory_mb)
             with contextlib.suppress(OSError):  # if it died at once, it is reported as a crash below
                 _send(runner.sock, message)
         runner.steps += 1
@@ -152,10 +188,13 @@ class RunnerPool:
             left_running=payload.get("left_running", 0), **common,
         )
 
-    def close(self) -> None:
-        """Stop every idle runner (at exit, or in tests)."""
+    def close(self, *, spares: bool = True) -> None:
+        """Stop every idle runner (at exit, or in tests), and the interpreters started ahead unless not ``spares``."""
         with self._lock:
             idle, self._idle = self._idle, []
+            if spares:
+                idle += self._spares.values()
+                self._spares = {}
         for runner in idle:
             self._stop(runner)
 
@@ -176,6 +215,9 @@ class RunnerPool:
                 if now - runner.idle_since > IDLE_SECONDS:
                     self._idle.remove(runner)
                     expired.append(runner)
+            for interpreter, spare in list(self._spares.items()):  # no deployed function ran here lately
+                if now - spare.idle_since > IDLE_SECONDS:
+                    expired.append(self._spares.pop(interpreter))
             for runner in reversed(self._idle):  # the most recently used: its caches are warmest
                 if runner.key == key and runner.owner is owner:
                     self._idle.remove(runner)
@@ -207,6 +249,28 @@ class RunnerPool:
             return None, 0
         return status, int(usage.ru_maxrss)
 
+    def _spawned(self, key: Hashable, owner: object, spawn: Spawn) -> _Runner:
+        """A new runner for ``spawn``: the interpreter started ahead if it is still there; another one ahead."""
+        interpreter = (spawn.module, spawn.path)
+        with self._lock:
+            self._forget_if_forked()
+            spare = self._spares.pop(interpreter, None)
+        if spare is not None:
+            try:
+                _send(spare.sock, _setup_message(spawn))
+            except OSError:  # it died while waiting (the OOM killer): start one now
+                self._stop(spare)
+                spare = None
+        runner = spare or _spawn(spawn)
+        runner.key, runner.owner = key, owner
+        ahead = _spawn(Spawn(spawn.module, None, {}, path=spawn.path), setup=False)
+        with self._lock:
+            surplus = self._spares.pop(interpreter, None)  # (another thread's, started meanwhile)
+            self._spares[interpreter] = ahead
+        if surplus is not None:
+            self._stop(surplus)
+        return runner
+
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()  # another thread may have held it at the fork
         self._forget_if_forked()
@@ -216,16 +280,18 @@ class RunnerPool:
         # runners: they are not its children and not its to use. Only close its copies of
         # the sockets (the parent's stay open).
         if self._pid != os.getpid():
-            for runner in self._idle:
+            for runner in [*self._idle, *self._spares.values()]:
                 runner.sock.close()
-            self._idle = []
+            self._idle, self._spares = [], {}
             self._pid = os.getpid()
 
 
 # --- the runner process --------------------------------------------------------------------
 
 
-def _start(key: Hashable, owner: object, work: Work, warm: Callable[[], None] | None, memory_mb: int) -> _Runner:
+def _start(key: Hashable, owner: object, work: Work | None, warm: Callable[[], None] | None,
+           memory_mb: int) -> _Runner:
+    assert work is not None, "a forked runner needs its work"
     ours, theirs = socket.socketpair()
     pid = os.fork()
     if pid == 0:  # the runner
@@ -243,14 +309,74 @@ def _start(key: Hashable, owner: object, work: Work, warm: Callable[[], None] | 
     return _Runner(pid, ours, key, owner)
 
 
+_BOOT = "import sys; sys.path[:] = sys.argv[4:]; import importlib; importlib.import_module(sys.argv[1]).main()"
+
+
+def _spawn(spawn: Spawn, *, setup: bool = True) -> _Runner:
+    """Start a runner as a fresh interpreter (``python -c BOOT MODULE FD PARENT PATH...``).
+
+    Its setup is sent at once, or (``setup=False``: an interpreter started
+    ahead) when a function takes it.
+    """
+    import subprocess
+
+    ours, theirs = socket.socketpair()
+    try:
+        argv = [sys.executable, "-I", "-S", "-c", _BOOT, spawn.module, str(theirs.fileno()), str(os.getpid()),
+                *spawn.path]
+        # An empty environment and close_fds: the runner gets its socket and /dev/null as stdio,
+        # nothing else of the worker's.
+        child = subprocess.Popen(argv, env={}, close_fds=True, pass_fds=(theirs.fileno(),),
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 process_group=0)
+    finally:
+        theirs.close()
+    # The pool reaps its runners itself (os.wait4, for their peak memory): the Popen object must
+    # neither reap it nor warn about it when it goes.
+    child.returncode = 0
+    runner = _Runner(child.pid, ours, None, None)
+    if setup:
+        with contextlib.suppress(OSError):  # if it died at once, it is reported as a crash
+            _send(ours, _setup_message(spawn))
+    return runner
+
+
+def _setup_message(spawn: Spawn) -> bytes:
+    return pickle.dumps({"env": spawn.env, "cwd": spawn.cwd, "setup": spawn.setup})
+
+
+def spawned_setup(sock: socket.socket) -> Any:
+    """In a spawned runner: wait for its first message, take its environment and folder, return its setup.
+
+    None if the worker closed the socket first (an interpreter started ahead, never used).
+    """
+    data = read_message(sock)
+    if data is None:
+        return None
+    first = pickle.loads(data)
+    os.environ.clear()
+    os.environ.update(first["env"])
+    if first["cwd"]:
+        os.chdir(first["cwd"])
+    return first["setup"]
+
+
 def _serve(sock: socket.socket, work: Work, warm: Callable[[], None] | None, memory_mb: int) -> None:
-    """The runner's life: warm up, then run steps until told to stop (EOF) or replaced."""
+    """A forked runner's life: let go of what it inherited from the worker, then :func:`serve`."""
     os.setpgid(0, 0)
+    _forget_inherited_runners()
+    _detach_inherited_pipes_and_sockets(keep=sock.fileno())
+    serve(sock, work, warm, memory_mb)
+
+
+def serve(sock: socket.socket, work: Work, warm: Callable[[], None] | None, memory_mb: int) -> None:
+    """The runner's life: warm up, then run steps until told to stop (EOF) or replaced.
+
+    Runs in the runner (forked or spawned), in a process group of its own.
+    """
     die_with_parent()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
-    _forget_inherited_runners()
-    _detach_inherited_pipes_and_sockets(keep=sock.fileno())
     _become_subreaper()
     if warm is not None:
         try:
@@ -265,7 +391,7 @@ def _serve(sock: socket.socket, work: Work, warm: Callable[[], None] | None, mem
     hard = (new["VmSize"] + 2 * limit) * 1024
     held = new  # what the runner holds between steps (it does nothing while idle: read once per step)
     while True:
-        data = _read_message(sock)
+        data = read_message(sock)
         if data is None:
             return
         _limit_address_space((held["VmSize"] + limit) * 1024, hard)
@@ -491,7 +617,7 @@ def _send(sock: socket.socket, data: bytes) -> None:
     sock.sendall(_HEADER.pack(len(data)) + data)
 
 
-def _read_message(sock: socket.socket) -> bytes | None:
+def read_message(sock: socket.socket) -> bytes | None:
     """The next message, blocking (None at EOF: the worker closed the socket)."""
     header = _read_exactly(sock, _HEADER.size)
     if header is None:
@@ -569,4 +695,5 @@ def warm_hook(handler: Callable[..., Any]) -> Callable[[], None] | None:
 
 os.register_at_fork(after_in_child=_pool._after_fork_in_child)
 
-__all__ = ["IDLE_SECONDS", "MAX_IDLE", "Retire", "RunnerPool", "pool", "warm_hook"]
+__all__ = ["IDLE_SECONDS", "MAX_IDLE", "Retire", "RunnerPool", "Spawn", "pool", "read_message", "serve",
+           "spawned_setup", "warm_hook"]

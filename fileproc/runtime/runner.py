@@ -38,7 +38,7 @@ from fileproc.runtime.invoke import StepRequest, invoke, kind_of
 from fileproc.runtime.pool import Retire, pool
 from fileproc.runtime.sandbox import ChildResult
 from fileproc.serverless.metering import attempt_metering
-from fileproc.serverless.stepping import Policy, ReservedSlot, deployed_version, warm_up
+from fileproc.serverless.stepping import Policy, ReservedSlot, deployed_version, invocation, runner_for, warm_up
 from fileproc.service import Service
 from fileproc.state import AttemptStatus, DatabaseUnavailable, Job, JobStatus, Output, Send, StepEnd, StepStart
 from fileproc.storage import ObjectInfo
@@ -189,10 +189,14 @@ def execute(service: Service, request: StepRequest, *, cancel: threading.Event,
             return Retire(outcome, f"ran out of memory (limit {step.memory_mb} MB)")
         return outcome
 
+    key = (spec.name, spec.version, request.memory_mb)
+    limits: dict[str, Any] = {"timeout": request.timeout, "memory_mb": request.memory_mb, "cancel": cancel}
     try:
-        result = pool().run((spec.name, spec.version, request.memory_mb), service, work, request,
-                            timeout=request.timeout, memory_mb=request.memory_mb, cancel=cancel,
-                            warm=warm_up(service, spec))
+        if deployed_version(spec) is not None:  # a user's code: a fresh interpreter, nothing of the worker's
+            result = pool().run(key, service, None, invocation(service, request, spec),
+                                spawn=runner_for(service, spec, request.memory_mb), **limits)
+        else:  # a built-in: forked from the worker, warm with its libraries
+            result = pool().run(key, service, work, request, warm=warm_up(service, spec), **limits)
     finally:
         # A step killed from outside (timeout, lost lease) cannot clean up after itself.
         shutil.rmtree(request.scratch_dir, ignore_errors=True)

@@ -10,6 +10,8 @@
   runner: ``AWS_LAMBDA_*`` and AWS variables, nothing of fileproc's
   settings, a private ``TMPDIR``, print/logging captured per invocation,
   boto3 pointed at the configured store;
+- :mod:`.bootstrap`: the runner itself, a fresh interpreter the worker
+  execs (no descriptor, variable or object of the worker's);
 - :mod:`.metering`: billed duration, GB-seconds, the ``REPORT`` line and
   ``fileproc usage``;
 - :mod:`.scaffold`: ``fileproc functions new``.

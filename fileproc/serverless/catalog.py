@@ -4,16 +4,16 @@ Resolved on every step, from the state database, so a deploy or a rollback
 reaches every worker without a restart; an alias is trusted for
 ``functions.alias_seconds`` (default 2 s), a version number for good
 (versions never change). The spec of a version is built once per worker
-process: its handler (:class:`~.lambda_runtime.LambdaHandler`) is what its
-warm runners load.
+process: its handler (:class:`~.lambda_runtime.LambdaHandler`) says how its
+warm runners start.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fileproc.errors import FileprocError, FunctionNotFound
@@ -93,10 +93,11 @@ class Catalog:
             writable = [data_dir / "scratch"]  # the step scratch folders (context.input.path, progress)
             if settings.storage.backend == "local":  # context.output writes the storage's own files
                 writable += [settings.buckets_dir.resolve(), data_dir / "tmp"]
+            # Out of its reach, even to read: fileproc's state, tokens, broker data, other functions'
+            # code (all in data_dir, but its own folders), the config file, the worker's home.
+            hidden = [data_dir, Path.home(), *([settings.config_file.resolve()] if settings.config_file else [])]
             handler = LambdaHandler(version, folder, environment(settings, version, folder), data_dir / "scratch",
-                                    settings.functions.bucket, writable)
-            with contextlib.suppress(ImportError):  # loaded once here: each runner forked from us has it warm
-                import boto3  # noqa: F401
+                                    settings.functions.bucket, writable, hidden)
             spec = FunctionSpec(version.function, handler, queue=USER_QUEUE, timeout=version.timeout,
                                 memory_mb=version.memory_mb, retries=version.retries,
                                 source=f"deployed {version.function}:{version.version}",

@@ -1,15 +1,15 @@
 """Lambda's execution environment, inside a warm runner of a deployed function version.
 
 Built in the worker (:func:`environment`: what the runner's environment
-holds) and applied in each new runner by :meth:`LambdaHandler.warm`, before
-the handler's module is imported:
+holds; :meth:`LambdaHandler.spawn`: how its runner starts) and applied in
+each new runner (a fresh interpreter, :mod:`.bootstrap`) by
+:meth:`LoadedHandler.load`, before the handler's module is imported:
 
-- the environment is *replaced*: Lambda's variables (``AWS_LAMBDA_*``,
+- the environment is Lambda's: its variables (``AWS_LAMBDA_*``,
   ``AWS_REGION``, ``LAMBDA_TASK_ROOT``, ``_HANDLER`` ...), the standard AWS
   variables that point boto3 at the configured S3-compatible store
   (``AWS_ENDPOINT_URL_S3``, credentials), the function's own ``--env``, and
-  nothing of fileproc's settings or secrets (the runner's copy of the
-  settings loses its secrets too);
+  nothing of fileproc's settings or secrets (the runner never had them);
 - a private writable folder as ``TMPDIR`` (and ``tempfile``'s folder), kept
   for the runner's life like Lambda's ``/tmp``; the package's folder is
   ``LAMBDA_TASK_ROOT`` and first on ``sys.path``, its requirements second;
@@ -51,7 +51,8 @@ from fileproc.serverless.landlock import restrict_writes  # imported here, not i
 
 if TYPE_CHECKING:
     from fileproc.config import Settings
-    from fileproc.functions import Context, FunctionSpec
+    from fileproc.functions import Context, InputObject, OutputWriter
+    from fileproc.runtime.pool import Spawn
     from fileproc.state.deployments import FunctionVersion
     from fileproc.storage import Storage
 
@@ -105,27 +106,25 @@ def environment(settings: Settings, version: FunctionVersion, folder: Path) -> d
 
 
 class LambdaHandler:
-    """The handler of a deployed version: a ``handler(event, context)`` loaded in its runner.
+    """A deployed version, as the worker knows it: what its runners are started with.
 
-    Built in the worker; :meth:`warm` runs once in each new runner (the
-    pool's warm-up hook), so the module is imported before the first event,
-    as Lambda's init phase does. An import that fails is reported on each
-    invocation as Lambda reports it (``Runtime.ImportModuleError``).
+    Its runners are never forks of the worker: each is a fresh interpreter
+    (:meth:`spawn`, :mod:`.bootstrap`) that loads the handler as Lambda's init
+    phase does (:class:`LoadedHandler`) and holds nothing of the worker's.
     """
 
     lambda_style = True
 
     def __init__(self, version: FunctionVersion, folder: Path, env: dict[str, str], tmp_root: Path,
-                 package_bucket: str, writable: list[Path] | None = None) -> None:
+                 package_bucket: str, writable: list[Path] | None = None, hidden: list[Path] | None = None) -> None:
         self.version = version
         self.package_bucket = package_bucket
         self.writable = writable or []  # besides its /tmp: the step scratch folders, local storage's
+        self.hidden = hidden or []  # what it may not even read: data_dir (but its own folders), the config file
         self.folder = folder
         self.env = env
         self.tmp_root = tmp_root
-        self._handler: Any = None
-        self._init_error: tuple[str, str] | None = None
-        self.init_ms: float | None = None
+        self._spawns: dict[int, Spawn] = {}
 
     def prepare(self, storage: Storage) -> None:
         """In the worker, before a runner starts: the version's package and requirements on this host."""
@@ -134,36 +133,92 @@ class LambdaHandler:
         packages.install(storage, self.package_bucket, self.version.package_key, self.folder,
                          self.version.requirements)
 
-    def warm(self) -> None:
+    def spawn(self, memory_mb: int, storage: dict[str, Any]) -> Spawn:
+        """How a new runner of this version starts: a fresh interpreter, Lambda's environment, its setup.
+
+        ``storage`` is what the runner's ``context.storage`` is opened from
+        (:func:`fileproc.serverless.bootstrap.open_storage`): the store's
+        folder, or the S3 endpoint and the credentials the function gets
+        as ``AWS_*`` anyway.
+        """
+        found = self._spawns.get(memory_mb)
+        if found is not None and found.setup["storage"] == storage:  # (built once: asked on every step)
+            return found
+        import fileproc
+        from fileproc.runtime.pool import Spawn
+
+        version = self.version
+        setup = {"function": version.function, "version": str(version.version), "handler": version.handler,
+                 "memory_mb": memory_mb, "disk_mb": version.disk_mb, "folder": str(self.folder),
+                 "tmp_root": str(self.tmp_root), "writable": [str(p) for p in self.writable],
+                 "hidden": [str(p) for p in self.hidden], "storage": storage}
+        # fileproc's own folder first (an editable install's is found by `site`, which the runner skips).
+        path = (str(Path(fileproc.__file__).parent.parent), *(p for p in sys.path if p and os.path.isdir(p)))
+        spawn = Spawn("fileproc.serverless.bootstrap", setup, self.env, cwd=str(self.folder / "code"), path=path)
+        self._spawns[memory_mb] = spawn
+        return spawn
+
+    def __call__(self, event: dict[str, Any], context: Any) -> Any:
+        raise TypeError(f"{self.version.function} runs only in a runner of its own (LambdaHandler.spawn)")
+
+
+class LoadedHandler:
+    """A deployed version's handler, loaded in its runner (:meth:`load`: Lambda's init phase).
+
+    ``setup`` is what :meth:`LambdaHandler.spawn` sends. An import that
+    fails is reported on each invocation as Lambda reports it
+    (``Runtime.ImportModuleError``).
+    """
+
+    def __init__(self, setup: dict[str, Any]) -> None:
+        self.function: str = setup["function"]
+        self.version: str = setup["version"]
+        self.handler_name: str = setup["handler"]
+        self.disk_mb: int = setup["disk_mb"]
+        self.folder = Path(setup["folder"])
+        self.tmp_root = Path(setup["tmp_root"])
+        self.writable = [Path(p) for p in setup["writable"]]
+        self.hidden = [Path(p) for p in setup.get("hidden", [])]
+        self._handler: Any = None
+        self._init_error: tuple[str, str] | None = None
+        self._init_output: Captured | None = None
+        self.init_ms: float | None = None
+
+    def init_output(self) -> str:
+        """What the module printed or logged when it was imported (once: then it is "")."""
+        output, self._init_output = self._init_output, None
+        return output.text if output is not None else ""
+
+    def load(self) -> None:
+        """Lambda's environment, then the handler's module: once, before the runner's first step."""
         started = time.perf_counter()
         (self.folder / "aws-config").write_text("[default]\ns3 =\n    addressing_style = path\n")
         keep = [Path(sys.prefix), Path(sys.base_prefix), self.folder, self.tmp_root, Path.cwd(),
                 *(Path(p) for p in sys.path if p)]
         for folder in self.writable:  # made now: the runner may not make them once confined
             folder.mkdir(parents=True, exist_ok=True)
-        if private_tmp(self.version.disk_mb, keep):
+        if private_tmp(self.disk_mb, keep):
             tmp = Path("/tmp")
         else:  # no mount namespace here (not root, or a container without CAP_SYS_ADMIN): TMPDIR only
             tmp = self.tmp_root / f"{os.getpid()}.tmp"
             tmp.mkdir(parents=True, exist_ok=True)
-        os.environ.clear()
-        os.environ.update({**self.env, "TMPDIR": str(tmp),
-                           "AWS_LAMBDA_LOG_STREAM_NAME": log_stream_name(str(self.version.version))})
+        # Its environment is Lambda's already (the pool's first message): these two are its own.
+        os.environ.update({"TMPDIR": str(tmp), "AWS_LAMBDA_LOG_STREAM_NAME": log_stream_name(self.version)})
         tempfile.tempdir = str(tmp)
-        limit = self.version.disk_mb * 1024 * 1024  # a file past it fails with EFBIG (Python ignores SIGXFSZ)
+        limit = self.disk_mb * 1024 * 1024  # a file past it fails with EFBIG (Python ignores SIGXFSZ)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-        _confine([tmp, *self.writable])
+        _confine([tmp, *self.writable], self.hidden, [Path(sys.prefix), Path(sys.base_prefix), self.folder,
+                                                      *(Path(p) for p in sys.path if p)])
         code, deps = str(self.folder / "code"), str(self.folder / "deps")
         sys.path[:0] = [code, deps]
         importlib.invalidate_caches()
-        # The working directory stays the worker's (relative data_dir paths hold): Lambda's
-        # would be the package's folder, which handlers find as LAMBDA_TASK_ROOT.
         _lambda_logging()
         faulthandler.disable()  # a crash is reported by the worker (killed by SIGSEGV), not dumped on its stderr
-        _hook_boto3()
-        module_name, _, attribute = self.version.handler.rpartition(".")
+        _hook_boto3_when_imported()
+        module_name, _, attribute = self.handler_name.rpartition(".")
         try:
-            module = importlib.import_module(module_name)
+            with captured_init() as self._init_output:  # what the module prints: in the first invocation's log
+                module = importlib.import_module(module_name)
         except Exception as exc:  # the user's module failing at import: reported on each invocation
             self._init_error = ("Runtime.ImportModuleError", f"Unable to import module '{module_name}': {exc}")
             return
@@ -176,7 +231,7 @@ class LambdaHandler:
 
     def __call__(self, event: dict[str, Any], context: Any) -> Any:
         if self._handler is None and self._init_error is None:
-            self.warm()
+            self.load()
         if self._init_error is not None:
             kind, message = self._init_error
             raise InitError(kind, message)
@@ -300,6 +355,21 @@ def captured(request_id: str, version: str) -> Iterator[Captured]:
         out.write(f"END RequestId: {request_id}\n")
 
 
+@contextlib.contextmanager
+def captured_init() -> Iterator[Captured]:
+    """Capture what the handler's module prints or logs while it is imported (Lambda's init phase)."""
+    out = Captured()
+    saved = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = out
+    descriptors = _redirect_descriptors()
+    try:
+        yield out
+    finally:
+        sys.stdout, sys.stderr = saved
+        if descriptors is not None:
+            out.write(_restore_descriptors(*descriptors))
+
+
 _output_file: int | None = None  # a memory file for fd 1 and 2 during invocations, one per runner
 
 
@@ -368,11 +438,43 @@ def written() -> list[tuple[str, str, str]]:
     return list(_written)
 
 
-def _hook_boto3() -> None:
+class _AfterImport:
+    """A meta path finder that calls ``then(module)`` once ``name`` is imported (it loads nothing itself)."""
+
+    def __init__(self, name: str, then: Callable[[Any], None]) -> None:
+        self.name, self.then = name, then
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != self.name:
+            return None
+        from importlib.machinery import PathFinder
+
+        spec = PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        loader, then = spec.loader, self.then
+        run = loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            run(module)
+            then(module)
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]
+        sys.meta_path.remove(self)
+        return spec
+
+
+def _hook_boto3_when_imported() -> None:
+    # boto3 is not imported by the runner (it costs a cold start ~100 ms): it is hooked when the
+    # handler imports it, before the handler's module can make a client at its top.
+    if "boto3" in sys.modules:
+        _hook_boto3(sys.modules["boto3"])
+    else:
+        sys.meta_path.insert(0, _AfterImport("boto3", _hook_boto3))
+
+
+def _hook_boto3(boto3: Any) -> None:
     # Only boto3's default session (what `boto3.client("s3")` uses) is hooked, when it is made.
-    boto3: Any = sys.modules.get("boto3")
-    if boto3 is None:
-        return
     original = boto3.setup_default_session
 
     def setup_default_session(**kwargs: Any) -> None:
@@ -403,7 +505,7 @@ def _record(http_response: Any, parsed: dict[str, Any], context: dict[str, Any],
         _written.append((target[0], target[1], str(etag).strip('"')))
 
 
-def invoke_lambda(spec: FunctionSpec, event: dict[str, Any], context: Context, storage: Storage,
+def invoke_lambda(handler: LoadedHandler, event: dict[str, Any], context: Context, storage: Storage,
                   provenance: dict[str, str], kind_of: Callable[[BaseException], str],
                   ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Call a deployed handler as Lambda does: its outcome, and the objects it wrote through boto3.
@@ -415,14 +517,14 @@ def invoke_lambda(spec: FunctionSpec, event: dict[str, Any], context: Context, s
     """
     outcome: dict[str, Any] = {"error": None, "result": None}
     start_invocation(provenance)
-    with captured(context.aws_request_id, spec.version) as out:
+    with captured(context.aws_request_id, handler.version) as out:
         try:
-            value = spec.handler(event, context)
+            value = handler(event, context)
         except Exception as exc:
             shaped = error_object(exc, context.aws_request_id)
             print(json.dumps(shaped))
             outcome["result"] = shaped
-            plain = plain_reason(exc, getattr(getattr(spec.handler, "version", None), "disk_mb", 0))
+            plain = plain_reason(exc, handler.disk_mb)
             outcome["error"] = {"kind": "permanent" if plain else kind_of(exc),
                                 "type": shaped["errorType"], "message": plain or shaped["errorMessage"],
                                 "traceback": "".join(traceback.format_exception(exc))[-8000:]}
@@ -435,7 +537,7 @@ def invoke_lambda(spec: FunctionSpec, event: dict[str, Any], context: Context, s
                                      "requestId": context.aws_request_id, "stackTrace": []}
                 outcome["error"] = {"kind": "permanent", "type": "Runtime.MarshalError", "message": message,
                                     "traceback": None}
-    outcome["log"] = out.text
+    outcome["log"] = handler.init_output() + out.text
     found = []
     for bucket, key, etag in written():
         try:
@@ -448,15 +550,24 @@ def invoke_lambda(spec: FunctionSpec, event: dict[str, Any], context: Context, s
 
 
 _writable: list[Path] = []  # where this runner may write, once confined (empty: not confined)
+_hidden: list[Path] = []  # what it may not read either
 
 
-def _confine(folders: list[Path]) -> None:
-    """Writes only beneath ``folders`` (and /dev/null, /dev/shm, this process's /proc entry) from now on."""
-    global _writable
+def _confine(folders: list[Path], hidden: list[Path], readable: list[Path]) -> None:
+    """Writes only beneath ``folders`` (and /dev/null, /dev/shm, this process's /proc entry) from now on.
+
+    Reads too are refused beneath ``hidden`` (but beneath ``folders`` and
+    ``readable``), and in other processes' /proc entries.
+    """
+    global _writable, _hidden
     sys.dont_write_bytecode = True  # its package is read-only to it: no __pycache__ beside the code
     allowed = [*folders, Path("/dev/shm"), Path(f"/proc/{os.getpid()}")]
-    if restrict_writes(allowed, [Path("/dev/null"), Path("/dev/zero"), Path("/dev/full")]):
+    # Never hide "/" (a home folder may hold Python itself: ``readable`` keeps that readable).
+    hidden = [path.resolve() for path in hidden if path.resolve() != Path("/")]
+    if restrict_writes(allowed, [Path("/dev/null"), Path("/dev/zero"), Path("/dev/full")], hidden=hidden,
+                       readable=readable):
         _writable = [folder.resolve() for folder in allowed]  # as Landlock sees them (through links)
+        _hidden = hidden
 
 
 def plain_reason(exc: BaseException, disk_mb: int) -> str | None:
@@ -464,8 +575,11 @@ def plain_reason(exc: BaseException, disk_mb: int) -> str | None:
     if isinstance(exc, OSError) and _writable and exc.filename:
         target = Path(os.fsdecode(exc.filename)).absolute()
         where = target.parent.resolve() / target.name  # what Landlock checked (a host folder links from /tmp)
-        outside = exc.errno == errno.EACCES and not any(where.is_relative_to(folder) for folder in _writable)
-        if outside:
+        mine = any(where.is_relative_to(folder) for folder in _writable)
+        if exc.errno == errno.EACCES and not mine and any(where.is_relative_to(path) for path in _hidden):
+            return (f"refused reading or writing {target}: fileproc's own files (its state, settings and other "
+                    f"functions) are out of a function's reach ({exc.strerror})")
+        if exc.errno == errno.EACCES and not mine:
             return (f"refused writing {target}: a function writes only to its /tmp and the folders fileproc "
                     f"gives it ({exc.strerror})")
     if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
@@ -473,6 +587,18 @@ def plain_reason(exc: BaseException, disk_mb: int) -> str | None:
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return f"ran out of disk space: past its disk limit of {disk_mb} MB, or the disk is full ({exc.strerror})"
     return None
+
+
+def step_outcome(outcome: dict[str, Any], writer: OutputWriter, reader: InputObject,
+                 extra: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """What a step sends back to the worker: its outcome, with its outputs and bytes in and out."""
+    outcome["outputs"] = [
+        {"bucket": o.bucket, "key": o.key, "size": o.size, "etag": o.etag, "content_type": o.content_type}
+        for o in writer.written
+    ] + (extra or [])
+    outcome["bytes_read"] = reader.bytes_read
+    outcome["bytes_written"] = sum(o["size"] for o in outcome["outputs"])
+    return outcome
 
 
 def error_object(exc: BaseException, request_id: str) -> dict[str, Any]:
@@ -483,6 +609,5 @@ def error_object(exc: BaseException, request_id: str) -> dict[str, Any]:
             "stackTrace": [line for line in traceback.format_list(frames)]}
 
 
-__all__ = ["Captured", "InitError", "LambdaHandler", "aws_region", "captured", "environment", "error_object",
-           "invoke_lambda",
-           "start_invocation", "store_variables", "written"]
+__all__ = ["Captured", "InitError", "LambdaHandler", "LoadedHandler", "aws_region", "captured", "environment",
+           "error_object", "invoke_lambda", "start_invocation", "step_outcome", "store_variables", "written"]

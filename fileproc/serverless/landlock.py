@@ -1,20 +1,25 @@
 """Landlock (Linux 5.13+): a deployed function's runner may write only beneath the folders it is given.
 
-Reads stay open (a handler reads its libraries, certificates, its package);
-creating, writing, truncating, renaming and removing files is refused
+Creating, writing, truncating, renaming and removing files is refused
 (``PermissionError``) everywhere but the folders given: the runner's /tmp,
-the step scratch folders and, on the local backend, the storage's own. The
-restriction is the runner's and its children's for good, needs no
-privilege, and is skipped (False) where the kernel has no Landlock.
+the step scratch folders and, on the local backend, the storage's own.
+Reads stay open (a handler reads its libraries, certificates, its package)
+but for the paths it is hidden from: data_dir (its own folders excepted),
+the config file, the worker's home, and every other process's /proc entry
+(environment, memory, open files). The restriction is the runner's and its
+children's for good, needs no privilege, and is skipped (False) where the
+kernel has no Landlock.
 
-Not covered: files the runner inherited open from the worker (Landlock
-checks a path when it is opened).
+Landlock checks a path when it is opened, so a file already open is not
+covered: a deployed function's runner has none of the worker's (it is a
+fresh interpreter, exec'd with every descriptor closed but its socket).
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import stat
 import struct
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,6 +30,7 @@ _RULE_PATH_BENEATH = 1
 _PR_SET_NO_NEW_PRIVS = 38
 
 WRITE_FILE = 1 << 1
+READ_FILE, READ_DIR = 1 << 2, 1 << 3
 REMOVE_DIR, REMOVE_FILE = 1 << 4, 1 << 5
 MAKE = sum(1 << bit for bit in range(6, 13))  # char, dir, reg, sock, fifo, block, sym
 REFER = 1 << 13  # ABI 2: link or rename across folders
@@ -45,10 +51,15 @@ def abi() -> int:
     return max(version, 0)
 
 
-def restrict_writes(folders: Iterable[Path], files: Iterable[Path] = ()) -> bool:
+def restrict_writes(folders: Iterable[Path], files: Iterable[Path] = (), *,
+                    hidden: Iterable[Path] = (), readable: Iterable[Path] = ()) -> bool:
     """From now on this process (and what it starts) writes only beneath ``folders`` and to ``files``.
 
-    False, with nothing changed, where the kernel has no Landlock.
+    With ``hidden``, it also reads nothing beneath those paths (but beneath
+    ``folders`` and ``readable``, which may lie within them), nor the files
+    of any other process in /proc: everything else stays readable
+    (:func:`readable_except`). False, with nothing changed, where the kernel
+    has no Landlock.
     """
     version = abi()
     if version < 1:
@@ -58,18 +69,26 @@ def restrict_writes(folders: Iterable[Path], files: Iterable[Path] = ()) -> bool
         handled |= REFER
     if version >= 3:
         handled |= TRUNCATE
+    hidden = list(hidden)
+    reads: list[tuple[Path, int]] = []
+    if hidden:
+        handled |= READ_FILE | READ_DIR
+        reads = [(Path("/"), READ_DIR),  # every folder can be listed (names are not contents)
+                 *((path, READ_FILE | READ_DIR) for path in [*readable_except(hidden), *readable])]
     attr = ctypes.create_string_buffer(struct.pack("=Q", handled))
     ruleset = _syscall(_CREATE_RULESET, attr, ctypes.c_size_t(8), ctypes.c_uint32(0))
     if ruleset < 0:
         return False
     try:
         for path, rights in [*((p, handled) for p in folders),
-                             *((p, handled & (WRITE_FILE | TRUNCATE)) for p in files)]:
+                             *((p, handled & (WRITE_FILE | TRUNCATE | READ_FILE)) for p in files), *reads]:
             try:
                 parent = os.open(path, os.O_PATH | os.O_CLOEXEC)
             except OSError:
                 continue  # not there: nothing to allow
             try:
+                if not stat.S_ISDIR(os.fstat(parent).st_mode):  # a file's rule may hold a file's rights only
+                    rights &= WRITE_FILE | READ_FILE | TRUNCATE
                 rule = ctypes.create_string_buffer(struct.pack("=Qi", rights, parent))
                 _syscall(_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(_RULE_PATH_BENEATH), rule,
                          ctypes.c_uint32(0))
@@ -82,4 +101,46 @@ def restrict_writes(folders: Iterable[Path], files: Iterable[Path] = ()) -> bool
         os.close(ruleset)
 
 
-__all__ = ["abi", "restrict_writes"]
+def readable_except(hidden: Iterable[Path]) -> list[Path]:
+    """The paths beneath which reading stays open so that nothing beneath ``hidden`` can be read.
+
+    Landlock only allows: so every entry of every folder on the way from
+    ``/`` to a hidden path is allowed, but the hidden one. In /proc, only
+    this process's own entry and what is not a process's (``cpuinfo``,
+    ``sys``, ``self``...) are allowed: another process's environment,
+    memory and open files are hidden. An entry made later in a folder on
+    the way (not beneath an allowed one) is not readable.
+    """
+    hidden_paths = {os.path.realpath(path) for path in hidden}
+    own = str(os.getpid())
+    found: list[Path] = []
+
+    def within(path: str, folder: str) -> bool:
+        return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+    def walk(folder: str) -> None:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            return
+        for entry in entries:
+            if folder == "/proc":
+                if not entry.name.isdigit() or entry.name == own:
+                    found.append(Path(entry.path))
+                continue
+            # A rule follows a link: what counts is where it leads.
+            link = entry.is_symlink()
+            target = os.path.realpath(entry.path) if link else entry.path
+            if any(within(target, path) for path in hidden_paths):
+                continue
+            if target == "/proc" or any(within(path, target) for path in hidden_paths):  # on the way to one
+                if not link and entry.is_dir(follow_symlinks=False):
+                    walk(entry.path)
+                continue  # (a link to a folder on the way: that folder is walked where it is)
+            found.append(Path(entry.path))
+
+    walk("/")
+    return found
+
+
+__all__ = ["abi", "readable_except", "restrict_writes"]

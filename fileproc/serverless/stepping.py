@@ -1,7 +1,9 @@
 """What a deployed function adds around one step (called from :mod:`fileproc.runtime.runner`).
 
-- :func:`warm_up`: what a new runner does before its first step (Lambda's
-  environment for a deployed version, the AWS variables for every runner);
+- :func:`warm_up`: what a new (forked) runner of a registered function does
+  before its first step (the AWS variables pointing boto3 at the store);
+- :func:`invocation` and :func:`runner_for`: a deployed version's step as
+  plain data, and how its runner (a fresh interpreter) starts;
 - :class:`ReservedSlot`: a unit of the function's reserved concurrency, held
   while the step runs;
 - :class:`Policy`: the function's own retries, backoff, maximum event age,
@@ -14,12 +16,14 @@ import os
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fileproc.functions import FunctionSpec
-from fileproc.runtime.pool import warm_hook
+from fileproc.runtime.pool import Spawn, warm_hook
 
 if TYPE_CHECKING:
+    from fileproc.runtime.invoke import StepRequest
     from fileproc.service import Service
     from fileproc.state import Job
     from fileproc.state.deployments import FunctionVersion
@@ -33,23 +37,14 @@ def deployed_version(spec: FunctionSpec) -> FunctionVersion | None:
 
 
 def warm_up(service: Service, spec: FunctionSpec) -> Callable[[], None]:
-    """What a new runner of ``spec`` does before its first step.
+    """What a new runner of a registered function does before its first step.
 
-    Every runner gets the standard AWS variables pointing boto3 at the
-    configured store; a deployed function's runner gets Lambda's whole
-    environment instead of the worker's, and its copy of the settings loses
-    fileproc's secrets.
+    It gets the standard AWS variables pointing boto3 at the configured
+    store, then its module's ``warm()`` hook runs. (A deployed function's
+    runner is not forked: see :func:`runner_for`.)
     """
     from fileproc.serverless.lambda_runtime import store_variables
 
-    if deployed_version(spec) is not None:
-        hook = spec.handler.warm  # type: ignore[attr-defined]
-
-        def warm_deployed() -> None:
-            _forget_secrets(service)
-            hook()
-
-        return warm_deployed
     module_hook = warm_hook(spec.handler)
     variables = store_variables(service.settings)
 
@@ -61,24 +56,52 @@ def warm_up(service: Service, spec: FunctionSpec) -> Callable[[], None]:
     return warm_registered
 
 
-def _forget_secrets(service: Service) -> None:
-    # The runner never talks to the database, the broker or the API: their secrets go, and
-    # so do the objects that hold them (the database's engines, the broker's URL in Celery).
-    import gc
+def runner_for(service: Service, spec: FunctionSpec, memory_mb: int) -> Spawn:
+    """How a new runner of deployed ``spec`` starts: a fresh interpreter that holds nothing of the worker."""
+    settings = service.settings.storage
+    storage: dict[str, Any]
+    if settings.backend == "s3":  # the same endpoint and credentials the function gets as AWS_* variables
+        storage = {"backend": "s3", "endpoint": settings.endpoint, "secure": settings.secure,
+                   "access_key": settings.access_key.get_secret_value(),
+                   "secret_key": settings.secret_key.get_secret_value(), "region": settings.region or None}
+    else:
+        storage = {"backend": "local", "buckets": str(service.settings.buckets_dir.resolve()),
+                   "tmp": str(service.settings.data_dir.resolve() / "tmp")}
+    return spec.handler.spawn(memory_mb, storage)  # type: ignore[attr-defined,no-any-return]
 
-    from pydantic import SecretStr
 
-    from fileproc.runtime.app import celery_app
+def invocation(service: Service, request: StepRequest, spec: FunctionSpec) -> dict[str, Any]:
+    """One step of a deployed function as plain data: all its runner needs to build Lambda's event and context."""
+    from urllib.parse import quote
 
-    settings = service.settings
-    settings.database.url = settings.broker.url = SecretStr("")
-    settings.api.webhook_token = settings.api.admin_token = SecretStr("")
-    if "db" in service.__dict__:
-        service.db.after_fork()  # its pooled connections are the worker's: dropped, never closed here
-        del service.__dict__["db"]
-    celery_app.conf.broker_url = None
-    celery_app.conf.broker_transport_options = {}
-    gc.collect()
+    from fileproc.events import ObjectEvent
+    from fileproc.rules import PROVENANCE_PIPELINE, render_key
+    from fileproc.serverless.bootstrap import NAME_SLOT
+    from fileproc.serverless.lambda_runtime import aws_region
+    from fileproc.storage import ObjectInfo
+
+    pipeline = service.pipelines[request.pipeline]
+    step = pipeline.steps[request.step_index]
+    event = ObjectEvent.from_dict(request.event)
+    source = request.source or ObjectInfo(event.bucket, event.key, event.size or 0, event.etag or "")
+    region = aws_region(service.settings)
+    _, _, qualifier = step.function.partition(":")
+    return {
+        "request_id": request.request_id, "pipeline": pipeline.name, "event": request.event, "source": source,
+        "record": event.to_record(region=region, configuration_id=pipeline.name),
+        "timeout": request.timeout, "memory_mb": request.memory_mb, "region": region,
+        "scratch_dir": str(Path(request.scratch_dir).resolve()), "params": service.params_for(step),
+        "qualifier": qualifier if qualifier and spec.version != "$LATEST" else None,
+        "output_bucket": pipeline.output.bucket.replace("{bucket}", event.bucket),
+        "output_key": render_key(pipeline.output.key, pipeline=pipeline.name, bucket=event.bucket, key=event.key,
+                                 name=NAME_SLOT),
+        "provenance": {
+            "fileproc-source-bucket": event.bucket,
+            "fileproc-source-key": quote(event.key, safe="/"),  # S3 metadata must be ASCII
+            "fileproc-source-etag": source.etag,
+            PROVENANCE_PIPELINE: pipeline.name,
+        },
+    }
 
 
 class ReservedSlot:
@@ -155,4 +178,4 @@ class Policy:
             deliver(url, record)
 
 
-__all__ = ["Policy", "ReservedSlot", "deployed_version", "warm_up"]
+__all__ = ["Policy", "ReservedSlot", "deployed_version", "invocation", "runner_for", "warm_up"]
