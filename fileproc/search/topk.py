@@ -136,9 +136,11 @@ class Headers:
             return self.inlined
         data = postfile.get(self.data_start[block], self.data_end[block] - self.data_start[block])
         deltas, weights = _ids_and_weights(data, bool(self.compressed[block]), int(self.count[block]))
-        ids = np.cumsum(np.asarray(deltas, dtype=np.int64))
+        ids = deltas if isinstance(deltas, np.ndarray) else np.cumsum(np.asarray(deltas, dtype=np.int64))
         count = len(ids)
-        if weights is None:
+        if isinstance(weights, np.ndarray):
+            w = weights
+        elif weights is None:
             w = np.ones(count, dtype=np.float64)
         elif isinstance(weights, float | int):
             w = np.full(count, float(weights), dtype=np.float64)
@@ -165,6 +167,9 @@ def _ids_and_weights(data: bytes, compressed: bool, count: int) -> tuple[Any, An
     """
     stream = zlib.decompressobj() if compressed else None
     head = stream.decompress(data, _HEAD_BYTES) if stream is not None else data
+    fast = _read_pickled(head, count)
+    if fast is not None:
+        return fast
     at = head.find(_VALUES)
     if at > 0:
         start = at - 1 if head[at - 1] == 0x28 else at  # MARK before the values' tuple (4 or more values)
@@ -179,6 +184,58 @@ def _ids_and_weights(data: bytes, compressed: bool, count: int) -> tuple[Any, An
         head += stream.decompress(stream.unconsumed_tail) + stream.flush()
     ids, weights, _values = pickle.loads(head)
     return ids, weights
+
+
+_K, _M, _J, _G, _N, _MARK, _TUPLE, _PUT, _LONG_PUT = b"KMJGN(tqr"
+
+
+def _read_pickled(head: bytes, count: int) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """The ids and weights of a block read straight from its pickle's bytes (numpy, no unpickling).
+
+    The common layout: protocol 2, the ids tuple (the first id, then deltas
+    under 256: ``K`` and one byte each), then the weights (``None``, one
+    float, or a tuple of ``G`` and 8 bytes each). Anything else: None.
+    """
+    if count < 4 or len(head) < 8 or head[0] != 0x80 or head[2] != _MARK:
+        return None
+    at = 3
+    op = head[at]
+    if op == _K:
+        first, at = head[at + 1], at + 2
+    elif op == _M:
+        first, at = int.from_bytes(head[at + 1:at + 3], "little"), at + 3
+    elif op == _J:
+        first, at = int.from_bytes(head[at + 1:at + 5], "little", signed=True), at + 5
+    else:
+        return None
+    end = at + 2 * (count - 1)
+    if end + 2 > len(head):
+        return None
+    pairs = np.frombuffer(head, dtype=np.uint8, count=2 * (count - 1), offset=at)
+    if not (pairs[0::2] == _K).all() or head[end] != _TUPLE:
+        return None
+    at = end + 1
+    if head[at] == _PUT:
+        at += 2
+    elif head[at] == _LONG_PUT:
+        at += 5
+    else:
+        return None
+    ids = np.empty(count, dtype=np.int64)
+    ids[0] = first
+    ids[1:] = pairs[1::2]
+    np.cumsum(ids, out=ids)
+    op = head[at] if at < len(head) else -1
+    if op == _N:
+        return ids, None
+    if op == _G and at + 9 <= len(head):
+        return ids, np.full(count, struct.unpack_from(">d", head, at + 1)[0])
+    if op != _MARK or at + 2 + 9 * count > len(head):
+        return None
+    cells = np.frombuffer(head, dtype=np.uint8, count=9 * count, offset=at + 1).reshape(count, 9)
+    if not (cells[:, 0] == _G).all() or head[at + 1 + 9 * count] != _TUPLE:
+        return None
+    return ids, cells[:, 1:].copy().view(">f8").ravel().astype(np.float64)
 
 
 def _byte(length: int | None) -> int:
