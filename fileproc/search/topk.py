@@ -421,6 +421,8 @@ def top_hits(cache: Cache, searcher: Any, q: Any, limit: int, allowed: np.ndarra
     ``allowed`` is a boolean per document of the searcher (a bucket or type
     filter), or None for all.
     """
+    if q is query.NullQuery:
+        return []  # every word absent
     words = _terms(q)
     if words is None or type(searcher.weighting) is not BM25F or searcher.weighting.use_final:
         raise Unsupported("not a plain word query")
@@ -428,7 +430,10 @@ def top_hits(cache: Cache, searcher: Any, q: Any, limit: int, allowed: np.ndarra
         terms = [_Term(searcher, word) for word in words]
     except ValueError:
         return []  # a word the field cannot hold (Whoosh: matches nothing)
-    leaves = [_Leaf(cache, sub, offset, allowed) for sub, offset in searcher.leaf_searchers()]
+    leaves = [_Leaf(cache, sub, offset, allowed) for sub, offset in searcher.leaf_searchers()
+              if sub.doc_count_all()]
+    if any(leaf.reader.segment() is None for leaf in leaves):
+        raise Unsupported("a reader without a segment")
     top = _Top(limit)
     if len(terms) == 1:
         _one_term(top, leaves, terms[0])

@@ -287,7 +287,8 @@ class WhooshIndex(SearchIndex):
                 self._filters.clear()  # document numbers change with the segments
                 self._masks.clear()
                 self._present = _Present(self._searcher.reader())
-                self._topk.forget({r.segment().segment_id() for r, _ in self._searcher.reader().leaf_readers()})
+                self._topk.forget({r.segment().segment_id() for r, _ in self._searcher.reader().leaf_readers()
+                                   if r.segment() is not None})
         except _READ_ERRORS as exc:
             self._searcher, self._ix = None, None
             self._filters.clear()
