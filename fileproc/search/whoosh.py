@@ -365,7 +365,7 @@ class WhooshIndex(SearchIndex):
                 limit = page * per_page
                 try:
                     best = topk.top_hits(self._topk, searcher, parsed, limit, self._mask(searcher, bucket, type))
-                except topk.Unsupported:
+                except (topk.Unsupported, AttributeError):  # AttributeError: Whoosh's internals not as topk reads them
                     results = searcher.search(parsed, limit=limit, filter=wanted)
                     best = [(results.score(n), results.docnum(n)) for n in range(results.scored_length())]
                 scored = len(best)
