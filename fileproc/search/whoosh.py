@@ -365,13 +365,15 @@ class WhooshIndex(SearchIndex):
                 limit = page * per_page
                 try:
                     best = topk.top_hits(self._topk, searcher, parsed, limit, self._mask(searcher, bucket, type))
+                    estimate = lambda: parsed.estimate_size(searcher.reader())  # noqa: E731
                 except (topk.Unsupported, AttributeError):  # AttributeError: Whoosh's internals not as topk reads them
                     results = searcher.search(parsed, limit=limit, filter=wanted)
                     best = [(results.score(n), results.docnum(n)) for n in range(results.scored_length())]
+                    estimate = results.estimated_length
                 scored = len(best)
                 exact = scored < limit
                 bound = len(wanted) if wanted is not None else searcher.doc_count()
-                total = scored if exact else max(scored, min(parsed.estimate_size(searcher.reader()), bound))
+                total = scored if exact else max(scored, min(estimate(), bound))
                 shown = best[(page - 1) * per_page:limit]
                 snippets = _Snippets(searcher, parsed, present) if shown else None
                 hits = [_hit(searcher.stored_fields(docnum), score, snippets) for score, docnum in shown]
