@@ -53,6 +53,9 @@ HEADER_BLOCKS = 500_000
 _LENGTHS = np.frombuffer(_length_byte_cache.tobytes(), dtype=np.int32).astype(np.float64)
 """Whoosh's field-length byte -> length table (what ``byte_to_length`` reads)."""
 
+_SCORED_LENGTHS = _LENGTHS.copy()
+_SCORED_LENGTHS[0] = 1.0  # the scorer's default for a document without the field
+
 _MAGIC = b"W3Bl"
 _INFO_BYTES = 64  # a block's info tuple pickled: 40 bytes at most
 _INT = struct.Struct("!i")
@@ -281,8 +284,14 @@ class Cache:
                 self._blocks -= len(old) if old is not None else 1
         return headers
 
-    def lengths(self, reader: Any, fieldname: str) -> np.ndarray:
-        """Every document's length of ``fieldname`` in the segment, as Whoosh's scorer reads it."""
+    def lengths(self, reader: Any, fieldname: str, ids: np.ndarray) -> np.ndarray:
+        """The length of ``fieldname`` in documents ``ids`` of the segment, as Whoosh's scorer reads it.
+
+        Kept as Whoosh stores it, a byte per document (100 kB per 100k documents and field).
+        """
+        return _SCORED_LENGTHS[self._length_bytes(reader, fieldname)[ids]]
+
+    def _length_bytes(self, reader: Any, fieldname: str) -> np.ndarray:
         key = (reader.segment().segment_id(), fieldname)
         found = self._lengths.get(key)
         if found is not None:
@@ -293,11 +302,9 @@ class Cache:
         if column is not None:
             count = min(column._count, doccount)
             raw[:count] = np.frombuffer(column._dbfile.get(column._basepos, count), dtype=np.uint8)
-        lengths = _LENGTHS[raw]
-        lengths[raw == 0] = 1.0  # the scorer's default for a document without the field
         with self._lock:
-            self._lengths[key] = lengths
-        return lengths
+            self._lengths[key] = raw
+        return raw
 
     def forget(self, keep: set[str]) -> None:
         """Drop what belongs to segments not in ``keep`` (merged away)."""
@@ -466,7 +473,7 @@ def _one_term(top: _Top, leaves: list[_Leaf], term: _Term) -> None:
             keep = leaf.allowed[ids]
             ids, weights = ids[keep], weights[keep]
         if len(ids):
-            scores = term.score(weights, leaf.cache.lengths(leaf.reader, term.fieldname)[ids])
+            scores = term.score(weights, leaf.cache.lengths(leaf.reader, term.fieldname, ids))
             top.add(scores, ids + leaf.offset)
 
 
@@ -541,7 +548,7 @@ def _all_terms(top: _Top, leaves: list[_Leaf], terms: list[_Term]) -> None:
             continue
         total = None
         for k, w in sorted(parts, key=lambda part: part[0]):  # the query's order: a + b (+ c ...)
-            s = terms[k].score(w, leaf.cache.lengths(leaf.reader, terms[k].fieldname)[ids])
+            s = terms[k].score(w, leaf.cache.lengths(leaf.reader, terms[k].fieldname, ids))
             total = s if total is None else total + s
         top.add(total, ids + leaf.offset)
 
