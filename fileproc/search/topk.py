@@ -48,7 +48,7 @@ from whoosh.scoring import BM25F
 from whoosh.util.numeric import _length_byte_cache
 
 HEADER_BLOCKS = 500_000
-"""Block headers kept across queries (about 40 bytes each: 20 MB at most), least recently used dropped."""
+"""Block headers kept across queries (49 bytes each: 25 MB at most), least recently used dropped."""
 
 _LENGTHS = np.frombuffer(_length_byte_cache.tobytes(), dtype=np.int32).astype(np.float64)
 """Whoosh's field-length byte -> length table (what ``byte_to_length`` reads)."""
@@ -122,9 +122,9 @@ class Headers:
         self.max_id = np.asarray(max_ids, dtype=np.int64)
         self.max_weight = np.asarray(max_weights, dtype=np.float64)
         self.min_length = _LENGTHS[np.asarray(min_bytes, dtype=np.int64)]
-        self.data_start = starts
-        self.data_end = ends
-        self.compressed = compressed
+        self.data_start = np.asarray(starts, dtype=np.int64)
+        self.data_end = np.asarray(ends, dtype=np.int64)
+        self.compressed = np.asarray(compressed, dtype=np.uint8)
 
     def __len__(self) -> int:
         return len(self.count)
@@ -137,7 +137,8 @@ class Headers:
         """Document numbers (in the segment) and weights of one block."""
         if self.inlined is not None:
             return self.inlined
-        data = postfile.get(self.data_start[block], self.data_end[block] - self.data_start[block])
+        start = int(self.data_start[block])
+        data = postfile.get(start, int(self.data_end[block]) - start)
         deltas, weights = _ids_and_weights(data, bool(self.compressed[block]), int(self.count[block]))
         ids = deltas if isinstance(deltas, np.ndarray) else np.cumsum(np.asarray(deltas, dtype=np.int64))
         count = len(ids)
