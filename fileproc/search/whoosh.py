@@ -23,18 +23,19 @@ import re
 import shutil
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from whoosh import index, qparser, query, writing
 from whoosh.analysis import StemmingAnalyzer
 from whoosh.fields import DATETIME, ID, NUMERIC, STORED, TEXT, Schema
 from whoosh.reading import SegmentReader
 from whoosh.searching import Searcher
 
-from fileproc.search import Batch, Document, Hit, IndexCorrupt, SearchIndex, SearchPage
+from fileproc.search import Batch, Document, Hit, IndexCorrupt, SearchIndex, SearchPage, topk
 
 STORED_CHARS = 100_000
 """Text kept in the index for snippets (all of it is indexed). Highlighting
@@ -53,6 +54,12 @@ HIGHLIGHT_TERMS = 50
 
 MAX_SEGMENTS = 6
 """Segments a commit leaves at most (see :func:`_merge_few`)."""
+
+PARSED_KEPT = 1024
+"""Parsed queries kept (by their text)."""
+
+PRESENT_KEPT = 100_000
+"""Words remembered as present or absent per searcher (see :func:`_prune`)."""
 
 FILTERS_KEPT = 32
 """Bucket/type filters (sets of document numbers) kept per searcher."""
@@ -91,16 +98,21 @@ class _Snippets:
     ``<mark></mark>``, the rest HTML-escaped.
     """
 
-    def __init__(self, searcher: Searcher, parsed: Any) -> None:
+    def __init__(self, searcher: Searcher, parsed: Any, present: Callable[[str, Any], bool] | None = None) -> None:
         self.analyzer = searcher.schema["content"].analyzer
         words: set[str] = set()
-        with contextlib.suppress(*_READ_ERRORS):
-            # fieldname= given: without it Whoosh 2.7 keeps only the first leaf's field (a loop variable
-            # shadows the argument)
-            for _, text in parsed.existing_terms(searcher.reader(), phrases=True, expand=True, fieldname="content"):
-                words.add(text.decode("utf-8") if isinstance(text, bytes) else str(text))
-                if len(words) >= HIGHLIGHT_TERMS:
-                    break
+        leaves = _plain_terms(parsed)
+        if leaves is not None and present is not None:  # words only: what existing_terms gives, remembered
+            words = {str(t.text) for t in leaves if t.fieldname == "content" and present("content", t.text)}
+        else:
+            with contextlib.suppress(*_READ_ERRORS):
+                # fieldname= given: without it Whoosh 2.7 keeps only the first leaf's field (a loop variable
+                # shadows the argument)
+                for _, text in parsed.existing_terms(searcher.reader(), phrases=True, expand=True,
+                                                     fieldname="content"):
+                    words.add(text.decode("utf-8") if isinstance(text, bytes) else str(text))
+                    if len(words) >= HIGHLIGHT_TERMS:
+                        break
         self.words = frozenset(words)
         starts = sorted({word[:max(3, len(word) - 2)] for word in words}, key=len, reverse=True)
         self.candidates = (re.compile(r"\b(?:" + "|".join(map(re.escape, starts)) + r")\w*", re.IGNORECASE)
@@ -165,7 +177,11 @@ class WhooshIndex(SearchIndex):
         self._searcher: Searcher | None = None
         self._ix: Any = None
         self._parser: Any = None
+        self._parsed: dict[str, Any] = {}  # query text -> parsed query (the parser is slow; queries repeat)
+        self._present: _Present | None = None
         self._filters: dict[tuple[str, str], set[int]] = {}
+        self._masks: dict[tuple[str, str], np.ndarray] = {}
+        self._topk = topk.Cache()
 
     # --- files --------------------------------------------------------------------------
 
@@ -269,9 +285,14 @@ class WhooshIndex(SearchIndex):
             if self._searcher is None:
                 self._searcher = self._open().searcher()
                 self._filters.clear()  # document numbers change with the segments
+                self._masks.clear()
+                self._present = _Present(self._searcher.reader())
+                self._topk.forget({r.segment().segment_id() for r, _ in self._searcher.reader().leaf_readers()
+                                   if r.segment() is not None})
         except _READ_ERRORS as exc:
             self._searcher, self._ix = None, None
             self._filters.clear()
+            self._masks.clear()
             raise IndexCorrupt(f"cannot read the search index: {exc!r}") from exc
         return self._searcher
 
@@ -298,12 +319,28 @@ class WhooshIndex(SearchIndex):
             self._filters[key] = found
         return found
 
+    def _mask(self, searcher: Searcher, bucket: str | None, type: str | None) -> np.ndarray | None:
+        """:meth:`_filter` as one boolean per document (what :mod:`~fileproc.search.topk` takes)."""
+        wanted = self._filter(searcher, bucket, type)
+        if wanted is None:
+            return None
+        key = (bucket or "", type or "")
+        found = self._masks.get(key)
+        if found is None:
+            found = np.zeros(searcher.doc_count_all(), dtype=bool)
+            found[np.fromiter(wanted, dtype=np.int64, count=len(wanted))] = True
+            if len(self._masks) >= FILTERS_KEPT:
+                self._masks.pop(next(iter(self._masks)))
+            self._masks[key] = found
+        return found
+
     def search(self, query_text: str, *, bucket: str | None = None, type: str | None = None, page: int = 1,
                per_page: int = 10) -> SearchPage:
         """The ``page``-th ``per_page`` hits, best first.
 
-        Only the hits up to this page are scored and collected, so Whoosh can
-        skip the blocks of postings that cannot make it into them; the total
+        Only the hits up to this page are scored and collected, skipping the
+        blocks of postings that cannot make it into them (plain words: by
+        :mod:`~fileproc.search.topk`, the rest by Whoosh itself); the total
         is therefore exact when fewer documents matched than that, and an
         estimate (an upper bound from the terms' document frequencies) when
         more did: ``SearchPage.exact`` says which.
@@ -313,19 +350,33 @@ class WhooshIndex(SearchIndex):
             searcher = self._current_searcher()
             try:
                 if self._parser is None:
-                    self._parser = qparser.MultifieldParser(["title", "name", "content"], searcher.schema)
-                parsed = self._parser.parse(query_text) if query_text.strip() else query.Every()
-                parsed = _prune(parsed, searcher.reader())
+                    self._parser = qparser.MultifieldParser(list(SEARCHED_FIELDS), searcher.schema)
+                parsed = self._parsed.get(query_text)
+                if parsed is None:
+                    parsed = _words_query(searcher.schema, query_text)
+                    if parsed is None:
+                        parsed = self._parser.parse(query_text) if query_text.strip() else query.Every()
+                    if len(self._parsed) >= PARSED_KEPT:
+                        self._parsed.pop(next(iter(self._parsed)))
+                    self._parsed[query_text] = parsed
+                present = self._present or _Present(searcher.reader())
+                parsed = _prune(parsed, present)
                 wanted = self._filter(searcher, bucket, type)
                 limit = page * per_page
-                results = searcher.search(parsed, limit=limit, filter=wanted)
-                scored = results.scored_length()
+                try:
+                    best = topk.top_hits(self._topk, searcher, parsed, limit, self._mask(searcher, bucket, type))
+                    estimate = lambda: parsed.estimate_size(searcher.reader())  # noqa: E731
+                except (topk.Unsupported, AttributeError):  # AttributeError: Whoosh's internals not as topk reads them
+                    results = searcher.search(parsed, limit=limit, filter=wanted)
+                    best = [(results.score(n), results.docnum(n)) for n in range(results.scored_length())]
+                    estimate = results.estimated_length
+                scored = len(best)
                 exact = scored < limit
                 bound = len(wanted) if wanted is not None else searcher.doc_count()
-                total = scored if exact else max(scored, min(results.estimated_length(), bound))
-                shown = results[(page - 1) * per_page:limit]
-                snippets = _Snippets(searcher, parsed) if shown else None
-                hits = [_hit(hit, snippets) for hit in shown]
+                total = scored if exact else max(scored, min(estimate(), bound))
+                shown = best[(page - 1) * per_page:limit]
+                snippets = _Snippets(searcher, parsed, present) if shown else None
+                hits = [_hit(searcher.stored_fields(docnum), score, snippets) for score, docnum in shown]
             except _READ_ERRORS as exc:
                 self._searcher, self._ix = None, None
                 raise IndexCorrupt(f"cannot search the index: {exc!r}") from exc
@@ -362,7 +413,7 @@ class _WhooshBatch(Batch):
             self.writer.cancel()
 
 
-def _prune(q: Any, reader: Any) -> Any:
+def _prune(q: Any, present: Callable[[str, Any], bool]) -> Any:
     """``q`` without the alternatives of an OR that are words no document has in that field.
 
     A word is looked for in title, name and content, and it is rarely in
@@ -371,9 +422,9 @@ def _prune(q: Any, reader: Any) -> Any:
     term changes no score and no match (only ANDs and ORs are entered).
     """
     if isinstance(q, query.Or | query.And):
-        subs = [_prune(sub, reader) for sub in q.subqueries]
+        subs = [_prune(sub, present) for sub in q.subqueries]
         if isinstance(q, query.Or):
-            subs = [sub for sub in subs if not (type(sub) is query.Term and (sub.fieldname, sub.text) not in reader)]
+            subs = [sub for sub in subs if not (type(sub) is query.Term and not present(sub.fieldname, sub.text))]
             if not subs:
                 return query.NullQuery
             if len(subs) == 1 and q.boost == 1.0 and not q.scale:
@@ -382,6 +433,73 @@ def _prune(q: Any, reader: Any) -> Any:
         pruned.subqueries = subs
         return pruned
     return q
+
+
+class _Present:
+    """Whether a word is in a field of the searcher's index, remembered (it is asked of every segment)."""
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+        self.known: dict[tuple[str, Any], bool] = {}
+
+    def __call__(self, fieldname: str, text: Any) -> bool:
+        key = (fieldname, text)
+        found = self.known.get(key)
+        if found is None:
+            if len(self.known) >= PRESENT_KEPT:
+                self.known.clear()
+            found = self.known[key] = key in self.reader
+        return found
+
+
+SEARCHED_FIELDS = ("title", "name", "content")
+
+_WORD = re.compile(r"\w+")
+_OPERATORS = frozenset({"AND", "OR", "NOT", "ANDNOT", "ANDMAYBE", "TO"})
+
+
+def _words_query(schema: Schema, text: str) -> Any:
+    """What ``MultifieldParser(SEARCHED_FIELDS)`` makes of ``text`` when it is only words, made directly.
+
+    Whoosh's parser takes about 0.3 ms for two words, as long as the rest of
+    a search. Each word becomes an Or of its term in each field (each
+    field's analyzer: lowercased, stemmed; a stop word dropped), several
+    words an And of those. Anything else (operators, quotes, fields,
+    wildcards, punctuation, a word the analyzer splits): None, and the parser runs.
+    """
+    parts = text.split()
+    if not parts or not all(_WORD.fullmatch(word) and word not in _OPERATORS for word in parts):
+        return None
+    groups = []
+    for word in parts:
+        terms = []
+        for name in SEARCHED_FIELDS:
+            tokens = [token.text for token in schema[name].analyzer(word, mode="query")]
+            if len(tokens) > 1:
+                return None
+            if tokens:
+                terms.append(query.Term(name, tokens[0]))
+        group = query.Or(terms) if len(terms) > 1 else terms[0] if terms else None
+        if group is not None and group not in groups:  # the parser drops a repeated word
+            groups.append(group)
+    if not groups:
+        return query.NullQuery
+    return groups[0] if len(groups) == 1 else query.And(groups)
+
+
+def _plain_terms(q: Any) -> list[query.Term] | None:
+    """The Terms of a query made only of Terms, Ands and Ors (no boosts); None for anything else."""
+    if type(q) is query.Term:
+        return [q]
+    if type(q) in (query.And, query.Or) and q.boost == 1.0:
+        found: list[query.Term] = []
+        for sub in q.subqueries:
+            leaves = _plain_terms(sub)
+            if leaves is None:
+                return None
+            found += leaves
+        return found
+    return None
 
 
 def _unique(documents: Iterable[Document]) -> list[Document]:
@@ -408,10 +526,10 @@ def _merge_few(writer: Any, segments: list[Any]) -> list[Any]:
     return ordered[cut:]
 
 
-def _hit(hit: Any, snippets: _Snippets | None) -> Hit:
+def _hit(hit: dict[str, Any], score: float | None, snippets: _Snippets | None) -> Hit:
     excerpt = str(hit.get("content", ""))[:HIGHLIGHT_CHARS]
     snippet = snippets(excerpt) if snippets is not None else html.escape(excerpt[:SNIPPET_CHARS], quote=False)
-    return Hit(bucket=hit["bucket"], key=hit["key"], score=round(float(hit.score or 0.0), 4), snippet=snippet,
+    return Hit(bucket=hit["bucket"], key=hit["key"], score=round(float(score or 0.0), 4), snippet=snippet,
                type=hit.get("type", ""), title=hit.get("title", ""), size=int(hit.get("size") or 0),
                etag=hit.get("etag", ""))
 
