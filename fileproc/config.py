@@ -203,7 +203,7 @@ class SearchSettings(Section):
     interval: float = Field(1.0, gt=0, description="How often the indexer looks for new documents, in seconds.")
     batch: int = Field(500, ge=1, description="Most documents the indexer applies in one commit.")
     hold: float = Field(
-        10.0, ge=0, description="While documents keep arriving, the longest a staged one waits for its commit (s)."
+        2.0, ge=0, description="While documents keep arriving, the longest a staged one waits for its commit (s)."
     )
 
 
