@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import func, select, update
+from sqlalchemy import create_engine, func, select, text, update
 
 from fileproc import dispatch
 from fileproc.config import load_settings
@@ -205,9 +205,10 @@ def test_an_attempt_committed_after_a_later_id_is_still_counted(tmp_path: Path, 
 # -- a scrape's cost does not grow with history: totals rolled up once, then only what is new --------------
 
 
-def _history(tmp_path: Path) -> Path:
+def _history(tmp_path: Path, database: str = "") -> Path:
     return write_config(tmp_path / "fileproc.toml", {
         "data_dir": str(tmp_path / "data"), "broker": {"url": "redis://127.0.0.1:9/0"},
+        "database": {"url": database},
         "pipelines": [{"name": "p", "match": {"bucket": "uploads"}, "steps": [{"function": "thumbnail"}],
                        "output": {"bucket": "derived"}}]})
 
@@ -279,8 +280,17 @@ def test_a_scrape_counts_exactly_what_is_new_in_every_process_and_after_a_restar
         ("fileproc_warm_starts_total", thumbnail)] == 141
 
 
-def test_a_history_without_totals_is_caught_up_a_part_per_scrape_and_never_counted_twice(tmp_path: Path) -> None:
-    config = _history(tmp_path)
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_a_history_without_totals_is_caught_up_a_part_per_scrape_and_never_counted_twice(
+        tmp_path: Path, engine: str, request: pytest.FixtureRequest) -> None:
+    database = ""
+    if engine == "postgresql":  # a database of its own: the server is shared by the session's tests
+        server = request.getfixturevalue("postgres_url")
+        name = f"metrics_{tmp_path.name.lower().replace('-', '_')}"[:60]
+        with create_engine(server, isolation_level="AUTOCOMMIT").connect() as admin:
+            admin.execute(text(f"CREATE DATABASE {name}"))
+        database = server.rsplit("/", 1)[0] + "/" + name
+    config = _history(tmp_path, database)
     service = Service(load_settings(config, env={}))
     _add(service, 200)
     processes = [Metrics(Service(load_settings(config, env={})), Counters()) for _ in range(2)]
