@@ -32,6 +32,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -83,20 +84,21 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROCESS_ENV) or None
 
 
+@dataclass
 class SharedCounters(Counters):
     """The receiver's counters, also counted for the other API processes when several share a port."""
 
     def __post_init__(self) -> None:
-        if multiprocess_dir():  # every counter shows from the start, at zero
-            for name in RECEIVER:
-                _shared_counter(name)
+        # Looked up once: the environment's lookup (a str encode and a dict) cost more than the count.
+        self._shared = {name: _shared_counter(name) for name in RECEIVER} if multiprocess_dir() else None
+        # (every shared counter made now shows from the start, at zero)
 
     def add(self, **counts: int) -> None:
         super().add(**counts)
-        if multiprocess_dir():
+        if self._shared is not None:  # prometheus-client's mmap'd values: a lock and a store, no system call
             for name, value in counts.items():
                 if value:
-                    _shared_counter(name).inc(value)
+                    self._shared[name].inc(value)
 
 
 def _shared_counter(name: str) -> Counter:

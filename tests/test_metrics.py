@@ -17,7 +17,7 @@ from fileproc import dispatch
 from fileproc.config import load_settings
 from fileproc.intake.objects import event_for
 from fileproc.intake.webhook import Counters
-from fileproc.metrics import Metrics
+from fileproc.metrics import RECEIVER, Metrics
 from fileproc.runtime.runner import run_step
 from fileproc.service import Service
 from fileproc.state import StepEnd, StepStart
@@ -120,6 +120,9 @@ def test_several_api_processes_answer_the_same_totals(tmp_path: Path) -> None:
     api = Process(config, ["api", "--port", str(port), "--workers", "2"], tmp_path / "api.log")
     try:
         wait_healthy(port, api)
+        # Before any notification every receiver counter is there, at zero (a rate over it needs the series).
+        before = scrape(port, "admin")
+        assert all(before[(name, ())] == 0 for name, _ in RECEIVER.values()), before
         sent = 0
         for n in range(40):  # a new connection each: the two processes share them
             with httpx.Client() as client:
