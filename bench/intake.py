@@ -365,7 +365,7 @@ def interleaved(work: Path, broker: str, args: argparse.Namespace) -> None:
                 print(f"pair {pair + 1} {name:<8} accepted/s {r['per_s']:>6.0f}  CPU ms/req {r['cpu_ms']:.3f} "
                       f"(at {args.rate:g}/s: {r['cpu_rate_ms']:.3f})  p99 at {args.rate:g}/s {r['p99_ms']:>7.1f} ms")
     print(f"\nmedians over {args.pairs} pairs (this: {args.code}; against: {args.against})")
-    print(f"{'':<8} {'accepted/s':>10} {'CPU ms/req':>10} {f'CPU at {args.rate:g}/s':>14} {f'p99 ms':>8}")
+    print(f"{'':<8} {'accepted/s':>10} {'CPU ms/req':>10} {f'CPU at {args.rate:g}/s':>14} {'p99 ms':>8}")
     for name, found in rows.items():
         print(f"{name:<8} {statistics.median(r['per_s'] for r in found):>10.0f} "
               f"{statistics.median(r['cpu_ms'] for r in found):>10.3f} "

@@ -331,11 +331,11 @@ class StateCollector(Collector):
                                                                    .where(MetricTotalRow.kind.in_(kinds)))}
                 for (kind, labels), value in tally.values.items():
                     joined = SEP.join(labels)
-                    row = totals.get((kind, joined))
-                    if row is None:
+                    total = totals.get((kind, joined))
+                    if total is None:
                         s.add(MetricTotalRow(kind=kind, labels=joined, value=value))
                     else:
-                        row.value += value
+                        total.value += value
                 now = utcnow()
                 rows_now["attempts"].after, rows_now["attempts"].pending = new_after, sorted(still)
                 rows_now["attempts"].updated_at = now
@@ -356,8 +356,8 @@ class StateCollector(Collector):
         fresh_jobs: dict[str, int] = {}
         with self.service.db.reading() as s:
             marks = _marks(s)
-            for row in s.scalars(select(MetricTotalRow)):
-                values[(row.kind, tuple(row.labels.split(SEP)))] += row.value
+            for total in s.scalars(select(MetricTotalRow)):
+                values[(total.kind, tuple(total.labels.split(SEP)))] += total.value
             if caught_up:
                 tally = _Tally()
                 after, pending = marks["attempts"]
