@@ -257,8 +257,10 @@ class StateCollector(Collector):
         with self.lock:  # two scrapes at once (two Prometheus servers) take turns
             caught_up = self._roll_up()
             values, others, fresh_jobs = self._read(caught_up)
-            for key, value in values.items():  # a counter shown is never shown smaller
+            for key, value in values.items():  # a counter shown is never shown smaller, nor goes away
                 values[key] = self.shown[key] = max(value, self.shown.get(key, 0.0))
+            for key, value in self.shown.items():
+                values.setdefault(key, value)
         yield from self._jobs(values, others, fresh_jobs)
         yield from self._queues()
         yield from _attempt_families(values)
@@ -315,6 +317,12 @@ class StateCollector(Collector):
                 for pipeline, count in _pipelines(s, jobs_after, upto).items():
                     tally.values[("jobs_created", (pipeline,))] += count
                 more = more or upto == jobs_after + self.JOB_BATCH
+            else:  # none in the range: past a gap of unused ids (PostgreSQL's ON CONFLICT takes one per duplicate)?
+                following = s.execute(select(JobRow.id, JobRow.created_at).where(JobRow.id > jobs_after)
+                                      .order_by(JobRow.id).limit(1)).first()
+                if (following is not None and following.id > jobs_after + self.JOB_BATCH
+                        and (aware(following.created_at) or settled) < settled):
+                    upto, more = following.id - 1, True  # nothing to count up to it
         if new_after == after and still == pending and upto is None:
             return False
         try:

@@ -282,6 +282,18 @@ def test_a_scrape_counts_exactly_what_is_new_in_every_process_and_after_a_restar
     assert restarted[("fileproc_cold_starts_total", thumbnail)] + restarted[
         ("fileproc_warm_starts_total", thumbnail)] == 141
 
+    # Ids a PostgreSQL sequence gave to inserts that did nothing (duplicates) leave a gap: counted past it.
+    far = 3 * one.state.JOB_BATCH
+    with service.db.session() as s:
+        s.execute(update(JobRow).values(created_at=utcnow() - timedelta(minutes=1)))  # all settled now
+        last = s.scalar(select(func.max(JobRow.id)))
+        s.add(JobRow(id=last + far, pipeline="p", bucket="uploads", key="far.jpg", version="v",
+                     event={}, created_at=utcnow() - timedelta(minutes=1)))
+    for _ in range(2):  # (the first scrape counts up to the gap, the next past it)
+        assert _samples(one)[("fileproc_jobs_created_total", (("pipeline", "p"),))] == 142
+    with service.db.reading() as s:
+        assert s.scalar(select(MetricMarkRow.after).where(MetricMarkRow.name == "jobs")) == last + far
+
 
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
 def test_a_history_without_totals_is_caught_up_a_part_per_scrape_and_never_counted_twice(
