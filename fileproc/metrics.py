@@ -272,10 +272,8 @@ class StateCollector(Collector):
         """Move what settled since the last scrape into the totals; False while a long history is still left."""
         deadline = time.monotonic() + self.BUDGET
         while True:
-            more = self._roll_up_once()
-            if more is None:  # another process rolled up meanwhile: read again
-                continue
-            if not more:
+            more = self._roll_up_once()  # None: another process rolled up meanwhile (read again)
+            if more is False:
                 return True
             if time.monotonic() > deadline:
                 return False
