@@ -23,6 +23,7 @@ script's load generator::
 
     python -m bench.intake                              # this checkout
     python -m bench.intake --code /tmp/fileproc-before  # another one
+    python -m bench.intake --against /tmp/fileproc-before --pairs 5   # both, phases taking turns
 """
 
 from __future__ import annotations
@@ -332,6 +333,46 @@ def burst(code: Path, work: Path, broker: str, args: argparse.Namespace) -> dict
     return {"uploads": done[0], "upload_per_s": done[0] / elapsed, "jobs": last, "lost": done[0] - last}
 
 
+def interleaved(work: Path, broker: str, args: argparse.Namespace) -> None:
+    """``--against DIR``: this checkout and DIR side by side (both APIs up at once, SQLite), their load
+    phases taking turns for ``--pairs`` rounds, so a busy shared machine weighs on both alike."""
+    apis: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        for name, code in (("this", args.code), ("against", args.against)):
+            port = free_port()
+            config = _config(work / f"{name}.toml", work / f"data-{name}", f"sqlite:///{work / name}.db", broker,
+                             port, {"backend": "local"})
+            proc = stack.enter_context(api_process(code, config, port, work / f"api-{name}.log"))
+            run(closed_loop(port, 1.0, 8, f"warmup-{name}"))
+            apis[name] = (port, proc)
+        rows: dict[str, list[dict[str, float]]] = {name: [] for name in apis}
+        for pair in range(args.pairs):
+            for name in (list(apis) if pair % 2 == 0 else list(reversed(apis))):
+                port, proc = apis[name]
+                cpu = tree_cpu(proc.pid)
+                load = run(closed_loop(port, args.seconds, args.connections, f"load-{pair}"))
+                cpu_load = tree_cpu(proc.pid) - cpu
+                wait_sent(broker)
+                cpu = tree_cpu(proc.pid)
+                latency = run(open_loop(port, args.seconds, args.rate, f"rate-{pair}"))
+                cpu_rate = tree_cpu(proc.pid) - cpu
+                wait_sent(broker)
+                redis.Redis.from_url(broker).flushall()
+                rows[name].append({"per_s": load["per_second"], "cpu_ms": 1000 * cpu_load / max(1, load["ok"]),
+                                   "cpu_rate_ms": 1000 * cpu_rate / max(1, sum(latency["statuses"].values())),
+                                   "p99_ms": latency["p99_ms"], "ok": float(latency["statuses"].get(200, 0))})
+                r = rows[name][-1]
+                print(f"pair {pair + 1} {name:<8} accepted/s {r['per_s']:>6.0f}  CPU ms/req {r['cpu_ms']:.3f} "
+                      f"(at {args.rate:g}/s: {r['cpu_rate_ms']:.3f})  p99 at {args.rate:g}/s {r['p99_ms']:>7.1f} ms")
+    print(f"\nmedians over {args.pairs} pairs (this: {args.code}; against: {args.against})")
+    print(f"{'':<8} {'accepted/s':>10} {'CPU ms/req':>10} {f'CPU at {args.rate:g}/s':>14} {'p99 ms':>8}")
+    for name, found in rows.items():
+        print(f"{name:<8} {statistics.median(r['per_s'] for r in found):>10.0f} "
+              f"{statistics.median(r['cpu_ms'] for r in found):>10.3f} "
+              f"{statistics.median(r['cpu_rate_ms'] for r in found):>14.3f} "
+              f"{statistics.median(r['p99_ms'] for r in found):>8.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--code", type=Path, default=ROOT, help="checkout whose fileproc to run (default: this one)")
@@ -346,6 +387,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=48, help="client threads uploading")
     parser.add_argument("--only", choices=["sqlite", "postgres", "burst"], action="append",
                         help="run only these parts (repeatable)")
+    parser.add_argument("--against", type=Path, help="another checkout: run both side by side, phases taking "
+                        "turns (SQLite only), and print the medians")
+    parser.add_argument("--pairs", type=int, default=5, help="rounds of --against (default 5)")
     args = parser.parse_args()
     SERVER_PATH.extend(args.server_path)
     if args.workers > 1:
@@ -354,6 +398,9 @@ def main() -> None:
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="fileproc-bench-") as tmp, redis_server() as broker:
         work = Path(tmp)
+        if args.against:
+            interleaved(work, broker, args)
+            return
         if "sqlite" in parts:
             rows["sqlite"] = receiver(args.code, work, "sqlite", f"sqlite:///{work / 'state.db'}", broker, args)
             redis.Redis.from_url(broker).flushall()

@@ -2,20 +2,18 @@
 
 Jobs, queues, attempts and drift are read from the state database when
 Prometheus scrapes, so every API process (``--workers N``, or several hosts)
-answers the same totals, and nothing is lost when a process restarts:
+answers the same totals, and nothing is lost when a process restarts. A
+scrape's cost does not grow with the history (``bench/metrics_scrape.py``):
 
-- jobs per pipeline and status, and jobs created per pipeline: one
-  ``GROUP BY`` over the jobs table;
-- queue depth and the age of the oldest waiting job per queue: queued jobs
-  only (the status index);
-- attempts per function and status, cold starts and warm reuses, and
-  histograms of step duration, peak memory and event age (the object's
-  upload to the start of its step): accumulated by each process from the
-  attempts it has not read yet (a range of the primary key), so a scrape reads
-  only the attempts that ended since the last one. A process's first scrape
-  reads the whole table once, 5,000 rows a transaction (about 10 s per
-  100,000 attempts on a busy 2-core machine); a scrape that times out meanwhile
-  loses nothing, the next one goes on from there;
+- attempts per function and status, cold starts and warm reuses, histograms
+  of step duration, peak memory and event age (the object's upload to the
+  start of its step), and jobs created per pipeline: running totals in the
+  state database (:mod:`fileproc.state.metrictotals`), to which a scrape adds
+  the rows that settled since the last scrape of any process (a range of the
+  primary key past a mark), plus, afresh, the last few seconds' rows;
+- jobs per pipeline and status, queue depth and the age of the oldest waiting
+  job per queue: counts over one index (status, pipeline, step, creation time)
+  of the jobs not succeeded (succeeded: created minus the others);
 - reconciliation drift per bucket over the last day (the drift table).
 
 The receiver's counters (notifications received, recorded, unmatched,
@@ -28,10 +26,13 @@ a folder of its own per start) and every scrape sums all processes' counts.
 from __future__ import annotations
 
 import bisect
+import collections
 import os
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,12 +40,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from fileproc.errors import FunctionNotFound
 from fileproc.intake.webhook import Counters
 from fileproc.service import Service
-from fileproc.state.models import AttemptRow, AttemptStatus, DriftRow, JobRow, JobStatus
+from fileproc.state.metrictotals import SEP, MetricMarkRow, MetricTotalRow
+from fileproc.state.models import AttemptRow, AttemptStatus, DriftRow, JobRow, JobStatus, utcnow
 from fileproc.state.records import aware
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -80,20 +84,21 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROCESS_ENV) or None
 
 
+@dataclass
 class SharedCounters(Counters):
     """The receiver's counters, also counted for the other API processes when several share a port."""
 
     def __post_init__(self) -> None:
-        if multiprocess_dir():  # every counter shows from the start, at zero
-            for name in RECEIVER:
-                _shared_counter(name)
+        # Looked up once: the environment's lookup (a str encode and a dict) cost more than the count.
+        self._shared = {name: _shared_counter(name) for name in RECEIVER} if multiprocess_dir() else None
+        # (every shared counter made now shows from the start, at zero)
 
     def add(self, **counts: int) -> None:
         super().add(**counts)
-        if multiprocess_dir():
+        if self._shared is not None:  # prometheus-client's mmap'd values: a lock and a store, no system call
             for name, value in counts.items():
                 if value:
-                    _shared_counter(name).inc(value)
+                    self._shared[name].inc(value)
 
 
 def _shared_counter(name: str) -> Counter:
@@ -115,120 +120,53 @@ class _ReceiverCollector(Collector):
             yield CounterMetricFamily(metric.removesuffix("_total"), help_text, value=values.get(name, 0))
 
 
-class _Histogram:
-    """Cumulative bucket counts and a sum, per label value."""
+Key = tuple[str, tuple[str, ...]]
+"""A series value: its kind (``attempts``, ``cold``, ``duration``, ``duration_sum``, ``jobs_created`` ...) and labels.
 
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts: dict[str, list[int]] = defaultdict(lambda: [0] * (len(bounds) + 1))
-        self.sums: dict[str, float] = defaultdict(float)
+A histogram's buckets are kind ``duration`` (and ``memory``, ``age``) with
+labels (function, index of its bucket), not cumulative; ``duration_sum`` its sum.
+"""
 
-    def observe(self, label: str, value: float) -> None:
-        self.counts[label][bisect.bisect_left(self.bounds, value)] += 1  # the first bound >= value
-        self.sums[label] += value
-
-    def family(self, name: str, help_text: str, label: str) -> HistogramMetricFamily:
-        family = HistogramMetricFamily(name, help_text, labels=[label])
-        for value, counts in sorted(self.counts.items()):
-            running, buckets = 0, []
-            for bound, count in zip([*map(str, self.bounds), "+Inf"], counts, strict=True):
-                running += count
-                buckets.append((bound, running))
-            family.add_metric([value], buckets, self.sums[value])
-        return family
+HISTOGRAMS = {
+    "duration": ("fileproc_step_duration_seconds", "How long step attempts ran.", DURATION_BUCKETS),
+    "memory": ("fileproc_step_peak_memory_bytes", "Peak memory of step attempts.", MEMORY_BUCKETS),
+    "age": ("fileproc_event_age_seconds", "From the object's upload (its event time) to the start of a step on it.",
+            AGE_BUCKETS),
+}
 
 
-class _Attempts:
-    """Attempt totals, accumulated from the attempts that ended since the last scrape.
-
-    Read by primary key: ``after`` is the id up to which every attempt has
-    been seen; it only moves past attempts that started :data:`SETTLE` ago, as
-    on PostgreSQL a smaller id may commit after a larger one. Above it,
-    ``counted`` holds the ids already counted; ``running`` the ids (at or
-    below it) still running when seen, looked at again on each scrape. Each
-    attempt is counted once, when it has ended (any status).
-    """
-
-    BATCH = 5000
+class _Tally:
+    """What some attempts and jobs add to the totals, by :data:`Key`."""
 
     def __init__(self) -> None:
-        self.after = 0
-        self.counted: set[int] = set()
-        self.running: set[int] = set()
-        self.statuses: dict[tuple[str, str], int] = defaultdict(int)
-        self.cold: dict[str, int] = defaultdict(int)
-        self.warm: dict[str, int] = defaultdict(int)
-        self.duration = _Histogram(DURATION_BUCKETS)
-        self.memory = _Histogram(MEMORY_BUCKETS)
-        self.age = _Histogram(AGE_BUCKETS)
+        self.values: dict[Key, float] = defaultdict(float)
 
-    def update(self, service: Service) -> None:
-        # Only the event's time, extracted by the database: decoding whole events was most of the cost.
-        query = (select(AttemptRow.id, AttemptRow.function, AttemptRow.status, AttemptRow.duration_ms,
-                        AttemptRow.peak_memory_kb, AttemptRow.cold_start, AttemptRow.started_at,
-                        JobRow.event["time"].as_string().label("event_time"))
-                 .join(JobRow, JobRow.id == AttemptRow.job_id))
-        with service.db.reading() as s:
-            settled = service.db.now(s) - SETTLE
-            if self.running:  # a few: as many as run at once
-                for row in s.execute(query.where(AttemptRow.id.in_(sorted(self.running)))).all():
-                    if row.status != AttemptStatus.RUNNING:
-                        self._count(row)
-                        self.running.discard(row.id)
-        cursor, moving = self.after, True
-        while True:  # a transaction per batch: a first scrape of a long history never holds one open long
-            with service.db.reading() as s:
-                rows = s.execute(query.where(AttemptRow.id > cursor).order_by(AttemptRow.id)
-                                 .limit(self.BATCH)).all()
-            for row in rows:
-                ended = row.status != AttemptStatus.RUNNING
-                if ended and row.id not in self.counted:
-                    self._count(row)
-                    self.counted.add(row.id)
-                started = aware(row.started_at)
-                moving = moving and started is not None and started < settled
-                if moving:  # everything up to here is settled: forget it, keep watching what runs
-                    self.after = row.id
-                    self.counted.discard(row.id)
-                    if not ended:
-                        self.running.add(row.id)
-            if len(rows) < self.BATCH:
-                return
-            cursor = rows[-1].id
-
-    def _count(self, row: Any) -> None:
-        self.statuses[(row.function, row.status)] += 1
+    def attempt(self, row: Any) -> None:
+        function = row.function
+        self.values[("attempts", (function, row.status))] += 1
         if row.cold_start is not None:
-            (self.cold if row.cold_start else self.warm)[row.function] += 1
+            self.values[("cold" if row.cold_start else "warm", (function,))] += 1
         if row.duration_ms is not None:
-            self.duration.observe(row.function, row.duration_ms / 1000)
+            self._observe("duration", function, row.duration_ms / 1000)
         if row.peak_memory_kb is not None:
-            self.memory.observe(row.function, row.peak_memory_kb * 1024)
+            self._observe("memory", function, row.peak_memory_kb * 1024)
         uploaded = _event_time(row.event_time)
         started = aware(row.started_at)
         if uploaded is not None and started is not None:
-            self.age.observe(row.function, max(0.0, (started - uploaded).total_seconds()))
+            self._observe("age", function, max(0.0, (started - uploaded).total_seconds()))
 
-    def collect(self) -> Iterator[Metric]:
-        attempts = CounterMetricFamily("fileproc_attempts", "Step attempts that ended, by function and status.",
-                                       labels=["function", "status"])
-        for (function, status), count in sorted(self.statuses.items()):
-            attempts.add_metric([function, status], count)
-        yield attempts
-        cold = CounterMetricFamily("fileproc_cold_starts", "Attempts that started a new runner process.",
-                                   labels=["function"])
-        warm = CounterMetricFamily("fileproc_warm_starts", "Attempts that reused a warm runner process.",
-                                   labels=["function"])
-        for function, count in sorted(self.cold.items()):
-            cold.add_metric([function], count)
-        for function, count in sorted(self.warm.items()):
-            warm.add_metric([function], count)
-        yield cold
-        yield warm
-        yield self.duration.family("fileproc_step_duration_seconds", "How long step attempts ran.", "function")
-        yield self.memory.family("fileproc_step_peak_memory_bytes", "Peak memory of step attempts.", "function")
-        yield self.age.family("fileproc_event_age_seconds",
-                              "From the object's upload (its event time) to the start of a step on it.", "function")
+    def _observe(self, kind: str, label: str, value: float) -> None:
+        bounds = HISTOGRAMS[kind][2]
+        self.values[(kind, (label, str(bisect.bisect_left(bounds, value))))] += 1  # the first bound >= value
+        self.values[(kind + "_sum", (label,))] += value
+
+
+def _attempt_rows() -> Any:
+    # Only the event's time, extracted by the database: decoding whole events was most of the cost.
+    return (select(AttemptRow.id, AttemptRow.function, AttemptRow.status, AttemptRow.duration_ms,
+                   AttemptRow.peak_memory_kb, AttemptRow.cold_start, AttemptRow.started_at,
+                   JobRow.event["time"].as_string().label("event_time"))
+            .join(JobRow, JobRow.id == AttemptRow.job_id))
 
 
 def _event_time(value: str | None) -> datetime | None:
@@ -238,56 +176,229 @@ def _event_time(value: str | None) -> datetime | None:
         return None
 
 
+def _marks(s: Session) -> dict[str, tuple[int, list[int]]]:
+    return _marks_of({m.name: m for m in s.scalars(select(MetricMarkRow))})
+
+
+def _marks_of(rows: dict[str, MetricMarkRow]) -> dict[str, tuple[int, list[int]]]:
+    """Each mark's id and pending ids (none yet: 0, [])."""
+    return {name: ((rows[name].after or 0, sorted(rows[name].pending or [])) if name in rows else (0, []))
+            for name in ("attempts", "jobs")}
+
+
+def _pipelines(s: Session, after: int, upto: int | None) -> dict[str, int]:
+    """Jobs per pipeline with ids in (after, upto]; counted here: grouped in SQL, SQLite scans the unique
+    index (which starts with the pipeline) instead of taking the range of the primary key."""
+    query = select(JobRow.pipeline).where(JobRow.id > after)
+    return dict(collections.Counter(s.scalars(query if upto is None else query.where(JobRow.id <= upto))))
+
+
+def _attempt_families(values: dict[Key, float]) -> Iterator[Metric]:
+    attempts = CounterMetricFamily("fileproc_attempts", "Step attempts that ended, by function and status.",
+                                   labels=["function", "status"])
+    cold = CounterMetricFamily("fileproc_cold_starts", "Attempts that started a new runner process.",
+                               labels=["function"])
+    warm = CounterMetricFamily("fileproc_warm_starts", "Attempts that reused a warm runner process.",
+                               labels=["function"])
+    families = {"attempts": attempts, "cold": cold, "warm": warm}
+    for (kind, labels), value in sorted(values.items()):
+        if kind in families:
+            families[kind].add_metric(list(labels), value)
+    yield from families.values()
+    for kind, (name, help_text, bounds) in HISTOGRAMS.items():
+        counts: dict[str, list[float]] = {}
+        for (found, labels), value in values.items():
+            if found == kind and len(labels) == 2 and labels[1].isdigit() and int(labels[1]) <= len(bounds):
+                counts.setdefault(labels[0], [0.0] * (len(bounds) + 1))[int(labels[1])] += value
+        family = HistogramMetricFamily(name, help_text, labels=["function"])
+        for function, by_bucket in sorted(counts.items()):
+            running, buckets = 0.0, []
+            for bound, count in zip([*map(str, bounds), "+Inf"], by_bucket, strict=True):
+                running += count
+                buckets.append((bound, running))
+            family.add_metric([function], buckets, values.get((kind + "_sum", (function,)), 0.0))
+        yield family
+
+
 class StateCollector(Collector):
-    """Everything the state database knows, read at scrape time."""
+    """Everything the state database knows, read at scrape time, at a cost that does not grow with history.
+
+    Attempts and jobs created are counted once into ``metric_totals``
+    (:mod:`fileproc.state.metrictotals`) when they have settled (started
+    :data:`SETTLE` ago: on PostgreSQL a smaller id may commit after a larger
+    one, never that late), by whichever process scrapes first; a scrape adds
+    the rows above the marks (the last :data:`SETTLE` seconds' and the attempts
+    still running then, once they end) afresh. So a scrape reads what is new
+    since the last one, a few hundred total rows, and indexed counts of the
+    jobs not succeeded, whatever the history; every process answers the same
+    totals, and a restart loses nothing.
+
+    A database that has a history but no totals yet (one made before them) is
+    rolled up for :attr:`BUDGET` seconds a scrape until it has caught up; in
+    the meantime its counters show the part rolled up so far, rising.
+    A counter this process showed never goes back (a failed attempt an admin
+    retries within :data:`SETTLE` counts as retried, not also failed, in the
+    totals; this process keeps its failed count).
+    """
+
+    BATCH = 2000
+    """Attempts read per transaction while rolling up."""
+    JOB_BATCH = 20_000
+    """Job ids counted per transaction (a range of the primary key)."""
+    BUDGET = 0.25
+    """Seconds a scrape spends catching up a long history that has no totals yet."""
 
     def __init__(self, service: Service) -> None:
         self.service = service
-        self.attempts = _Attempts()
-        self.jobs_after = 0
-        self.created: dict[str, int] = defaultdict(int)
+        self.shown: dict[Key, float] = {}
         self.lock = threading.Lock()
 
     def collect(self) -> Iterator[Metric]:
         with self.lock:  # two scrapes at once (two Prometheus servers) take turns
-            jobs = list(self._jobs())
-            self.attempts.update(self.service)
-            attempts = list(self.attempts.collect())
-        yield from jobs
+            caught_up = self._roll_up()
+            values, others, fresh_jobs = self._read(caught_up)
+            for key, value in values.items():  # a counter shown is never shown smaller, nor goes away
+                values[key] = self.shown[key] = max(value, self.shown.get(key, 0.0))
+            for key, value in self.shown.items():
+                values.setdefault(key, value)
+        yield from self._jobs(values, others, fresh_jobs)
         yield from self._queues()
-        yield from attempts
+        yield from _attempt_families(values)
         yield from self._drift()
 
-    def _jobs(self) -> Iterable[Metric]:
-        # Jobs are never deleted: those created per pipeline are summed by primary key range (settled
-        # ones kept, the last SETTLE seconds' counted afresh); every status but succeeded is read
-        # through the status index; succeeded is the rest. A scrape reads no succeeded job twice.
-        unfinished = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.FAILED, JobStatus.SKIPPED)
-        with self.service.db.reading() as s:
-            settled = self.service.db.now(s) - SETTLE
-            upto = s.scalar(select(func.max(JobRow.id)).where(JobRow.id > self.jobs_after,
+    # -- the totals ---------------------------------------------------------
+
+    def _roll_up(self) -> bool:
+        """Move what settled since the last scrape into the totals; False while a long history is still left."""
+        deadline = time.monotonic() + self.BUDGET
+        while True:
+            more = self._roll_up_once()  # None: another process rolled up meanwhile (read again)
+            if more is False:
+                return True
+            if time.monotonic() > deadline:
+                return False
+
+    def _roll_up_once(self) -> bool | None:
+        db = self.service.db
+        tally = _Tally()
+        with db.reading() as s:
+            marks = _marks(s)
+            settled = db.now(s) - SETTLE
+            after, pending = marks["attempts"]
+            still: list[int] = []
+            if pending:  # a few: the attempts that were running when the mark passed them
+                ended = {row.id: row for row in s.execute(_attempt_rows().where(AttemptRow.id.in_(pending)))}
+                for attempt_id in pending:
+                    row = ended.get(attempt_id)
+                    if row is not None and row.status == AttemptStatus.RUNNING:
+                        still.append(attempt_id)
+                    elif row is not None:
+                        tally.attempt(row)
+            rows = s.execute(_attempt_rows().where(AttemptRow.id > after).order_by(AttemptRow.id)
+                             .limit(self.BATCH)).all()
+            new_after = after
+            for row in rows:
+                started = aware(row.started_at)
+                if started is None or started >= settled:
+                    break
+                if row.status == AttemptStatus.RUNNING:
+                    still.append(row.id)
+                else:
+                    tally.attempt(row)
+                new_after = row.id
+            more = len(rows) == self.BATCH and new_after == rows[-1].id
+            jobs_after = marks["jobs"][0]
+            upto = s.scalar(select(func.max(JobRow.id)).where(JobRow.id > jobs_after,
+                                                               JobRow.id <= jobs_after + self.JOB_BATCH,
                                                                JobRow.created_at < settled))
             if upto is not None:
-                for pipeline, count in s.execute(select(JobRow.pipeline, func.count())
-                                                 .where(JobRow.id > self.jobs_after, JobRow.id <= upto)
-                                                 .group_by(JobRow.pipeline)):
-                    self.created[pipeline] += count
-                self.jobs_after = upto
-            created = dict(self.created)
-            for pipeline, count in s.execute(select(JobRow.pipeline, func.count())
-                                             .where(JobRow.id > self.jobs_after).group_by(JobRow.pipeline)):
-                created[pipeline] = created.get(pipeline, 0) + count
-            rows = s.execute(select(JobRow.pipeline, JobRow.status, func.count())
-                             .where(JobRow.status.in_(unfinished)).group_by(JobRow.pipeline, JobRow.status)).all()
-        counts = {(pipeline, status): count for pipeline, status, count in rows}
+                for pipeline, count in _pipelines(s, jobs_after, upto).items():
+                    tally.values[("jobs_created", (pipeline,))] += count
+                more = more or upto == jobs_after + self.JOB_BATCH
+            else:  # none in the range: past a gap of unused ids (PostgreSQL's ON CONFLICT takes one per duplicate)?
+                following = s.execute(select(JobRow.id, JobRow.created_at).where(JobRow.id > jobs_after)
+                                      .order_by(JobRow.id).limit(1)).first()
+                if (following is not None and following.id > jobs_after + self.JOB_BATCH
+                        and (aware(following.created_at) or settled) < settled):
+                    upto, more = following.id - 1, True  # nothing to count up to it
+        if new_after == after and still == pending and upto is None:
+            return False
+        try:
+            with db.session() as s:
+                rows_now = {m.name: m for m in s.scalars(select(MetricMarkRow).with_for_update())}
+                if _marks_of(rows_now) != marks:
+                    return None
+                for name in ("attempts", "jobs"):
+                    if name not in rows_now:
+                        rows_now[name] = MetricMarkRow(name=name, after=0, pending=[])
+                        s.add(rows_now[name])
+                kinds = {kind for kind, _ in tally.values}
+                totals = {(r.kind, r.labels): r for r in s.scalars(select(MetricTotalRow)
+                                                                   .where(MetricTotalRow.kind.in_(kinds)))}
+                for (kind, labels), value in tally.values.items():
+                    joined = SEP.join(labels)
+                    total = totals.get((kind, joined))
+                    if total is None:
+                        s.add(MetricTotalRow(kind=kind, labels=joined, value=value))
+                    else:
+                        total.value += value
+                now = utcnow()
+                rows_now["attempts"].after, rows_now["attempts"].pending = new_after, sorted(still)
+                rows_now["attempts"].updated_at = now
+                if upto is not None:
+                    rows_now["jobs"].after, rows_now["jobs"].updated_at = upto, now
+        except IntegrityError:  # two processes made the first marks at once: one did
+            return None
+        return more
+
+    def _read(self, caught_up: bool) -> tuple[dict[Key, float], dict[tuple[str, str], int], dict[str, int]]:
+        """The totals plus what is above the marks; jobs per pipeline and status but succeeded; jobs not in the totals.
+
+        While a long history is still being rolled up (``caught_up`` False),
+        only the totals: what is above the marks is most of the history then.
+        """
+        unfinished = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.FAILED, JobStatus.SKIPPED)
+        values: dict[Key, float] = defaultdict(float)
+        fresh_jobs: dict[str, int] = {}
+        with self.service.db.reading() as s:
+            marks = _marks(s)
+            for total in s.scalars(select(MetricTotalRow)):
+                values[(total.kind, tuple(total.labels.split(SEP)))] += total.value
+            if caught_up:
+                tally = _Tally()
+                after, pending = marks["attempts"]
+                for row in s.execute(_attempt_rows().where(or_(AttemptRow.id > after, AttemptRow.id.in_(pending)),
+                                                           AttemptRow.status != AttemptStatus.RUNNING)):
+                    tally.attempt(row)
+                for key, value in tally.values.items():
+                    values[key] += value
+                fresh_jobs = _pipelines(s, marks["jobs"][0], None)
+            others = {(pipeline, status): count for pipeline, status, count in s.execute(
+                select(JobRow.pipeline, JobRow.status, func.count())
+                .where(JobRow.status.in_(unfinished)).group_by(JobRow.pipeline, JobRow.status))}
+        return values, others, fresh_jobs
+
+    # -- the families ---------------------------------------------------------
+
+    def _jobs(self, values: dict[Key, float], others: dict[tuple[str, str], int],
+              fresh_jobs: dict[str, int]) -> Iterable[Metric]:
+        # Every status but succeeded is counted through the status index; succeeded is the rest.
+        unfinished = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.FAILED, JobStatus.SKIPPED)
+        created = {labels[0]: int(value) for (kind, labels), value in values.items() if kind == "jobs_created"}
+        for pipeline, count in fresh_jobs.items():  # not shown (kept) apart: the totals' part is
+            created[pipeline] = created.get(pipeline, 0) + count
+        for pipeline, count in created.items():
+            key = ("jobs_created_shown", (pipeline,))
+            self.shown[key] = max(count, self.shown.get(key, 0))
+            created[pipeline] = int(self.shown[key])
         by_status = GaugeMetricFamily("fileproc_jobs", "Jobs in each status, by pipeline.",
                                       labels=["pipeline", "status"])
         total = CounterMetricFamily("fileproc_jobs_created", "Jobs created, by pipeline.", labels=["pipeline"])
         for pipeline in sorted(created):  # every status, zero included: a rate over it needs the series
-            others = {status: counts.get((pipeline, status), 0) for status in unfinished}
-            others[JobStatus.SUCCEEDED] = created[pipeline] - sum(others.values())
+            counts = {status: others.get((pipeline, status), 0) for status in unfinished}
+            counts[JobStatus.SUCCEEDED] = max(0, created[pipeline] - sum(counts.values()))
             for status in JobStatus:
-                by_status.add_metric([pipeline, status], others[status])
+                by_status.add_metric([pipeline, status], counts[status])
             total.add_metric([pipeline], created[pipeline])
         return [by_status, total]
 

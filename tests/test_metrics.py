@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import json
+import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import create_engine, func, select, text, update
 
 from fileproc import dispatch
 from fileproc.config import load_settings
 from fileproc.intake.objects import event_for
 from fileproc.intake.webhook import Counters
-from fileproc.metrics import Metrics
+from fileproc.metrics import RECEIVER, Metrics
 from fileproc.runtime.runner import run_step
 from fileproc.service import Service
 from fileproc.state import StepEnd, StepStart
-from fileproc.state.models import AttemptRow, utcnow
+from fileproc.state.metrictotals import MetricMarkRow, MetricTotalRow
+from fileproc.state.models import AttemptRow, JobRow, utcnow
 from tests.helpers import image_bytes
 from tests.procs import FUNCTIONS_DIR, Process, jobs, settled, wait_for, wait_healthy, write_config
 from tests.servers import free_port
@@ -116,6 +120,9 @@ def test_several_api_processes_answer_the_same_totals(tmp_path: Path) -> None:
     api = Process(config, ["api", "--port", str(port), "--workers", "2"], tmp_path / "api.log")
     try:
         wait_healthy(port, api)
+        # Before any notification every receiver counter is there, at zero (a rate over it needs the series).
+        before = scrape(port, "admin")
+        assert all(before[(name, ())] == 0 for name, _ in RECEIVER.values()), before
         sent = 0
         for n in range(40):  # a new connection each: the two processes share them
             with httpx.Client() as client:
@@ -196,3 +203,128 @@ def test_an_attempt_committed_after_a_later_id_is_still_counted(tmp_path: Path, 
     add_attempt(5)  # the smaller id, committed later
     assert count() == 2
     assert count() == 2
+
+
+# -- a scrape's cost does not grow with history: totals rolled up once, then only what is new --------------
+
+
+def _history(tmp_path: Path, database: str = "") -> Path:
+    return write_config(tmp_path / "fileproc.toml", {
+        "data_dir": str(tmp_path / "data"), "broker": {"url": "redis://127.0.0.1:9/0"},
+        "database": {"url": database},
+        "pipelines": [{"name": "p", "match": {"bucket": "uploads"}, "steps": [{"function": "thumbnail"}],
+                       "output": {"bucket": "derived"}}]})
+
+
+def _add(service: Service, count: int, *, ago: float = 60, status: str = "succeeded") -> list[int]:
+    """``count`` jobs with one attempt each, started ``ago`` seconds ago; the attempts' ids."""
+    started = utcnow() - timedelta(seconds=ago)
+    with service.db.session() as s:
+        first = s.scalar(select(func.count()).select_from(JobRow))
+        attempts = []
+        for n in range(first, first + count):
+            job = JobRow(pipeline="p", bucket="uploads", key=f"{n}.jpg", version=f"v{n}", status=status,
+                         event={"time": (started - timedelta(seconds=2)).isoformat()}, created_at=started)
+            attempt = AttemptRow(job=job, step_index=0, function="thumbnail", status=status, started_at=started,
+                                 finished_at=None if status == "running" else started + timedelta(seconds=1),
+                                 duration_ms=None if status == "running" else 100 + n, peak_memory_kb=50_000,
+                                 cold_start=n % 3 == 0)
+            s.add_all([job, attempt])
+            attempts.append(attempt)
+    return [a.id for a in attempts]
+
+
+def _samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(metrics.render().decode()) for s in f.samples}
+
+
+def _attempts(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> float:
+    return sum(v for (name, _), v in samples.items() if name == "fileproc_attempts_total")
+
+
+def test_a_scrape_counts_exactly_what_is_new_in_every_process_and_after_a_restart(tmp_path: Path) -> None:
+    config = _history(tmp_path)
+    service, other = Service(load_settings(config, env={})), Service(load_settings(config, env={}))
+    _add(service, 120)
+    (running,) = _add(service, 1, status="running")  # settled, but still running when the mark passes it
+    _add(service, 3, ago=0)  # not settled yet: counted afresh on each scrape
+    one, two = Metrics(service, Counters()), Metrics(other, Counters())  # two API processes
+    thumbnail = (("function", "thumbnail"),)
+
+    first = _samples(one)
+    assert _attempts(first) == 123
+    assert first[("fileproc_jobs_created_total", (("pipeline", "p"),))] == 124
+    assert first[("fileproc_jobs", (("pipeline", "p"), ("status", "running")))] == 1
+    assert first[("fileproc_step_duration_seconds_count", thumbnail)] == 123
+    with service.db.reading() as s:  # the history is in the totals now: a few rows, however long it is
+        assert s.scalar(select(MetricMarkRow.after).where(MetricMarkRow.name == "attempts")) >= running
+        assert s.scalar(select(func.count()).select_from(MetricTotalRow)) < 60
+
+    _add(service, 10)
+    _add(service, 7, ago=0)
+    for metrics in (two, one, two):  # whichever process is scraped, and however often: 17 more
+        samples = _samples(metrics)
+        assert _attempts(samples) == 140
+        assert samples[("fileproc_step_duration_seconds_count", thumbnail)] == 140
+        assert samples[("fileproc_jobs_created_total", (("pipeline", "p"),))] == 141
+
+    with service.db.session() as s:  # the attempt that was running ends
+        s.execute(update(AttemptRow).where(AttemptRow.id == running)
+                  .values(status="failed", finished_at=utcnow(), duration_ms=5000))
+    assert _attempts(_samples(one)) == _attempts(_samples(two)) == 141
+    restarted = _samples(Metrics(Service(load_settings(config, env={})), Counters()))
+    assert _attempts(restarted) == 141
+    assert restarted[("fileproc_attempts_total", (("function", "thumbnail"), ("status", "failed")))] == 1
+    with service.db.reading() as s:
+        durations = s.scalars(select(AttemptRow.duration_ms)).all()
+    assert restarted[("fileproc_step_duration_seconds_sum", thumbnail)] == pytest.approx(sum(durations) / 1000)
+    assert restarted[("fileproc_cold_starts_total", thumbnail)] + restarted[
+        ("fileproc_warm_starts_total", thumbnail)] == 141
+
+    # Ids a PostgreSQL sequence gave to inserts that did nothing (duplicates) leave a gap: counted past it.
+    far = 3 * one.state.JOB_BATCH
+    with service.db.session() as s:
+        s.execute(update(JobRow).values(created_at=utcnow() - timedelta(minutes=1)))  # all settled now
+        last = s.scalar(select(func.max(JobRow.id)))
+        s.add(JobRow(id=last + far, pipeline="p", bucket="uploads", key="far.jpg", version="v",
+                     event={}, created_at=utcnow() - timedelta(minutes=1)))
+    for _ in range(2):  # (the first scrape counts up to the gap, the next past it)
+        assert _samples(one)[("fileproc_jobs_created_total", (("pipeline", "p"),))] == 142
+    with service.db.reading() as s:
+        assert s.scalar(select(MetricMarkRow.after).where(MetricMarkRow.name == "jobs")) == last + far
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_a_history_without_totals_is_caught_up_a_part_per_scrape_and_never_counted_twice(
+        tmp_path: Path, engine: str, request: pytest.FixtureRequest) -> None:
+    database = ""
+    if engine == "postgresql":  # a database of its own: the server is shared by the session's tests
+        server = request.getfixturevalue("postgres_url")
+        name = f"metrics_{tmp_path.name.lower().replace('-', '_')}"[:60]
+        with create_engine(server, isolation_level="AUTOCOMMIT").connect() as admin:
+            admin.execute(text(f"CREATE DATABASE {name}"))
+        database = server.rsplit("/", 1)[0] + "/" + name
+    config = _history(tmp_path, database)
+    service = Service(load_settings(config, env={}))
+    _add(service, 200)
+    processes = [Metrics(Service(load_settings(config, env={})), Counters()) for _ in range(2)]
+    for metrics in processes:  # a part a scrape, as a long history is: 10 attempts
+        metrics.state.BATCH, metrics.state.BUDGET = 10, 0.0
+    shown: list[list[float]] = [[], []]
+
+    def scrape_until_caught_up(n: int) -> None:
+        while not shown[n] or shown[n][-1] < 200:
+            shown[n].append(_attempts(_samples(processes[n])))
+
+    threads = [threading.Thread(target=scrape_until_caught_up, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    for counts in shown:  # rising while catching up, in both processes at once, to exactly the history
+        assert len(counts) > 2 and counts == sorted(counts) and counts[-1] == 200
+    with service.db.reading() as s:
+        assert s.scalar(select(func.sum(MetricTotalRow.value)).where(MetricTotalRow.kind == "attempts")) == 200
+    _add(service, 4, ago=0)
+    assert [_attempts(_samples(metrics)) for metrics in processes] == [204, 204]

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from fileproc.errors import FileprocError
 from fileproc.events import ObjectEvent
-from fileproc.state import creating, logtotals, steps
+from fileproc.state import creating, logtotals, metrictotals, steps  # noqa: F401 (metrictotals: its tables)
 from fileproc.state.models import AttemptRow, AttemptStatus, Base, JobRow, JobStatus, OutputRow, utcnow
 from fileproc.state.records import (
     STATUSES,

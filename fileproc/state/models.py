@@ -65,6 +65,8 @@ class JobRow(Base):
     __table_args__ = (
         UniqueConstraint("pipeline", "bucket", "key", "version", name="uq_job_version"),
         Index("ix_jobs_status", "status"),
+        # /metrics counts jobs per status and pipeline, and the queues, from this index alone.
+        Index("ix_jobs_status_pipeline", "status", "pipeline", "step_index", "created_at"),
         Index("ix_jobs_object", "bucket", "key"),
     )
 
