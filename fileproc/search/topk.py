@@ -313,8 +313,8 @@ class Cache:
             for key in [k for k in self._headers if k[0] not in keep]:
                 old = self._headers.pop(key)
                 self._blocks -= len(old) if old is not None else 1
-            for key in [k for k in self._lengths if k[0] not in keep]:
-                del self._lengths[key]
+            for segment_field in [k for k in self._lengths if k[0] not in keep]:
+                del self._lengths[segment_field]
 
 
 def _lengths_column() -> Any:
@@ -358,6 +358,7 @@ class _Leaf:
         else:
             mask = None
         if deleted:
+            assert mask is not None
             mask[np.fromiter(deleted, dtype=np.int64, count=len(deleted))] = False
         self.allowed = mask
         self.cache = cache
@@ -519,8 +520,8 @@ def _all_terms(top: _Top, leaves: list[_Leaf], terms: list[_Term]) -> None:
                   for j in np.flatnonzero(np.isfinite(bound))]
     plans.sort(key=lambda p: (-p[0], p[1]))
     decoded: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
-    for bound, first, n, j, ranges in plans:
-        if not top.beats(bound, first):
+    for block_bound, first, n, j, ranges in plans:
+        if not top.beats(block_bound, first):
             break
         leaf = leaves[n]
         headers, driver = per_leaf[n]  # type: ignore[misc]
@@ -532,9 +533,11 @@ def _all_terms(top: _Top, leaves: list[_Leaf], terms: list[_Term]) -> None:
         for i, h in enumerate(headers):
             if i == driver or not len(ids):
                 continue
-            start, end = int(ranges[i][0][j]), int(ranges[i][1][j])
+            overlap = ranges[i]
+            assert overlap is not None
+            first_block, last_block = int(overlap[0][j]), int(overlap[1][j])
             blocks = []
-            for b in range(start, end + 1):
+            for b in range(first_block, last_block + 1):
                 key = (n, i, b)
                 if key not in decoded:
                     decoded[key] = h.decode(leaf.postfile, b)
@@ -551,6 +554,7 @@ def _all_terms(top: _Top, leaves: list[_Leaf], terms: list[_Term]) -> None:
         for k, w in sorted(parts, key=lambda part: part[0]):  # the query's order: a + b (+ c ...)
             s = terms[k].score(w, leaf.cache.lengths(leaf.reader, terms[k].fieldname, ids))
             total = s if total is None else total + s
+        assert total is not None
         top.add(total, ids + leaf.offset)
 
 
