@@ -63,8 +63,11 @@ def embedded_socket(settings: Settings) -> str:
 
 def configure(settings: Settings) -> Celery:
     visibility = settings.broker.visibility_timeout
+    url = broker_url(settings)
+    if celery_app.conf.broker_url and celery_app.conf.broker_url != url:
+        _forget_connections()  # made for the other broker (several services in one process: tests)
     celery_app.conf.update(
-        broker_url=broker_url(settings),
+        broker_url=url,
         broker_transport_options={
             "visibility_timeout": visibility,
             # kombu sweeps for abandoned messages every interval x throttle seconds
@@ -96,6 +99,16 @@ def run_worker(queues: str, concurrency: int, log_level: str, **options: Any) ->
         **options)
     worker.start()
     return int(worker.exitcode or 0)
+
+
+def _forget_connections() -> None:
+    # Celery takes its connection and producer pools once, from the broker URL it had then,
+    # and has no public way to let go of them (close() also unregisters the app). The pools
+    # stay in kombu's registry, by broker, open: a later service of the same broker takes them.
+    celery_app._pool = None
+    amqp = celery_app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
 
 
 Step = tuple[int, int, str]
