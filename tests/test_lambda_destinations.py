@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from fileproc.outbox import Relay
 from fileproc.runtime.runner import run_step
 from fileproc.serverless.destinations import owed, redeliver
-from fileproc.state import StepEnd, StepStart
+from fileproc.state import Database, StepEnd, StepStart
 from fileproc.state.deliveries import list_deliveries
 from fileproc.state.deployments import resolve
 from fileproc.state.models import DeliveryRow, JobRow
@@ -209,3 +209,30 @@ def test_a_record_nobody_takes_for_24_hours_is_given_up(tmp_path: Path) -> None:
     assert given_up["state"] == "given up" and given_up["condition"] == "RetriesExhausted"
     assert given_up["attempts"] == 2 and "ConnectError" in given_up["last_error"]
     assert "given up after 2 tries: ConnectError" in fileproc(config, "functions", "deliveries")
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_two_relays_never_post_the_same_record(tmp_path: Path, database: str, request: pytest.FixtureRequest,
+                                               destination: tuple[str, list[dict[str, Any]]]) -> None:
+    url, received = destination
+    db_url = request.getfixturevalue("postgres_url") if database == "postgres" else f"sqlite:///{tmp_path}/state.db"
+    first, second = Database(db_url), Database(db_url)  # two processes' own connections
+    with first.session() as s:  # a clean slate (on the shared server), then 100 records due
+        s.execute(delete(DeliveryRow))
+        now = first.now(s)
+        s.add_all(DeliveryRow(job_id=n, function="peek", request_id=f"r-{n}", condition="Success", url=f"{url}/ok",
+                              record={"requestContext": {"requestId": f"r-{n}"}}, next_at=now) for n in range(100))
+    start = threading.Barrier(2)
+
+    def relay(db: Database) -> None:
+        start.wait()
+        redeliver(db)
+
+    threads = [threading.Thread(target=relay, args=(db,)) for db in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    posted = sorted(r["body"]["requestContext"]["requestId"] for r in received)
+    assert posted == sorted(f"r-{n}" for n in range(100))  # each once
+    assert not list_deliveries(first) and {d["attempts"] for d in list_deliveries(first, delivered=True)} == {1}
