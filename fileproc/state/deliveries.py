@@ -35,15 +35,17 @@ class Claimed:
 
 def claim(db: Database, hold: float, *, request_id: str | None = None, limit: int = 10) -> list[Claimed]:
     """Take deliveries that are due (of ``request_id`` only, if given) for ``hold`` seconds."""
-    with db.session() as s:
-        now = db.now(s)
-        due = select(DeliveryRow.id).where(DeliveryRow.next_at <= now)
+    # Found in a read (most rounds find nothing: no write lock taken), then claimed in a short write.
+    with db.reading() as r:
+        due = select(DeliveryRow.id).where(DeliveryRow.next_at <= db.now(r))
         if request_id is not None:
             due = due.where(DeliveryRow.request_id == request_id)
-        ids = list(s.scalars(due.order_by(DeliveryRow.next_at).limit(limit)))
-        if not ids:
-            return []
-        rows = s.execute(  # the `next_at <= now` again: another process may have claimed one meanwhile
+        ids = list(r.scalars(due.order_by(DeliveryRow.next_at).limit(limit)))
+    if not ids:
+        return []
+    with db.session() as s:
+        now = db.now(s)
+        rows = s.execute(  # due still: another process may have claimed one meanwhile
             update(DeliveryRow).where(DeliveryRow.id.in_(ids), DeliveryRow.next_at <= now)
             .values(next_at=now + timedelta(seconds=hold))
             .returning(DeliveryRow.id, DeliveryRow.url, DeliveryRow.record, DeliveryRow.attempts,
@@ -51,7 +53,6 @@ def claim(db: Database, hold: float, *, request_id: str | None = None, limit: in
             .execution_options(synchronize_session=False))
         return sorted((Claimed(r.id, r.url, r.record, r.attempts, aware(r.created_at) or now) for r in rows),
                       key=lambda c: c.id)
-
 
 def record_try(db: Database, delivery: Claimed, error: str | None, retry_in: float, retry_for: float) -> str:
     """What came of one try: ``delivered``, ``pending`` (due again in ``retry_in`` s) or ``given up``.
