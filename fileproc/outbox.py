@@ -71,6 +71,9 @@ def relay(service: Service) -> int:
 class Relay:
     """Runs :func:`relay` every ``runtime.relay_interval`` seconds in a daemon thread.
 
+    A second thread delivers the deployed functions' destination records that
+    are due again (:func:`fileproc.serverless.destinations.redeliver`).
+
     On SQLite it also checkpoints the write-ahead log then, so that no commit
     has to (see ``Database.checkpoint``).
     """
@@ -79,9 +82,12 @@ class Relay:
         self.service = service
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fileproc-relay", daemon=True)
+        # Destination records due again (a slow webhook must not hold up step messages).
+        self._deliveries = threading.Thread(target=self._deliver, name="fileproc-deliveries", daemon=True)
 
     def start(self) -> Relay:
         self._thread.start()
+        self._deliveries.start()
         return self
 
     def stop(self) -> None:
@@ -98,6 +104,19 @@ class Relay:
                 continue
             if count:
                 log.info("relayed %d step message(s)", count)
+
+    def _deliver(self) -> None:
+        from fileproc.serverless.destinations import redeliver
+
+        interval = self.service.settings.runtime.relay_interval
+        while not self._stop.wait(interval):
+            try:
+                count = redeliver(self.service.db)
+            except FileprocError as exc:
+                log.warning("delivering due destination records failed (will try again): %s", exc)
+                continue
+            if count:
+                log.info("delivered %d destination record(s)", count)
 
 
 __all__ = ["Relay", "relay", "send"]

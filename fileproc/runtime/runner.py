@@ -229,6 +229,8 @@ class _Ender:
         record = self.policy.record(outcome, condition, value.get("result"), self.failures) if self.policy else None
         if self.policy and record and outcome == "failed":
             extra["dead_letter"] = self.policy.dead_letter(record)
+        if self.policy and record:
+            extra["delivery"] = self.policy.delivery(outcome, record)
         end = StepEnd(
             job_id=self.job.id, step_index=self.step_index, attempt_id=self.attempt_id,
             attempt_status=attempt_status, outcome=outcome, reason=reason,
@@ -242,8 +244,8 @@ class _Ender:
                         self.step_index)
             return Outcome("late", "this attempt lost its lease; another took the step over")
         self._log(outcome, reason)
-        if self.policy and record:
-            self.policy.deliver(outcome, record)
+        if self.policy and end.delivery:
+            self.policy.deliver()
         if outcome == "next":
             outbox.send(self.service, [Send(self.job.id, self.step_index + 1, self.job.pipeline)])
         return Outcome(outcome, reason or "", retry_in=end.retry_in if outcome == "retry" else None)

@@ -325,6 +325,33 @@ def dead_letters_cmd(ctx: click.Context, name: str | None, everything: bool, as_
                        f"job {letter['job']}  {letter['condition']}: {letter['error']}{replayed}")
 
 
+
+@functions.command("deliveries")
+@click.argument("name", required=False)
+@click.option("--all", "everything", is_flag=True, help="Those delivered too.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line (with Lambda's destination record).")
+@click.pass_context
+def deliveries_cmd(ctx: click.Context, name: str | None, everything: bool, as_json: bool) -> None:
+    """Destination records not delivered yet (pending, or given up after 24 hours), with their last error.
+
+    \b
+    Example:
+        fileproc functions deliveries resize
+    """
+    from fileproc.state.deliveries import list_deliveries
+
+    _, db, _ = _parts(ctx)
+    for item in list_deliveries(db, name, delivered=everything):
+        if as_json:
+            click.echo(json.dumps(item))
+            continue
+        state = item["state"]
+        if state == "pending":
+            state += f", next try {item['next_at']}"
+        error = f": {item['last_error']}" if item["last_error"] else ""
+        click.echo(f"{item['id']}  {item['created_at']}  {item['function']}:v{item['version']}  job {item['job']}  "
+                   f"{item['condition']} -> {item['url']}  {state} after {item['attempts']} tries{error}")
+
 # --- usage, logs, invoke ---------------------------------------------------------------------
 
 

@@ -169,13 +169,19 @@ class Policy:
         return {"function": self.version.function, "version": str(self.version.version),
                 "request_id": self.request_id, "condition": record["requestContext"]["condition"], "record": record}
 
-    def deliver(self, outcome: str, record: dict[str, Any]) -> None:
-        """POST the record to the function's on-success or on-failure destination, if it has one."""
+    def delivery(self, outcome: str, record: dict[str, Any]) -> dict[str, Any] | None:
+        """What the step's end records as owed to its on-success or on-failure destination (None: it has none)."""
         url = self.version.on_failure if outcome == "failed" else self.version.on_success
-        if url:
-            from fileproc.serverless.destinations import deliver
+        if not url:
+            return None
+        from fileproc.serverless.destinations import owed
 
-            deliver(url, record)
+        return owed(url, self.version, record)
 
+    def deliver(self) -> None:
+        """Right after the step's end was committed: POST its destination record (the relay retries it)."""
+        from fileproc.serverless.destinations import deliver_soon
+
+        deliver_soon(self.service.db, self.request_id)
 
 __all__ = ["Policy", "ReservedSlot", "deployed_version", "invocation", "runner_for", "warm_up"]

@@ -284,3 +284,32 @@ class FunctionTokenRow(Base):
     function: Mapped[str] = mapped_column(String(64), primary_key=True)
     token_sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DeliveryRow(Base):
+    """A deployed function's destination record owed to its ``--on-success`` / ``--on-failure`` URL: an outbox.
+
+    Written in the step's finishing transaction (so it exists exactly when the
+    step's end was committed); POSTed by the worker right after, and by every
+    process's relay while due (``next_at``, moved forward by whoever claims it
+    before posting). Delivered: ``delivered_at``; given up after the retry time:
+    ``given_up_at``; either way ``next_at`` is cleared (see
+    :mod:`fileproc.serverless.destinations`).
+    """
+
+    __tablename__ = "destination_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(Integer, index=True)
+    function: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[str | None] = mapped_column(String(64), default=None)
+    request_id: Mapped[str] = mapped_column(String(64), index=True)
+    condition: Mapped[str] = mapped_column(String(32))  # Success, RetriesExhausted or EventAgeExceeded
+    url: Mapped[str] = mapped_column(String(2048))
+    record: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[datetime | None] = mapped_column(default=None, index=True)  # None: delivered or given up
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+    given_up_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -171,6 +171,7 @@ class StepEnd:
     billed_ms: int | None = None
     log: str | None = None
     dead_letter: dict[str, Any] | None = None  # a deployed function's final failure, recorded with the end
+    delivery: dict[str, Any] | None = None  # a destination record owed to a URL, recorded with the end
     send_now: bool = True  # the caller sends the next step itself right after the commit
 
 

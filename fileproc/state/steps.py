@@ -23,7 +23,16 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
 from fileproc.state import logtotals
-from fileproc.state.models import AttemptRow, AttemptStatus, DeadLetterRow, JobRow, JobStatus, OutputRow, utcnow
+from fileproc.state.models import (
+    AttemptRow,
+    AttemptStatus,
+    DeadLetterRow,
+    DeliveryRow,
+    JobRow,
+    JobStatus,
+    OutputRow,
+    utcnow,
+)
 from fileproc.state.records import Job, StepEnd, StepStart, aware, job_of
 
 BAD_ATTEMPTS = (AttemptStatus.FAILED, AttemptStatus.TIMED_OUT, AttemptStatus.LOST)
@@ -33,6 +42,7 @@ jobs = cast(Table, JobRow.__table__)
 attempts = cast(Table, AttemptRow.__table__)
 outputs = cast(Table, OutputRow.__table__)
 dead_letters = cast(Table, DeadLetterRow.__table__)
+deliveries = cast(Table, DeliveryRow.__table__)
 
 @dataclass(frozen=True)
 class Tx:
@@ -208,6 +218,10 @@ _DEAD_LETTER = Prepared(insert(dead_letters).values(
     job_id=bindparam("p_job"), function=bindparam("p_function"), version=bindparam("p_version"),
     request_id=bindparam("p_request"), condition=bindparam("p_condition"), error=bindparam("p_error"),
     record=bindparam("p_record"), created_at=bindparam("p_now")))
+_DELIVERY = Prepared(insert(deliveries).values(  # due at once: the worker posts it right after the commit
+    job_id=bindparam("p_job"), function=bindparam("p_function"), version=bindparam("p_version"),
+    request_id=bindparam("p_request"), condition=bindparam("p_condition"), url=bindparam("p_url"),
+    record=bindparam("p_record"), attempts=0, next_at=bindparam("p_now"), created_at=bindparam("p_now")))
 
 # A `logs` step's file totals replace those of an earlier version of the same file (see state/logtotals.py).
 _LOG_FILE_FORGET = Prepared(delete(logtotals.log_files).where(
@@ -298,6 +312,12 @@ def finish_step(connect: Callable[[], Any], end: StepEnd) -> bool:
                                        "p_version": letter.get("version"), "p_request": letter["request_id"],
                                        "p_condition": letter["condition"], "p_error": end.error,
                                        "p_record": letter["record"], "p_now": at})
+        if moved and end.delivery:  # a destination record owed: delivered from this outbox
+            owed = end.delivery
+            _DELIVERY.rowcount(tx, {"p_job": end.job_id, "p_function": owed["function"],
+                                    "p_version": owed.get("version"), "p_request": owed["request_id"],
+                                    "p_condition": owed["condition"], "p_url": owed["url"], "p_record": owed["record"],
+                                    "p_now": at})
         if moved and end.outputs:
             _OUTPUTS[tx.dialect.name].many(tx, [
                 {"p_job": end.job_id, "p_step": end.step_index, "p_bucket": o.bucket, "p_key": o.key,
