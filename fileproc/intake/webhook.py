@@ -260,6 +260,4 @@ def _give_up(future: asyncio.Future[Any], timeout: float) -> None:
         future.set_exception(Busy(f"the state database did not record the events within {timeout:g} s"))
 
 
-
-
 __all__ = ["Busy", "Committer", "Counters"]

@@ -54,6 +54,7 @@ def claim(db: Database, hold: float, *, request_id: str | None = None, limit: in
         return sorted((Claimed(r.id, r.url, r.record, r.attempts, aware(r.created_at) or now) for r in rows),
                       key=lambda c: c.id)
 
+
 def record_try(db: Database, delivery: Claimed, error: str | None, retry_in: float, retry_for: float) -> str:
     """What came of one try: ``delivered``, ``pending`` (due again in ``retry_in`` s) or ``given up``.
 
