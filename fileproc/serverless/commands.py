@@ -325,7 +325,6 @@ def dead_letters_cmd(ctx: click.Context, name: str | None, everything: bool, as_
                        f"job {letter['job']}  {letter['condition']}: {letter['error']}{replayed}")
 
 
-
 @functions.command("deliveries")
 @click.argument("name", required=False)
 @click.option("--all", "everything", is_flag=True, help="Those delivered too.")
