@@ -10,76 +10,43 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import redis
-from minio import Minio
 from PIL import Image
 
+from tests.chaos import ADMIN_TOKEN, deployment, sqlite_url
 from tests.helpers import image_bytes
-from tests.procs import Process, fileproc, settled, wait_for, wait_healthy, write_config
-from tests.servers import free_port
+from tests.procs import fileproc, settled, write_config
 
 pytestmark = pytest.mark.services
 
 SAMPLES = Path(__file__).parent / "lambda_functions"
-WEBHOOK_TOKEN = "hook-" + os.urandom(8).hex()
-ADMIN_TOKEN = "admin-" + os.urandom(8).hex()
+RESIZE = {"name": "resize", "match": {"bucket": "uploads", "suffix": [".jpg"]},
+          "steps": [{"function": "CreateThumbnail"}], "output": {"bucket": "uploads-resized", "key": "{key}/{name}"}}
 
 
-def test_the_aws_tutorial_handler_deployed_unchanged_makes_the_resized_copy(
-        tmp_path: Path, redis_url: str, versitygw: Any) -> None:
-    redis.Redis.from_url(redis_url).flushall()
-    api_port, gw_port = free_port(), free_port()
-    config = tmp_path / "fileproc.toml"
-    settings: dict[str, Any] = {
-        "data_dir": str(tmp_path / "data"),
-        "storage": {"backend": "s3", "endpoint": f"127.0.0.1:{gw_port}", "access_key": "fileproc-test",
-                    "secret_key": "", "secure": False},
-        "broker": {"url": redis_url},
-        "database": {"url": f"sqlite:///{tmp_path / 'state.db'}"},
-        "api": {"host": "127.0.0.1", "port": api_port, "webhook_token": WEBHOOK_TOKEN, "admin_token": ADMIN_TOKEN},
-        "pipelines": [{"name": "resize", "match": {"bucket": "uploads", "suffix": [".jpg"]},
-                       "steps": [{"function": "CreateThumbnail"}],
-                       "output": {"bucket": "uploads-resized", "key": "{key}/{name}"}}],
-    }
-    write_config(config, {**settings, "pipelines": []})
-    api = Process(config, ["api"], tmp_path / "api.log")
-    processes = [api]
-    try:
-        wait_healthy(api_port, api)
-        gw = versitygw(webhook_url=f"http://127.0.0.1:{api_port}/events?token={WEBHOOK_TOKEN}&keys=raw", port=gw_port)
-        settings["storage"]["secret_key"] = gw.secret_key
-        write_config(config, {**settings, "pipelines": []})
+def test_the_aws_tutorial_handler_deployed_unchanged_makes_the_resized_copy(tmp_path: Path, redis_url: str) -> None:
+    with deployment(tmp_path, redis_url=redis_url, database_url=sqlite_url(tmp_path), pipelines=[],
+                    buckets=["uploads", "uploads-resized"]) as d:
+        config, api_port = d.config, d.api_port
         deployed = fileproc(config, "functions", "deploy", str(SAMPLES / "tutorial_resize.py"),
                             "--name", "CreateThumbnail", "--handler", "tutorial_resize.lambda_handler",
                             "--timeout", "30", "--memory", "512")
         assert "deployed CreateThumbnail version 1 (live)" in deployed.stdout
-        write_config(config, settings)  # the pipeline names the deployed function
-        api.stop()
-        api = Process(config, ["api"], tmp_path / "api2.log")
-        processes = [api, Process(config, ["worker", "--concurrency", "1"], tmp_path / "worker.log")]
-        wait_healthy(api_port, api)
+        write_config(config, {**d.settings, "pipelines": [RESIZE]})  # the pipeline names the deployed function
+        d.processes[0].stop()
+        d.api("api2")
+        d.worker(concurrency=1)
 
-        client = Minio(gw.endpoint, gw.access_key, gw.secret_key, secure=False)
-        for bucket in ("uploads", "uploads-resized"):
-            if not client.bucket_exists(bucket):  # the api made the output bucket
-                client.make_bucket(bucket)
+        client = d.client
         photo = image_bytes(640, 480)
         client.put_object("uploads", "pets/my cat.jpg", io.BytesIO(photo), len(photo), content_type="image/jpeg")
 
-        (job,) = wait_for(settled(config, 1), 90, "the resize job", processes[-1])
+        (job,) = d.wait_for(settled(config, 1), 90, "the resize job")
         assert job["status"] == "succeeded", json.dumps(job, indent=1)
-        response = client.get_object("uploads-resized", "resized-pets/my cat.jpg")
-        try:
-            resized = Image.open(io.BytesIO(response.read()))
-        finally:
-            response.close()
-            response.release_conn()
+        resized = Image.open(io.BytesIO(d.read("uploads-resized", "resized-pets/my cat.jpg")))
         assert resized.size == (320, 240)  # the tutorial halves each side
         (attempt,) = job["attempts"]
         assert job["outputs"] == [{"bucket": "uploads-resized", "key": "resized-pets/my cat.jpg",
@@ -104,8 +71,8 @@ def test_the_aws_tutorial_handler_deployed_unchanged_makes_the_resized_copy(
                             timeout=30)
         assert queued.status_code == 202, queued.text
         poll = f"http://127.0.0.1:{api_port}{queued.json()['poll']}"
-        done = wait_for(lambda: (lambda a: a if a["status"] in ("succeeded", "failed") else None)(
-            httpx.get(poll, headers=admin, timeout=10).json()), 60, "the asynchronous invocation", processes[-1])
+        done = d.wait_for(lambda: (lambda a: a if a["status"] in ("succeeded", "failed") else None)(
+            httpx.get(poll, headers=admin, timeout=10).json()), 60, "the asynchronous invocation")
         assert done["status"] == "succeeded" and done["function"] == "CreateThumbnail", done
         missing = httpx.post(url.replace("CreateThumbnail", "Nope"), json={"bucket": "uploads", "key": "direct.png"},
                              headers=admin, timeout=10)
@@ -120,6 +87,3 @@ def test_the_aws_tutorial_handler_deployed_unchanged_makes_the_resized_copy(
         usage = {json.loads(line)["pipeline"]: json.loads(line)
                  for line in fileproc(config, "usage", "--by", "pipeline", "--json").stdout.splitlines()}
         assert usage["(invoke)"]["requests"] == 3 and usage["resize"]["requests"] == 1
-    finally:
-        for process in reversed(processes):
-            process.stop()

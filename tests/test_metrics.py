@@ -23,8 +23,8 @@ from fileproc.service import Service
 from fileproc.state import StepEnd, StepStart
 from fileproc.state.metrictotals import MetricMarkRow, MetricTotalRow
 from fileproc.state.models import AttemptRow, JobRow, utcnow
-from tests.helpers import image_bytes
-from tests.procs import FUNCTIONS_DIR, Process, jobs, settled, wait_for, wait_healthy, write_config
+from tests.helpers import image_bytes, local_service
+from tests.procs import Process, jobs, settled, wait_for, wait_healthy, write_config
 from tests.servers import free_port
 
 
@@ -143,14 +143,11 @@ def test_several_api_processes_answer_the_same_totals(tmp_path: Path) -> None:
         api.stop()
 
 
+TINY = {"name": "p", "match": {"bucket": "inbox"}, "steps": [{"function": "tiny"}], "output": {"bucket": "out"}}
+
+
 def test_an_attempt_is_counted_once_when_it_ends_even_after_later_ones(tmp_path: Path, redis_url: str) -> None:
-    config = write_config(tmp_path / "fileproc.toml", {
-        "data_dir": str(tmp_path / "data"), "broker": {"url": redis_url},
-        "functions": {"paths": [str(FUNCTIONS_DIR)]},
-        "pipelines": [{"name": "p", "match": {"bucket": "inbox"}, "steps": [{"function": "tiny"}],
-                       "output": {"bucket": "out"}}]})
-    service = Service(load_settings(config, env={}))
-    service.prepare_buckets()
+    service = local_service(tmp_path, [TINY], broker={"url": redis_url})
     ids = []
     for key in ("long.bin", "short.bin"):
         service.storage.put("inbox", key, b"data")
@@ -177,13 +174,7 @@ def test_an_attempt_is_counted_once_when_it_ends_even_after_later_ones(tmp_path:
 def test_an_attempt_committed_after_a_later_id_is_still_counted(tmp_path: Path, redis_url: str) -> None:
     # On PostgreSQL a smaller id can commit after a larger one (ids are taken before commit):
     # a scrape in between must not move past the smaller id for good.
-    config = write_config(tmp_path / "fileproc.toml", {
-        "data_dir": str(tmp_path / "data"), "broker": {"url": redis_url},
-        "functions": {"paths": [str(FUNCTIONS_DIR)]},
-        "pipelines": [{"name": "p", "match": {"bucket": "inbox"}, "steps": [{"function": "tiny"}],
-                       "output": {"bucket": "out"}}]})
-    service = Service(load_settings(config, env={}))
-    service.storage.ensure_bucket("inbox")
+    service = local_service(tmp_path, [TINY], broker={"url": redis_url})
     service.storage.put("inbox", "a.bin", b"data")
     (job,) = [d.job for d in dispatch.submit(service, event_for("inbox", "a.bin", service.storage.head(
         "inbox", "a.bin"), source="put"), send=False)]
