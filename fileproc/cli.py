@@ -150,6 +150,7 @@ def worker(state: State, queues: str | None, concurrency: int | None) -> None:
     from fileproc.service import setup_worker_logging
 
     service = state.service
+    _ = service.db  # opened (and its schema checked) once, here: the pool's processes inherit it
     service.prepare_buckets()
     clean_scratch(service)
     bind_service(service)

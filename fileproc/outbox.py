@@ -15,7 +15,7 @@ import logging
 import threading
 
 from fileproc.errors import BrokerUnavailable, FileprocError
-from fileproc.runtime.app import Step, send_step, send_steps
+from fileproc.runtime.app import Step, prepare_sending, send_step, send_steps
 from fileproc.service import Service
 from fileproc.state import JobStatus, Send
 
@@ -94,6 +94,10 @@ class Relay:
         self._stop.set()
 
     def _run(self) -> None:
+        try:
+            prepare_sending()  # not in the first upload's send
+        except Exception as exc:  # the first send reports what is wrong
+            log.debug("cannot prepare the broker's client yet: %s", exc)
         interval = self.service.settings.runtime.relay_interval
         while not self._stop.wait(interval):
             try:

@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, create_engine, event, func, or_, select, tuple_, update
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm import Session, configure_mappers, selectinload, sessionmaker
 
 from fileproc.errors import FileprocError
 from fileproc.events import ObjectEvent
@@ -88,6 +88,7 @@ class Database:
             _add_new_columns(self.engine)
         except OperationalError as exc:
             raise DatabaseUnavailable(f"cannot open the state database: {_plain(exc)}") from exc
+        configure_mappers()  # now, not in the first query (0.1 s of CPU: in a worker, inside its first step)
 
     def after_fork(self) -> None:
         """Drop pooled connections inherited from a parent process."""
