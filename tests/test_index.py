@@ -115,8 +115,8 @@ def test_an_empty_file_is_an_empty_document_and_long_text_is_cut(tmp_path: Path)
     assert len(json.loads(read_object(storage, written.bucket, written.key))["text"]) == 1000
 
 
-def _doc(key: str, text: str, etag: str = "e1", bucket: str = "docs") -> Document:
-    return Document(bucket=bucket, key=key, text=text, etag=etag, type="text")
+def _doc(key: str, text: str, etag: str = "e1", bucket: str = "docs", terms: Any = None) -> Document:
+    return Document(bucket=bucket, key=key, text=text, etag=etag, type="text", terms=terms)
 
 
 def test_whoosh_index_stems_filters_pages_and_never_duplicates(tmp_path: Path) -> None:
@@ -241,3 +241,55 @@ def test_commits_keep_few_segments_and_snippets_show_the_match_in_context(tmp_pa
     hit = index.search("pilot").hits[0]
     assert "<mark>pilots</mark>" in hit.snippet and "&lt;b&gt;harbour&lt;/b&gt;" in hit.snippet
     assert not hit.snippet.startswith("word0 ")  # the fragment around the match, not the start of the text
+
+
+def test_the_steps_words_are_indexed_as_whoosh_would_index_the_text(tmp_path: Path) -> None:
+    text = ("The harbour lighthouse keepers repaired the lamps. Lighthouses need keepers; "
+            "the keepers' lamps burned all night over the harbour walls. ") * 20
+    _, written = run_index(tmp_path, "notes/harbour.txt", text.encode())
+    assert written["terms"]["content"].startswith("harbour lighthous keeper repair lamp")
+    by_step, by_text = WhooshIndex(tmp_path / "steps"), WhooshIndex(tmp_path / "text")
+    document = parse_document(json.dumps(written).encode())
+    assert isinstance(document, Document) and document.terms is not None
+    others = [_doc(f"n{i}.txt", f"keepers of note {i} and a lamp") for i in range(5)]
+    by_step.add([document, *others])
+    by_text.add([Document(**{**document.__dict__, "terms": None}), *others])
+    for query in ["lighthouse", "keepers", '"harbour walls"', '"walls harbour"', "lamp night", "harbor"]:
+        found = [(h.key, h.score, h.snippet) for h in by_step.search(query).hits]
+        assert found == [(h.key, h.score, h.snippet) for h in by_text.search(query).hits], query
+    assert [h.key for h in by_step.search('"harbour walls"').hits] == ["notes/harbour.txt"]  # positions kept
+
+
+def test_words_of_another_analyzer_or_garbled_are_not_used_and_old_indexes_analyze_the_text(tmp_path: Path) -> None:
+    from whoosh import index as whoosh_index
+    from whoosh.fields import TEXT
+
+    from fileproc.search import analysis
+    from fileproc.search.whoosh import schema
+
+    def with_terms(key: str, terms: Any) -> Document:
+        return _doc(key, "plain words about a lighthouse", terms=terms)
+
+    index = WhooshIndex(tmp_path / "search")
+    index.add([
+        with_terms("ours.txt", {**analysis.terms("plain words"), "content": "plain word submarin"}),
+        with_terms("foreign.txt", {"analyzer": "lucene-9/english", "start": 0, "content": "submarin"}),
+        with_terms("gap.txt", {"analyzer": analysis.ANALYZER, "start": 0, "content": "submarin  word"}),
+        with_terms("negative.txt", {"analyzer": analysis.ANALYZER, "start": -1, "content": "submarin"}),
+        with_terms("number.txt", {"analyzer": analysis.ANALYZER, "start": 0, "content": 7}),
+    ])
+    # Only words of this analyzer are taken instead of analyzing the text: there, what the step said counts.
+    assert [h.key for h in index.search("submarine").hits] == ["ours.txt"]
+    assert sorted(h.key for h in index.search("lighthouse").hits) == [
+        "foreign.txt", "gap.txt", "negative.txt", "number.txt"]
+
+    old = tmp_path / "old"  # an index made before the step analyzed: its content field is Whoosh's TEXT
+    (old / "gen-000001").mkdir(parents=True)
+    made = schema()
+    made.remove("content")
+    made.add("content", TEXT(analyzer=analysis.content_analyzer(), stored=True))
+    whoosh_index.create_in(str(old / "gen-000001"), made)
+    (old / "current").symlink_to("gen-000001")
+    index = WhooshIndex(old)
+    index.add([with_terms("ours.txt", {**analysis.terms("x"), "content": "submarin"})])
+    assert index.search("submarine").total == 0 and [h.key for h in index.search("lighthouse").hits] == ["ours.txt"]

@@ -238,3 +238,28 @@ def test_falls_back_to_polling_when_inotify_cannot_start(
     (root / "photos" / "polled.txt").write_text("found by polling")
 
     assert recorder.wait_for(1) == [("photos", "polled.txt")]
+
+
+def test_files_dropped_at_once_are_reported_together_each_once(root: Path) -> None:
+    batches: list[list[tuple[str, str]]] = []
+    done = threading.Event()
+
+    def on_objects(found: list[tuple[str, str]]) -> None:
+        batches.append(found)
+        if sum(map(len, batches)) >= 200:
+            done.set()
+
+    staging = root.parent / "staging"
+    staging.mkdir()
+    for n in range(200):
+        (staging / f"f{n:03}.txt").write_text(str(n))
+    with FolderWatcher(root, settle_seconds=0, on_objects=on_objects):
+        for n in range(200):
+            os.rename(staging / f"f{n:03}.txt", root / "photos" / f"f{n:03}.txt")
+        assert done.wait(10), batches
+        time.sleep(SETTLE)
+    reported = [found for batch in batches for found in batch]
+    assert sorted(reported) == [("photos", f"f{n:03}.txt") for n in range(200)]  # each once
+    assert len(batches) < 50  # a burst is a few calls (one transaction each), not one per file
+    with pytest.raises(ValueError):
+        FolderWatcher(root)

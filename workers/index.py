@@ -7,8 +7,9 @@ Params (``context.params``)::
 
 For each object it writes one output, ``text.json``: a *document object*
 holding the object's metadata (bucket, key, size, content type, etag, last
-modified), its kind (text, markdown, html, csv, json, pdf, docx), a title and
-the extracted text. That object is the source of truth of search: the
+modified), its kind (text, markdown, html, csv, json, pdf, docx), a title,
+the extracted text and its words as the index analyzes them
+(``fileproc.search.analysis``). That object is the source of truth of search: the
 service's indexer (``fileproc.search.indexer``) applies it to the search
 index, and ``fileproc reindex`` rebuilds the index from these objects alone.
 
@@ -32,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fileproc import Context, InvalidInput, function
 from fileproc.errors import ObjectNotFound  # what context.storage raises for a missing object
+from fileproc.search.analysis import terms
 from workers.extract import extract, kind_of
 
 DOCUMENT_CONTENT_TYPE = "application/vnd.fileproc.document+json"
@@ -67,6 +69,8 @@ def handler(event: dict[str, Any], context: Context) -> dict[str, Any]:
         "fileproc_document": 1, "bucket": bucket, "key": key, "etag": info.etag, "size": info.size,
         "content_type": info.content_type, "last_modified": modified.isoformat(), "type": extracted.kind,
         "title": extracted.title, "text": extracted.text, "truncated": extracted.truncated,
+        # Its words analyzed here, on any worker: the index's one writer then only writes them.
+        "terms": terms(extracted.text),
     }
     ref = context.output.put(DOCUMENT_NAME, json.dumps(document, ensure_ascii=False).encode(),
                              content_type=DOCUMENT_CONTENT_TYPE)
@@ -87,6 +91,8 @@ def _removed(context: Context, bucket: str, key: str) -> dict[str, Any]:
 
 
 def warm() -> None:
-    """Import the PDF and DOCX readers before the first event (a few hundred ms otherwise)."""
+    """Import the PDF and DOCX readers and fill the stemmer before the first event (a few hundred ms otherwise)."""
     import docx  # noqa: F401
     import pypdf  # noqa: F401
+
+    terms("warm")

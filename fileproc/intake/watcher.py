@@ -32,6 +32,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import stat
@@ -54,6 +55,7 @@ except ImportError:  # not Linux: only polling is available
     InotifyObserver = None  # type: ignore[assignment,misc]
 
 from fileproc.errors import FileprocError
+from fileproc.events import ObjectEvent
 from fileproc.intake import Submit
 from fileproc.intake.objects import event_for, name_problem
 from fileproc.storage import Storage
@@ -73,6 +75,9 @@ _OPEN_GRACE_SECONDS = 60.0
 # Remembering what we reported only saves duplicate calls (dispatch dedupes by
 # etag anyway), so bound the memory instead of keeping one entry per file forever.
 _REPORTED_MEMORY = 100_000
+
+CATCH_UP_BATCH = 500
+"""Files already there at start submitted together (one transaction each batch)."""
 # With settle_seconds = 0, how long after a file appeared it is looked at again: its
 # writer's open (which holds it back) is reported by inotify right after its creation.
 _SECOND_LOOK_SECONDS = 0.005
@@ -146,19 +151,25 @@ class FolderWatcher:
     Uses inotify where it can and falls back to polling (with a warning) when
     inotify cannot start, e.g. at the inotify watch limit. ``on_object`` runs on
     the watcher's own thread, one call at a time; what it raises is logged and
-    the watcher carries on.
+    the watcher carries on. Given ``on_objects`` instead, the watcher calls it
+    once per look with every file that look found complete (a burst of files
+    becomes a few calls, not one each).
     """
 
     def __init__(
         self,
         root: Path,
-        on_object: Callable[[str, str], None],
+        on_object: Callable[[str, str], None] | None = None,
         settle_seconds: float = 1.0,
         on_removed: Callable[[str, str], None] | None = None,
+        on_objects: Callable[[list[tuple[str, str]]], None] | None = None,
     ) -> None:
+        if (on_object is None) == (on_objects is None):
+            raise ValueError("give on_object or on_objects")
         self.root = Path(root)
         self.settle_seconds = settle_seconds
         self._on_object = on_object
+        self._on_objects = on_objects or self._one_by_one
         self._on_removed = on_removed
         self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
@@ -345,10 +356,9 @@ class FolderWatcher:
             self._wake.clear()
             if self._stopping.is_set():
                 return
-            for path in self._take_settled():
-                if self._stopping.is_set():
-                    return
-                self._report(path)
+            found = [f for f in map(self._object_for, self._take_settled()) if f is not None]
+            if found and not self._stopping.is_set():
+                self._report(found)
 
     def _take_settled(self) -> list[str]:
         """Paths quiet for settle_seconds and changed since last reported; removed from pending."""
@@ -384,14 +394,22 @@ class FolderWatcher:
         while len(self._reported) > _REPORTED_MEMORY:
             self._reported.popitem(last=False)
 
-    def _report(self, path: str) -> None:
-        found = object_for(self.root, path)
-        if found is None:
-            return
+    def _object_for(self, path: str) -> tuple[str, str] | None:
+        return object_for(self.root, path)
+
+    def _report(self, found: list[tuple[str, str]]) -> None:
         try:
-            self._on_object(*found)
+            self._on_objects(found)
         except Exception:
-            log.exception("folder watcher: on_object failed for %s/%s", *found)
+            log.exception("folder watcher: on_objects failed for %d file(s) (%s/%s first)", len(found), *found[0])
+
+    def _one_by_one(self, found: list[tuple[str, str]]) -> None:
+        assert self._on_object is not None
+        for bucket, key in found:
+            try:
+                self._on_object(bucket, key)
+            except Exception:
+                log.exception("folder watcher: on_object failed for %s/%s", bucket, key)
 
 
 class WatcherSource:
@@ -408,8 +426,8 @@ class WatcherSource:
     def __init__(self, root: Path, storage: Storage, submit: Submit, settle_seconds: float = 1.0) -> None:
         self.storage = storage
         self.submit = submit
-        self.watcher = FolderWatcher(root, self._on_object, settle_seconds=settle_seconds,
-                                     on_removed=self._on_removed)
+        self.watcher = FolderWatcher(root, settle_seconds=settle_seconds, on_removed=self._on_removed,
+                                     on_objects=self._on_objects)
 
     def start(self) -> None:
         self.watcher.root.mkdir(parents=True, exist_ok=True)
@@ -420,23 +438,32 @@ class WatcherSource:
         self.watcher.stop()
 
     def _catch_up(self) -> None:
-        for bucket, key in self.watcher.scan():
-            self._on_object(bucket, key)
+        scan = self.watcher.scan()
+        while found := list(itertools.islice(scan, CATCH_UP_BATCH)):
+            self._on_objects(found)
 
-    def _on_object(self, bucket: str, key: str) -> None:
+    def _on_objects(self, found: list[tuple[str, str]]) -> None:
+        """One submit (one transaction, one trip to the broker) for the files one look found."""
+        events = [event for event in (self._event(bucket, key) for bucket, key in found) if event is not None]
+        if not events:
+            return
+        try:
+            self.submit(events)
+        except FileprocError as exc:
+            log.warning("could not record %d file(s), %s/%s first (the reconciler will find them): %s",
+                        len(events), events[0].bucket, events[0].key, exc)
+
+    def _event(self, bucket: str, key: str) -> ObjectEvent | None:
         problem = name_problem(bucket, key)
         if problem:
             log.warning("ignoring %s/%s: %s", bucket, key, problem)
-            return
+            return None
         try:
             info = self.storage.head(bucket, key)
         except FileprocError as exc:
             log.warning("cannot read %s/%s: %s", bucket, key, exc)
-            return
-        try:
-            self.submit([event_for(bucket, key, info, source=self.name)])
-        except FileprocError as exc:
-            log.warning("could not record %s/%s (the reconciler will find it): %s", bucket, key, exc)
+            return None
+        return event_for(bucket, key, info, source=self.name)
 
     def _on_removed(self, bucket: str, key: str) -> None:
         """A deleted (or moved away) file: an ``s3:ObjectRemoved:Delete`` event, for pipelines that take it."""

@@ -20,7 +20,8 @@ A document object (and a tombstone, written when the source is deleted)::
 
     {"fileproc_document": 1, "bucket": "docs", "key": "a/report.pdf", "etag": "...",
      "size": 1234, "content_type": "application/pdf", "last_modified": "2026-...Z",
-     "type": "pdf", "title": "Report", "text": "..."}
+     "type": "pdf", "title": "Report", "text": "...",
+     "terms": {"analyzer": "...", "start": 0, "content": "report q3 ..."}}   # optional: analysis.py
     {"fileproc_document": 1, "bucket": "docs", "key": "a/report.pdf", "deleted": true}
 """
 
@@ -56,6 +57,8 @@ class Document:
     title: str = ""
     last_modified: datetime | None = None
     source: str = ""  # the document object it was read from: "bucket/key"
+    terms: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    """The text's words as the step analyzed them (:mod:`fileproc.search.analysis`), for the engine."""
 
     @property
     def id(self) -> str:
@@ -65,6 +68,8 @@ class Document:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("source")
+        if data["terms"] is None:
+            data.pop("terms")
         data["last_modified"] = self.last_modified.isoformat() if self.last_modified else None
         return {"fileproc_document": 1, **data}
 
@@ -102,7 +107,8 @@ def parse_document(data: bytes, source: str = "") -> Document | Tombstone | None
     return Document(bucket=bucket, key=key, text=str(raw.get("text") or ""), etag=str(raw.get("etag") or ""),
                     size=int(raw.get("size") or 0), content_type=str(raw.get("content_type") or ""),
                     type=str(raw.get("type") or ""), title=str(raw.get("title") or ""),
-                    last_modified=last_modified, source=source)
+                    last_modified=last_modified, source=source,
+                    terms=raw["terms"] if isinstance(raw.get("terms"), Mapping) else None)
 
 
 @dataclass(frozen=True)

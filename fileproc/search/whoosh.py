@@ -30,12 +30,12 @@ from typing import Any
 
 import numpy as np
 from whoosh import index, qparser, query, writing
-from whoosh.analysis import StemmingAnalyzer
 from whoosh.fields import DATETIME, ID, NUMERIC, STORED, TEXT, Schema
+from whoosh.formats import Positions
 from whoosh.reading import SegmentReader
 from whoosh.searching import Searcher
 
-from fileproc.search import Batch, Document, Hit, IndexCorrupt, SearchIndex, SearchPage, topk
+from fileproc.search import Batch, Document, Hit, IndexCorrupt, SearchIndex, SearchPage, analysis, topk
 
 STORED_CHARS = 100_000
 """Text kept in the index for snippets (all of it is indexed). Highlighting
@@ -70,6 +70,7 @@ _READ_ERRORS = (index.IndexError, OSError, ValueError, EOFError, KeyError, Index
 
 
 def schema() -> Schema:
+    words = analysis.content_analyzer()
     return Schema(
         id=ID(unique=True, stored=True),
         bucket=ID(stored=True),
@@ -79,10 +80,27 @@ def schema() -> Schema:
         etag=STORED(),
         size=NUMERIC(stored=True, bits=64),
         modified=DATETIME(stored=True),
-        title=TEXT(analyzer=StemmingAnalyzer(), stored=True, field_boost=2.0),
-        name=TEXT(analyzer=StemmingAnalyzer(), field_boost=1.5),  # the key's words: "q3 report.pdf"
-        content=TEXT(analyzer=StemmingAnalyzer(), stored=True),
+        title=TEXT(analyzer=words, stored=True, field_boost=2.0),
+        name=TEXT(analyzer=words, field_boost=1.5),  # the key's words: "q3 report.pdf"
+        content=AnalyzedText(analyzer=words, stored=True),
     )
+
+
+class Analyzed:
+    """A text field's value whose words were analyzed already: word -> positions."""
+
+    def __init__(self, where: dict[str, list[int]]) -> None:
+        self.where = where
+
+
+class AnalyzedText(TEXT):  # type: ignore[misc]
+    """Whoosh's TEXT field, that also takes :class:`Analyzed` words (the step did the analysis)."""
+
+    def index(self, value: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, Analyzed):
+            return super().index(value, **kwargs)
+        fmt, boost = self.format, self.format.field_boost
+        return [(word.encode("utf-8"), len(at), len(at) * boost, fmt.encode(at)) for word, at in value.where.items()]
 
 
 class _Snippets:
@@ -260,7 +278,7 @@ class WhooshIndex(SearchIndex):
             writer = ix.writer(limitmb=128)
             try:
                 for document in documents:
-                    writer.update_document(**_fields(document))
+                    writer.update_document(**_fields(document, writer.schema))
                     count += 1
             except BaseException:
                 writer.cancel()
@@ -398,7 +416,7 @@ class _WhooshBatch(Batch):
             for doc_id in delete:
                 self.writer.delete_by_term("id", doc_id)
             for document in add:
-                self.writer.update_document(**_fields(document))
+                self.writer.update_document(**_fields(document, self.writer.schema))
         except _READ_ERRORS as exc:
             raise IndexCorrupt(f"cannot write the search index: {exc!r}") from exc
 
@@ -534,14 +552,19 @@ def _hit(hit: dict[str, Any], score: float | None, snippets: _Snippets | None) -
                etag=hit.get("etag", ""))
 
 
-def _fields(document: Document) -> dict[str, Any]:
+def _fields(document: Document, into: Schema) -> dict[str, Any]:
     words = document.key.replace("/", " ").replace("_", " ").replace("-", " ").replace(".", " ")
     fields: dict[str, Any] = {
         "id": document.id, "bucket": document.bucket, "key": document.key, "type": document.type or "other",
         "content_type": document.content_type or "", "etag": document.etag, "size": document.size,
         "title": document.title, "name": words, "content": document.text,
     }
-    if len(document.text) > STORED_CHARS:
+    content = into["content"]
+    where = analysis.positions(document.terms)
+    if where is not None and isinstance(content, AnalyzedText) and isinstance(content.format, Positions):
+        fields["content"] = Analyzed(where)  # the step's words (an index made before them analyzes the text)
+        fields["_stored_content"] = document.text[:STORED_CHARS]
+    elif len(document.text) > STORED_CHARS:
         fields["_stored_content"] = document.text[:STORED_CHARS]
     if document.last_modified is not None:
         modified = document.last_modified
@@ -549,4 +572,4 @@ def _fields(document: Document) -> dict[str, Any]:
     return fields
 
 
-__all__ = ["STORED_CHARS", "WhooshIndex", "schema"]
+__all__ = ["STORED_CHARS", "Analyzed", "AnalyzedText", "WhooshIndex", "schema"]
