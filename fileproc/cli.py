@@ -150,7 +150,10 @@ def worker(state: State, queues: str | None, concurrency: int | None) -> None:
     from fileproc.service import setup_worker_logging
 
     service = state.service
-    _ = service.db  # opened (and its schema checked) once, here: the pool's processes inherit it
+    try:
+        _ = service.db  # opened (and its schema checked) once, here: the pool's processes inherit it
+    except FileprocError as exc:  # the database is down: each step opens it (and waits for it) as before
+        click.echo(f"warning: {exc}; starting anyway", err=True)
     service.prepare_buckets()
     clean_scratch(service)
     bind_service(service)
