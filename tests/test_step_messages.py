@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,10 @@ def broker(redis_url: str) -> redis.Redis:
 
 
 def test_a_step_sent_by_fileproc_is_the_message_celery_writes(broker: redis.Redis) -> None:
+    app._by_process.clear()
+    builder = threading.Thread(target=app.prepare_sending)  # as each relay does when it starts: another thread
+    builder.start()
+    builder.join()
     app.celery_app.send_task(app.RUN_STEP, args=(5, 1), queue="conformance", argsrepr="(5, 1)")
     app.send_steps([(5, 1, "conformance")])
     celerys, ours = (decoded(raw) for raw in reversed(broker.lrange("conformance", 0, -1)))  # LPUSH: newest first

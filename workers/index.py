@@ -91,7 +91,7 @@ def _removed(context: Context, bucket: str, key: str) -> dict[str, Any]:
 
 
 def warm() -> None:
-    """Import the PDF and DOCX readers and fill the stemmer before the first event (a few hundred ms otherwise)."""
+    """Import the PDF and DOCX readers and set up the analyzer before the first event (a few hundred ms otherwise)."""
     import docx  # noqa: F401
     import pypdf  # noqa: F401
 

@@ -75,12 +75,12 @@ _OPEN_GRACE_SECONDS = 60.0
 # Remembering what we reported only saves duplicate calls (dispatch dedupes by
 # etag anyway), so bound the memory instead of keeping one entry per file forever.
 _REPORTED_MEMORY = 100_000
-
-CATCH_UP_BATCH = 500
-"""Files already there at start submitted together (one transaction each batch)."""
 # With settle_seconds = 0, how long after a file appeared it is looked at again: its
 # writer's open (which holds it back) is reported by inotify right after its creation.
 _SECOND_LOOK_SECONDS = 0.005
+
+CATCH_UP_BATCH = 500
+"""Files already there at start submitted together (one transaction each batch)."""
 
 Signature = tuple[int, int, int]
 """(size, mtime_ns, inode): a file whose signature is unchanged is unchanged."""

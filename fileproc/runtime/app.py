@@ -204,7 +204,6 @@ class _RunStepMessages:
         template = celery_app.amqp.as_task_v2("-", RUN_STEP, args=(0, 0), kwargs={}, ignore_result=None)
         self.headers: dict[str, Any] = dict(template.headers)
         self.embed: dict[str, Any] = dict(template.body[2])
-        self.reply_to = celery_app.thread_oid
 
     def encode(self, job_id: int, step_index: int, queue: str) -> str:
         task_id = str(uuid.uuid4())
@@ -216,7 +215,8 @@ class _RunStepMessages:
             "content-type": "application/json",
             "headers": {**self.headers, "id": task_id, "root_id": task_id, "argsrepr": argsrepr},
             "properties": {
-                "correlation_id": task_id, "reply_to": self.reply_to, "argsrepr": argsrepr, "delivery_mode": 2,
+                # Per sending thread, as Celery's own (the template may be built in another thread).
+                "correlation_id": task_id, "reply_to": celery_app.thread_oid, "argsrepr": argsrepr, "delivery_mode": 2,
                 "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0,
                 "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
             },
