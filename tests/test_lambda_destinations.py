@@ -23,6 +23,7 @@ from sqlalchemy import delete, update
 from fileproc.outbox import Relay
 from fileproc.runtime.runner import run_step
 from fileproc.serverless.destinations import owed, redeliver
+from fileproc.service import Service
 from fileproc.state import Database, StepEnd, StepStart
 from fileproc.state.deliveries import list_deliveries
 from fileproc.state.deployments import resolve
@@ -61,15 +62,20 @@ def receiver(port: int) -> tuple[ThreadingHTTPServer, list[dict[str, Any]]]:
     return server, received
 
 
-def test_retries_dead_letters_replay_and_destinations(tmp_path: Path,
-                                                      destination: tuple[str, list[dict[str, Any]]]) -> None:
-    url, received = destination
+def deployed_peek(tmp_path: Path, *options: str) -> tuple[Path, Service]:
+    """The probe sample deployed as ``peek`` (``fileproc functions deploy`` with ``options``): its config, a service."""
     code = tmp_path / "probe"
     shutil.copytree(SAMPLES / "probe", code)
     config = make_config(tmp_path, [{"function": "peek"}])
-    deploy(config, code, "peek", "app.handler", "--env", "MODE=fail", "--retries", "1", "--backoff", "5",
-           "--on-failure", f"{url}/failed", "--on-success", f"{url}/ok")
-    service = service_for(config)
+    deploy(config, code, "peek", "app.handler", *options)
+    return config, service_for(config)
+
+
+def test_retries_dead_letters_replay_and_destinations(tmp_path: Path,
+                                                      destination: tuple[str, list[dict[str, Any]]]) -> None:
+    url, received = destination
+    config, service = deployed_peek(tmp_path, "--env", "MODE=fail", "--retries", "1", "--backoff", "5",
+                                    "--on-failure", f"{url}/failed", "--on-success", f"{url}/ok")
 
     job = upload(service, "dir/a b.txt")
     first = run_step(service, job.id, 0, "w")
@@ -95,7 +101,7 @@ def test_retries_dead_letters_replay_and_destinations(tmp_path: Path,
     assert received[0]["path"] == "/failed" and received[0]["body"] == record
 
     # Fixed in version 2, then the dead letter is replayed: it succeeds, and on-success hears of it.
-    deploy(config, code, "peek", "app.handler", "--on-success", f"{url}/ok")
+    deploy(config, tmp_path / "probe", "peek", "app.handler", "--on-success", f"{url}/ok")
     assert "job" in fileproc(config, "retry", "--dead-letters", "--function", "peek")
     assert "no dead letters to replay" in fileproc(config, "retry", "--dead-letters")
     replayed = run(service, job)
@@ -108,11 +114,7 @@ def test_retries_dead_letters_replay_and_destinations(tmp_path: Path,
 
 
 def test_an_event_past_its_maximum_age_is_dead_lettered_untried(tmp_path: Path) -> None:
-    code = tmp_path / "probe"
-    shutil.copytree(SAMPLES / "probe", code)
-    config = make_config(tmp_path, [{"function": "peek"}])
-    deploy(config, code, "peek", "app.handler", "--max-event-age", "60")
-    service = service_for(config)
+    config, service = deployed_peek(tmp_path, "--max-event-age", "60")
     job = upload(service, "old.txt")
     with service.db.session() as s:  # it waited (a backlog, workers down) for two minutes
         s.execute(update(JobRow).where(JobRow.id == job.id).values(created_at=service.db.now(s) - timedelta(minutes=2)))
@@ -129,11 +131,7 @@ def deliveries(config: Path, *options: str) -> list[dict[str, Any]]:
 
 def test_a_record_the_destination_could_not_take_is_delivered_by_the_relay_once_it_is_up(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there when the step ends
-    code = tmp_path / "probe"
-    shutil.copytree(SAMPLES / "probe", code)
-    config = make_config(tmp_path, [{"function": "peek"}])
-    deploy(config, code, "peek", "app.handler", "--on-success", f"http://127.0.0.1:{port}/ok")
-    service = service_for(config)
+    config, service = deployed_peek(tmp_path, "--on-success", f"http://127.0.0.1:{port}/ok")
     job = upload(service, "late news.txt")
     done = run(service, job)
     assert done.status == "succeeded"
@@ -168,11 +166,7 @@ def test_a_record_the_destination_could_not_take_is_delivered_by_the_relay_once_
 def test_an_attempt_whose_end_is_refused_owes_no_record(tmp_path: Path,
                                                         destination: tuple[str, list[dict[str, Any]]]) -> None:
     url, received = destination
-    code = tmp_path / "probe"
-    shutil.copytree(SAMPLES / "probe", code)
-    config = make_config(tmp_path, [{"function": "peek"}])
-    deploy(config, code, "peek", "app.handler", "--on-success", f"{url}/ok")
-    service = service_for(config)
+    _, service = deployed_peek(tmp_path, "--on-success", f"{url}/ok")
     job = upload(service, "twice.txt")
     # A worker took the step and was cut off (its lease ran out); another took it over and finished it.
     doomed = service.db.start_step(job.id, 0, "doomed", lease_seconds=0, function_of=service.function_name)
@@ -192,12 +186,8 @@ def test_an_attempt_whose_end_is_refused_owes_no_record(tmp_path: Path,
 
 
 def test_a_record_nobody_takes_for_24_hours_is_given_up(tmp_path: Path) -> None:
-    code = tmp_path / "probe"
-    shutil.copytree(SAMPLES / "probe", code)
-    config = make_config(tmp_path, [{"function": "peek"}])
-    deploy(config, code, "peek", "app.handler", "--on-failure", f"http://127.0.0.1:{free_port()}/failed",
-           "--env", "MODE=fail", "--retries", "0")
-    service = service_for(config)
+    config, service = deployed_peek(tmp_path, "--on-failure", f"http://127.0.0.1:{free_port()}/failed",
+                                    "--env", "MODE=fail", "--retries", "0")
     job = upload(service, "lost.txt")
     assert run(service, job).status == "failed"
     wait_for(lambda: [d for d in deliveries(config) if d["attempts"]], 10, "the worker's try")
