@@ -356,7 +356,7 @@ class FolderWatcher:
             self._wake.clear()
             if self._stopping.is_set():
                 return
-            found = [f for f in map(self._object_for, self._take_settled()) if f is not None]
+            found = [f for path in self._take_settled() if (f := object_for(self.root, path)) is not None]
             if found and not self._stopping.is_set():
                 self._report(found)
 
@@ -393,9 +393,6 @@ class FolderWatcher:
         self._reported.move_to_end(path)
         while len(self._reported) > _REPORTED_MEMORY:
             self._reported.popitem(last=False)
-
-    def _object_for(self, path: str) -> tuple[str, str] | None:
-        return object_for(self.root, path)
 
     def _report(self, found: list[tuple[str, str]]) -> None:
         try:
