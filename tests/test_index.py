@@ -293,3 +293,26 @@ def test_words_of_another_analyzer_or_garbled_are_not_used_and_old_indexes_analy
     index = WhooshIndex(old)
     index.add([with_terms("ours.txt", {**analysis.terms("x"), "content": "submarin"})])
     assert index.search("submarine").total == 0 and [h.key for h in index.search("lighthouse").hits] == ["ours.txt"]
+
+
+def test_the_steps_words_are_the_whoosh_analyzers_words() -> None:
+    from fileproc.search import analysis
+
+    def whoosh_words(text: str) -> dict[str, list[int]]:
+        where: dict[str, list[int]] = {}
+        for token in analysis.content_analyzer()(text, positions=True, mode="index"):
+            where.setdefault(token.text, []).append(token.pos)
+        return where
+
+    texts = [
+        "", "a an the of", "The quick brown foxes jumped over the lazy dogs",
+        "x y z: I am at it. Be on to it!", "e.g. 3.14 v1.2.3 foo*bar *star* snake_case CamelCase",
+        "İstanbul ΟΔΟΣ ΚΑΙ Straße ÆSIR naïve café ﬁne", "keepers' lamps don't won't O'Neill",
+        "running runs ran runner relational conditional rationalisation", "\t\n  spaced\n\nout  ",
+        " ".join(f"w{n} the of" for n in range(3000)),
+    ]
+    for text in texts:
+        found = analysis.terms(text)
+        assert found is not None and analysis.positions(found) == whoosh_words(text), text
+    assert analysis.terms("The quick brown foxes") == {"analyzer": analysis.ANALYZER, "start": 1,
+                                                       "content": "quick brown fox"}

@@ -31,10 +31,20 @@ import functools
 from typing import Any
 
 import whoosh
-from whoosh.analysis import Analyzer, StemmingAnalyzer
+from whoosh.analysis import (
+    Analyzer,
+    LowercaseFilter,
+    RegexTokenizer,
+    StemFilter,
+    StemmingAnalyzer,
+    StopFilter,
+)
 
 ANALYZER = f"whoosh-{whoosh.versionstring()}/stemming-1"
 """Names the analyzer below: change the suffix when it changes, so older terms are analyzed again."""
+
+STEMS_KEPT = 50_000
+"""Stems remembered per process (what Whoosh's stem filter keeps too)."""
 
 
 @functools.cache
@@ -45,16 +55,65 @@ def content_analyzer() -> Analyzer:
 
 def terms(text: str) -> dict[str, Any] | None:
     """``text``'s analyzed words (see the module docstring), or None if they cannot be written that way."""
-    words: list[str] = []
-    start = expected = None
+    words = _words(text)
+    if words is None:
+        return None
+    start, found = words
+    if not all(found) or any(" " in word for word in found):
+        return None  # a word a space cannot separate: the indexer analyzes the text
+    return {"analyzer": ANALYZER, "start": start, "content": " ".join(found)}
+
+
+def _words(text: str) -> tuple[int, list[str]] | None:
+    """The position of the first word kept and the words, as :func:`content_analyzer` makes them.
+
+    Whoosh's analyzer passes each word through a chain of generators, a
+    Token object each: most of a step's time. Its parts are taken from the
+    analyzer itself (the tokenizer's expression, the stop words and sizes,
+    the stemmer) and applied in a plain loop, with the stems cached in C;
+    the words are the same (the tests compare them). A chain of another
+    shape goes through Whoosh.
+    """
+    parts = _parts()
+    if parts is None:
+        return _words_by_whoosh(text)
+    finditer, stops, minsize, maxsize, ignore, stem = parts
+    start, words = 0, list[str]()
+    for number, match in enumerate(finditer(text)):
+        word = match.group().lower()
+        if len(word) < minsize or (maxsize is not None and len(word) > maxsize) or word in stops:
+            continue
+        if not words:
+            start = number  # the stop filter numbers the kept words on from the first one's position
+        words.append(word if word in ignore else stem(word))
+    return start, words
+
+
+def _words_by_whoosh(text: str) -> tuple[int, list[str]] | None:
+    start, expected, words = 0, None, list[str]()
     for token in content_analyzer()(text, positions=True, mode="index"):
-        if start is None:
+        if expected is None:
             start = expected = token.pos
-        if token.pos != expected or not token.text or " " in token.text:
-            return None  # a gap, or a word a space cannot separate: the indexer analyzes the text
+        if token.pos != expected:
+            return None  # a gap: the indexer analyzes the text
         words.append(token.text)
         expected += 1
-    return {"analyzer": ANALYZER, "start": start or 0, "content": " ".join(words)}
+    return start, words
+
+
+@functools.cache
+def _parts() -> tuple[Any, ...] | None:
+    """The analyzer's tokenizer expression, stop words, sizes, unstemmed words and stemmer; None if it is not
+    the tokenizer, lowercase, stop and stem chain this module knows."""
+    chain = content_analyzer()
+    items = list(getattr(chain, "items", ()))
+    if [type(item) for item in items] != [RegexTokenizer, LowercaseFilter, StopFilter, StemFilter]:
+        return None
+    tokenizer, _, stop, stemmer = items
+    if tokenizer.gaps or not stop.renumber or stemmer.lang:
+        return None
+    stem = functools.lru_cache(maxsize=STEMS_KEPT)(stemmer.stemfn)
+    return tokenizer.expression.finditer, stop.stops, stop.min, stop.max, stemmer.ignore, stem
 
 
 def positions(found: Any) -> dict[str, list[int]] | None:
