@@ -36,6 +36,7 @@ from whoosh.reading import SegmentReader
 from whoosh.searching import Searcher
 
 from fileproc.search import Batch, Document, Hit, IndexCorrupt, SearchIndex, SearchPage, analysis, topk
+from fileproc.search.codec import WriterCodec
 
 STORED_CHARS = 100_000
 """Text kept in the index for snippets (all of it is indexed). Highlighting
@@ -264,7 +265,7 @@ class WhooshIndex(SearchIndex):
     def begin(self) -> _WhooshBatch:
         ix = self._open()
         try:
-            return _WhooshBatch(self, ix.writer(limitmb=64))
+            return _WhooshBatch(self, ix.writer(limitmb=64, codec=WriterCodec()))
         except _READ_ERRORS as exc:
             raise IndexCorrupt(f"cannot write the search index: {exc!r}") from exc
 
@@ -275,7 +276,7 @@ class WhooshIndex(SearchIndex):
         try:
             # One writer: Whoosh spills sorted runs to disk past limitmb and merges them at the
             # commit, so the new generation is one segment without writing everything twice.
-            writer = ix.writer(limitmb=128)
+            writer = ix.writer(limitmb=128, codec=WriterCodec())
             try:
                 for document in documents:
                     writer.update_document(**_fields(document, writer.schema))
