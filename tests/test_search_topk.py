@@ -153,3 +153,15 @@ def test_equal_scores_rank_by_document_order_as_in_whoosh(tmp_path: Path) -> Non
     searcher = ties._current_searcher()
     q = query.Term("content", "alpha")
     assert topk.top_hits(ties._topk, searcher, q, 25, None) == _whoosh_top(searcher, q, 25, None)
+    # Both words. The block holding the one better hit (250) is visited first and fills the page from
+    # its own documents (128-136); the first block's documents then have a best possible total that only
+    # equals the last hit's score, and still enter, as they come before it.
+    both = WhooshIndex(tmp_path / "both")
+    texts = ["alpha gamma"] * 300 + ["alpha beta"] * 300
+    texts[250] = "gamma gamma alpha"
+    both.add([Document(bucket="d", key=f"{n:03d}.txt", text=text, etag="1") for n, text in enumerate(texts)])
+    searcher = both._current_searcher()
+    q = query.And([query.Term("content", "alpha"), query.Term("content", "gamma")])
+    expected = _whoosh_top(searcher, q, 10, None)
+    assert [docnum for _, docnum in expected] == [250, *range(9)]
+    assert topk.top_hits(both._topk, searcher, q, 10, None) == expected

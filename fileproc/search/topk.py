@@ -483,12 +483,16 @@ def _all_terms(top: _Top, leaves: list[_Leaf], terms: list[_Term]) -> None:
     """All the words: the rarest word's blocks drive, best bound first.
 
     A driver block's bound is its own plus, for each other word, the best
-    bound of that word's blocks overlapping it; a visited driver block has
-    those blocks decoded too (each once per query), and its documents found
-    in all of them are scored.
+    bound of that word's blocks overlapping it. A visited driver block is
+    decoded and its documents scored for the driver word; once the page is
+    full, a document whose own score plus the best of the other words'
+    blocks that would hold it cannot place a hit is dropped before those
+    blocks are read. Only the other words' blocks that would hold a
+    remaining document are decoded (each once per query), and the
+    documents found in all of them are scored.
     """
-    plans = []  # (bound, first document, leaf number, driver block, per other word its block range)
-    per_leaf: list[tuple[list[Headers], int] | None] = []
+    plans = []  # (bound, first document, leaf number, driver block)
+    per_leaf: list[tuple[list[Headers], int, list[np.ndarray]] | None] = []
     for n, leaf in enumerate(leaves):
         found = [leaf.cache.headers(leaf.reader, t.fieldname, t.tbytes) for t in terms]
         if any(h is None or not len(h) for h in found):
@@ -496,64 +500,74 @@ def _all_terms(top: _Top, leaves: list[_Leaf], terms: list[_Term]) -> None:
             continue
         headers: list[Headers] = found  # type: ignore[assignment]
         driver = min(range(len(terms)), key=lambda i: headers[i].docs)
-        per_leaf.append((headers, driver))
+        # Each word's best score per block, and -inf past its last block (a document no block would hold)
+        quality = [np.append(t.score(h.max_weight, h.min_length), -np.inf) for t, h in zip(terms, headers, strict=True)]
+        per_leaf.append((headers, driver, quality))
         d = headers[driver]
-        bound = terms[driver].score(d.max_weight, d.min_length)
+        bound = quality[driver][:-1]
         lo, hi = d.first_ids(), d.max_id
-        ranges: list[tuple[np.ndarray, np.ndarray] | None] = []
         for i, h in enumerate(headers):
             if i == driver:
-                ranges.append(None)
                 continue
             start = np.searchsorted(h.max_id, lo, side="left")
             end = np.minimum(np.searchsorted(h.max_id, hi, side="left"), len(h) - 1)  # the block holding hi
-            ranges.append((start, end))
-            quality = np.append(terms[i].score(h.max_weight, h.min_length), -np.inf)
             inside = start < len(h)
             best = np.full(len(d), -np.inf)
             if inside.any():
                 pairs = np.empty(2 * int(inside.sum()), dtype=np.int64)
                 pairs[0::2], pairs[1::2] = start[inside], end[inside] + 1
-                best[inside] = np.maximum.reduceat(quality, pairs)[0::2]
+                best[inside] = np.maximum.reduceat(quality[i], pairs)[0::2]
             bound = bound + best
-        plans += [(float(bound[j]), int(lo[j]) + leaf.offset, n, int(j), ranges)
-                  for j in np.flatnonzero(np.isfinite(bound))]
+        plans += [(float(bound[j]), int(lo[j]) + leaf.offset, n, int(j)) for j in np.flatnonzero(np.isfinite(bound))]
     plans.sort(key=lambda p: (-p[0], p[1]))
     decoded: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
-    for block_bound, first, n, j, ranges in plans:
+    for block_bound, first, n, j in plans:
         if not top.beats(block_bound, first):
             break
         leaf = leaves[n]
-        headers, driver = per_leaf[n]  # type: ignore[misc]
+        headers, driver, quality = per_leaf[n]  # type: ignore[misc]
         ids, weights = headers[driver].decode(leaf.postfile, j)
         if leaf.allowed is not None:
             keep = leaf.allowed[ids]
             ids, weights = ids[keep], weights[keep]
-        parts: list[tuple[int, np.ndarray]] = [(driver, weights)]
+        holding = {i: np.searchsorted(h.max_id, ids, side="left") for i, h in enumerate(headers) if i != driver}
+        scores = {driver: terms[driver].score(weights, leaf.cache.lengths(leaf.reader, terms[driver].fieldname, ids))}
+        if top.full and len(ids):  # each document's best possible total, in the query's order of words
+            most: np.ndarray | None = None
+            for k in range(len(terms)):
+                part = scores[k] if k == driver else quality[k][holding[k]]
+                most = part if most is None else most + part
+            assert most is not None
+            docs = ids + leaf.offset
+            keep = (most > top.threshold) | ((most == top.threshold) & (docs < top.last_doc))
+            ids, scores[driver] = ids[keep], scores[driver][keep]
+            holding = {i: at[keep] for i, at in holding.items()}
         for i, h in enumerate(headers):
             if i == driver or not len(ids):
                 continue
-            overlap = ranges[i]
-            assert overlap is not None
-            first_block, last_block = int(overlap[0][j]), int(overlap[1][j])
             blocks = []
-            for b in range(first_block, last_block + 1):
+            for b in np.unique(holding[i][holding[i] < len(h)]).tolist():
                 key = (n, i, b)
                 if key not in decoded:
                     decoded[key] = h.decode(leaf.postfile, b)
                 blocks.append(decoded[key])
+            if not blocks:
+                ids = ids[:0]
+                break
             other_ids = np.concatenate([b[0] for b in blocks]) if len(blocks) > 1 else blocks[0][0]
             other_weights = np.concatenate([b[1] for b in blocks]) if len(blocks) > 1 else blocks[0][1]
             at = np.minimum(np.searchsorted(other_ids, ids), len(other_ids) - 1)
             keep = other_ids[at] == ids
             ids = ids[keep]
-            parts = [(k, w[keep]) for k, w in parts] + [(i, other_weights[at[keep]])]
-        if not len(ids):
+            scores = {k: v[keep] for k, v in scores.items()}
+            holding = {k: v[keep] for k, v in holding.items()}
+            lengths = leaf.cache.lengths(leaf.reader, terms[i].fieldname, ids)
+            scores[i] = terms[i].score(other_weights[at[keep]], lengths)
+        if not len(ids) or len(scores) < len(terms):
             continue
         total = None
-        for k, w in sorted(parts, key=lambda part: part[0]):  # the query's order: a + b (+ c ...)
-            s = terms[k].score(w, leaf.cache.lengths(leaf.reader, terms[k].fieldname, ids))
-            total = s if total is None else total + s
+        for k in range(len(terms)):  # the query's order: a + b (+ c ...)
+            total = scores[k] if total is None else total + scores[k]
         assert total is not None
         top.add(total, ids + leaf.offset)
 
