@@ -191,6 +191,7 @@ def _ids_and_weights(data: bytes, compressed: bool, count: int) -> tuple[Any, An
 
 
 _K, _M, _J, _G, _N, _MARK, _TUPLE, _PUT, _LONG_PUT = b"KMJGN(tqr"
+_CELL = np.dtype([("op", "u1"), ("weight", ">f8")])  # a weight in a pickled tuple: G and a big-endian double
 
 
 def _read_pickled(head: bytes, count: int) -> tuple[np.ndarray, np.ndarray | None] | None:
@@ -198,7 +199,9 @@ def _read_pickled(head: bytes, count: int) -> tuple[np.ndarray, np.ndarray | Non
 
     The common layout: protocol 2, the ids tuple (the first id, then deltas
     under 256: ``K`` and one byte each), then the weights (``None``, one
-    float, or a tuple of ``G`` and 8 bytes each). Anything else: None.
+    float, or a tuple of ``G`` and 8 bytes each). Anything else: None. The
+    layout is checked on the bytes (a strided slice), and each part is
+    read with one numpy call: a block costs a few numpy calls, not a dozen.
     """
     if count < 4 or len(head) < 8 or head[0] != 0x80 or head[2] != _MARK:
         return None
@@ -215,8 +218,8 @@ def _read_pickled(head: bytes, count: int) -> tuple[np.ndarray, np.ndarray | Non
     end = at + 2 * (count - 1)
     if end + 2 > len(head):
         return None
-    pairs = np.frombuffer(head, dtype=np.uint8, count=2 * (count - 1), offset=at)
-    if not (pairs[0::2] == _K).all() or head[end] != _TUPLE:
+    pairs = head[at:end]
+    if pairs[0::2] != b"K" * (count - 1) or head[end] != _TUPLE:
         return None
     at = end + 1
     if head[at] == _PUT:
@@ -226,9 +229,9 @@ def _read_pickled(head: bytes, count: int) -> tuple[np.ndarray, np.ndarray | Non
     else:
         return None
     ids = np.empty(count, dtype=np.int64)
-    ids[0] = first
-    ids[1:] = pairs[1::2]
-    np.cumsum(ids, out=ids)
+    ids[0] = 0
+    np.cumsum(np.frombuffer(pairs[1::2], dtype=np.uint8), dtype=np.int64, out=ids[1:])
+    ids += first
     op = head[at] if at < len(head) else -1
     if op == _N:
         return ids, None
@@ -236,10 +239,10 @@ def _read_pickled(head: bytes, count: int) -> tuple[np.ndarray, np.ndarray | Non
         return ids, np.full(count, struct.unpack_from(">d", head, at + 1)[0])
     if op != _MARK or at + 2 + 9 * count > len(head):
         return None
-    cells = np.frombuffer(head, dtype=np.uint8, count=9 * count, offset=at + 1).reshape(count, 9)
-    if not (cells[:, 0] == _G).all() or head[at + 1 + 9 * count] != _TUPLE:
+    cells = head[at + 1:at + 1 + 9 * count]
+    if cells[0::9] != b"G" * count or head[at + 1 + 9 * count] != _TUPLE:
         return None
-    return ids, cells[:, 1:].copy().view(">f8").ravel().astype(np.float64)
+    return ids, np.frombuffer(cells, dtype=_CELL)["weight"].astype(np.float64)
 
 
 def _byte(length: int | None) -> int:
