@@ -165,3 +165,41 @@ def test_equal_scores_rank_by_document_order_as_in_whoosh(tmp_path: Path) -> Non
     expected = _whoosh_top(searcher, q, 10, None)
     assert [docnum for _, docnum in expected] == [250, *range(9)]
     assert topk.top_hits(both._topk, searcher, q, 10, None) == expected
+
+
+def test_the_block_headers_of_frequent_words_are_read_ahead_by_searching_processes_only(tmp_path: Path) -> None:
+    folder = tmp_path / "search"
+    writer = WhooshIndex(folder)
+    writer.add(_corpus(1, 700))
+    writer.add(_corpus(2, 300, start=700))
+    assert writer.count() == 1000 and writer._warmer is None  # the indexer counts and writes: it never reads ahead
+    segments = writer._current_searcher().reader().leaf_readers()
+    assert len(segments) == 2
+
+    index = WhooshIndex(folder)
+    searcher = index._current_searcher()
+    frequent, rare, ahead, unsearched = WORDS[0], WORDS[-1], WORDS[1], WORDS[-2]
+    for word in (frequent, rare, ahead, unsearched):  # what each segment holds of them: hundreds of documents, or few
+        counts = [reader.doc_frequency("content", word) for reader, _ in searcher.reader().leaf_readers()]
+        if word in (frequent, ahead):
+            assert min(counts) >= topk.WARM_POSTINGS
+        else:
+            assert max(counts) < topk.WARM_POSTINGS
+    texts = (frequent, rare, f"{frequent} {rare}")
+    expected = {text: [(h.key, h.score) for h in writer.search(text).hits] for text in texts}
+
+    # Searches while the headers are being read ahead find what they find without it.
+    found = {text: [(h.key, h.score) for h in index.search(text).hits] for text in expected}
+    assert found == expected
+    assert index.wait_warm(30)
+    ids = {reader.segment().segment_id() for reader, _ in index._current_searcher().reader().leaf_readers()}
+    kept = {(segment, word) for segment, _, word in index._topk._headers}
+    assert {(segment, ahead.encode()) for segment in ids} <= kept  # never searched: read ahead
+    assert not any(word == unsearched.encode() for _, word in kept)
+
+    writer.add(_corpus(3, 200, start=1000))  # a commit lands: its segment is read ahead once a search sees it
+    index.search(rare)
+    assert index.wait_warm(30)
+    ids = {reader.segment().segment_id() for reader, _ in index._current_searcher().reader().leaf_readers()}
+    assert len(ids) == 3 and {(segment, ahead.encode()) for segment in ids} <= {
+        (segment, word) for segment, _, word in index._topk._headers}

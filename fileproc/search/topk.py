@@ -39,6 +39,7 @@ import struct
 import threading
 import zlib
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,10 @@ from whoosh.util.numeric import _length_byte_cache
 
 HEADER_BLOCKS = 500_000
 """Block headers kept across queries (49 bytes each: 25 MB at most), least recently used dropped."""
+
+WARM_POSTINGS = 128
+"""Words in this many documents of a segment (a full block) have their block headers read ahead
+(:meth:`Cache.warm`): in the bench's 100k-document index, 4,500 words and 30,000 blocks, read in 1.2-1.9 s."""
 
 _LENGTHS = np.frombuffer(_length_byte_cache.tobytes(), dtype=np.int32).astype(np.float64)
 """Whoosh's field-length byte -> length table (what ``byte_to_length`` reads)."""
@@ -280,13 +285,45 @@ class Cache:
             headers = None
         else:
             headers = Headers(terms._postfile, terminfo)
+        self._keep(key, headers)
+        return headers
+
+    def _keep(self, key: tuple[str, str, bytes], headers: Headers | None) -> None:
         with self._lock:
             self._headers[key] = headers
             self._blocks += len(headers) if headers is not None else 1
             while self._blocks > self.max_blocks and len(self._headers) > 1:
                 _, old = self._headers.popitem(last=False)
                 self._blocks -= len(old) if old is not None else 1
-        return headers
+
+    def warm(self, reader: Any, fieldnames: Iterable[str]) -> Iterator[None]:
+        """Read ahead the block headers of the words in :data:`WARM_POSTINGS` or more documents of one segment.
+
+        The first search for a common word reads all its block headers
+        (hundreds of blocks: a few ms); this reads them before anybody asks,
+        for a new segment, until the cache is half full. A generator, a step
+        per word: the caller runs each step while no search uses the reader
+        (Whoosh's files are not safe for two threads at once).
+        """
+        segment, terms = reader.segment().segment_id(), reader._terms
+        for fieldname in fieldnames:
+            try:
+                found = terms.items_from(fieldname, b"")
+            except KeyError:  # no such field in this segment
+                continue
+            for (name, tbytes), terminfo in found:
+                if name != fieldname:
+                    break  # the next field's words
+                yield
+                if terminfo.doc_frequency() < WARM_POSTINGS:
+                    continue
+                key = (segment, fieldname, tbytes)
+                with self._lock:
+                    if self._blocks >= self.max_blocks // 2:
+                        return
+                    if key in self._headers:
+                        continue
+                self._keep(key, Headers(terms._postfile, terminfo))
 
     def lengths(self, reader: Any, fieldname: str, ids: np.ndarray) -> np.ndarray:
         """The length of ``fieldname`` in documents ``ids`` of the segment, as Whoosh's scorer reads it.

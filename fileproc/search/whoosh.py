@@ -17,12 +17,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import html
+import logging
 import os
 import pickle
 import re
 import shutil
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC
 from pathlib import Path
@@ -37,6 +39,8 @@ from whoosh.searching import Searcher
 
 from fileproc.search import Batch, Document, Hit, IndexCorrupt, SearchIndex, SearchPage, analysis, topk
 from fileproc.search.codec import WriterCodec
+
+log = logging.getLogger(__name__)
 
 STORED_CHARS = 100_000
 """Text kept in the index for snippets (all of it is indexed). Highlighting
@@ -55,6 +59,9 @@ HIGHLIGHT_TERMS = 50
 
 MAX_SEGMENTS = 6
 """Segments a commit leaves at most (see :func:`_merge_few`)."""
+
+WARM_SLICE = 0.002
+"""Seconds the read-ahead of block headers holds the index at a time (a search waits at most this long)."""
 
 PARSED_KEPT = 1024
 """Parsed queries kept (by their text)."""
@@ -201,6 +208,11 @@ class WhooshIndex(SearchIndex):
         self._filters: dict[tuple[str, str], set[int]] = {}
         self._masks: dict[tuple[str, str], np.ndarray] = {}
         self._topk = topk.Cache()
+        self._warmer: threading.Thread | None = None  # reads block headers ahead (see _warm)
+        self._warmed: set[str] = set()  # segments whose frequent words' headers were read ahead
+        self._warm_checked: Searcher | None = None
+        self._warm_idle = threading.Event()
+        self._warm_idle.set()
 
     # --- files --------------------------------------------------------------------------
 
@@ -367,6 +379,9 @@ class WhooshIndex(SearchIndex):
         page, per_page = max(1, page), max(1, min(per_page, 1000))
         with self._lock:
             searcher = self._current_searcher()
+            if searcher is not self._warm_checked:
+                self._warm_checked = searcher
+                self._warm_later(searcher)
             try:
                 if self._parser is None:
                     self._parser = qparser.MultifieldParser(list(SEARCHED_FIELDS), searcher.schema)
@@ -403,6 +418,72 @@ class WhooshIndex(SearchIndex):
 
     def close(self) -> None:
         self.reset()
+
+    # --- reading ahead ------------------------------------------------------------------
+
+    def wait_warm(self, timeout: float) -> bool:
+        """Wait until the block headers of the frequent words are read ahead (:meth:`_warm`); whether they are."""
+        return self._warm_idle.wait(timeout)
+
+    def _unwarmed(self, searcher: Searcher) -> list[Any]:
+        """The searcher's segments big enough to have frequent words, not read ahead yet."""
+        return [reader for reader, _ in searcher.reader().leaf_readers()
+                if reader.segment() is not None and reader.doc_count_all() >= topk.WARM_POSTINGS
+                and reader.segment().segment_id() not in self._warmed]
+
+    def _warm_later(self, searcher: Searcher) -> None:
+        """Start reading ahead in a thread, if a segment of ``searcher`` needs it. Under ``self._lock``."""
+        if self._warmer is None and self._unwarmed(searcher):
+            self._warm_idle.clear()
+            self._warmer = threading.Thread(target=self._warm, name="fileproc-search-warm", daemon=True)
+            self._warmer.start()
+
+    def _warm(self) -> None:
+        """Read ahead the block headers of each new segment's frequent words (:meth:`topk.Cache.warm`).
+
+        The first search for a word in thousands of documents reads its
+        block headers (a few ms for hundreds of blocks); a process that
+        searches reads them for each new segment in this thread instead,
+        before anybody asks. Whoosh's files are not safe for two threads at
+        once, so it holds the index lock for :data:`WARM_SLICE` at a time: a
+        search waits that long at most. It starts over when the searcher
+        changes (a commit landed).
+        """
+        try:
+            while True:
+                with self._lock:
+                    searcher = self._searcher
+                    todo = self._unwarmed(searcher) if searcher is not None else []
+                    if not todo:
+                        if searcher is not None:
+                            self._warmed &= {r.segment().segment_id() for r, _ in searcher.reader().leaf_readers()
+                                             if r.segment() is not None}
+                        self._warmer = None
+                        self._warm_idle.set()
+                        return
+                for reader in todo:
+                    if not self._warm_segment(searcher, reader):
+                        break  # the searcher changed: look again
+        except Exception:  # never let the read-ahead take the process down; searches read what they need
+            log.debug("reading block headers ahead failed", exc_info=True)
+            with self._lock:
+                self._warmer = None
+                self._warm_idle.set()
+
+    def _warm_segment(self, searcher: Searcher, reader: Any) -> bool:
+        """Read ahead one segment, a slice at a time; False if the searcher changed meanwhile."""
+        steps = self._topk.warm(reader, SEARCHED_FIELDS)
+        while True:
+            with self._lock:
+                if self._searcher is not searcher:
+                    return False
+                deadline = time.monotonic() + WARM_SLICE
+                try:
+                    while time.monotonic() < deadline:
+                        next(steps)
+                except (StopIteration, *_READ_ERRORS):  # done, or a segment Whoosh cannot read: searches say so
+                    self._warmed.add(reader.segment().segment_id())
+                    return True
 
 
 class _WhooshBatch(Batch):
