@@ -342,7 +342,7 @@ def search_index(count: int) -> Path:
     from fileproc.search import Document
     from fileproc.search.whoosh import WhooshIndex
 
-    folder = CACHE / f"search2-{count}"  # 2: built with the merge policy (at most MAX_SEGMENTS segments)
+    folder = CACHE / f"search3-{count}"  # 3: written by WriterCodec (2: the merge policy, at most MAX_SEGMENTS)
     if (folder / "done").exists():
         return folder
     shutil.rmtree(folder, ignore_errors=True)
@@ -360,8 +360,15 @@ def search_index(count: int) -> Path:
     return folder
 
 
-def search_times(folder: Path, queries: int, cpu: list[float] | None = None) -> tuple[list[float], dict[str, float]]:
-    """Milliseconds per query (and, into ``cpu``, the CPU time of each: what neighbours on the machine do not add)."""
+def search_times(folder: Path, queries: int, cpu: list[float] | None = None,
+                 warm: list[float] | None = None) -> tuple[list[float], dict[str, float]]:
+    """Milliseconds per query (and, into ``cpu``, the CPU time of each: what neighbours on the machine do not add).
+
+    As a running service searches: after the first search, the index reads
+    ahead the block headers of its frequent words (in a thread, as ``fileproc
+    api`` does when it opens the index or a commit lands); the queries start
+    once that is done, and its seconds go into ``warm``.
+    """
     from fileproc.search.whoosh import WhooshIndex
 
     index = WhooshIndex(folder)
@@ -370,7 +377,11 @@ def search_times(folder: Path, queries: int, cpu: list[float] | None = None) -> 
     kinds = {"rare": lambda: rng.choice(vocab[5000:]), "common": lambda: rng.choice(vocab[:50]),
              "two words": lambda: f"{rng.choice(vocab[:2000])} {rng.choice(vocab[:2000])}",
              "filtered": lambda: rng.choice(vocab[100:3000])}
+    started = time.perf_counter()
     index.search("warm up")
+    index.wait_warm(600)
+    if warm is not None:
+        warm.append(time.perf_counter() - started)
     times: list[float] = []
     by_kind: dict[str, list[float]] = {kind: [] for kind in kinds}
     for n in range(queries):
@@ -449,12 +460,13 @@ def main(argv: list[str] | None = None) -> None:
         if "search" in chosen:
             folder = search_index(args.search_docs)
             cpu: list[float] = []
-            times, by_kind = search_times(folder, args.queries, cpu)
+            warm: list[float] = []
+            times, by_kind = search_times(folder, args.queries, cpu, warm)
             lines.append(f"search: {args.search_docs} docs, {args.queries} queries: p50 "
                          f"{statistics.median(times):.2f} ms, p95 {_p95(times):.2f} ms (goal <= 5 ms); p95 by kind: "
                          + ", ".join(f"{kind} {value:.2f}" for kind, value in by_kind.items())
                          + f"; CPU time per query p50 {statistics.median(cpu):.2f} ms, p95 {_p95(cpu):.2f} ms "
-                         f"(load average {os.getloadavg()[0]:.1f})")
+                         f"(load average {os.getloadavg()[0]:.1f}); frequent words read ahead in {warm[0]:.2f} s")
             print(lines[-1], flush=True)
     print("\n" + "\n".join(lines))
 
