@@ -371,7 +371,7 @@ def search_times(folder: Path, queries: int, cpu: list[float] | None = None,
     """
     from fileproc.search.whoosh import WhooshIndex
 
-    index = WhooshIndex(folder)
+    index = WhooshIndex(folder, read_ahead=True)
     vocab = vocabulary()
     rng = random.Random(3)
     kinds = {"rare": lambda: rng.choice(vocab[5000:]), "common": lambda: rng.choice(vocab[:50]),

@@ -355,7 +355,7 @@ def search_index(app: FastAPI) -> Any:
 
     index = getattr(app.state, "search_index", None)
     if index is None:
-        index = app.state.search_index = WhooshIndex(app.state.service.settings.search_dir)
+        index = app.state.search_index = WhooshIndex(app.state.service.settings.search_dir, read_ahead=True)
     return index
 
 

@@ -197,8 +197,9 @@ class WhooshIndex(SearchIndex):
     through :meth:`update` only, which the one indexer of the host calls.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, read_ahead: bool = False) -> None:
         self.directory = Path(directory)
+        self.read_ahead = read_ahead  # frequent words' block headers (see _warm): for a process serving searches
         self._lock = threading.Lock()
         self._searcher: Searcher | None = None
         self._ix: Any = None
@@ -433,7 +434,7 @@ class WhooshIndex(SearchIndex):
 
     def _warm_later(self, searcher: Searcher) -> None:
         """Start reading ahead in a thread, if a segment of ``searcher`` needs it. Under ``self._lock``."""
-        if self._warmer is None and self._unwarmed(searcher):
+        if self.read_ahead and self._warmer is None and self._unwarmed(searcher):
             self._warm_idle.clear()
             self._warmer = threading.Thread(target=self._warm, name="fileproc-search-warm", daemon=True)
             self._warmer.start()
