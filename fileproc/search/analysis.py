@@ -59,9 +59,10 @@ def terms(text: str) -> dict[str, Any] | None:
     if words is None:
         return None
     start, found = words
-    if not all(found) or any(" " in word for word in found):
-        return None  # a word a space cannot separate: the indexer analyzes the text
-    return {"analyzer": ANALYZER, "start": start, "content": " ".join(found)}
+    content = " ".join(found)
+    if not all(found) or content.count(" ") != max(len(found) - 1, 0):
+        return None  # an empty word, or one a space cannot separate: the indexer analyzes the text
+    return {"analyzer": ANALYZER, "start": start, "content": content}
 
 
 def _words(text: str) -> tuple[int, list[str]] | None:
