@@ -443,9 +443,9 @@ class WhooshIndex(SearchIndex):
         """Read ahead the block headers of each new segment's frequent words (:meth:`topk.Cache.warm`).
 
         The first search for a word in thousands of documents reads its
-        block headers (a few ms for hundreds of blocks); a process that
-        searches reads them for each new segment in this thread instead,
-        before anybody asks. Whoosh's files are not safe for two threads at
+        block headers (a few ms for hundreds of blocks); a process serving
+        searches (``read_ahead``: the API) reads them for each new segment
+        in this thread instead, before anybody asks. Whoosh's files are not safe for two threads at
         once, so it holds the index lock for :data:`WARM_SLICE` at a time: a
         search waits that long at most. It starts over when the searcher
         changes (a commit landed).
