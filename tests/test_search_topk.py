@@ -197,6 +197,14 @@ def test_the_block_headers_of_frequent_words_are_read_ahead_by_searching_process
     kept = {(segment, word) for segment, _, word in index._topk._headers}
     assert {(segment, ahead.encode()) for segment in ids} <= kept  # never searched: read ahead
     assert not any(word == unsearched.encode() for _, word in kept)
+    for reader, _ in index._current_searcher().reader().leaf_readers():  # its blocks kept decoded, as the file has them
+        headers = index._topk._headers[(reader.segment().segment_id(), "content", ahead.encode())]
+        assert headers is not None and headers.decoded is not None
+        for block in range(len(headers)):
+            kept_ids, kept_weights = headers.decode(reader._terms._postfile, block)
+            read_ids, read_weights = headers.read(reader._terms._postfile, block)
+            assert kept_ids.dtype == read_ids.dtype and kept_weights.dtype == read_weights.dtype
+            assert (kept_ids == read_ids).all() and (kept_weights == read_weights).all()
 
     writer.add(_corpus(3, 200, start=1000))  # a commit lands: its segment is read ahead once a search sees it
     index.search(rare)
@@ -204,3 +212,18 @@ def test_the_block_headers_of_frequent_words_are_read_ahead_by_searching_process
     ids = {reader.segment().segment_id() for reader, _ in index._current_searcher().reader().leaf_readers()}
     assert len(ids) == 3 and {(segment, ahead.encode()) for segment in ids} <= {
         (segment, word) for segment, _, word in index._topk._headers}
+
+
+def test_the_read_ahead_keeps_the_most_frequent_words_decoded_within_its_budget(index: WhooshIndex) -> None:
+    reader = index._current_searcher().reader().leaf_readers()[0][0]
+    counts = {word: reader.doc_frequency("content", word) for word in WORDS[:3]}
+    assert counts[WORDS[0]] > counts[WORDS[1]] > counts[WORDS[2]] >= topk.WARM_POSTINGS
+    cache = topk.Cache(max_decoded=counts[WORDS[0]] + counts[WORDS[2]])  # room for the first, not the second
+    for _ in cache.warm(reader, ["content"]):
+        pass
+    segment = reader.segment().segment_id()
+    decoded = {word: cache._headers[(segment, "content", word.encode())].decoded is not None for word in WORDS[:3]}
+    assert decoded == {WORDS[0]: True, WORDS[1]: False, WORDS[2]: True}  # most frequent first, then what still fits
+    assert cache._decoded == counts[WORDS[0]] + counts[WORDS[2]]
+    cache.forget(set())  # the segment merged away: nothing of it is kept or counted
+    assert cache._decoded == 0 and cache._blocks == 0
