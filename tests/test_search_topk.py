@@ -167,7 +167,9 @@ def test_equal_scores_rank_by_document_order_as_in_whoosh(tmp_path: Path) -> Non
     assert topk.top_hits(both._topk, searcher, q, 10, None) == expected
 
 
-def test_the_block_headers_of_frequent_words_are_read_ahead_by_searching_processes_only(tmp_path: Path) -> None:
+def test_the_block_headers_of_frequent_words_are_read_ahead_by_searching_processes_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(topk, "WARM_SEGMENT_DOCS", 250)  # the 700 and 300 documents below, not the later 200
     folder = tmp_path / "search"
     writer = WhooshIndex(folder)
     writer.add(_corpus(1, 700))
@@ -206,12 +208,16 @@ def test_the_block_headers_of_frequent_words_are_read_ahead_by_searching_process
             assert kept_ids.dtype == read_ids.dtype and kept_weights.dtype == read_weights.dtype
             assert (kept_ids == read_ids).all() and (kept_weights == read_weights).all()
 
-    writer.add(_corpus(3, 200, start=1000))  # a commit lands: its segment is read ahead once a search sees it
+    writer.add(_corpus(3, 300, start=1000))  # a commit lands: its segment is read ahead once a search sees it
+    writer.add(_corpus(4, 200, start=1300))  # one too small to be worth it is not
     index.search(rare)
     assert index.wait_warm(30)
-    ids = {reader.segment().segment_id() for reader, _ in index._current_searcher().reader().leaf_readers()}
-    assert len(ids) == 3 and {(segment, ahead.encode()) for segment in ids} <= {
-        (segment, word) for segment, _, word in index._topk._headers}
+    sizes = {reader.segment().segment_id(): reader.doc_count_all()
+             for reader, _ in index._current_searcher().reader().leaf_readers()}
+    kept = {(segment, word) for segment, _, word in index._topk._headers}
+    assert sorted(sizes.values()) == [200, 300, 300, 700]
+    assert {segment for segment, size in sizes.items() if (segment, ahead.encode()) in kept} == {
+        segment for segment, size in sizes.items() if size >= 250}
 
 
 def test_the_read_ahead_keeps_the_most_frequent_words_decoded_within_its_budget(index: WhooshIndex) -> None:

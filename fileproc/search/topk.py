@@ -55,6 +55,10 @@ DECODED_POSTINGS = 4_000_000
 """Postings of frequent words kept decoded by the read-ahead (8 bytes each, and about 230 bytes of numpy per
 block: about 45 MB at most; 3.5 million in the bench's 100k-document index, 46 MB more resident with the headers)."""
 
+WARM_SEGMENT_DOCS = 5_000
+"""Segments this big are read ahead (:meth:`Cache.warm`). A smaller one, like the few hundred documents a
+commit adds under a burst, has a few blocks per word: read when asked, and not worth taking a core from the burst."""
+
 WARM_POSTINGS = 128
 """Words in this many documents of a segment (a full block) are read ahead (:meth:`Cache.warm`): in the
 bench's 100k-document index, 4,515 words and 29,970 blocks, read and decoded in 2.6-2.7 s."""

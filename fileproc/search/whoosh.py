@@ -427,9 +427,9 @@ class WhooshIndex(SearchIndex):
         return self._warm_idle.wait(timeout)
 
     def _unwarmed(self, searcher: Searcher) -> list[Any]:
-        """The searcher's segments big enough to have frequent words, not read ahead yet."""
+        """The searcher's segments big enough to read ahead (:data:`topk.WARM_SEGMENT_DOCS`), not read ahead yet."""
         return [reader for reader, _ in searcher.reader().leaf_readers()
-                if reader.segment() is not None and reader.doc_count_all() >= topk.WARM_POSTINGS
+                if reader.segment() is not None and reader.doc_count_all() >= topk.WARM_SEGMENT_DOCS
                 and reader.segment().segment_id() not in self._warmed]
 
     def _warm_later(self, searcher: Searcher) -> None:
