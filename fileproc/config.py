@@ -200,7 +200,10 @@ class SearchSettings(Section):
     enabled: bool = Field(
         True, description="Keep this host's index up to date: `fileproc serve` and `fileproc api` run the indexer."
     )
-    interval: float = Field(1.0, gt=0, description="How often the indexer looks for new documents, in seconds.")
+    interval: float = Field(
+        1.0, gt=0, description="How often the indexer goes over the recorded outputs for new documents, in seconds "
+        "(between passes it looks at the newest output id every 0.25 s, and passes at once when it changed)."
+    )
     batch: int = Field(500, ge=1, description="Most documents the indexer applies in one commit.")
     hold: float = Field(
         2.0, ge=0, description="While documents keep arriving, the longest a staged one waits for its commit (s)."

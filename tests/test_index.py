@@ -137,12 +137,13 @@ def test_whoosh_index_stems_filters_pages_and_never_duplicates(tmp_path: Path) -
     assert index.search("lighthouse").total == 0 and index.count() == 25
 
 
-def _serve_config(tmp_path: Path, port: int) -> Path:
+def _serve_config(tmp_path: Path, port: int, search: dict[str, Any] | None = None) -> Path:
     return write_config(tmp_path / "fileproc.toml", {
         "data_dir": str(tmp_path / "data"),
         "api": {"port": port},
         "worker": {"concurrency": 2},
-        "search": {"interval": 0.2, "batch": 7},  # small batches: many commits while documents pour in
+        # small batches by default: many commits while documents pour in
+        "search": search or {"interval": 0.2, "batch": 7},
         "pipelines": [{"name": "docs",
                        "match": {"bucket": "docs", "events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]},
                        "steps": [{"function": "index"}],
@@ -316,3 +317,20 @@ def test_the_steps_words_are_the_whoosh_analyzers_words() -> None:
         assert found is not None and analysis.positions(found) == whoosh_words(text), text
     assert analysis.terms("The quick brown foxes") == {"analyzer": analysis.ANALYZER, "start": 1,
                                                        "content": "quick brown fox"}
+
+
+def test_an_idle_indexer_picks_up_a_new_document_at_once_not_at_its_next_pass(tmp_path: Path) -> None:
+    port = free_port()
+    config = _serve_config(tmp_path, port, {"interval": 60})  # a pass a minute; a quick look at the newest output
+    docs = tmp_path / "data" / "buckets" / "docs"
+    server = Process(config, ["serve"], tmp_path / "serve.log")
+    try:
+        wait_healthy(port, server)
+        wait_for(docs.is_dir, 10, "the docs bucket folder", server)
+        (docs / "first.txt").write_text("The harbour pilot boarded at dawn.\n")
+        wait_for(lambda: _search(config, "pilot"), 30, "the first document searchable", server)
+        (docs / "second.txt").write_text("The lighthouse keeper trimmed the lamp.\n")
+        wait_for(lambda: _search(config, "lighthouse"), 20, "the second searchable well before the next pass",
+                 server)
+    finally:
+        assert server.stop() == 0, server.tail()

@@ -70,6 +70,10 @@ READERS = 8
 STAGE_ROWS = 64
 """Outputs staged at a time while following (the hold is looked at in between)."""
 
+QUICK_LOOK = 0.25
+"""Seconds between an idle indexer's looks at the newest output id (a pass follows when it changed): a burst
+is picked up at once, where a pass every ``search.interval`` costs about 2.5 ms."""
+
 FOLLOW_INTERVAL = 0.2
 """Seconds between passes while a batch is open (documents arriving): the commit follows the stream's pause."""
 
@@ -369,12 +373,19 @@ class Indexer:
         self.release()
 
     def _loop(self) -> None:
+        """Follow the outputs: a pass every ``search.interval`` seconds, and one as soon as a quick look
+        (every :data:`QUICK_LOOK` seconds: the newest output id) finds a new output. The regular pass
+        still comes, for ids that became visible below ones already seen (see the module docstring)."""
         settings = self.service.settings.search
+        newest, due = -1, 0.0
         while not self._stop.is_set():
-            wait = settings.interval
+            wait = min(settings.interval, QUICK_LOOK)
             try:
                 if self.acquire():  # another process of this host may be the writer: then only wait
-                    self.follow(hold=settings.hold)
+                    latest = self.service.db.last_output_id()
+                    if self._open is not None or latest != newest or time.monotonic() >= due:
+                        newest, due = latest, time.monotonic() + settings.interval
+                        self.follow(hold=settings.hold)
                     if self._open is not None:
                         wait = min(wait, FOLLOW_INTERVAL)  # documents are arriving: look again soon
             except (FileprocError, IndexCorrupt, OSError) as exc:
