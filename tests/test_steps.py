@@ -124,10 +124,12 @@ def test_a_live_lease_cannot_be_taken(db: Database) -> None:
 
 
 def test_outputs_are_recorded_once_per_job_step_and_key(db: Database) -> None:
+    assert db.newest_output_id() == db.last_output_id() == 0  # what the idle indexer asks four times a second
     job_id = new_job(db)
     assert db.finish_step(end(start(db, job_id, "w"), outputs=[*OUT, *OUT]))
     job = db.get_job(job_id)
     assert job is not None and len(job.outputs) == 1
+    assert db.newest_output_id() == db.last_output_id() > 0
 
 
 def test_a_step_killed_between_its_transactions_is_sent_again_and_counted_once(db: Database) -> None:
