@@ -390,6 +390,7 @@ class Indexer:
                         wait = min(wait, FOLLOW_INTERVAL)  # documents are arriving: look again soon
             except (FileprocError, IndexCorrupt, OSError) as exc:
                 self._cancel()
+                wait = settings.interval  # not a warning every quick look while the database is down
                 log.warning("indexer: %s (trying again in %.0f s)", exc, wait)
             self._stop.wait(wait)
         try:
