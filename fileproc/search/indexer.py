@@ -382,7 +382,7 @@ class Indexer:
             wait = min(settings.interval, QUICK_LOOK)
             try:
                 if self.acquire():  # another process of this host may be the writer: then only wait
-                    latest = self.service.db.newest_output_id()
+                    latest = self.service.db.last_output_id()
                     if self._open is not None or latest != newest or time.monotonic() >= due:
                         newest, due = latest, time.monotonic() + settings.interval
                         self.follow(hold=settings.hold)
