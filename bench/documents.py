@@ -365,9 +365,10 @@ def search_times(folder: Path, queries: int, cpu: list[float] | None = None,
     """Milliseconds per query (and, into ``cpu``, the CPU time of each: what neighbours on the machine do not add).
 
     As a running service searches: after the first search, the index reads
-    ahead the block headers of its frequent words (in a thread, as ``fileproc
-    api`` does when it opens the index or a commit lands); the queries start
-    once that is done, and its seconds go into ``warm``.
+    ahead its frequent words (block headers, and the most frequent ones'
+    blocks decoded, in a thread, as ``fileproc api`` does when it opens the
+    index or a commit lands); the queries start once that is done, and its
+    seconds go into ``warm``.
     """
     from fileproc.search.whoosh import WhooshIndex
 

@@ -61,7 +61,7 @@ MAX_SEGMENTS = 6
 """Segments a commit leaves at most (see :func:`_merge_few`)."""
 
 WARM_SLICE = 0.002
-"""Seconds the read-ahead of block headers holds the index at a time (a search waits at most this long)."""
+"""Seconds the read-ahead holds the index at a time (a search waits at most this long)."""
 
 PARSED_KEPT = 1024
 """Parsed queries kept (by their text)."""
@@ -199,7 +199,7 @@ class WhooshIndex(SearchIndex):
 
     def __init__(self, directory: Path, *, read_ahead: bool = False) -> None:
         self.directory = Path(directory)
-        self.read_ahead = read_ahead  # frequent words' block headers (see _warm): for a process serving searches
+        self.read_ahead = read_ahead  # frequent words read ahead (see _warm): for a process serving searches
         self._lock = threading.Lock()
         self._searcher: Searcher | None = None
         self._ix: Any = None
@@ -209,8 +209,8 @@ class WhooshIndex(SearchIndex):
         self._filters: dict[tuple[str, str], set[int]] = {}
         self._masks: dict[tuple[str, str], np.ndarray] = {}
         self._topk = topk.Cache()
-        self._warmer: threading.Thread | None = None  # reads block headers ahead (see _warm)
-        self._warmed: set[str] = set()  # segments whose frequent words' headers were read ahead
+        self._warmer: threading.Thread | None = None  # reads frequent words ahead (see _warm)
+        self._warmed: set[str] = set()  # segments whose frequent words were read ahead
         self._warm_checked: Searcher | None = None
         self._warm_idle = threading.Event()
         self._warm_idle.set()
@@ -423,7 +423,7 @@ class WhooshIndex(SearchIndex):
     # --- reading ahead ------------------------------------------------------------------
 
     def wait_warm(self, timeout: float) -> bool:
-        """Wait until the block headers of the frequent words are read ahead (:meth:`_warm`); whether they are."""
+        """Wait until the frequent words are read ahead (:meth:`_warm`); whether they are."""
         return self._warm_idle.wait(timeout)
 
     def _unwarmed(self, searcher: Searcher) -> list[Any]:
@@ -440,12 +440,14 @@ class WhooshIndex(SearchIndex):
             self._warmer.start()
 
     def _warm(self) -> None:
-        """Read ahead the block headers of each new segment's frequent words (:meth:`topk.Cache.warm`).
+        """Read ahead each new big segment's frequent words: block headers, and the most frequent ones'
+        blocks decoded (:meth:`topk.Cache.warm`).
 
         The first search for a word in thousands of documents reads its
-        block headers (a few ms for hundreds of blocks); a process serving
-        searches (``read_ahead``: the API) reads them for each new segment
-        in this thread instead, before anybody asks. Whoosh's files are not safe for two threads at
+        block headers (a few ms for hundreds of blocks), and one for two such
+        words decodes nearly all their blocks; a process serving searches
+        (``read_ahead``: the API) reads them for each new segment in this
+        thread instead, before anybody asks. Whoosh's files are not safe for two threads at
         once, so it holds the index lock for :data:`WARM_SLICE` at a time: a
         search waits that long at most. It starts over when the searcher
         changes (a commit landed).
