@@ -25,7 +25,7 @@ def process_running(pid: int) -> bool:
     """Whether ``pid`` still runs (a zombie waiting to be reaped does not)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
+    except (OSError, IndexError):  # gone: before the open (ENOENT) or between open and read (ESRCH)
         return False
     return state not in ("Z", "X")
 
