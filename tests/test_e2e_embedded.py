@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from pathlib import Path
@@ -104,7 +105,8 @@ def test_queued_work_survives_a_restart(tmp_path: Path) -> None:
 def _children(pid: int) -> set[int]:
     found: set[int] = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
-        found |= {int(c) for c in (task / "children").read_text().split()}
+        with contextlib.suppress(OSError):  # a thread that ended since the listing
+            found |= {int(c) for c in (task / "children").read_text().split()}
     return found
 
 
