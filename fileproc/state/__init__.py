@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, create_engine, event, func, or_, select, tuple_, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, configure_mappers, selectinload, sessionmaker
+from sqlalchemy.pool import PoolProxiedConnection
 
 from fileproc.errors import FileprocError
 from fileproc.events import ObjectEvent
@@ -114,14 +115,21 @@ class Database:
         Committed at the end, rolled back on an exception; a connection that
         failed is dropped from the pool rather than reused.
         """
+        with self._driver_connection() as connection:
+            if self.is_sqlite:
+                connection.driver_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+            yield steps.Tx(self.engine.dialect, connection)
+            connection.commit()
+
+    @contextmanager
+    def _driver_connection(self) -> Iterator[PoolProxiedConnection]:
+        """A pooled connection of the driver's own, back to the pool at the end: rolled back on an
+        exception, and dropped from the pool rather than reused if it failed."""
         failure = self.engine.dialect.loaded_dbapi.OperationalError
         with _translated(failure):
             connection = self.engine.raw_connection()
             try:
-                if self.is_sqlite:
-                    connection.driver_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
-                yield steps.Tx(self.engine.dialect, connection)
-                connection.commit()
+                yield connection
             except failure:
                 connection.invalidate()
                 raise
@@ -269,19 +277,11 @@ class Database:
 
     def last_output_id(self) -> int:
         """The highest output id, on the driver's own connection: cheap enough to ask four times a second."""
-        failure = self.engine.dialect.loaded_dbapi.OperationalError
-        with _translated(failure):
-            connection = self.engine.raw_connection()
-            try:
-                cursor = connection.cursor()
-                cursor.execute(f"SELECT max(id) FROM {OutputRow.__tablename__}")
-                row = cursor.fetchone()
-                cursor.close()
-            except failure:
-                connection.invalidate()
-                raise
-            finally:
-                connection.close()  # back to the pool, which ends the read
+        with self._driver_connection() as connection:  # back to the pool at the end, which ends the read
+            cursor = connection.cursor()
+            cursor.execute(f"SELECT max(id) FROM {OutputRow.__tablename__}")
+            row = cursor.fetchone()
+            cursor.close()
         return int(row[0] or 0) if row else 0
 
     def output_buckets(self, content_type: str) -> list[str]:
