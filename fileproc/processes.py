@@ -24,6 +24,15 @@ def _owned_child() -> None:
     die_with_parent(signal.SIGTERM)
 
 
-def spawn(argv: list[str]) -> subprocess.Popen[bytes]:
-    """Start a child (the embedded broker, a worker) that stops when its parent goes."""
-    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=_owned_child)
+def spawn(argv: list[str], stdin: bytes | None = None) -> subprocess.Popen[bytes]:
+    """Start a child (the embedded broker, a worker) that stops when its parent goes.
+
+    ``stdin``: what it reads on its standard input (a secret kept off its command line), then EOF.
+    """
+    if stdin is None:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=_owned_child)
+    child = subprocess.Popen(argv, stdin=subprocess.PIPE, preexec_fn=_owned_child)
+    assert child.stdin is not None
+    with child.stdin:
+        child.stdin.write(stdin)
+    return child

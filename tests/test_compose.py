@@ -165,6 +165,9 @@ def test_ports_and_hosts_agree(compose: dict[str, Any]) -> None:
         minio_env["MINIO_ROOT_USER"], minio_env["MINIO_ROOT_PASSWORD"])
     broker = urlsplit(env["FILEPROC_BROKER_URL"])
     assert broker.hostname == "redis" and broker.port == 6379
+    # The broker asks for a password, the one the services hold (README: What a function can reach).
+    redis_command = [interpolate(str(arg), example_env()) for arg in services["redis"]["command"]]
+    assert broker.password == example_env()["REDIS_PASSWORD"] == redis_command[redis_command.index("--requirepass") + 1]
     assert "6379" not in str(services["redis"].get("ports", []))  # the broker is not published
     database = urlsplit(env["FILEPROC_DATABASE_URL"])
     postgres = services["postgres"]["environment"]
@@ -219,7 +222,8 @@ def local_env(service: dict[str, Any], *, gw: str, secret: str, redis_url: str, 
               data_dir: Path) -> dict[str, str]:
     """The service's environment from the Compose file, its hosts pointed at the servers of this test."""
     env = container_env(service)
-    assert (env["FILEPROC_STORAGE_ENDPOINT"], env["FILEPROC_BROKER_URL"]) == ("minio:9000", "redis://redis:6379/0")
+    assert (env["FILEPROC_STORAGE_ENDPOINT"], env["FILEPROC_BROKER_URL"]) == (
+        "minio:9000", f"redis://:{example_env()['REDIS_PASSWORD']}@redis:6379/0")
     assert urlsplit(env["FILEPROC_DATABASE_URL"]).hostname == "postgres"
     return {**env, "FILEPROC_STORAGE_ENDPOINT": gw, "FILEPROC_STORAGE_ACCESS_KEY": "fileproc-test",
             "FILEPROC_STORAGE_SECRET_KEY": secret, "FILEPROC_BROKER_URL": redis_url,

@@ -45,11 +45,14 @@ RUN_STEP = "fileproc.run_step"
 
 
 def broker_url(settings: Settings) -> str:
-    """The configured broker, or the embedded Redis's socket under the data dir."""
+    """The configured broker, or the embedded Redis's socket under the data dir (with its password)."""
     url = settings.broker.url.get_secret_value()
     if url:
         return url
-    return f"redis+socket://{embedded_socket(settings)}"
+    from fileproc.broker import stored_password
+
+    secret = stored_password(settings.data_dir / "broker")  # (none yet: serve has never run, nothing answers)
+    return f"redis+socket://:{secret}@{embedded_socket(settings)}" if secret else f"redis+socket://{embedded_socket(settings)}"
 
 
 def embedded_socket(settings: Settings) -> str:
