@@ -116,9 +116,9 @@ def object_for(root: Path, path: str) -> tuple[str, str] | None:
 
 
 def signature(path: str) -> Signature | None:
-    """The file's signature, or None when it is gone or not a regular file."""
+    """The file's signature, or None when it is gone or not a regular file (a link is none: never followed)."""
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except OSError:
         return None
     if not stat.S_ISREG(st.st_mode):

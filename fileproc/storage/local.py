@@ -71,16 +71,20 @@ class LocalStorage(Storage):
     # --- reading -------------------------------------------------------------------------
 
     def _do_head(self, bucket: str, key: str, version_id: str | None) -> ObjectInfo:
+        """Stats the file (and reads its attribute); never opens it."""
         self._refuse_versions(bucket, key, version_id)
         path = self.root / bucket / key
         try:
-            st = os.stat(path)
+            st = os.lstat(path)
         except (FileNotFoundError, NotADirectoryError):
             raise self._not_found(bucket, key) from None
         except OSError as exc:
             raise StorageError(f"cannot read {key!r} in bucket {bucket!r}: {exc.strerror or exc}") from exc
         if not stat.S_ISREG(st.st_mode):
             raise ObjectNotFound(f"no object {key!r} in bucket {bucket!r} (not a regular file)")
+        # A folder on the way that is a link: no object either (as _open_object would find).
+        if os.path.realpath(path) != os.path.join(os.path.realpath(self.root), bucket, key):
+            raise ObjectNotFound(f"no object {key!r} in bucket {bucket!r} (a symbolic link on its way)")
         return _info(bucket, key, st, _read_meta(path))
 
     def _do_read(self, bucket: str, key: str, version_id: str | None) -> tuple[ObjectInfo, IO[bytes]]:
@@ -99,7 +103,7 @@ class LocalStorage(Storage):
         start = bucket_dir / folder if folder else bucket_dir
         for key, path in _walk_keys(start, folder + "/" if folder else "", name_start):
             try:
-                st = os.stat(path)
+                st = os.lstat(path)
             except OSError:
                 continue  # deleted while we listed: S3 would not list it either
             if stat.S_ISREG(st.st_mode):
@@ -173,7 +177,9 @@ class LocalStorage(Storage):
 
     def _do_list_buckets(self) -> list[str]:
         try:
-            return [entry.name for entry in os.scandir(self.root) if entry.is_dir(follow_symlinks=False)]
+            # (A name with a dot first is no bucket's: the runners' temporary folder, say.)
+            return [entry.name for entry in os.scandir(self.root)
+                    if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".")]
         except FileNotFoundError:
             return []
         except OSError as exc:
@@ -209,15 +215,17 @@ class LocalStorage(Storage):
 
     def _open_object(self, bucket: str, key: str) -> IO[bytes]:
         try:
-            file = builtins.open(self.root / bucket / key, "rb")  # noqa: SIM115 (the caller closes it)
+            fd = _open_beneath(self.root, [bucket, *key.split("/")])
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise self._not_found(bucket, key) from None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a link: never followed (it could lead anywhere)
+                raise ObjectNotFound(f"no object {key!r} in bucket {bucket!r} (a symbolic link)") from None
             raise StorageError(f"cannot open {key!r} in bucket {bucket!r}: {exc.strerror or exc}") from exc
-        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-            file.close()
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
             raise ObjectNotFound(f"no object {key!r} in bucket {bucket!r} (not a regular file)")
-        return file
+        return os.fdopen(fd, "rb")
 
     def _not_found(self, bucket: str, key: str) -> StorageError:
         if not (self.root / bucket).is_dir():
@@ -244,7 +252,7 @@ class LocalStorage(Storage):
             try:
                 # Never mkdir the bucket itself: a bucket deleted meanwhile stays deleted.
                 self._require_bucket(bucket)
-                target.parent.mkdir(parents=True, exist_ok=True)
+                _make_folders(target.parent)
                 os.replace(tmp, target)
                 break
             except FileNotFoundError:
@@ -327,15 +335,58 @@ def _walk_keys(folder: Path, key_prefix: str, name_start: str) -> Iterator[tuple
     for entry in entries:
         if not entry.name.startswith(name_start):
             continue
-        # Do not follow symlinked folders: they could loop or lead out of the bucket.
+        # No link is an object, nor a folder of objects: it could loop or lead out of the bucket.
         is_dir = entry.is_dir(follow_symlinks=False)
-        if is_dir or entry.is_file():
+        if is_dir or entry.is_file(follow_symlinks=False):
             sortable.append((entry.name + "/" if is_dir else entry.name, entry, is_dir))
     for _, entry, is_dir in sorted(sortable, key=lambda item: item[0]):
         if is_dir:
             yield from _walk_keys(Path(entry.path), key_prefix + entry.name + "/", "")
         else:
             yield key_prefix + entry.name, entry.path
+
+
+def _make_folders(folder: Path) -> None:
+    """Make ``folder`` and its missing parents, each as writable to the group as the nearest existing one.
+
+    So where fileproc runs as root and the buckets' folder belongs to the
+    runners' group (:func:`fileproc.serverless.isolation.prepare_data_dir`),
+    a folder the worker makes stays writable to the deployed functions.
+    """
+    if folder.is_dir():
+        return
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    group_writable = os.stat(folder).st_mode & stat.S_IWGRP
+    for path in reversed(missing):
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue  # made meanwhile by another writer: theirs to set
+        if group_writable:
+            os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) | stat.S_IRWXG | stat.S_ISGID)
+
+
+def _open_beneath(root: Path, parts: list[str]) -> int:
+    """A descriptor of ``root/parts...`` read-only, opened one name at a time, following no link.
+
+    ELOOP where any part is a symbolic link: a link planted in a bucket
+    (by hand, or by a function that may write there) never leads a reader
+    to a file outside it.
+    """
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            if part in ("", ".", ".."):
+                raise FileNotFoundError(errno.ENOENT, "no such object", part)
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def _copy_hashing(source: PutSource, out: IO[bytes]) -> str:
