@@ -7,9 +7,18 @@ Safety, in one place:
 
 - the input is copied to a scratch file with a fixed name (``source``), so an
   object key never reaches a command line, as an option or as a URL;
-- every path is absolute and given as ``file:...`` and ffmpeg/ffprobe get
-  ``-protocol_whitelist file``: no network, no ``concat:``/``subfile:`` tricks,
-  even from inside a playlist;
+- ffmpeg and ffprobe read that file from their stdin, never by name: the input
+  URL is ``fd:`` (ffmpeg 6.0 and later; seekable, as mp4 needs) or, on older
+  builds, ``cache:pipe:0`` (the pipe made seekable through a temporary copy
+  ffmpeg deletes at once), and ``-protocol_whitelist`` allows only those
+  protocols: no ``file``, no network, so nothing inside the input (an HLS
+  playlist, a ``concat:`` or ``subfile`` URL, an ``#EXT-X-KEY``, an ffconcat
+  list, an mp4 data reference) can open another file;
+- the demuxer is chosen by ffprobe from the file's own bytes, among
+  :data:`DEMUXERS` only (``-format_whitelist``): playlists, lists and
+  scripts (``hls``, ``concat``, ``image2`` patterns ...) are refused with
+  :class:`RefusedInput`, and ffmpeg then gets that demuxer with ``-f``;
+- outputs are written as absolute ``file:`` URLs under the scratch folder;
 - ``-nostdin``, no shell, and a time limit: the child is killed when the
   step's remaining time runs out (the runner's own limit kills its whole
   process group too, ffmpeg included);
@@ -20,9 +29,11 @@ Safety, in one place:
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -142,8 +153,105 @@ def scratch_folder(context: Context, name: str) -> Iterator[Path]:
 
 
 def url(path: Path) -> str:
-    """``path`` as ffmpeg must read it: an absolute ``file:`` URL, never mistaken for an option or protocol."""
+    """An output ``path`` as ffmpeg must write it: an absolute ``file:`` URL, never mistaken for an option.
+
+    Outputs only: an input is read from stdin (:func:`input_args`), never by name.
+    """
     return f"file:{path.resolve()}"
+
+
+# --- reading the input: only the input -------------------------------------------------------
+
+DEMUXERS = (
+    "mov", "matroska", "avi", "mpegts", "mpeg", "flv", "ogg", "asf", "mxf", "nut", "dv",  # containers
+    "h264", "hevc", "yuv4mpegpipe",  # bare video streams
+    "wav", "w64", "aiff", "caf", "mp3", "aac", "ac3", "eac3", "flac", "amr", "wv",  # audio
+    "png_pipe", "jpeg_pipe", "webp_pipe", "gif", "bmp_pipe", "tiff_pipe",  # single pictures, for posters
+)
+"""The demuxers an input may be read with: each reads one self-contained file and opens no other.
+
+Left out on purpose: playlists and lists (``hls``, ``dash``, ``concat``/ffconcat,
+``imf``), filename patterns (``image2``), graphs and scripts (``lavfi``,
+``avisynth``, ``vapoursynth``), stream descriptions (``sdp``, ``rtsp``), and
+every format not named here.
+"""
+
+
+class RefusedInput(InvalidInput):
+    """An input whose format is not among :data:`DEMUXERS`: a playlist, a list of files, a script ..."""
+
+
+@dataclass(frozen=True)
+class Reader:
+    """How a binary reads the spooled input from its stdin: the URL, the only protocols allowed, their options."""
+
+    url: str
+    protocols: str
+    options: dict[str, str] = field(default_factory=dict)
+
+
+FD_READER = Reader("fd:", "fd")
+"""ffmpeg 6.0 and later: the descriptor itself, seekable when it is a regular file."""
+
+CACHED_PIPE_READER = Reader("cache:pipe:0", "cache,pipe", {"read_ahead_limit": "-1"})
+"""Older ffmpeg (Debian 12 has 5.1): ``pipe:`` cannot seek (an mp4 with its index at the end would
+fail), so it is read through ``cache:``, which keeps what it read in a temporary file it deletes at
+once (in /tmp: as large as the input, for as long as the run)."""
+
+
+@functools.lru_cache(maxsize=8)
+def reader(binary: str) -> Reader:
+    """How ``binary`` (ffmpeg or ffprobe) reads the input: ``fd:`` if it has that protocol."""
+    try:
+        listing = subprocess.run([binary, "-hide_banner", "-protocols"], capture_output=True, text=True,
+                                 timeout=20, check=False, stdin=subprocess.DEVNULL).stdout
+    except (OSError, subprocess.SubprocessError):
+        listing = ""  # the cached pipe works with every version
+    inputs = listing.partition("Input:")[2].partition("Output:")[0].split()
+    return FD_READER if "fd" in inputs else CACHED_PIPE_READER
+
+
+def warm() -> None:
+    """Learn how ffmpeg and ffprobe read an input (one ``-protocols`` each) in a new runner, not in its first step."""
+    for binary in (find_ffmpeg(), find_ffprobe()):
+        if binary:
+            reader(binary)
+
+
+def input_options(binary: str, demuxer: str | None = None) -> dict[str, str]:
+    """The options before ``-i`` that make ``binary`` read its stdin, with a demuxer of :data:`DEMUXERS`.
+
+    ``demuxer`` is the one :func:`probe` found (``MediaInfo.demuxer``), given
+    with ``-f``; without it the binary picks one from the file's bytes and
+    refuses any other. Example, for ffmpeg-python::
+
+        ffmpeg.input(input_url(binary), **input_options(binary, info.demuxer))
+    """
+    chosen = reader(binary)
+    options = {"protocol_whitelist": chosen.protocols, "format_whitelist": ",".join(DEMUXERS), **chosen.options}
+    if demuxer is not None:
+        if demuxer not in DEMUXERS:
+            raise RefusedInput(_refusal(demuxer))
+        options["f"] = demuxer
+        if demuxer == "mov":
+            options["enable_drefs"] = "0"  # the default, kept off on purpose: an mp4 may name files as its data
+    return options
+
+
+def input_url(binary: str) -> str:
+    """The input's URL on ``binary``'s command line: its stdin (``fd:`` or ``cache:pipe:0``)."""
+    return reader(binary).url
+
+
+def input_args(binary: str, demuxer: str | None = None) -> list[str]:
+    """:func:`input_options` as command-line words, ending with ``-i`` and :func:`input_url`."""
+    words = [word for name, value in input_options(binary, demuxer).items() for word in (f"-{name}", value)]
+    return [*words, "-i", input_url(binary)]
+
+
+def _refusal(demuxer: str) -> str:
+    return (f"refused: the file is {demuxer} input, and only self-contained audio, video and pictures "
+            "are read (never a playlist or list that names other files)")
 
 
 # --- probing ---------------------------------------------------------------------------------
@@ -161,28 +269,46 @@ class MediaInfo:
     audio: dict[str, Any] | None = None  # codec, channels, sample_rate, bitrate
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    @property
+    def demuxer(self) -> str:
+        """The demuxer that read the file (``mov`` for ``mov,mp4,m4a,3gp,3g2,mj2``): ffmpeg's ``-f``."""
+        return self.container.split(",")[0]
+
     def summary(self) -> dict[str, Any]:
         return {"container": self.container, "duration": self.duration, "bitrate": self.bitrate,
                 "size": self.size, "video": self.video, "audio": self.audio}
 
 
 def probe(path: Path, context: Context) -> MediaInfo:
-    """ffprobe ``path``; InvalidInput (with ffprobe's reason) if it is not media it can read."""
-    command = [ffprobe_binary(), "-v", "error", "-protocol_whitelist", "file",
-               "-show_format", "-show_streams", "-of", "json", url(path)]
+    """ffprobe ``path``, given as its stdin; InvalidInput (with ffprobe's reason) if it is not media it can read.
+
+    The demuxer is ffprobe's pick from the file's bytes; one not among
+    :data:`DEMUXERS` (an HLS playlist, an ffconcat list ...) is refused with
+    :class:`RefusedInput` before it reads anything the file names.
+    """
+    binary = ffprobe_binary()
+    command = [binary, "-v", "error", "-show_format", "-show_streams", "-of", "json", *input_args(binary)]
     try:
-        done = subprocess.run(command, capture_output=True, timeout=_seconds_left(context), check=False,
-                              stdin=subprocess.DEVNULL)
+        with path.open("rb") as stdin:
+            done = subprocess.run(command, stdin=stdin, capture_output=True, timeout=_seconds_left(context),
+                                  check=False)
     except subprocess.TimeoutExpired as exc:
         raise PermanentError("ffprobe ran past the step's time limit") from exc
     if done.returncode != 0:
-        reason = stderr_reason(done.stderr.decode(errors="replace"), path, context.input.key)
-        raise InvalidInput(f"not a media file ffprobe can read: {reason}")
+        stderr = done.stderr.decode(errors="replace")
+        refused = _NOT_ON_WHITELIST.search(stderr)
+        if refused:
+            raise RefusedInput(_refusal(refused["demuxer"].split(",")[0]))
+        raise InvalidInput(f"not a media file ffprobe can read: {stderr_reason(stderr, path, context.input.key)}")
     try:
         data = json.loads(done.stdout)
     except ValueError as exc:
         raise InvalidInput(f"not a media file ffprobe can read: unreadable answer ({exc})") from exc
     return media_info(data)
+
+
+_NOT_ON_WHITELIST = re.compile(r"^\[(?P<demuxer>[\w,]+) @ [^\]]*\] Format not on whitelist", re.MULTILINE)
+"""ffprobe's words when the demuxer its probe picked is not one of ``-format_whitelist``."""
 
 
 def media_info(data: dict[str, Any]) -> MediaInfo:
@@ -259,7 +385,9 @@ def run_ffmpeg(command: Sequence[str], context: Context, source: Path, *,
                on_progress: Progress | None = None) -> None:
     """Run an ffmpeg command (built with ffmpeg-python) under the step's time limit.
 
-    ``-progress pipe:1`` is added, its reports handed to ``on_progress``.
+    ``source`` is ffmpeg's stdin: the command reads it as :func:`input_url`
+    with :func:`input_options`. ``-progress pipe:1`` is added, its reports
+    handed to ``on_progress``.
     ffmpeg's stderr goes to a scratch file (no pipe to fill up), and its last
     lines become the reason if it fails: InvalidInput, since the same input
     would fail again.
@@ -268,9 +396,9 @@ def run_ffmpeg(command: Sequence[str], context: Context, source: Path, *,
             "-progress", "pipe:1", *command[1:]]
     log_path = context.scratch_dir.resolve() / "ffmpeg-stderr.log"
     timed_out = threading.Event()
-    with log_path.open("wb") as log:
+    with log_path.open("wb") as log, source.open("rb") as stdin:
         try:
-            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+            process = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=log,
                                        start_new_session=False)
         except OSError as exc:
             raise PermanentError(f"cannot start ffmpeg: {exc}") from exc
@@ -330,12 +458,18 @@ def progress_reporter(context: Context, duration: float | None) -> Progress:
 
 def stderr_reason(stderr: str, path: Path, key: str) -> str:
     """A short reason from ffmpeg's or ffprobe's stderr: its last lines, naming the key, not the scratch file."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    lines = [line.strip() for line in stderr.splitlines() if line.strip() and not _CACHE_NOISE.search(line)]
     text = "; ".join(dict.fromkeys(lines[-3:])) or "no reason given"
+    for reading in (FD_READER, CACHED_PIPE_READER):  # "fd:: Invalid data ..." names the input by its URL
+        text = text.replace(f"{reading.url}: ", f"{key}: ")
     for shown in (url(path), str(path.resolve()), str(path)):
         text = text.replace(shown, key)
     text = text.replace(str(path.resolve().parent) + "/", "")
     return text[-REASON_CHARS:]
+
+
+_CACHE_NOISE = re.compile(r"^\s*\[cache @ [^\]]*\] Inner protocol failed to seekback end")
+"""What ``cache:pipe:`` logs, as an error, whenever it is asked the size of the pipe: not a reason."""
 
 
 def _seconds_left(context: Context) -> float:

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from fileproc import Context, function
+from workers import media
 from workers.media import MediaInfo, probe, spooled_input
 
 
@@ -51,3 +52,8 @@ def metadata(info: MediaInfo) -> dict[str, str]:
 def _ascii(value: Any) -> str:
     text = f"{value:g}" if isinstance(value, float) else str(value)
     return text.encode("ascii", "replace").decode()[:200]
+
+
+def warm() -> None:
+    """Called once in each new runner (see ``fileproc.runtime.pool``), before its first event."""
+    media.warm()

@@ -381,13 +381,16 @@ def _poster(context: Context, params: ThumbnailParams, largest: int,
     with media.spooled_input(context) as source:
         try:
             info = media.probe(source, context)
+        except media.RefusedInput as refused:  # a playlist dressed as a picture: say so
+            raise InvalidInput(f"not a readable image: {refused}") from None
         except InvalidInput:
             raise not_an_image from None
         if info.video is None:
             raise InvalidInput("not a readable image: a media file without pictures (audio only)")
         at = min(params.poster_seconds, (info.duration or 0) / 2)
         frame = context.scratch_dir.resolve() / "poster.png"
-        command = [media.ffmpeg_binary(), "-ss", f"{at:.3f}", "-protocol_whitelist", "file", "-i", media.url(source),
+        binary = media.ffmpeg_binary()
+        command = [binary, "-ss", f"{at:.3f}", *media.input_args(binary, info.demuxer),
                    "-frames:v", "1", "-an", "-sn", "-f", "image2", "-c:v", "png", "-protocol_whitelist", "file",
                    "-y", media.url(frame)]
         try:

@@ -19,8 +19,10 @@ Sizes are the shorter edge (a portrait phone video at ``mp4-720p`` is
 only the renditions no larger than the source (or one at the source's size).
 
 The command is built with ffmpeg-python and run by :mod:`workers.media`
-(``-nostdin``, ``file`` protocol only, no shell, under the step's time
-limit); the input is spooled to disk and every output uploaded from disk.
+(no shell, under the step's time limit); the input is spooled to disk and
+given to ffmpeg as its stdin, read with the demuxer ``probe`` found and no
+protocol that could open another file (a playlist upload is refused, not
+followed); every output is written to scratch and uploaded from disk.
 """
 
 from __future__ import annotations
@@ -34,10 +36,13 @@ import ffmpeg  # ffmpeg-python: builds the command line, never runs a shell
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fileproc import Context, InvalidInput, function
+from workers import media
 from workers.media import (
     MediaInfo,
     ffmpeg_binary,
     fit_within,
+    input_options,
+    input_url,
     probe,
     progress_reporter,
     run_ffmpeg,
@@ -141,7 +146,8 @@ def handler(event: dict[str, Any], context: Context) -> dict[str, Any]:
 def _single(source: Path, info: MediaInfo, params: TranscodeParams, preset: Preset, folder: Path,
             context: Context) -> dict[str, Any]:
     target = folder / Path(preset.output).name
-    inp = ffmpeg.input(url(source), protocol_whitelist="file")
+    binary = ffmpeg_binary()
+    inp = ffmpeg.input(input_url(binary), **input_options(binary, info.demuxer))
     streams: list[Any] = []
     options: dict[str, Any] = {"f": preset.muxer, "map_metadata": -1, "map_chapters": -1,
                                "protocol_whitelist": "file"}
@@ -156,7 +162,7 @@ def _single(source: Path, info: MediaInfo, params: TranscodeParams, preset: Pres
     if info.audio:
         streams.append(inp["a:0"])
         options |= {"c:a": preset.audio_codec, "b:a": params.audio_bitrate or preset.audio_bitrate}
-    command = ffmpeg.output(*streams, url(target), **options).compile(cmd=ffmpeg_binary())
+    command = ffmpeg.output(*streams, url(target), **options).compile(cmd=binary)
     run_ffmpeg(command, context, source, on_progress=progress_reporter(context, info.duration))
     out = probe(target, context)
     metadata = {"media-duration": f"{out.duration or 0:g}", "media-container": out.container}
@@ -190,7 +196,8 @@ def _hls(source: Path, info: MediaInfo, params: TranscodeParams, preset: Preset,
     names = [f"{h}p" for h in heights]
     for name in names:  # ffmpeg cannot make folders behind a file: URL
         (folder / name).mkdir()
-    inp = ffmpeg.input(url(source), protocol_whitelist="file")
+    binary = ffmpeg_binary()
+    inp = ffmpeg.input(input_url(binary), **input_options(binary, info.demuxer))
     split = inp["v:0"].filter_multi_output("split", len(sizes))
     streams: list[Any] = []
     options: dict[str, Any] = {
@@ -216,7 +223,7 @@ def _hls(source: Path, info: MediaInfo, params: TranscodeParams, preset: Preset,
     if info.audio:
         options |= {"c:a": preset.audio_codec, "b:a": params.audio_bitrate or preset.audio_bitrate}
     options["var_stream_map"] = " ".join(stream_map)
-    command = ffmpeg.output(*streams, url(folder) + "/%v/index.m3u8", **options).compile(cmd=ffmpeg_binary())
+    command = ffmpeg.output(*streams, url(folder) + "/%v/index.m3u8", **options).compile(cmd=binary)
     run_ffmpeg(command, context, source, on_progress=progress_reporter(context, info.duration))
     written = []
     # Segments first, playlists after, the master last: a player that finds the
@@ -237,3 +244,8 @@ def _double(bitrate: str) -> str:
     """Twice a bitrate such as '2500k' (the rate-control buffer)."""
     number, unit = (bitrate[:-1], bitrate[-1]) if bitrate[-1] in "kKmM" else (bitrate, "")
     return f"{float(number) * 2:g}{unit}"
+
+
+def warm() -> None:
+    """Called once in each new runner (see ``fileproc.runtime.pool``), before its first event."""
+    media.warm()
