@@ -3,21 +3,29 @@
 - ``POST /events``: bucket notifications (MinIO, AWS, versitygw, RGW bodies).
   Needs the webhook token, as ``Authorization: Bearer T`` (MinIO's
   ``auth_token``) or, for stores that cannot set headers (versitygw), as
-  ``?token=T`` in the webhook URL. Keys are taken as URL-encoded (AWS,
-  MinIO, RGW) unless the URL says ``?keys=raw`` (versitygw). Answers 200 only
-  once every event a pipeline matches is committed to the state database
-  (many requests share one transaction: :mod:`fileproc.intake.webhook`); the
-  broker is told afterwards. Events no pipeline matches are counted, not
-  stored. A body over ``api.max_body_bytes`` or with more than
-  ``api.max_records`` records gets 413 and nothing of it is recorded; a
-  record naming an impossible key is refused with its reason (and the rest
-  recorded); 503 with ``Retry-After`` when the database is busy or gone.
+  ``?token=T`` in the webhook URL (the one token taken from a URL). Keys
+  are taken as URL-encoded (AWS, MinIO, RGW) unless the URL says
+  ``?keys=raw`` (versitygw). Answers 200 only once every event a pipeline
+  matches is committed to the state database (many requests share one
+  transaction: :mod:`fileproc.intake.webhook`); the broker is told
+  afterwards. Events no pipeline matches are counted, not stored. A body
+  over ``api.max_body_bytes`` or with more than ``api.max_records`` records
+  gets 413 and nothing of it is recorded; a record naming an impossible key
+  is refused with its reason (and the rest recorded); 503 with
+  ``Retry-After`` when the database is busy or gone.
 - ``/jobs``, ``/jobs/{id}``, ``/jobs/{id}/retry``, ``/jobs/retry-failed``,
-  ``/backfill``, ``/stats`` (the receiver's counters), ``/docs``, ``/redoc``
-  and ``/openapi.json``: the admin API, behind a different (admin) token.
+  ``/backfill``, ``/stats`` (the receiver's counters) and ``/openapi.json``:
+  the admin API, behind a different (admin) token, in the Authorization
+  header only (a URL ends up in proxies' logs).
 - ``GET /healthz``: open; 200 once the service can reach its database.
 - ``GET /metrics``: Prometheus metrics (:mod:`fileproc.metrics`), for the admin token or ``metrics.token``.
-- ``/ui``: the web dashboard (:mod:`fileproc.ui`), logged in with the admin token.
+- ``/ui``: the web dashboard (:mod:`fileproc.ui`), logged in with the admin token; the API's
+  docs too (``/docs`` and ``/redoc`` lead there: a browser cannot send the header).
+
+Every request body is counted against its route's limit as it arrives
+(:class:`fileproc.bounds.BodyLimit`: 413 past it, nothing more read) and
+every JSON body parsed by :func:`fileproc.bounds.loads` (400 with the reason
+when it does not parse or nests too deep).
 """
 
 from __future__ import annotations
@@ -30,21 +38,20 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Annotated, Any
-from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from fileproc import dispatch
+from fileproc.bounds import BadJSON, BodyLimit, JSONRoute, Limit, loads
 from fileproc.errors import BucketNotFound, FileprocError, StorageError
 from fileproc.events import ObjectEvent
 from fileproc.intake.backfill import backfill
-from fileproc.intake.notifications import BadNotification, TooManyRecords, parse_body
+from fileproc.intake.notifications import BadNotification, Parsed, TooManyRecords, parse_body
 from fileproc.intake.objects import candidates, complete, needs_head
 from fileproc.intake.webhook import Busy, Committer
 from fileproc.metrics import METRICS_CONTENT_TYPE, Metrics, SharedCounters
@@ -61,17 +68,21 @@ RETRY_AFTER = "1"
 # Bodies bigger than this are parsed off the event loop, so one big body never stalls the others.
 _PARSE_INLINE_BYTES = 64 * 1024
 
+SMALL_BODY = Limit(16 * 1024, "a form or a small JSON body")
+"""The body limit of every route without one of its own: the dashboard's forms (a login is a token and
+a page's address), the admin API's small JSON bodies."""
+
 
 def _bearer(request: Request) -> str:
+    """The token of the ``Authorization: Bearer T`` header; empty without one."""
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value:
-        return value.strip()
-    return request.query_params.get("token", "")
+    return value.strip() if scheme.lower() == "bearer" else ""
 
 
-def _require(expected: str, request: Request) -> None:
-    given = _bearer(request)
+def _require(expected: str, request: Request, *, in_url: bool = False) -> None:
+    """Refuse (401) unless the Authorization header carries ``expected``; with ``in_url``, ``?token=`` may."""
+    given = _bearer(request) or (request.query_params.get("token", "") if in_url else "")
     if not given or not hmac.compare_digest(given.encode(), expected.encode()):
         raise HTTPException(401, "missing or wrong token", headers={"WWW-Authenticate": "Bearer"})
 
@@ -79,31 +90,6 @@ def _require(expected: str, request: Request) -> None:
 class BackfillRequest(BaseModel):
     bucket: str
     prefix: str = ""
-
-
-class BodyTooLarge(FileprocError):
-    """The request body is over ``api.max_body_bytes``."""
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused (BodyTooLarge) as soon as it is known to exceed ``limit`` bytes.
-
-    A declared Content-Length over the limit is refused before reading; a
-    chunked body is counted while it is read.
-    """
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise HTTPException(400, "Content-Length is not a number")
-        if int(declared) > limit:
-            raise BodyTooLarge(f"body of {declared} bytes; at most {limit} (api.max_body_bytes)")
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise BodyTooLarge(f"body over {limit} bytes (api.max_body_bytes)")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -117,14 +103,19 @@ class _App(FastAPI):
 
     At thousands of notifications a second on two cores, FastAPI's per-request
     machinery (middleware layers, routing, dependency resolution) cost as much
-    as recording the events; the webhook needs none of it.
+    as recording the events; the webhook needs none of it. Every request's
+    body, the webhook's too, is counted against its route's limit first.
     """
 
     events: tuple[Callable[[Request], Awaitable[Response]], Callable[[Exception], Awaitable[Response]]] | None = None
+    bounded: BodyLimit
     answer_seconds: deque[float]
     """How long the last answers to ``POST /events`` took, from request to answer (``GET /stats``)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.bounded(scope, receive, send)
+
+    async def answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (self.events is not None and scope["type"] == "http" and scope["path"] == "/events"
                 and scope["method"] == "POST"):
             started = time.perf_counter()
@@ -170,15 +161,31 @@ def create_app(service: Service, tokens: Tokens, *, committer: Committer | None 
         relay.stop()
         app.state.committer.stop()
 
-    # The docs describe the admin API: only for the admin token (see the routes below).
+    # FastAPI's own docs routes are off: the docs are the dashboard's (see the routes below).
     app = _App(title="fileproc", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                openapi_url=None)
+    app.router.route_class = JSONRoute  # every JSON body through fileproc.bounds.loads
     app.answer_seconds = deque(maxlen=4096)
     app.state.counters = counters
     app.state.service = service
 
-    def webhook_auth(request: Request) -> None:
-        _require(tokens.webhook, request)
+    from fileproc.serverless.http import INVOKE_BODY
+
+    events_body = Limit(settings.api.max_body_bytes, "api.max_body_bytes")
+
+    def body_limit(scope: Scope) -> Limit:
+        path = scope["path"]
+        if path == "/events":
+            return events_body
+        if path.startswith("/functions/"):
+            return INVOKE_BODY
+        return SMALL_BODY
+
+    def body_refused(scope: Scope) -> None:
+        if scope["path"] == "/events":
+            counters.add(too_large=1)
+
+    app.bounded = BodyLimit(app.answer, body_limit, body_refused)
 
     def admin_auth(request: Request) -> None:
         _require(tokens.admin, request)
@@ -190,7 +197,7 @@ def create_app(service: Service, tokens: Tokens, *, committer: Committer | None 
             # Ours to fix, not the sender's: ask it to come back (a retrying store retries).
             counters.add(busy=1)
             return _json({"error": str(exc)}, 503, {"Retry-After": RETRY_AFTER})
-        if isinstance(exc, BodyTooLarge | TooManyRecords):
+        if isinstance(exc, TooManyRecords):
             counters.add(too_large=1)
             return _json({"error": str(exc)}, 413)
         return _json({"error": str(exc)}, 400)
@@ -205,18 +212,18 @@ def create_app(service: Service, tokens: Tokens, *, committer: Committer | None 
         return {"status": "ok"}
 
     async def events(request: Request) -> Response:
-        _require(tokens.webhook, request)
+        _require(tokens.webhook, request, in_url=True)  # versitygw cannot set headers
         keys = request.query_params.get("keys", "url")
         if keys not in ("url", "raw"):
             raise HTTPException(400, "keys must be 'url' (URL-encoded keys, as AWS and MinIO send) or 'raw'")
-        body = await read_body(request, settings.api.max_body_bytes)
+        body = await request.body()  # at most api.max_body_bytes: app.bounded counts it
+
+        def parse() -> Parsed:
+            return parse_body(loads(body), raw_keys=keys == "raw", max_records=settings.api.max_records)
+
         try:
-            if len(body) > _PARSE_INLINE_BYTES:
-                parsed = await run_in_threadpool(parse_body, body, raw_keys=keys == "raw",
-                                                 max_records=settings.api.max_records)
-            else:
-                parsed = parse_body(body, raw_keys=keys == "raw", max_records=settings.api.max_records)
-        except BadNotification as exc:
+            parsed = await run_in_threadpool(parse) if len(body) > _PARSE_INLINE_BYTES else parse()
+        except (BadNotification, BadJSON) as exc:
             log.warning("rejected a notification: %s", exc)
             raise
         if parsed.test:
@@ -263,17 +270,15 @@ def create_app(service: Service, tokens: Tokens, *, committer: Committer | None 
     def openapi() -> JSONResponse:
         return JSONResponse(app.openapi())
 
-    def _openapi_url(request: Request) -> str:
-        # The browser fetches the schema itself: hand it the token it came with.
-        return f"/openapi.json?token={quote(_bearer(request), safe='')}"
+    # A browser cannot send the header, and the token must not go in a URL: the docs pages are the
+    # dashboard's, for its session (/ui/docs, /ui/redoc; fileproc.ui).
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> Response:
+        return RedirectResponse("/ui/docs", status_code=303)
 
-    @app.get("/docs", dependencies=[Depends(admin_auth)], include_in_schema=False)
-    def docs(request: Request) -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url=_openapi_url(request), title="fileproc API")
-
-    @app.get("/redoc", dependencies=[Depends(admin_auth)], include_in_schema=False)
-    def redoc(request: Request) -> HTMLResponse:
-        return get_redoc_html(openapi_url=_openapi_url(request), title="fileproc API")
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> Response:
+        return RedirectResponse("/ui/redoc", status_code=303)
 
     @app.get("/jobs", dependencies=[Depends(admin_auth)])
     def jobs(status: Annotated[str | None, Query()] = None, limit: int = 100) -> list[dict[str, Any]]:

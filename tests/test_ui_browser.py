@@ -198,6 +198,18 @@ def test_a_key_is_tested_against_the_rules(site: Site) -> None:
     assert "match.suffix: 'notes.txt' does not end with .jpg or .png" in site.text()
 
 
+def test_the_api_docs_fetch_their_schema_with_the_session_not_a_token_in_the_url(site: Site) -> None:
+    site.log_in()
+    site.open("/docs")
+    site.wait(seen.url_to_be(site.base + "/ui/docs"))
+    # What the docs page's own script does (Swagger UI itself comes from a CDN this machine may not reach).
+    fetched = site.browser.execute_async_script(
+        "const done = arguments[0];"
+        "fetch('/ui/openapi.json').then(r => r.json().then(spec => done([r.status, Object.keys(spec.paths)])))")
+    assert fetched[0] == 200 and "/jobs" in fetched[1]
+    assert ADMIN not in site.browser.page_source and ADMIN not in site.browser.current_url
+
+
 def test_overview_and_why_show_what_happened(site: Site) -> None:
     site.log_in()
     site.open("/ui")

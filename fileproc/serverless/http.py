@@ -1,7 +1,8 @@
 """The HTTP side of user functions: ``POST /functions/NAME/invoke`` and ``GET /functions/invocations/ID``.
 
 Added to the API by :func:`fileproc.api.create_app`, behind the admin token or the function's own
-(``fileproc functions token NAME``).
+(``fileproc functions token NAME``), either as ``Authorization: Bearer T``. An invocation's body is at
+most :data:`INVOKE_BODY`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,13 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
 
+from fileproc.bounds import Limit
 from fileproc.rules import Step
 from fileproc.service import Service
+
+INVOKE_BODY = Limit(256 * 1024, "an event as large as Lambda takes for an asynchronous invocation")
+"""The largest body ``POST /functions/NAME/invoke`` takes (an S3 event is about 1 KB); read before the
+token is checked, so no larger than it needs to be."""
 
 
 class InvokeRequest(BaseModel):
@@ -82,4 +88,4 @@ def add_function_routes(app: FastAPI, service: Service, admin_auth: Any) -> None
         return answer
 
 
-__all__ = ["InvokeRequest", "add_function_routes"]
+__all__ = ["INVOKE_BODY", "InvokeRequest", "add_function_routes"]

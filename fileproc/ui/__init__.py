@@ -10,7 +10,12 @@ Logging in with the admin token sets a signed session cookie
 when the request came over https (directly, or through a proxy on an address
 uvicorn trusts for ``X-Forwarded-Proto``). Every POST carries the session's
 CSRF token. Pages answer with a Content-Security-Policy that allows only this
-origin's own CSS, script and images.
+origin's own CSS, script and images. A client address that gave a wrong token
+:data:`LOGIN_ATTEMPTS` times within :data:`LOGIN_WINDOW` seconds waits (429).
+
+The API's docs (``/ui/docs``, ``/ui/redoc``, and the schema they fetch,
+``/ui/openapi.json``) are here too, for the session: the admin API takes its
+token in the Authorization header only, which a browser cannot send.
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, FastAPI, Query, Request
-from fastapi.responses import RedirectResponse, Response, StreamingResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from fileproc import dispatch
+from fileproc.bounds import Throttle
 from fileproc.errors import BucketNotFound, ObjectNotFound, StorageError
 from fileproc.events import ObjectEvent
 from fileproc.rules import render_key, verdicts
@@ -45,6 +52,9 @@ PREVIEWED = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif", "im
 """Output types shown inline; anything else is offered as a download (an SVG or HTML output could run script)."""
 EVENT_NAMES = ("s3:ObjectCreated:Put", "s3:ObjectCreated:Post", "s3:ObjectCreated:Copy",
                "s3:ObjectCreated:CompleteMultipartUpload", "s3:ObjectRemoved:Delete")
+LOGIN_ATTEMPTS = 10
+LOGIN_WINDOW = 60
+"""Wrong tokens a client address may give within this many seconds before it waits (429)."""
 CSP = ("default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
@@ -57,6 +67,7 @@ class _LoginNeeded(Exception):
 def install(app: FastAPI, service: Service, tokens: Tokens) -> None:
     """Add the dashboard's routes (``/ui``...) and static files (``/ui/static``) to ``app``."""
     sessions = Sessions(tokens.admin)
+    logins = Throttle(LOGIN_ATTEMPTS, LOGIN_WINDOW)
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters.update(ago=_ago, clock=_clock, duration=_duration, size=_size, kb=_kb)
     templates.env.globals.update(STATUSES=[str(s) for s in STATUSES], pipelines=service.pipelines)
@@ -85,7 +96,7 @@ def install(app: FastAPI, service: Service, tokens: Tokens) -> None:
     @app.exception_handler(_LoginNeeded)
     def _to_login(_: Request, exc: _LoginNeeded) -> Response:
         request = exc.request
-        if request.method != "GET" or request.url.path.startswith("/ui/outputs"):
+        if request.method != "GET" or request.url.path.startswith(("/ui/outputs", "/ui/openapi.json")):
             return Response("log in at /ui/login", status_code=401, media_type="text/plain")
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/ui/login?{urlencode({'next': target})}", status_code=303)
@@ -102,11 +113,19 @@ def install(app: FastAPI, service: Service, tokens: Tokens) -> None:
 
     @router.post("/login")
     async def login(request: Request) -> Response:
+        client = request.client.host if request.client else ""
+        if wait := logins.wait(client):  # refused before its body is read, even with the right token
+            refused = page(request, "login.html", None, 429, next="/ui",
+                           error=f"Too many wrong tokens from your address: try again in {wait} s.")
+            refused.headers["Retry-After"] = str(wait)
+            return refused
         fields = await form_of(request, None)
         target = _local(fields.get("next", "/ui"))
         if not sessions.token_is_right(fields.get("token", "")):
+            logins.failed(client)
             return page(request, "login.html", None, 401, next=target,
                         error="That is not the admin token.")
+        logins.succeeded(client)
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(COOKIE, sessions.issue(), max_age=sessions.max_age, path="/ui", httponly=True,
                             samesite="strict", secure=request.url.scheme == "https")
@@ -256,6 +275,21 @@ def install(app: FastAPI, service: Service, tokens: Tokens) -> None:
         found = explain(service, bucket, key) if bucket and key else None
         return page(request, "why.html", session, target=target, found=found,
                     problem="Give BUCKET/KEY, e.g. uploads/pets/cat.jpg" if target and not found else None)
+
+    @router.get("/docs")
+    def api_docs(request: Request) -> Response:
+        session_of(request)
+        return get_swagger_ui_html(openapi_url="/ui/openapi.json", title="fileproc API")
+
+    @router.get("/redoc")
+    def api_redoc(request: Request) -> Response:
+        session_of(request)
+        return get_redoc_html(openapi_url="/ui/openapi.json", title="fileproc API")
+
+    @router.get("/openapi.json")
+    def openapi(request: Request) -> Response:
+        session_of(request)  # the session's cookie goes with the docs page's fetch (same site, under /ui)
+        return JSONResponse(app.openapi())
 
     app.include_router(router)
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static")
