@@ -55,6 +55,19 @@ class State:
 
 pass_state = click.make_pass_decorator(State)
 
+# Control characters (and Unicode's line and paragraph separators), as Python escapes them: \n, \x1b, \u2028.
+_ESCAPES = {code: repr(chr(code))[1:-1] for code in [*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]}
+
+
+def _one_line(text: str) -> str:
+    r"""``text`` with its control characters escaped, so that one item printed per line stays one line.
+
+    A key may hold any character: a newline in one must not start what reads
+    as another job, nor a terminal escape recolour the screen. ``--json``
+    output stays exact. Example: ``_one_line("a\nb") == "a\\nb"``.
+    """
+    return text.translate(_ESCAPES)
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "-c", type=click.Path(path_type=Path, dir_okay=False),
@@ -197,7 +210,7 @@ def put(state: State, file: Path, target: str, content_type: str | None, wait: b
     # Described from a HEAD, as every other source describes it (metadata, version id, time).
     results = dispatch.submit(service, event_for(bucket, key, service.storage.head(bucket, key, info.version_id),
                                                  source="put"))
-    click.echo(f"uploaded {bucket}/{key} ({info.size} bytes, etag {info.etag})")
+    click.echo(_one_line(f"uploaded {bucket}/{key} ({info.size} bytes, etag {info.etag})"))
     if not results:
         click.echo("no pipeline matches it: stored, nothing to run (see `fileproc match`)")
     for item in results:
@@ -229,7 +242,7 @@ def _wait_for(service: Service, job_ids: list[int], timeout: float) -> None:
             failed += job.status == "failed"
             made = ", ".join(f"{o.bucket}/{o.key}" for o in job.outputs)
             detail = job.error if job.status != "succeeded" else (made or "no outputs")
-            click.echo(f"job {job.id}: {job.pipeline} {job.status}: {detail}")
+            click.echo(_one_line(f"job {job.id}: {job.pipeline} {job.status}: {detail}"))
         if pending and time.monotonic() > deadline:
             raise click.ClickException(f"job(s) {', '.join(map(str, pending))} still not finished after {timeout:g} s "
                                        "(is `fileproc serve` or a worker running?)")
@@ -286,7 +299,7 @@ def match_cmd(state: State, target: str, event_name: str, size: int | None) -> N
     event = ObjectEvent(bucket=bucket, key=key, event_name=event_name, size=size, source="match")
     found = match(state.settings.pipelines, event)
     if not found:
-        click.echo(f"{bucket}/{key}: no pipeline matches")
+        click.echo(_one_line(f"{bucket}/{key}: no pipeline matches"))
         for pipeline, reason in verdicts(state.settings.pipelines, event):
             click.echo(f"  {pipeline.name}: {reason}")
         return
@@ -296,12 +309,12 @@ def match_cmd(state: State, target: str, event_name: str, size: int | None) -> N
             params = json.dumps(step.params, sort_keys=True)
             click.echo(f"  {number}. {step.function} {params}")
         example = render_key(pipeline.output.key, pipeline=pipeline.name, bucket=bucket, key=key, name="NAME")
-        click.echo(f"  -> {pipeline.output.bucket.replace('{bucket}', bucket)}/{example}")
+        click.echo(_one_line(f"  -> {pipeline.output.bucket.replace('{bucket}', bucket)}/{example}"))
 
 
 def _job_line(job: Any) -> str:
     error = f"  {job.error}" if job.error else ""
-    return f"{job.id:>6}  {job.status:<9}  {job.pipeline:<16}  {job.bucket}/{job.key}{error}"
+    return _one_line(f"{job.id:>6}  {job.status:<9}  {job.pipeline:<16}  {job.bucket}/{job.key}{error}")
 
 
 @cli.command()
@@ -344,15 +357,15 @@ def job(state: State, job_id: int, as_json: bool) -> None:
         return
     click.echo(_job_line(found))
     for attempt in data["attempts"]:
-        click.echo(f"  attempt step {attempt['step']} {attempt['function']}: {attempt['status']} "
-                   f"{attempt['duration_ms'] or 0} ms on {attempt['worker']}"
-                   + (f"  {attempt['error']}" if attempt["error"] else "")
-                   + (_progress_text(attempt["progress"]) if attempt["status"] == "running" else ""))
+        click.echo(_one_line(f"  attempt step {attempt['step']} {attempt['function']}: {attempt['status']} "
+                            f"{attempt['duration_ms'] or 0} ms on {attempt['worker']}"
+                            + (f"  {attempt['error']}" if attempt["error"] else "")
+                            + (_progress_text(attempt["progress"]) if attempt["status"] == "running" else "")))
     for output in data["outputs"]:
-        click.echo(f"  output {output['bucket']}/{output['key']} ({output['size']} bytes)"
-                   + (f"  removed by job {output['removed_by']}" if output.get("removed_by") else ""))
+        click.echo(_one_line(f"  output {output['bucket']}/{output['key']} ({output['size']} bytes)"
+                            + (f"  removed by job {output['removed_by']}" if output.get("removed_by") else "")))
     for output in data["removed"]:
-        click.echo(f"  removed {output['bucket']}/{output['key']} (made by an earlier job)")
+        click.echo(_one_line(f"  removed {output['bucket']}/{output['key']} (made by an earlier job)"))
     usage = data["usage"]
     click.echo(f"  usage {usage['duration_ms']} ms, peak {usage['peak_memory_kb'] // 1024} MB, "
                f"{usage['bytes_read']} bytes read, {usage['bytes_written']} written")
@@ -430,7 +443,7 @@ def _drift_line(drift: Any) -> str:
         line += ": " + ", ".join(drift.sample[:5]) + (" ..." if drift.submitted > 5 else "")
     if drift.recent:
         line += f"; {drift.recent} too recent, left for the next pass"
-    return line + (f"; error: {drift.error}" if drift.error else "")
+    return _one_line(line + (f"; error: {drift.error}" if drift.error else ""))
 
 
 @cli.command()
@@ -486,9 +499,9 @@ def doctor(state: State) -> None:
 
     problems = 0
     for check in run_checks(state.settings):
-        mark = "ok " if check.ok else "ERR"
+        mark = "ok " if check.ok else "off" if check.advisory else "ERR"
         click.echo(f"[{mark}] {check.name}: {check.detail}")
-        problems += not check.ok
+        problems += not check.ok and not check.advisory
     if problems:
         raise click.ClickException(f"{problems} problem(s) found")
 
@@ -517,7 +530,7 @@ def why(state: State, target: str, as_json: bool) -> None:
         click.echo(json.dumps(found.to_dict(), indent=2))
         return
     for line in render(found):
-        click.echo(line)
+        click.echo(_one_line(line))
 
 
 # --- search (see fileproc/search/) ------------------------------------------------------
@@ -525,10 +538,13 @@ def why(state: State, target: str, as_json: bool) -> None:
 
 def _plain_snippet(snippet: str) -> str:
     import html
+    import re
 
-    marked = snippet.replace("<mark>", "\x1b[1m").replace("</mark>", "\x1b[0m") if sys.stdout.isatty() else \
-        snippet.replace("<mark>", "[").replace("</mark>", "]")
-    return " ".join(html.unescape(marked).split())
+    on, off = ("\x1b[1m", "\x1b[0m") if sys.stdout.isatty() else ("[", "]")
+    # The document's own text on one line, its control characters escaped; only the marks are ours.
+    text = "".join(on if part == "<mark>" else off if part == "</mark>" else
+                   _one_line(re.sub(r"\s+", " ", html.unescape(part))) for part in re.split(r"(</?mark>)", snippet))
+    return " ".join(text.split())
 
 
 @cli.command()
@@ -562,7 +578,7 @@ def search(state: State, query: str, bucket: str | None, kind: str | None, limit
         click.echo(f"no documents match {query!r}")
         return
     for hit in found.hits:
-        click.echo(f"{hit.bucket}/{hit.key}  ({hit.type}, score {hit.score:.2f})")
+        click.echo(_one_line(f"{hit.bucket}/{hit.key}  ({hit.type}, score {hit.score:.2f})"))
         click.echo(f"    {_plain_snippet(hit.snippet)}")
     shown = (page - 1) * limit + len(found.hits)
     about = "" if found.exact else "about "  # more matched than this page: the total is an estimate
@@ -604,7 +620,8 @@ def reindex(state: State, check: bool, as_json: bool) -> None:
         for name in ("missing", "extra", "stale", "sources_gone"):
             items = getattr(found, name)
             if items:
-                click.echo(f"{name}: {len(items)} ({', '.join(items[:5])}{' ...' if len(items) > 5 else ''})")
+                more = " ..." if len(items) > 5 else ""
+                click.echo(_one_line(f"{name}: {len(items)} ({', '.join(items[:5])}{more})"))
     if not found.agrees:
         raise click.ClickException("the index and storage disagree; `fileproc reindex` rebuilds it")
 

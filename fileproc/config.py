@@ -163,6 +163,27 @@ class FunctionSettings(Section):
         description="How long a worker trusts what a deployed function's alias (`live`) pointed at: a deploy or "
         "rollback reaches running workers within this.",
     )
+    credentials: Literal["assume-role", "keys", "shared"] = Field(
+        "assume-role",
+        description="The store credentials a deployed function gets (storage.backend = s3): `assume-role`, its "
+        "own from the store's STS, limited to reading the buckets its pipelines read and writing where their "
+        "outputs go; `keys`, functions.access_key and functions.secret_key (an account scoped on the store, "
+        "for stores without STS); `shared`, fileproc's own keys (every bucket, other functions' code included).",
+    )
+    sts_endpoint: str = Field(
+        "", description="Where `assume-role` asks for credentials, as a URL; empty: the store's endpoint (MinIO, "
+        "Ceph RGW). AWS: `https://sts.amazonaws.com`."
+    )
+    role_arn: str = Field(
+        "", description="The role `assume-role` assumes (AWS and Ceph RGW need one; MinIO takes none)."
+    )
+    access_key: SecretStr = Field(
+        SecretStr(""), description="The access key deployed functions share with functions.credentials = keys. "
+        "Never logged."
+    )
+    secret_key: SecretStr = Field(
+        SecretStr(""), description="Its secret key (functions.credentials = keys). Never logged."
+    )
 
 
 class UsageSettings(Section):
@@ -356,6 +377,17 @@ def load_settings(config: Path | str | None = None, env: Mapping[str, str] | Non
 def _check(settings: Settings) -> None:
     if settings.storage.backend == "s3" and not settings.storage.endpoint:
         raise ConfigError("storage.endpoint: required when storage.backend is s3")
+    functions = settings.functions
+    if settings.storage.backend == "s3" and functions.credentials == "keys" and not (
+            functions.access_key.get_secret_value() and functions.secret_key.get_secret_value()):
+        raise ConfigError("functions.access_key: required, with functions.secret_key, when functions.credentials "
+                          "is keys")
+    if functions.access_key.get_secret_value() and functions.credentials != "keys":
+        raise ConfigError(f"functions.access_key: given, but functions.credentials is {functions.credentials}: "
+                          "set it to keys to use it")
+    if functions.access_key.get_secret_value() == settings.storage.access_key.get_secret_value() != "":
+        raise ConfigError("functions.access_key: must not be fileproc's own (storage.access_key); "
+                          "functions.credentials = shared gives functions fileproc's keys, knowingly")
     webhook, admin = settings.api.webhook_token.get_secret_value(), settings.api.admin_token.get_secret_value()
     if webhook and webhook == admin:
         raise ConfigError("api.admin_token: must differ from api.webhook_token")

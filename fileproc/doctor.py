@@ -20,6 +20,7 @@ class Check:
     name: str
     ok: bool
     detail: str
+    advisory: bool = False  # not ok is "off on this host" (shown as such), not a problem to fix
 
 
 def _functions(settings: Settings) -> Check:
@@ -80,6 +81,14 @@ def _storage(settings: Settings) -> Check:
     except FileprocError as exc:
         return _failure("storage", f"{settings.storage.backend} at {where}", exc)
     return Check("storage", True, f"{settings.storage.backend} at {where} is usable")
+
+
+def _function_credentials(settings: Settings) -> Check:
+    """Which store credentials deployed functions get (functions.credentials), and whether the store gives them."""
+    from fileproc.serverless import credentials
+
+    ok, detail = credentials.check(settings)
+    return Check("function credentials", ok, detail)
 
 
 def _database(settings: Settings) -> Check:
@@ -144,12 +153,23 @@ def _ffmpeg(settings: Settings) -> Check:
     return Check("ffmpeg", not (needed and lacking), detail)
 
 
+def _isolation(settings: Settings) -> Iterator[Check]:
+    """Which protections of deployed functions hold on this host (kernel, user, broker, database)."""
+    from fileproc.serverless.isolation import protections
+
+    for found in protections(settings.embedded_broker, settings.broker.url.get_secret_value(),
+                             settings.database.url.get_secret_value()):
+        yield Check(f"isolation: {found.name}", found.active, found.detail, advisory=True)
+
+
 def run_checks(settings: Settings) -> Iterator[Check]:
     source = settings.config_file or "no config file (embedded defaults)"
     yield Check("config", True, f"{source}; {len(settings.pipelines)} pipeline(s)")
     yield _functions(settings)
     yield _data_dir(settings)
     yield _storage(settings)
+    yield _function_credentials(settings)
     yield _database(settings)
     yield _broker(settings)
     yield _ffmpeg(settings)
+    yield from _isolation(settings)

@@ -142,18 +142,22 @@ def _serve(what: str, command: Callable[[int], Sequence[str]], log: Path,
 # --- Redis -----------------------------------------------------------------------------
 
 
+REDIS_PASSWORD = "fileproc-test-broker"
+"""Every test Redis asks for a password, as the README asks of a production one."""
+
+
 def _redis_answers(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            sock.sendall(f"AUTH {REDIS_PASSWORD}\r\nPING\r\n".encode())
+            return b"+PONG" in sock.recv(64)
     except OSError:
         return False
 
 
 @contextlib.contextmanager
 def redis_server(also_listen: Sequence[str] = ()) -> Iterator[str]:
-    """A throwaway Redis without persistence; yields ``redis://127.0.0.1:PORT/0``.
+    """A throwaway Redis without persistence, with a password; yields ``redis://:PASSWORD@127.0.0.1:PORT/0``.
 
     ``also_listen``: more local addresses to listen on, same port (tests/netns.py's hosts).
     """
@@ -163,10 +167,10 @@ def redis_server(also_listen: Sequence[str] = ()) -> Iterator[str]:
             # Protected mode refuses clients from other addresses than loopback: the simulated hosts'.
             unprotected = ["--protected-mode", "no"] if also_listen else []
             return [binary, "--port", str(port), "--bind", "127.0.0.1", *also_listen, *unprotected, "--save", "",
-                    "--appendonly", "no", "--dir", tmp, "--daemonize", "no"]
+                    "--appendonly", "no", "--dir", tmp, "--daemonize", "no", "--requirepass", REDIS_PASSWORD]
 
         with _serve("redis-server", command, Path(tmp) / "redis.log", ready=_redis_answers) as port:
-            yield f"redis://127.0.0.1:{port}/0"
+            yield f"redis://:{REDIS_PASSWORD}@127.0.0.1:{port}/0"
 
 
 # --- PostgreSQL ------------------------------------------------------------------------
@@ -321,3 +325,58 @@ def versitygw_server(webhook_url: str | None = None, port: int | None = None,
 
         with _serve("versitygw", command, Path(tmp) / "versitygw.log", port=port) as bound:
             yield Versitygw(f"127.0.0.1:{bound}", access_key, secret_key, data)
+
+
+# --- MinIO -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MinioServer:
+    """How to reach a running MinIO (S3, and STS on the same endpoint, over plain HTTP) as its root user."""
+
+    endpoint: str
+    """``127.0.0.1:PORT``, as the minio SDK wants it."""
+    access_key: str
+    secret_key: str
+    region: str = "us-east-1"
+
+    @property
+    def url(self) -> str:
+        """The endpoint as an http URL (also its STS endpoint)."""
+        return f"http://{self.endpoint}"
+
+
+def minio_binary() -> str:
+    """MinIO's server: $FILEPROC_MINIO, or PATH; skip/fail without (.ci/run builds it)."""
+    explicit = os.environ.get("FILEPROC_MINIO")
+    return require("minio", explicit) if explicit else require("minio")
+
+
+def _minio_ready(port: int) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:  # it accepts connections before it serves: its readiness probe says when it does
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/minio/health/ready", timeout=0.5) as answer:
+            return bool(answer.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+@contextlib.contextmanager
+def minio_server() -> Iterator[MinioServer]:
+    """A throwaway single-drive MinIO over a fresh temporary directory, on a free port (no console)."""
+    binary = minio_binary()
+    access_key = "fileproc-root"
+    secret_key = "fileproc-root-" + os.urandom(6).hex()
+    with tempfile.TemporaryDirectory(prefix="fileproc-minio-") as tmp:
+        data = Path(tmp) / "data"
+        data.mkdir()
+
+        def command(port: int) -> list[str]:
+            return ["env", f"MINIO_ROOT_USER={access_key}", f"MINIO_ROOT_PASSWORD={secret_key}",
+                    "MINIO_BROWSER=off", "MINIO_UPDATE=off", f"HOME={tmp}",
+                    binary, "server", "--quiet", "--address", f"127.0.0.1:{port}", str(data)]
+
+        with _serve("minio", command, Path(tmp) / "minio.log", ready=_minio_ready) as port:
+            yield MinioServer(f"127.0.0.1:{port}", access_key, secret_key)

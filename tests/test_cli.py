@@ -10,8 +10,11 @@ import click
 import pytest
 
 import fileproc
+from fileproc import dispatch
 from fileproc.cli import cli
-from fileproc.config import setting_names
+from fileproc.config import load_settings, setting_names
+from fileproc.events import ObjectEvent
+from fileproc.service import Service
 from tests.procs import fileproc as run
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
@@ -73,6 +76,22 @@ def test_put_rejects_a_target_without_a_key(tmp_path: Path) -> None:
     source.write_text("x")
     result = run(None, "put", str(source), "justabucket", check=False, env={"FILEPROC_DATA_DIR": str(tmp_path)})
     assert result.returncode == 2 and "is not BUCKET/KEY" in result.stderr
+
+
+def test_a_key_with_a_newline_is_one_line_in_each_listing_and_exact_in_json(tmp_path: Path) -> None:
+    env = {"FILEPROC_DATA_DIR": str(tmp_path)}
+    key = "evil\n     9  succeeded  thumbnails        uploads/fake\x1b[31m.jpg"  # a line of its own, and colour
+    service = Service(load_settings(None, env=env))
+    service.prepare_buckets()
+    info = service.storage.put("uploads", key, b"x")
+    (item,) = dispatch.submit(service, ObjectEvent("uploads", key, size=info.size, etag=info.etag), send=False)
+    shown = r"evil\n     9  succeeded  thumbnails        uploads/fake\x1b[31m.jpg"
+
+    assert run(None, "jobs", env=env).stdout == f"{item.job.id:>6}  queued     thumbnails        uploads/{shown}\n"
+    assert json.loads(run(None, "jobs", "--json", env=env).stdout)[0]["key"] == key
+    for command in (["job", str(item.job.id)], ["why", f"uploads/{key}"], ["match", f"uploads/{key}"]):
+        out = run(None, *command, env=env).stdout
+        assert shown in out and "\n     9  succeeded" not in out and "\x1b" not in out, (command, out)
 
 
 def test_help_runs() -> None:

@@ -28,8 +28,10 @@ RESIZE = {"name": "resize", "match": {"bucket": "uploads", "suffix": [".jpg"]},
 
 
 def test_the_aws_tutorial_handler_deployed_unchanged_makes_the_resized_copy(tmp_path: Path, redis_url: str) -> None:
+    # versitygw has no STS: the function gets fileproc's own keys, knowingly (its own scoped
+    # credentials, on MinIO: test_scoped_credentials.py).
     with deployment(tmp_path, redis_url=redis_url, database_url=sqlite_url(tmp_path), pipelines=[],
-                    buckets=["uploads", "uploads-resized"]) as d:
+                    buckets=["uploads", "uploads-resized"], functions={"credentials": "shared"}) as d:
         config, api_port = d.config, d.api_port
         deployed = fileproc(config, "functions", "deploy", str(SAMPLES / "tutorial_resize.py"),
                             "--name", "CreateThumbnail", "--handler", "tutorial_resize.lambda_handler",

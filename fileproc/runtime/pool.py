@@ -26,11 +26,14 @@ A deployed (user) function's runner is not forked but *spawned*
 descriptor of the worker but its socket, and nothing of the worker's memory;
 it speaks the same protocol and runs the same loop (:func:`serve`). Its
 first message gives it its environment, working folder and setup
-(:func:`spawned_setup`). So that a cold start does not wait for an
-interpreter to start and import the runtime, the pool keeps one such
-interpreter started ahead (a *spare*, per runner module), not yet given to
-any function: the next new runner of any deployed version takes it, and
-another is started at once.
+(:func:`spawned_setup`). Its stdout and stderr are a memory file the
+worker holds too, where it writes each invocation's output as it goes: if
+it dies mid-step (timed out, cancelled, killed, crashed), what it wrote is
+read from there and comes back in the result's ``output``. So that a cold
+start does not wait for an interpreter to start and import the runtime,
+the pool keeps one such interpreter started ahead (a *spare*, per runner
+module), not yet given to any function: the next new runner of any
+deployed version takes it, and another is started at once.
 
 A runner is replaced (killed; the next step gets a new, cold one) when its
 step timed out, ran out of memory, crashed, was cancelled, or when it holds
@@ -115,8 +118,11 @@ class _Runner:
     sock: socket.socket
     key: Hashable
     owner: object  # what `work` is bound to (a Service): a runner serves only its owner
+    spawn: Spawn | None = None  # how a spawned one was started: it serves only that (its credentials, say)
     steps: int = 0
     idle_since: float = field(default_factory=time.monotonic)
+    output: int | None = None  # a spawned runner's stdout and stderr: a memory file, read if it dies mid-step
+    unreported: str | None = None  # what it had written there when it was stopped
 
 
 class RunnerPool:
@@ -141,7 +147,7 @@ class RunnerPool:
         """
         started = time.monotonic()
         message = pickle.dumps(request)
-        runner = self._take(key, owner)
+        runner = self._take(key, owner, spawn)
         cold = runner is None
         if runner is not None:
             try:
@@ -165,6 +171,7 @@ class RunnerPool:
         if reply is _CANCELLED or reply is _TIMED_OUT:
             common["peak_memory_kb"] = _high_water_mark(runner.pid)  # reset when the step started
             self._stop(runner)
+            common["output"] = runner.unreported
             if reply is _CANCELLED:
                 return ChildResult(False, cancelled=True, error_type="Cancelled",
                                    error="stopped: the step's lease was lost", recycled="cancelled", **common)
@@ -174,9 +181,12 @@ class RunnerPool:
             status, peak = self._stop(runner)
             reason = _how_it_died(status)
             return ChildResult(False, error_type="StepCrashed", error=f"the step's process died ({reason})",
-                               recycled=f"crashed ({reason})", peak_memory_kb=peak, **common)
+                               recycled=f"crashed ({reason})", peak_memory_kb=peak, output=runner.unreported,
+                               **common)
         assert isinstance(reply, bytes)
         payload = pickle.loads(reply)
+        if not payload["ok"] and runner.output is not None:  # it raised past its own capture: what it wrote
+            common["output"] = _read_output(runner.output)
         recycled = payload.get("recycle")
         if recycled:
             self._stop(runner)
@@ -205,21 +215,24 @@ class RunnerPool:
 
     # --- keeping runners ------------------------------------------------------------------
 
-    def _take(self, key: Hashable, owner: object) -> _Runner | None:
+    def _take(self, key: Hashable, owner: object, spawn: Spawn | None = None) -> _Runner | None:
         expired: list[_Runner] = []
         found = None
         with self._lock:
             self._forget_if_forked()
             now = time.monotonic()
             for runner in list(self._idle):
-                if now - runner.idle_since > IDLE_SECONDS:
+                # Idle too long, or started another way than this key's runners now are (credentials
+                # since renewed: it would never be used again, and should not hold them meanwhile).
+                replaced = spawn is not None and runner.key == key and runner.owner is owner and runner.spawn != spawn
+                if now - runner.idle_since > IDLE_SECONDS or replaced:
                     self._idle.remove(runner)
                     expired.append(runner)
             for interpreter, spare in list(self._spares.items()):  # no deployed function ran here lately
                 if now - spare.idle_since > IDLE_SECONDS:
                     expired.append(self._spares.pop(interpreter))
             for runner in reversed(self._idle):  # the most recently used: its caches are warmest
-                if runner.key == key and runner.owner is owner:
+                if runner.key == key and runner.owner is owner and runner.spawn == spawn:
                     self._idle.remove(runner)
                     found = runner
                     break
@@ -237,7 +250,11 @@ class RunnerPool:
             self._stop(old)  # (their wait status is of no interest)
 
     def _stop(self, runner: _Runner) -> tuple[int | None, int]:
-        """Kill the runner and its process group: its wait status (None if not ours to reap), its peak RSS in kB."""
+        """Kill the runner and its process group: its wait status (None if not ours to reap), its peak RSS in kB.
+
+        What a spawned runner had written to its output file, once it is
+        dead, is left in ``runner.unreported`` (its output file is closed).
+        """
         with contextlib.suppress(ProcessLookupError):
             os.killpg(runner.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
@@ -246,8 +263,12 @@ class RunnerPool:
         try:
             _, status, usage = os.wait4(runner.pid, 0)
         except ChildProcessError:
-            return None, 0
-        return status, int(usage.ru_maxrss)
+            status, usage = None, None
+        if runner.output is not None:
+            runner.unreported = _read_output(runner.output)
+            os.close(runner.output)
+            runner.output = None
+        return status, int(usage.ru_maxrss) if usage else 0
 
     def _spawned(self, key: Hashable, owner: object, spawn: Spawn) -> _Runner:
         """A new runner for ``spawn``: the interpreter started ahead if it is still there; another one ahead."""
@@ -262,7 +283,7 @@ class RunnerPool:
                 self._stop(spare)
                 spare = None
         runner = spare or _spawn(spawn)
-        runner.key, runner.owner = key, owner
+        runner.key, runner.owner, runner.spawn = key, owner, spawn
         ahead = _spawn(Spawn(spawn.module, None, {}, path=spawn.path), setup=False)
         with self._lock:
             surplus = self._spares.pop(interpreter, None)  # (another thread's, started meanwhile)
@@ -282,6 +303,8 @@ class RunnerPool:
         if self._pid != os.getpid():
             for runner in [*self._idle, *self._spares.values()]:
                 runner.sock.close()
+                if runner.output is not None:
+                    os.close(runner.output)
             self._idle, self._spares = [], {}
             self._pid = os.getpid()
 
@@ -321,24 +344,50 @@ def _spawn(spawn: Spawn, *, setup: bool = True) -> _Runner:
     import subprocess
 
     ours, theirs = socket.socketpair()
+    output = _output_file()
+    stdout = subprocess.DEVNULL if output is None else output
     try:
         argv = [sys.executable, "-I", "-S", "-c", _BOOT, spawn.module, str(theirs.fileno()), str(os.getpid()),
                 *spawn.path]
-        # An empty environment and close_fds: the runner gets its socket and /dev/null as stdio,
-        # nothing else of the worker's.
+        # An empty environment and close_fds: the runner gets its socket, /dev/null as stdin and its
+        # output file as stdout and stderr, nothing else of the worker's.
         child = subprocess.Popen(argv, env={}, close_fds=True, pass_fds=(theirs.fileno(),),
-                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 stdin=subprocess.DEVNULL, stdout=stdout, stderr=stdout,
                                  process_group=0)
+    except BaseException:
+        if output is not None:
+            os.close(output)
+        raise
     finally:
         theirs.close()
     # The pool reaps its runners itself (os.wait4, for their peak memory): the Popen object must
     # neither reap it nor warn about it when it goes.
     child.returncode = 0
-    runner = _Runner(child.pid, ours, None, None)
+    runner = _Runner(child.pid, ours, None, None, output=output)
     if setup:
         with contextlib.suppress(OSError):  # if it died at once, it is reported as a crash
             _send(ours, _setup_message(spawn))
     return runner
+
+
+OUTPUT_LIMIT = 256 * 1024
+"""Bytes of a dead runner's output file the worker reads (as much as a deployed function's log keeps)."""
+
+
+def _output_file() -> int | None:
+    """A new spawned runner's stdout and stderr: a memory file (None where there is none: /dev/null then)."""
+    try:
+        return os.memfd_create("fileproc-invocation-output", os.MFD_CLOEXEC)
+    except (OSError, AttributeError):  # (not Linux)
+        return None
+
+
+def _read_output(fd: int) -> str:
+    """What the runner wrote to its output file since it last emptied it (at most :data:`OUTPUT_LIMIT` bytes)."""
+    size = os.fstat(fd).st_size
+    data = os.pread(fd, min(size, OUTPUT_LIMIT), 0)
+    dropped = f"[fileproc: {size - OUTPUT_LIMIT} more bytes of output dropped]\n" if size > OUTPUT_LIMIT else ""
+    return data.decode(errors="replace") + dropped
 
 
 def _setup_message(spawn: Spawn) -> bytes:

@@ -38,7 +38,15 @@ from fileproc.runtime.invoke import StepRequest, invoke, kind_of
 from fileproc.runtime.pool import Retire, pool
 from fileproc.runtime.sandbox import ChildResult
 from fileproc.serverless.metering import attempt_metering
-from fileproc.serverless.stepping import Policy, ReservedSlot, deployed_version, invocation, runner_for, warm_up
+from fileproc.serverless.stepping import (
+    Policy,
+    ReservedSlot,
+    deployed_version,
+    invocation,
+    runner_for,
+    warm_up,
+    with_unfinished_log,
+)
 from fileproc.service import Service
 from fileproc.state import AttemptStatus, DatabaseUnavailable, Job, JobStatus, Output, Send, StepEnd, StepStart
 from fileproc.storage import ObjectInfo
@@ -176,9 +184,11 @@ def execute(service: Service, request: StepRequest, *, cancel: threading.Event,
     """
     spec = spec or service.spec(service.pipelines[request.pipeline].steps[request.step_index])
     prepare = getattr(spec.handler, "prepare", None)
+    spawn = None
     if prepare is not None:  # a deployed version: its package and requirements on this host, once
         try:
             prepare(service.storage)
+            spawn = runner_for(service, spec, request)  # with its own store credentials, fresh enough for the step
         except FileprocError as exc:
             error = {"kind": kind_of(exc), "type": type(exc).__name__, "message": str(exc), "traceback": None}
             return ChildResult(True, value={"error": error, "result": None, "outputs": []})
@@ -192,9 +202,8 @@ def execute(service: Service, request: StepRequest, *, cancel: threading.Event,
     key = (spec.name, spec.version, request.memory_mb)
     limits: dict[str, Any] = {"timeout": request.timeout, "memory_mb": request.memory_mb, "cancel": cancel}
     try:
-        if deployed_version(spec) is not None:  # a user's code: a fresh interpreter, nothing of the worker's
-            result = pool().run(key, service, None, invocation(service, request, spec),
-                                spawn=runner_for(service, spec, request.memory_mb), **limits)
+        if spawn is not None:  # a user's code: a fresh interpreter, nothing of the worker's
+            result = pool().run(key, service, None, invocation(service, request, spec), spawn=spawn, **limits)
         else:  # a built-in: forked from the worker, warm with its libraries
             result = pool().run(key, service, work, request, warm=warm_up(service, spec), **limits)
     finally:
@@ -203,7 +212,7 @@ def execute(service: Service, request: StepRequest, *, cancel: threading.Event,
     if result.recycled and result.runner_pid:  # the runner is gone: so is its private TMPDIR
         shutil.rmtree(service.settings.data_dir.resolve() / "scratch" / f"{result.runner_pid}.tmp",
                       ignore_errors=True)
-    return result
+    return with_unfinished_log(result, request, spec)  # (a deployed function's step its runner died in)
 
 
 THROTTLED = "throttled"

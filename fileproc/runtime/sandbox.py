@@ -29,3 +29,4 @@ class ChildResult:
     runner_pid: int | None = None  # the process that ran the step
     left_running: int = 0  # processes the step started and left running when it returned (killed then)
     duration_s: float = 0.0  # duration_ms before rounding (billing rounds it up)
+    output: str | None = None  # what a spawned runner wrote in a step it did not report (it died, or raised)

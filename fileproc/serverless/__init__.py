@@ -1,8 +1,11 @@
 """Serverless user functions: deploy a Lambda handler unchanged, run it isolated, meter what it cost.
 
 - :mod:`.packages`: a handler's file or folder zipped into storage (so every
-  host can load it), unpacked and its requirements installed once per
-  version on each host;
+  host can load it), checked against its recorded sha256, unpacked and its
+  requirements installed once per version on each host;
+- :mod:`.credentials`: a function's own store credentials, scoped like a
+  Lambda execution role (STS AssumeRole with a session policy), never
+  fileproc's keys;
 - :mod:`.catalog`: which version a step's ``NAME``, ``NAME:VERSION`` or
   ``NAME:ALIAS`` runs, resolved per step (cached briefly) so workers pick up
   a deploy or a rollback without a restart;

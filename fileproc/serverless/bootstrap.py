@@ -2,8 +2,10 @@
 
 Started by the worker's pool (:class:`fileproc.runtime.pool.Spawn`) as
 ``python -I -S -c BOOT fileproc.serverless.bootstrap FD PARENT PATH...``,
-with an empty environment, /dev/null as stdin, stdout and stderr, and no
-other descriptor than its socket to the worker (``FD``). So it holds
+with an empty environment, /dev/null as stdin, a memory file of the
+worker's as stdout and stderr (where invocations' output goes, so that the
+worker keeps it if this runner dies mid-invocation), and no other
+descriptor than its socket to the worker (``FD``). So it holds
 nothing of the worker: no open file (the state database, its ``-shm``, a
 broker or database connection), no object (settings, secrets, engines),
 none of its variables. It imports what it needs, then waits for its first
@@ -29,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -41,7 +44,7 @@ from fileproc.events import ObjectEvent
 from fileproc.functions import Context, InputObject, OutputWriter
 from fileproc.processes import die_with_parent
 from fileproc.runtime.pool import Retire, serve, spawned_setup
-from fileproc.serverless.lambda_runtime import LoadedHandler, invoke_lambda, step_outcome
+from fileproc.serverless.lambda_runtime import LoadedHandler, invoke_lambda, output_to_stdout, step_outcome
 from fileproc.storage import Storage
 
 NAME_SLOT = "\0name\0"
@@ -56,6 +59,7 @@ def main() -> None:
         os._exit(1)
     signal.pthread_sigmask(signal.SIG_SETMASK, ())  # a mask is inherited across exec: start clean
     _site_builtins()
+    output_to_stdout()  # (the worker's memory file: it keeps what an invocation printed if this dies)
     sock = socket.socket(fileno=fd)
     setup = spawned_setup(sock)  # (started ahead: it waits here, the runtime imported, for a function)
     if setup is None:
@@ -90,7 +94,9 @@ def _site_builtins() -> None:
 def run(handler: LoadedHandler, storage: Storage, call: dict[str, Any]) -> dict[str, Any]:
     """One invocation: Lambda's context from the worker's plain data, the handler called, its outcome."""
     event = ObjectEvent.from_dict(call["event"])
-    scratch = Path(call["scratch_dir"])  # made only if the step uses it: most never do
+    # Within the runner's own scratch folder (the only one of data_dir/scratch it may write), made
+    # only if the step uses it (most never do), removed when it ends.
+    scratch = handler.scratch / f"step-{call['request_id']}"
     provenance = call["provenance"]
     template = call["output_key"]
     writer = OutputWriter(storage, call["output_bucket"],
@@ -104,7 +110,10 @@ def run(handler: LoadedHandler, storage: Storage, call: dict[str, Any]) -> dict[
         event=event, scratch=scratch, function_version=handler.version, region=call["region"],
         qualifier=call["qualifier"],
     )
-    ran, written = invoke_lambda(handler, {"Records": [call["record"]]}, context, storage, provenance, kind_of)
+    try:
+        ran, written = invoke_lambda(handler, {"Records": [call["record"]]}, context, storage, provenance, kind_of)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return step_outcome(ran, writer, reader, written)
 
 
@@ -127,7 +136,8 @@ def open_storage(config: dict[str, Any]) -> Storage:
         from fileproc.storage.s3 import S3Storage
 
         return S3Storage(endpoint=config["endpoint"], access_key=config["access_key"],
-                         secret_key=config["secret_key"], secure=config["secure"], region=config["region"])
+                         secret_key=config["secret_key"], session_token=config.get("session_token"),
+                         secure=config["secure"], region=config["region"])
     from fileproc.storage.local import LocalStorage
 
     return LocalStorage(Path(config["buckets"]), tmp_dir=Path(config["tmp"]))

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from fileproc.errors import FileprocError, FunctionNotFound
 from fileproc.functions import FunctionSpec
-from fileproc.serverless import packages
+from fileproc.serverless import isolation, packages
 from fileproc.serverless.lambda_runtime import LambdaHandler, environment
 from fileproc.state.deployments import LIVE, FunctionVersion, resolve
 
@@ -54,6 +54,7 @@ class Catalog:
         self._resolved: dict[tuple[str, str], tuple[float, FunctionVersion]] = {}
         self._specs: dict[tuple[str, int], FunctionSpec] = {}
         self._lock = threading.Lock()
+        self._prepared = False
 
     def version(self, reference: str) -> FunctionVersion:
         """The version ``reference`` names now (FunctionNotFound if none)."""
@@ -90,14 +91,15 @@ class Catalog:
             folder = packages.folder_for(settings.data_dir.resolve(), version.function, version.package_sha256,
                                          version.requirements)
             data_dir = settings.data_dir.resolve()
-            writable = [data_dir / "scratch"]  # the step scratch folders (context.input.path, progress)
+            shared = []  # besides its /tmp and its own scratch folder (under data_dir/scratch)
             if settings.storage.backend == "local":  # context.output writes the storage's own files
-                writable += [settings.buckets_dir.resolve(), data_dir / "tmp"]
+                shared += [settings.buckets_dir.resolve()]
+            self._prepare_data_dir(data_dir, shared)
             # Out of its reach, even to read: fileproc's state, tokens, broker data, other functions'
             # code (all in data_dir, but its own folders), the config file, the worker's home.
             hidden = [data_dir, Path.home(), *([settings.config_file.resolve()] if settings.config_file else [])]
             handler = LambdaHandler(version, folder, environment(settings, version, folder), data_dir / "scratch",
-                                    settings.functions.bucket, writable, hidden)
+                                    settings.functions.bucket, shared, hidden)
             spec = FunctionSpec(version.function, handler, queue=USER_QUEUE, timeout=version.timeout,
                                 memory_mb=version.memory_mb, retries=version.retries,
                                 source=f"deployed {version.function}:{version.version}",
@@ -105,6 +107,12 @@ class Catalog:
             with self._lock:
                 self._specs[key] = spec
         return spec
+
+    def _prepare_data_dir(self, data_dir: Path, shared: list[Path]) -> None:
+        # Once per process, before its first deployed runner: data_dir closed to runner users.
+        if not self._prepared:
+            isolation.prepare_data_dir(data_dir, shared)
+            self._prepared = True
 
 
 __all__ = ["NAME", "USER_QUEUE", "Catalog", "looks_deployed", "split"]

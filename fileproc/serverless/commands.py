@@ -133,7 +133,7 @@ def deploy(ctx: click.Context, path: Path, name: str, handler: str, timeout: flo
     settings, db, storage = _parts(ctx)
     key, digest = packages.store(storage, settings.functions.bucket, name, package)
     packages.install(storage, settings.functions.bucket, key,
-                     packages.folder_for(settings.data_dir.resolve(), name, digest, text), text)
+                     packages.folder_for(settings.data_dir.resolve(), name, digest, text), text, sha256=digest)
     version = add_version(db, name, handler=handler, timeout=timeout, memory_mb=memory, concurrency=concurrency,
                           retries=retries, env=variables, package_key=key, package_sha256=digest, requirements=text,
                           disk_mb=disk, backoff=backoff, max_event_age=max_event_age, on_success=on_success,

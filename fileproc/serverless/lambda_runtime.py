@@ -8,8 +8,9 @@ each new runner (a fresh interpreter, :mod:`.bootstrap`) by
 - the environment is Lambda's: its variables (``AWS_LAMBDA_*``,
   ``AWS_REGION``, ``LAMBDA_TASK_ROOT``, ``_HANDLER`` ...), the standard AWS
   variables that point boto3 at the configured S3-compatible store
-  (``AWS_ENDPOINT_URL_S3``, credentials), the function's own ``--env``, and
-  nothing of fileproc's settings or secrets (the runner never had them);
+  (``AWS_ENDPOINT_URL_S3``, the function's own scoped credentials:
+  :mod:`.credentials`), the function's own ``--env``, and nothing of
+  fileproc's settings or secrets (the runner never had them);
 - a private writable folder as ``TMPDIR`` (and ``tempfile``'s folder), kept
   for the runner's life like Lambda's ``/tmp``; the package's folder is
   ``LAMBDA_TASK_ROOT`` and first on ``sys.path``, its requirements second;
@@ -28,7 +29,6 @@ A handler's return value must be JSON-serialisable (else
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import faulthandler
 import importlib
@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from fileproc.errors import FileprocError, PermanentError
 from fileproc.functions import log_group_name, log_stream_name
+from fileproc.serverless import isolation
 from fileproc.serverless.landlock import restrict_writes  # imported here, not in each new runner
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOG_LIMIT = 256 * 1024
-"""Characters of one invocation's output kept on its attempt (the rest is dropped, and says so)."""
+"""Bytes of one invocation's output kept on its attempt (the rest is dropped, and says so)."""
 
 DEFAULT_REGION = "us-east-1"
 
@@ -70,19 +71,32 @@ def aws_region(settings: Settings) -> str:
 
 
 def store_variables(settings: Settings) -> dict[str, str]:
-    """The standard AWS variables that point boto3 at the configured store (S3 backend only)."""
+    """The standard AWS variables that point boto3 at the configured store (S3 backend only), without credentials."""
     region = aws_region(settings)
     found = {"AWS_REGION": region, "AWS_DEFAULT_REGION": region}
     if settings.storage.backend == "s3":
         url = f"{'https' if settings.storage.secure else 'http'}://{settings.storage.endpoint}"
-        found |= {"AWS_ENDPOINT_URL_S3": url, "AWS_ENDPOINT_URL": url,
-                  "AWS_ACCESS_KEY_ID": settings.storage.access_key.get_secret_value(),
-                  "AWS_SECRET_ACCESS_KEY": settings.storage.secret_key.get_secret_value()}
+        found |= {"AWS_ENDPOINT_URL_S3": url, "AWS_ENDPOINT_URL": url}
+    return found
+
+
+def key_variables(storage: dict[str, Any]) -> dict[str, str]:
+    """The AWS credential variables of a runner's ``storage`` (none on local folders).
+
+    A deployed function's are its own (:mod:`.credentials`); they come with
+    each runner's setup, since temporary ones are renewed.
+    """
+    if storage.get("backend") != "s3":
+        return {}
+    found = {"AWS_ACCESS_KEY_ID": storage["access_key"], "AWS_SECRET_ACCESS_KEY": storage["secret_key"]}
+    if storage.get("session_token"):
+        found["AWS_SESSION_TOKEN"] = storage["session_token"]
     return found
 
 
 def environment(settings: Settings, version: FunctionVersion, folder: Path) -> dict[str, str]:
-    """The whole environment of a runner of ``version`` (TMPDIR and the log stream are added in the runner)."""
+    """The environment of a runner of ``version``; its credentials (:func:`key_variables`) are added per
+    runner by :meth:`LambdaHandler.spawn`, TMPDIR and the log stream in the runner."""
     code = folder / "code"
     python = f"python{sys.version_info.major}.{sys.version_info.minor}"
     found = {
@@ -116,10 +130,10 @@ class LambdaHandler:
     lambda_style = True
 
     def __init__(self, version: FunctionVersion, folder: Path, env: dict[str, str], tmp_root: Path,
-                 package_bucket: str, writable: list[Path] | None = None, hidden: list[Path] | None = None) -> None:
+                 package_bucket: str, shared: list[Path] | None = None, hidden: list[Path] | None = None) -> None:
         self.version = version
         self.package_bucket = package_bucket
-        self.writable = writable or []  # besides its /tmp: the step scratch folders, local storage's
+        self.shared = shared or []  # besides its /tmp and scratch folder: the local storage's (no links made there)
         self.hidden = hidden or []  # what it may not even read: data_dir (but its own folders), the config file
         self.folder = folder
         self.env = env
@@ -131,15 +145,16 @@ class LambdaHandler:
         from fileproc.serverless import packages
 
         packages.install(storage, self.package_bucket, self.version.package_key, self.folder,
-                         self.version.requirements)
+                         self.version.requirements, sha256=self.version.package_sha256)
 
     def spawn(self, memory_mb: int, storage: dict[str, Any]) -> Spawn:
         """How a new runner of this version starts: a fresh interpreter, Lambda's environment, its setup.
 
         ``storage`` is what the runner's ``context.storage`` is opened from
         (:func:`fileproc.serverless.bootstrap.open_storage`): the store's
-        folder, or the S3 endpoint and the credentials the function gets
-        as ``AWS_*`` anyway.
+        folder, or the S3 endpoint and the function's own credentials
+        (:mod:`.credentials`), which it also gets as ``AWS_*`` variables. New
+        credentials make a new spawn, and so a new runner.
         """
         found = self._spawns.get(memory_mb)
         if found is not None and found.setup["storage"] == storage:  # (built once: asked on every step)
@@ -150,11 +165,12 @@ class LambdaHandler:
         version = self.version
         setup = {"function": version.function, "version": str(version.version), "handler": version.handler,
                  "memory_mb": memory_mb, "disk_mb": version.disk_mb, "folder": str(self.folder),
-                 "tmp_root": str(self.tmp_root), "writable": [str(p) for p in self.writable],
+                 "tmp_root": str(self.tmp_root), "shared": [str(p) for p in self.shared],
                  "hidden": [str(p) for p in self.hidden], "storage": storage}
         # fileproc's own folder first (an editable install's is found by `site`, which the runner skips).
         path = (str(Path(fileproc.__file__).parent.parent), *(p for p in sys.path if p and os.path.isdir(p)))
-        spawn = Spawn("fileproc.serverless.bootstrap", setup, self.env, cwd=str(self.folder / "code"), path=path)
+        env = {**self.env, **key_variables(storage), **version.env}  # (its --env still wins, as before)
+        spawn = Spawn("fileproc.serverless.bootstrap", setup, env, cwd=str(self.folder / "code"), path=path)
         self._spawns[memory_mb] = spawn
         return spawn
 
@@ -175,9 +191,11 @@ class LoadedHandler:
         self.version: str = setup["version"]
         self.handler_name: str = setup["handler"]
         self.disk_mb: int = setup["disk_mb"]
+        self.memory_mb: int = setup["memory_mb"]
         self.folder = Path(setup["folder"])
         self.tmp_root = Path(setup["tmp_root"])
-        self.writable = [Path(p) for p in setup["writable"]]
+        self.shared = [Path(p) for p in setup["shared"]]
+        self.scratch = self.tmp_root / f"{os.getpid()}.tmp"  # its own: TMPDIR without a private /tmp, step folders
         self.hidden = [Path(p) for p in setup.get("hidden", [])]
         self._handler: Any = None
         self._init_error: tuple[str, str] | None = None
@@ -193,22 +211,25 @@ class LoadedHandler:
         """Lambda's environment, then the handler's module: once, before the runner's first step."""
         started = time.perf_counter()
         (self.folder / "aws-config").write_text("[default]\ns3 =\n    addressing_style = path\n")
-        keep = [Path(sys.prefix), Path(sys.base_prefix), self.folder, self.tmp_root, Path.cwd(),
-                *(Path(p) for p in sys.path if p)]
-        for folder in self.writable:  # made now: the runner may not make them once confined
+        for folder in [*self.shared, self.scratch]:  # made now: the runner may not make them once confined
             folder.mkdir(parents=True, exist_ok=True)
-        if private_tmp(self.disk_mb, keep):
+        # What it reads of fileproc's (never the worker's whole sys.path, whose first entry is the
+        # folder the worker started in: with `make serve`, the one holding data_dir).
+        needed = [*runtime_paths(), self.folder]
+        if isolation.private_view(self.disk_mb, self.memory_mb, [*needed, self.scratch, *self.shared],
+                                  covered=self.hidden):
             tmp = Path("/tmp")
         else:  # no mount namespace here (not root, or a container without CAP_SYS_ADMIN): TMPDIR only
-            tmp = self.tmp_root / f"{os.getpid()}.tmp"
-            tmp.mkdir(parents=True, exist_ok=True)
+            tmp = self.scratch
         # Its environment is Lambda's already (the pool's first message): these two are its own.
         os.environ.update({"TMPDIR": str(tmp), "AWS_LAMBDA_LOG_STREAM_NAME": log_stream_name(self.version)})
         tempfile.tempdir = str(tmp)
         limit = self.disk_mb * 1024 * 1024  # a file past it fails with EFBIG (Python ignores SIGXFSZ)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-        _confine([tmp, *self.writable], self.hidden, [Path(sys.prefix), Path(sys.base_prefix), self.folder,
-                                                      *(Path(p) for p in sys.path if p)])
+        if isolation.switches_users():  # root: a user of its own, no privilege left
+            isolation.become_runner_user(owned=[self.scratch])
+        isolation.limit_processes()
+        _confine([tmp, self.scratch], self.shared, self.hidden, needed, shm=tmp == Path("/tmp"))
         code, deps = str(self.folder / "code"), str(self.folder / "deps")
         sys.path[:0] = [code, deps]
         importlib.invalidate_caches()
@@ -238,60 +259,6 @@ class LoadedHandler:
         return self._handler(event, context)
 
 
-_CLONE_NEWNS = 0x00020000
-_MS_BIND, _MS_REC, _MS_PRIVATE = 4096, 16384, 1 << 18
-
-
-HOST_ENTRIES = Path("/mnt")
-"""Where a runner with a private /tmp sees the host /tmp's entries it needs (in its own mount namespace)."""
-
-
-def private_tmp(size_mb: int, keep: list[Path]) -> bool:
-    """Give this process a /tmp of its own: a tmpfs of ``size_mb`` in a mount namespace of its own.
-
-    Like Lambda's /tmp: private to the execution environment, kept between
-    its invocations, and as big as the function's disk limit (a handler that
-    fills it gets ENOSPC; nobody else's /tmp fills). Entries of the host's
-    /tmp that hold what this process needs (``keep``: its Python, the
-    function's folder, data_dir) stay reachable at their paths: each is
-    bound under :data:`HOST_ENTRIES` (a small tmpfs of this namespace) and
-    linked from the private /tmp, so writing beneath them is not writing
-    beneath /tmp (which matters to :func:`_confine`). False (nothing changed)
-    where the OS does not allow it: not root, or no CAP_SYS_ADMIN.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    host_tmp = Path("/tmp").resolve()
-    needed = sorted({p.resolve().relative_to(host_tmp).parts[0] for p in keep
-                     if p.resolve().is_relative_to(host_tmp) and p.resolve() != host_tmp})
-    if needed and not HOST_ENTRIES.is_dir():
-        return False
-    if libc.unshare(_CLONE_NEWNS) != 0:
-        return False
-    # Mounts made from now on stay in this namespace (the host never sees them).
-    if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
-        return False
-    # Opened in the new namespace (a bind's source must be in it): reachable after /tmp is covered.
-    original = os.open("/tmp", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if needed and libc.mount(b"tmpfs", str(HOST_ENTRIES).encode(), b"tmpfs", 0, b"size=1m,mode=755") != 0:
-            return False
-        if libc.mount(b"tmpfs", b"/tmp", b"tmpfs", 0, f"size={size_mb}m,mode=1777".encode()) != 0:
-            return False
-        for name in needed:
-            source, target = f"/proc/self/fd/{original}/{name}", HOST_ENTRIES / name
-            if os.path.isdir(source):
-                target.mkdir()
-            else:
-                target.touch()
-            if libc.mount(source.encode(), str(target).encode(), None, _MS_BIND | _MS_REC, None) != 0:
-                log.warning("private /tmp: %s could not be bound (errno %d)", name, ctypes.get_errno())
-                continue
-            os.symlink(target, host_tmp / name)
-        return True
-    finally:
-        os.close(original)
-
-
 class InitError(PermanentError):
     """The function's module did not import, or has no such handler: no retry will help."""
 
@@ -303,44 +270,100 @@ class InitError(PermanentError):
 # --- logging and output, per invocation ----------------------------------------------------
 
 _request_id = ""
+_CUT = f"[fileproc: output past {LOG_LIMIT // 1024} KB dropped]\n"  # where a capture stopped keeping output
 
 
 class Captured(io.TextIOBase):
-    """What one invocation printed or logged (at most :data:`LOG_LIMIT` characters)."""
+    """What one invocation (or the module's import) printed or logged: at most :data:`LOG_LIMIT` bytes.
 
-    def __init__(self) -> None:
-        self._parts: list[str] = []
+    Line-buffered, and written through to the runner's output file at each
+    newline (or flush): a runner killed mid-invocation (at its timeout, by
+    the OOM killer, a crash) has left there every line it printed, for the
+    worker to read (:func:`unfinished_log`). (One write per line, not per
+    piece ``print`` writes: a system call costs a few microseconds.) Without
+    an output file (no memfd) it is kept here. Its text is there once
+    :meth:`finish` has read it back.
+    """
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+        self._pending: list[str] = []  # the line being written
+        self._parts: list[str] = []  # without an output file
         self._size = 0
         self._dropped = 0
+        self._finished: str | None = None
 
     def writable(self) -> bool:
         return True
 
     def write(self, text: str) -> int:
-        if self._size + len(text) > LOG_LIMIT:
-            self._dropped += len(text)
-        else:
-            self._parts.append(text)
-            self._size += len(text)
+        if self._finished is None:  # (else a thread the handler left printing: not this invocation's any more)
+            self._pending.append(text)
+            if "\n" in text or len(self._pending) > 64:
+                self.flush()
         return len(text)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending:
+            self._keep("".join(pending))
+
+    def _keep(self, text: str) -> None:
+        data = text.encode(errors="backslashreplace")
+        if self._size + len(data) > LOG_LIMIT - len(_CUT):
+            if not self._dropped:  # where it was cut, in case the runner dies before it says how much (finish)
+                self._put(_CUT, _CUT.encode())
+            self._dropped += len(data)
+        else:
+            self._put(text, data)
+
+    def _put(self, text: str, data: bytes) -> None:
+        if self._fd is None:
+            self._parts.append(text)
+        else:
+            try:
+                os.write(self._fd, data)
+            except OSError:  # (its disk limit, RLIMIT_FSIZE, counts the memory file too)
+                self._dropped += len(data)
+                return
+        self._size += len(data)
+
+    def finish(self, last: str = "") -> None:
+        """The capture is over: its text is read back (and the output file emptied), then ``last`` added."""
+        self.flush()
+        if self._fd is None:
+            kept, past = "".join(self._parts), 0
+        else:
+            kept, past = _take_output(self._fd)
+        if self._dropped:
+            kept = kept.replace(_CUT, "", 1)  # (how much is said below)
+        if kept and not kept.endswith("\n") and last:  # (a line printed without its newline)
+            kept += "\n"
+        dropped = self._dropped + past
+        self._finished = kept + (f"[fileproc: {dropped} more bytes of output dropped]\n" if dropped else "") + last
 
     @property
     def text(self) -> str:
-        dropped = f"[fileproc: {self._dropped} more characters of output dropped]\n" if self._dropped else ""
-        return "".join(self._parts) + dropped
+        return self._finished or ""
 
 
 @contextlib.contextmanager
-def captured(request_id: str, version: str) -> Iterator[Captured]:
+def captured(request_id: str, version: str, before: str = "") -> Iterator[Captured]:
     """Capture ``print`` and logging of one invocation, between Lambda's START and END lines.
 
-    What the handler writes in Python is kept in order; what its child
-    processes (or C code) write to the process's stdout and stderr goes to a
-    memory file meanwhile and is added after it.
+    ``before`` (what the module printed while it was imported) comes first.
+    Everything goes to the runner's output file as it is written (Python's
+    line by line), in order: what the handler writes in Python and, through
+    fds 1 and 2 pointed there meanwhile, what its child processes or C code
+    write. When the invocation ends it is read back (END added). If it
+    raises past here, or the runner dies in it, it stays in the file, for
+    the worker to read.
     """
     global _request_id
-    out = Captured()
-    out.write(f"START RequestId: {request_id} Version: {version}\n")
+    out = Captured(_fresh_output())
+    if before and not before.endswith("\n"):
+        before += "\n"
+    out.write(f"{before}START RequestId: {request_id} Version: {version}\n")
     saved = sys.stdout, sys.stderr
     sys.stdout = sys.stderr = out
     _request_id = request_id
@@ -348,17 +371,17 @@ def captured(request_id: str, version: str) -> Iterator[Captured]:
     try:
         yield out
     finally:
+        out.flush()
         sys.stdout, sys.stderr = saved
         _request_id = ""
-        if descriptors is not None:
-            out.write(_restore_descriptors(*descriptors))
-        out.write(f"END RequestId: {request_id}\n")
+        _restore_descriptors(descriptors)
+    out.finish(f"END RequestId: {request_id}\n")
 
 
 @contextlib.contextmanager
 def captured_init() -> Iterator[Captured]:
     """Capture what the handler's module prints or logs while it is imported (Lambda's init phase)."""
-    out = Captured()
+    out = Captured(_fresh_output())
     saved = sys.stdout, sys.stderr
     sys.stdout = sys.stderr = out
     descriptors = _redirect_descriptors()
@@ -366,38 +389,92 @@ def captured_init() -> Iterator[Captured]:
         yield out
     finally:
         sys.stdout, sys.stderr = saved
-        if descriptors is not None:
-            out.write(_restore_descriptors(*descriptors))
+        _restore_descriptors(descriptors)
+        out.finish()  # (an import that failed too: its output goes with the error on each invocation)
 
 
-_output_file: int | None = None  # a memory file for fd 1 and 2 during invocations, one per runner
+_output_file: int | None = None  # where captures write (fd 1 and 2 point there meanwhile), one per runner
 
 
-def _redirect_descriptors() -> tuple[int, int] | None:
+def output_to_stdout() -> None:
+    """In a spawned runner: captures write to its stdout, a memory file its worker holds too.
+
+    The worker (:mod:`fileproc.runtime.pool`) reads it if the runner dies
+    mid-invocation, so what was printed before is kept. It is used through
+    a descriptor of its own: a handler that points fd 1 elsewhere changes
+    nothing here. Where stdout is not a file (the worker could make no
+    memory file), the runner makes its own.
+    """
+    global _output_file
+    import stat
+
+    if stat.S_ISREG(os.fstat(1).st_mode):
+        _output_file = os.dup(1)
+
+
+def _fresh_output() -> int | None:
+    """The output file, emptied for a new capture (None without memfd: Python-level output only)."""
     global _output_file
     try:
         if _output_file is None:
             _output_file = os.memfd_create("fileproc-invocation-output")
+        os.ftruncate(_output_file, 0)
+        os.lseek(_output_file, 0, os.SEEK_SET)
+    except (OSError, AttributeError):
+        return None
+    return _output_file
+
+
+def _take_output(fd: int) -> tuple[str, int]:
+    """What the output file holds (at most :data:`LOG_LIMIT` bytes) and how many bytes more; then it is emptied."""
+    size = os.fstat(fd).st_size
+    data = os.pread(fd, min(size, LOG_LIMIT), 0)
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)  # the next capture writes from the start again
+    return data.decode(errors="replace"), max(0, size - LOG_LIMIT)
+
+
+def _redirect_descriptors() -> tuple[int, int] | None:
+    """Point fds 1 and 2 at the output file; what they were, to restore."""
+    if _output_file is None:
+        return None
+    try:
         saved = os.dup(1), os.dup(2)
         os.dup2(_output_file, 1)
         os.dup2(_output_file, 2)
-    except (OSError, AttributeError):  # no memfd (not Linux): Python-level output only
+    except OSError:
         return None
     return saved
 
 
-def _restore_descriptors(out_fd: int, err_fd: int) -> str:
-    assert _output_file is not None
-    os.dup2(out_fd, 1)
-    os.dup2(err_fd, 2)
-    os.close(out_fd)
-    os.close(err_fd)
-    size = os.fstat(_output_file).st_size
-    data = os.pread(_output_file, min(size, LOG_LIMIT), 0)
-    os.ftruncate(_output_file, 0)
-    os.lseek(_output_file, 0, os.SEEK_SET)  # the next invocation writes from the start again
-    return data.decode(errors="replace") + (f"[fileproc: {size - LOG_LIMIT} more bytes of output dropped]\n"
-                                            if size > LOG_LIMIT else "")
+def _restore_descriptors(saved: tuple[int, int] | None) -> None:
+    if saved is None:
+        return
+    os.dup2(saved[0], 1)
+    os.dup2(saved[1], 2)
+    os.close(saved[0])
+    os.close(saved[1])
+
+
+def unfinished_log(output: str, request_id: str, version: str, *, timeout: float | None = None,
+                   error: str = "") -> str:
+    """The log of an invocation its runner never finished: what it had written, why it ended, END.
+
+    ``output`` is what the worker read from the runner's output file: the
+    module's init output and START, then what was printed (START is added
+    if the runner died before writing it). The reason is Lambda's line
+    (``2026-12-05T10:00:00.000Z REQUEST_ID Task timed out after 3.00
+    seconds``) for a ``timeout``, else ``error`` (fileproc's plain words)
+    with the same time and request id.
+    """
+    if output and not output.endswith("\n"):
+        output += "\n"
+    if f"START RequestId: {request_id} " not in output:
+        output += f"START RequestId: {request_id} Version: {version}\n"
+    now = time.time()
+    when = f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(now))}.{int(now % 1 * 1000):03d}Z"
+    why = f"Task timed out after {timeout:.2f} seconds" if timeout is not None else error
+    return f"{output}{when} {request_id} {why}\nEND RequestId: {request_id}\n"
 
 
 class _LambdaLogHandler(logging.Handler):
@@ -517,7 +594,7 @@ def invoke_lambda(handler: LoadedHandler, event: dict[str, Any], context: Contex
     """
     outcome: dict[str, Any] = {"error": None, "result": None}
     start_invocation(provenance)
-    with captured(context.aws_request_id, handler.version) as out:
+    with captured(context.aws_request_id, handler.version, handler.init_output()) as out:
         try:
             value = handler(event, context)
         except Exception as exc:
@@ -537,7 +614,7 @@ def invoke_lambda(handler: LoadedHandler, event: dict[str, Any], context: Contex
                                      "requestId": context.aws_request_id, "stackTrace": []}
                 outcome["error"] = {"kind": "permanent", "type": "Runtime.MarshalError", "message": message,
                                     "traceback": None}
-    outcome["log"] = handler.init_output() + out.text
+    outcome["log"] = out.text
     found = []
     for bucket, key, etag in written():
         try:
@@ -550,28 +627,51 @@ def invoke_lambda(handler: LoadedHandler, event: dict[str, Any], context: Contex
 
 
 _writable: list[Path] = []  # where this runner may write, once confined (empty: not confined)
+_shared: list[Path] = []  # of those, the storage's (no link made there)
 _hidden: list[Path] = []  # what it may not read either
 
 
-def _confine(folders: list[Path], hidden: list[Path], readable: list[Path]) -> None:
-    """Writes only beneath ``folders`` (and /dev/null, /dev/shm, this process's /proc entry) from now on.
+def runtime_paths() -> list[Path]:
+    """What a runner reads to run at all: Python, its installed packages, fileproc's own package."""
+    import fileproc
 
-    Reads too are refused beneath ``hidden`` (but beneath ``folders`` and
-    ``readable``), and in other processes' /proc entries.
+    packages = [Path(p) for p in sys.path if p and Path(p).name in ("site-packages", "dist-packages")]
+    return [Path(sys.prefix), Path(sys.base_prefix), *packages, Path(fileproc.__file__).parent]
+
+
+def _confine(folders: list[Path], shared: list[Path], hidden: list[Path], readable: list[Path], *,
+             shm: bool) -> None:
+    """Writes only beneath ``folders`` and ``shared`` (and /dev/null, its /proc entry) from now on.
+
+    Links, devices, fifos and sockets can be made only beneath ``folders``
+    (its own), never beneath ``shared`` (the storage's). /dev/shm is
+    writable only when it is the runner's own (``shm``). Reads too are
+    refused beneath ``hidden`` (but beneath the folders and ``readable``,
+    of which none may lead to a hidden path: such an entry is dropped), and
+    in other processes' /proc entries.
     """
-    global _writable, _hidden
+    global _writable, _shared, _hidden
     sys.dont_write_bytecode = True  # its package is read-only to it: no __pycache__ beside the code
-    allowed = [*folders, Path("/dev/shm"), Path(f"/proc/{os.getpid()}")]
+    allowed = [*folders, *([Path("/dev/shm")] if shm else []), Path(f"/proc/{os.getpid()}")]
     # Never hide "/" (a home folder may hold Python itself: ``readable`` keeps that readable).
     hidden = [path.resolve() for path in hidden if path.resolve() != Path("/")]
-    if restrict_writes(allowed, [Path("/dev/null"), Path("/dev/zero"), Path("/dev/full")], hidden=hidden,
-                       readable=readable):
-        _writable = [folder.resolve() for folder in allowed]  # as Landlock sees them (through links)
+    # A rule opens everything beneath its path: one on the way to a hidden path would open it.
+    readable = [path for path in readable
+                if not any(secret.is_relative_to(path.resolve()) for secret in hidden)]
+    if restrict_writes(allowed, [Path("/dev/null"), Path("/dev/zero"), Path("/dev/full")], storage=shared,
+                       hidden=hidden, readable=readable):
+        _writable = [folder.resolve() for folder in [*allowed, *shared]]  # as Landlock sees them (through links)
+        _shared = [folder.resolve() for folder in shared]
         _hidden = hidden
 
 
 def plain_reason(exc: BaseException, disk_mb: int) -> str | None:
     """What a handler's exception means in plain words, where fileproc knows better than its message."""
+    if isinstance(exc, OSError) and _writable and exc.errno == errno.EACCES and exc.filename2:
+        link = Path(os.fsdecode(exc.filename2)).absolute()  # symlink(), link(), rename(): where it would land
+        if any(link.parent.resolve().is_relative_to(folder) for folder in _shared):
+            return (f"refused making {link}: a function makes only folders and files in the storage's folders, "
+                    f"no links ({exc.strerror})")
     if isinstance(exc, OSError) and _writable and exc.filename:
         target = Path(os.fsdecode(exc.filename)).absolute()
         where = target.parent.resolve() / target.name  # what Landlock checked (a host folder links from /tmp)
@@ -610,4 +710,5 @@ def error_object(exc: BaseException, request_id: str) -> dict[str, Any]:
 
 
 __all__ = ["Captured", "InitError", "LambdaHandler", "LoadedHandler", "aws_region", "captured", "environment",
-           "error_object", "invoke_lambda", "start_invocation", "step_outcome", "store_variables", "written"]
+           "error_object", "invoke_lambda", "key_variables", "output_to_stdout", "start_invocation", "step_outcome",
+           "store_variables", "unfinished_log", "written"]

@@ -6,9 +6,15 @@ the step scratch folders and, on the local backend, the storage's own.
 Reads stay open (a handler reads its libraries, certificates, its package)
 but for the paths it is hidden from: data_dir (its own folders excepted),
 the config file, the worker's home, and every other process's /proc entry
-(environment, memory, open files). The restriction is the runner's and its
-children's for good, needs no privilege, and is skipped (False) where the
-kernel has no Landlock.
+(environment, memory, open files). Symbolic links (and device files,
+fifos, sockets) can be made only in the runner's own folders, never in
+the storage's, so no link planted there can lead a built-in function or
+the storage to a file the runner may not read. From ABI 6 (Linux 6.12),
+the runner also cannot signal a process outside its own sandbox (the
+worker, other runners: ``os.kill`` fails with EPERM) nor connect to an
+abstract Unix socket made outside it. The restriction is the runner's and
+its children's for good, needs no privilege, and is skipped (False) where
+the kernel has no Landlock.
 
 Landlock checks a path when it is opened, so a file already open is not
 covered: a deployed function's runner has none of the worker's (it is a
@@ -33,8 +39,10 @@ WRITE_FILE = 1 << 1
 READ_FILE, READ_DIR = 1 << 2, 1 << 3
 REMOVE_DIR, REMOVE_FILE = 1 << 4, 1 << 5
 MAKE = sum(1 << bit for bit in range(6, 13))  # char, dir, reg, sock, fifo, block, sym
+MAKE_DIR, MAKE_REG = 1 << 7, 1 << 8
 REFER = 1 << 13  # ABI 2: link or rename across folders
 TRUNCATE = 1 << 14  # ABI 3
+SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1  # ABI 6
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -51,14 +59,18 @@ def abi() -> int:
     return max(version, 0)
 
 
-def restrict_writes(folders: Iterable[Path], files: Iterable[Path] = (), *,
+def restrict_writes(folders: Iterable[Path], files: Iterable[Path] = (), *, storage: Iterable[Path] = (),
                     hidden: Iterable[Path] = (), readable: Iterable[Path] = ()) -> bool:
     """From now on this process (and what it starts) writes only beneath ``folders`` and to ``files``.
 
-    With ``hidden``, it also reads nothing beneath those paths (but beneath
-    ``folders`` and ``readable``, which may lie within them), nor the files
+    Beneath ``storage`` it may make, write, rename and remove folders and
+    regular files, but no link, device, fifo or socket. With ``hidden``, it
+    also reads nothing beneath those paths (but beneath ``folders``,
+    ``storage`` and ``readable``, which may lie within them), nor the files
     of any other process in /proc: everything else stays readable
-    (:func:`readable_except`). False, with nothing changed, where the kernel
+    (:func:`readable_except`). Where the kernel can (ABI 6), it can no
+    longer signal a process outside its sandbox nor reach an abstract Unix
+    socket made outside it. False, with nothing changed, where the kernel
     has no Landlock.
     """
     version = abi()
@@ -75,12 +87,16 @@ def restrict_writes(folders: Iterable[Path], files: Iterable[Path] = (), *,
         handled |= READ_FILE | READ_DIR
         reads = [(Path("/"), READ_DIR),  # every folder can be listed (names are not contents)
                  *((path, READ_FILE | READ_DIR) for path in [*readable_except(hidden), *readable])]
-    attr = ctypes.create_string_buffer(struct.pack("=Q", handled))
-    ruleset = _syscall(_CREATE_RULESET, attr, ctypes.c_size_t(8), ctypes.c_uint32(0))
+    if version >= 6:  # handled_access_fs, handled_access_net (none: the network stays open), scoped
+        attr = ctypes.create_string_buffer(struct.pack("=QQQ", handled, 0, SCOPE_SIGNAL | SCOPE_ABSTRACT_UNIX_SOCKET))
+    else:
+        attr = ctypes.create_string_buffer(struct.pack("=Q", handled))
+    ruleset = _syscall(_CREATE_RULESET, attr, ctypes.c_size_t(len(attr.raw)), ctypes.c_uint32(0))
     if ruleset < 0:
         return False
+    stored = handled & ~MAKE | MAKE_DIR | MAKE_REG  # storage: folders and files, nothing that leads elsewhere
     try:
-        for path, rights in [*((p, handled) for p in folders),
+        for path, rights in [*((p, handled) for p in folders), *((p, stored) for p in storage),
                              *((p, handled & (WRITE_FILE | TRUNCATE | READ_FILE)) for p in files), *reads]:
             try:
                 parent = os.open(path, os.O_PATH | os.O_CLOEXEC)
@@ -143,4 +159,9 @@ def readable_except(hidden: Iterable[Path]) -> list[Path]:
     return found
 
 
-__all__ = ["abi", "readable_except", "restrict_writes"]
+def scopes_signals() -> bool:
+    """Whether a confined process is kept from signalling processes outside its sandbox (ABI 6, Linux 6.12)."""
+    return abi() >= 6
+
+
+__all__ = ["abi", "readable_except", "restrict_writes", "scopes_signals"]

@@ -8,6 +8,14 @@ requirements installed with ``pip install --target``), once per version:
 ``DIGEST`` covers the package and its requirements, so a version is never
 installed twice and two versions never share a folder. A file lock keeps
 two worker processes of one host from installing the same one at once.
+
+A zip is unpacked only if its sha256 is the one recorded with the version
+at its deploy: a package changed in storage since (by anyone who can write
+``functions.bucket``) is refused on every host, never run under the
+function's name. Once unpacked, the folder is trusted: a deployed
+function's runner cannot write ``data_dir`` (Landlock, see
+:mod:`.landlock`), so it cannot change its own or another function's code
+on this host.
 """
 
 from __future__ import annotations
@@ -65,11 +73,12 @@ def folder_for(data_dir: Path, function: str, package_sha256: str, requirements:
     return data_dir / "functions" / function / digest
 
 
-def install(storage: Storage, bucket: str, key: str, folder: Path, requirements: str) -> Path:
+def install(storage: Storage, bucket: str, key: str, folder: Path, requirements: str, *, sha256: str) -> Path:
     """The version's folder on this host, unpacked and its requirements installed (done once).
 
-    Raises PermanentError if the package is missing or its requirements do
-    not install (pip's last lines say why).
+    Raises PermanentError if the package is missing, is not the zip whose
+    ``sha256`` was recorded at its deploy (nothing is unpacked then), or its
+    requirements do not install (pip's last lines say why).
     """
     if (folder / READY).exists():
         return folder
@@ -81,7 +90,7 @@ def install(storage: Storage, bucket: str, key: str, folder: Path, requirements:
         partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
         try:
-            _unpack(storage, bucket, key, partial / "code")
+            _unpack(storage, bucket, key, partial / "code", sha256)
             (partial / "deps").mkdir()
             if requirements.strip():
                 _pip_install(requirements, partial)
@@ -93,7 +102,7 @@ def install(storage: Storage, bucket: str, key: str, folder: Path, requirements:
     return folder
 
 
-def _unpack(storage: Storage, bucket: str, key: str, target: Path) -> None:
+def _unpack(storage: Storage, bucket: str, key: str, target: Path, sha256: str) -> None:
     from fileproc.errors import StorageError
 
     try:
@@ -101,6 +110,11 @@ def _unpack(storage: Storage, bucket: str, key: str, target: Path) -> None:
             data = stream.read()
     except StorageError as exc:
         raise PermanentError(f"the function's package {bucket}/{key} cannot be read: {exc}") from exc
+    found = hashlib.sha256(data).hexdigest()
+    if found != sha256:
+        raise PermanentError(f"the function's package {bucket}/{key} is not the one deployed: its sha256 is "
+                             f"{found[:12]}..., {sha256[:12]}... was recorded at its deploy (it was changed in "
+                             "storage since); not run: deploy the function again")
     target.mkdir(parents=True)
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         for member in archive.infolist():
@@ -110,8 +124,8 @@ def _unpack(storage: Storage, bucket: str, key: str, target: Path) -> None:
         archive.extractall(target)
         for member in archive.infolist():
             mode = member.external_attr >> 16
-            if mode:
-                (target / member.filename).chmod(mode)
+            if mode:  # readable by the runner's own user (fileproc as root: not the package's owner)
+                (target / member.filename).chmod(mode & 0o777 | (0o555 if member.is_dir() else 0o444))
 
 
 def _pip_install(requirements: str, folder: Path) -> None:

@@ -4,6 +4,7 @@
   before its first step (the AWS variables pointing boto3 at the store);
 - :func:`invocation` and :func:`runner_for`: a deployed version's step as
   plain data, and how its runner (a fresh interpreter) starts;
+- :func:`with_unfinished_log`: the log of a step its runner died in;
 - :class:`ReservedSlot`: a unit of the function's reserved concurrency, held
   while the step runs;
 - :class:`Policy`: the function's own retries, backoff, maximum event age,
@@ -15,15 +16,19 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fileproc.functions import FunctionSpec
 from fileproc.runtime.pool import Spawn, warm_hook
+from fileproc.serverless.isolation import runner_tmp
 
 if TYPE_CHECKING:
+    from fileproc.config import Settings
     from fileproc.runtime.invoke import StepRequest
+    from fileproc.runtime.sandbox import ChildResult
     from fileproc.service import Service
     from fileproc.state import Job
     from fileproc.state.deployments import FunctionVersion
@@ -40,13 +45,15 @@ def warm_up(service: Service, spec: FunctionSpec) -> Callable[[], None]:
     """What a new runner of a registered function does before its first step.
 
     It gets the standard AWS variables pointing boto3 at the configured
-    store, then its module's ``warm()`` hook runs. (A deployed function's
-    runner is not forked: see :func:`runner_for`.)
+    store, with fileproc's own keys (it is a fork of the worker, which
+    holds them anyway: its code is the operator's), then its module's
+    ``warm()`` hook runs. (A deployed function's runner is not forked and
+    gets credentials of its own: see :func:`runner_for`.)
     """
-    from fileproc.serverless.lambda_runtime import store_variables
+    from fileproc.serverless.lambda_runtime import key_variables, store_variables
 
     module_hook = warm_hook(spec.handler)
-    variables = store_variables(service.settings)
+    variables = store_variables(service.settings) | key_variables(_store(service.settings))
 
     def warm_registered() -> None:
         os.environ.update(variables)
@@ -56,18 +63,35 @@ def warm_up(service: Service, spec: FunctionSpec) -> Callable[[], None]:
     return warm_registered
 
 
-def runner_for(service: Service, spec: FunctionSpec, memory_mb: int) -> Spawn:
-    """How a new runner of deployed ``spec`` starts: a fresh interpreter that holds nothing of the worker."""
-    settings = service.settings.storage
-    storage: dict[str, Any]
-    if settings.backend == "s3":  # the same endpoint and credentials the function gets as AWS_* variables
-        storage = {"backend": "s3", "endpoint": settings.endpoint, "secure": settings.secure,
-                   "access_key": settings.access_key.get_secret_value(),
-                   "secret_key": settings.secret_key.get_secret_value(), "region": settings.region or None}
-    else:
-        storage = {"backend": "local", "buckets": str(service.settings.buckets_dir.resolve()),
-                   "tmp": str(service.settings.data_dir.resolve() / "tmp")}
-    return spec.handler.spawn(memory_mb, storage)  # type: ignore[attr-defined,no-any-return]
+def runner_for(service: Service, spec: FunctionSpec, request: StepRequest) -> Spawn:
+    """How a runner of deployed ``spec`` for ``request`` starts: a fresh interpreter that holds nothing of the worker.
+
+    On S3 its credentials are the function's own (:mod:`.credentials`),
+    scoped to what its pipelines (or this direct invocation) read and
+    write, and valid past the step's timeout: renewed ones make a new runner.
+    """
+    from fileproc.events import ObjectEvent
+    from fileproc.serverless import credentials
+    from fileproc.serverless.invocations import is_direct
+
+    settings = service.settings
+    storage = _store(settings)
+    if settings.storage.backend == "s3":
+        invoked = ObjectEvent.from_dict(request.event).bucket if is_direct(request.pipeline) else None
+        scope = credentials.scope_for(settings, list(service.pipelines.values()), spec.name, invoked_bucket=invoked)
+        own = credentials.grant(settings, spec.name, scope, request.timeout + credentials.MARGIN_SECONDS)
+        storage |= {"access_key": own.access_key, "secret_key": own.secret_key, "session_token": own.session_token}
+    return spec.handler.spawn(request.memory_mb, storage)  # type: ignore[attr-defined,no-any-return]
+
+
+def _store(settings: Settings) -> dict[str, Any]:
+    """How a runner opens ``context.storage`` (:func:`.bootstrap.open_storage`); on S3 with fileproc's keys."""
+    if settings.storage.backend == "s3":
+        return {"backend": "s3", "endpoint": settings.storage.endpoint, "secure": settings.storage.secure,
+                "access_key": settings.storage.access_key.get_secret_value(),
+                "secret_key": settings.storage.secret_key.get_secret_value(), "region": settings.storage.region or None}
+    return {"backend": "local", "buckets": str(settings.buckets_dir.resolve()),
+            "tmp": str(runner_tmp(settings.buckets_dir.resolve()))}
 
 
 def invocation(service: Service, request: StepRequest, spec: FunctionSpec) -> dict[str, Any]:
@@ -102,6 +126,24 @@ def invocation(service: Service, request: StepRequest, spec: FunctionSpec) -> di
             PROVENANCE_PIPELINE: pipeline.name,
         },
     }
+
+
+def with_unfinished_log(result: ChildResult, request: StepRequest, spec: FunctionSpec) -> ChildResult:
+    """A step its runner did not report (timed out, died, stopped): its log, from what the runner had written.
+
+    START, what the invocation printed, why it ended (Lambda's ``Task timed
+    out after N seconds``, else the reason the attempt records) and END; the
+    REPORT line is added with the attempt's metering, as for any step.
+    """
+    version = deployed_version(spec)
+    if result.output is None or version is None:
+        return result
+    from fileproc.serverless.lambda_runtime import unfinished_log
+
+    log = unfinished_log(result.output, request.request_id, str(version.version),
+                         timeout=request.timeout if result.timed_out else None,
+                         error=f"{result.error_type}: {result.error}")
+    return replace(result, value={**(result.value or {}), "log": log})
 
 
 class ReservedSlot:
@@ -184,4 +226,5 @@ class Policy:
 
         deliver_soon(self.service.db, self.request_id)
 
-__all__ = ["Policy", "ReservedSlot", "deployed_version", "invocation", "runner_for", "warm_up"]
+__all__ = ["Policy", "ReservedSlot", "deployed_version", "invocation", "runner_for", "warm_up",
+           "with_unfinished_log"]

@@ -80,7 +80,8 @@ BUSY_ERRORS = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "Req
 class S3Storage(Storage):
     """An S3 endpoint as fileproc storage.
 
-    ``endpoint`` is ``host:port`` (no scheme; ``secure`` picks https). The
+    ``endpoint`` is ``host:port`` (no scheme; ``secure`` picks https);
+    ``session_token`` goes with temporary (STS) credentials. The
     timeouts bound how long a dead or hung store can hold a caller; see
     CONNECT_TIMEOUT and READ_TIMEOUT.
 
@@ -96,6 +97,7 @@ class S3Storage(Storage):
         endpoint: str,
         access_key: str,
         secret_key: str,
+        session_token: str | None = None,
         secure: bool = True,
         region: str | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
@@ -124,6 +126,7 @@ class S3Storage(Storage):
                 endpoint,
                 access_key=access_key or None,
                 secret_key=secret_key or None,
+                session_token=session_token or None,
                 secure=secure,
                 region=region or None,
                 http_client=http,
