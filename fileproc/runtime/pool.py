@@ -382,12 +382,18 @@ def _output_file() -> int | None:
         return None
 
 
-def _read_output(fd: int) -> str:
-    """What the runner wrote to its output file since it last emptied it (at most :data:`OUTPUT_LIMIT` bytes)."""
+def read_output(fd: int) -> tuple[str, int]:
+    """What a runner's output file holds since it was last emptied (at most :data:`OUTPUT_LIMIT` bytes), and
+    how many bytes more it holds. Read by the worker when a runner died, by the runner when a capture ends."""
     size = os.fstat(fd).st_size
     data = os.pread(fd, min(size, OUTPUT_LIMIT), 0)
-    dropped = f"[fileproc: {size - OUTPUT_LIMIT} more bytes of output dropped]\n" if size > OUTPUT_LIMIT else ""
-    return data.decode(errors="replace") + dropped
+    return data.decode(errors="replace"), max(0, size - OUTPUT_LIMIT)
+
+
+def _read_output(fd: int) -> str:
+    """:func:`read_output` as text, saying how much was dropped."""
+    text, past = read_output(fd)
+    return text + (f"[fileproc: {past} more bytes of output dropped]\n" if past else "")
 
 
 def _setup_message(spawn: Spawn) -> bytes:
@@ -744,5 +750,5 @@ def warm_hook(handler: Callable[..., Any]) -> Callable[[], None] | None:
 
 os.register_at_fork(after_in_child=_pool._after_fork_in_child)
 
-__all__ = ["IDLE_SECONDS", "MAX_IDLE", "Retire", "RunnerPool", "Spawn", "pool", "read_message", "serve",
-           "spawned_setup", "warm_hook"]
+__all__ = ["IDLE_SECONDS", "MAX_IDLE", "OUTPUT_LIMIT", "Retire", "RunnerPool", "Spawn", "pool", "read_message",
+           "read_output", "serve", "spawned_setup", "warm_hook"]

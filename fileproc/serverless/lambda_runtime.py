@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from fileproc.errors import FileprocError, PermanentError
 from fileproc.functions import log_group_name, log_stream_name
+from fileproc.runtime.pool import OUTPUT_LIMIT, read_output
 from fileproc.serverless import isolation
 from fileproc.serverless.landlock import restrict_writes  # imported here, not in each new runner
 
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LOG_LIMIT = 256 * 1024
+LOG_LIMIT = OUTPUT_LIMIT
 """Bytes of one invocation's output kept on its attempt (the rest is dropped, and says so)."""
 
 DEFAULT_REGION = "us-east-1"
@@ -427,11 +428,10 @@ def _fresh_output() -> int | None:
 
 def _take_output(fd: int) -> tuple[str, int]:
     """What the output file holds (at most :data:`LOG_LIMIT` bytes) and how many bytes more; then it is emptied."""
-    size = os.fstat(fd).st_size
-    data = os.pread(fd, min(size, LOG_LIMIT), 0)
+    found = read_output(fd)
     os.ftruncate(fd, 0)
     os.lseek(fd, 0, os.SEEK_SET)  # the next capture writes from the start again
-    return data.decode(errors="replace"), max(0, size - LOG_LIMIT)
+    return found
 
 
 def _redirect_descriptors() -> tuple[int, int] | None:
