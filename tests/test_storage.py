@@ -787,3 +787,18 @@ def test_local_concurrent_writers_of_one_key_never_mix(local: LocalStorage) -> N
 
     assert read(local, "inbox", "same") in payloads
     assert local.head("inbox", "same").etag == md5(read(local, "inbox", "same"))
+
+
+def test_local_storage_follows_no_link_to_a_file_outside_its_buckets(local: LocalStorage, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("fileproc's own")
+    local.put("inbox", "real/a.txt", b"a tenant's")
+    (local.root / "inbox" / "planted.txt").symlink_to(secret)  # a link to a file
+    (local.root / "inbox" / "via").symlink_to(tmp_path)  # a link to a folder on the way
+    for key in ("planted.txt", "via/secret.txt"):
+        with pytest.raises(ObjectNotFound):
+            local.head("inbox", key)
+        with pytest.raises(ObjectNotFound):
+            local.open("inbox", key)
+    assert [o.key for o in local.list("inbox")] == ["real/a.txt"]
+    assert local.open("inbox", "real/a.txt").read() == b"a tenant's"

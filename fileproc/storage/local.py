@@ -83,8 +83,11 @@ class LocalStorage(Storage):
         if not stat.S_ISREG(st.st_mode):
             raise ObjectNotFound(f"no object {key!r} in bucket {bucket!r} (not a regular file)")
         # A folder on the way that is a link: no object either (as _open_object would find).
-        if os.path.realpath(path) != os.path.join(os.path.realpath(self.root), bucket, key):
-            raise ObjectNotFound(f"no object {key!r} in bucket {bucket!r} (a symbolic link on its way)")
+        folder = self.root
+        for part in [bucket, *key.split("/")[:-1]]:
+            folder = folder / part
+            if os.path.islink(folder):
+                raise ObjectNotFound(f"no object {key!r} in bucket {bucket!r} (a symbolic link on its way)")
         return _info(bucket, key, st, _read_meta(path))
 
     def _do_read(self, bucket: str, key: str, version_id: str | None) -> tuple[ObjectInfo, IO[bytes]]:
