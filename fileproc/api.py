@@ -24,7 +24,7 @@
 
 Every request body is counted against its route's limit as it arrives
 (:class:`fileproc.bounds.BodyLimit`: 413 past it, nothing more read) and
-every JSON body parsed by :func:`fileproc.bounds.loads` (400 with the reason
+every JSON body parsed by :func:`fileproc.jsonbody.loads` (400 with the reason
 when it does not parse or nests too deep).
 """
 
@@ -47,7 +47,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from fileproc import dispatch
-from fileproc.bounds import BadJSON, BodyLimit, JSONRoute, Limit, loads
+from fileproc.bounds import BodyLimit, JSONRoute, Limit
 from fileproc.errors import BucketNotFound, FileprocError, StorageError
 from fileproc.events import ObjectEvent
 from fileproc.intake.backfill import backfill
@@ -164,7 +164,7 @@ def create_app(service: Service, tokens: Tokens, *, committer: Committer | None 
     # FastAPI's own docs routes are off: the docs are the dashboard's (see the routes below).
     app = _App(title="fileproc", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                openapi_url=None)
-    app.router.route_class = JSONRoute  # every JSON body through fileproc.bounds.loads
+    app.router.route_class = JSONRoute  # every JSON body through fileproc.jsonbody.loads
     app.answer_seconds = deque(maxlen=4096)
     app.state.counters = counters
     app.state.service = service
@@ -219,11 +219,11 @@ def create_app(service: Service, tokens: Tokens, *, committer: Committer | None 
         body = await request.body()  # at most api.max_body_bytes: app.bounded counts it
 
         def parse() -> Parsed:
-            return parse_body(loads(body), raw_keys=keys == "raw", max_records=settings.api.max_records)
+            return parse_body(body, raw_keys=keys == "raw", max_records=settings.api.max_records)
 
         try:
             parsed = await run_in_threadpool(parse) if len(body) > _PARSE_INLINE_BYTES else parse()
-        except (BadNotification, BadJSON) as exc:
+        except BadNotification as exc:
             log.warning("rejected a notification: %s", exc)
             raise
         if parsed.test:

@@ -3,9 +3,9 @@
 - :class:`BodyLimit`: ASGI middleware that counts a request body's bytes as
   they arrive (declared with Content-Length or chunked) and answers 413 with
   the reason once they pass the route's :class:`Limit`; nothing past it is read.
-- :func:`loads`: JSON from a request body; :class:`BadJSON` (400, with the
-  reason) when it does not parse or nests deeper than :data:`MAX_JSON_DEPTH`.
-  :class:`JSONRoute` has FastAPI parse every JSON body with it.
+- :class:`JSONRoute`: FastAPI parses every JSON body with
+  :func:`fileproc.jsonbody.loads` (400 with the reason when it does not
+  parse or nests too deep).
 - :class:`Throttle`: failed attempts per client address (the dashboard's
   login); past a few a minute the client waits (429).
 """
@@ -25,11 +25,7 @@ from fastapi import HTTPException, Request, Response
 from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fileproc.errors import FileprocError
-
-MAX_JSON_DEPTH = 100
-"""Deepest nesting of arrays and objects a JSON body may have (an S3 notification has 5)."""
-
+from fileproc.jsonbody import BadJSON, loads
 
 # -- body size -------------------------------------------------------------------------
 
@@ -132,44 +128,6 @@ def _content_length(scope: Scope) -> int | None:
 # -- JSON ------------------------------------------------------------------------------
 
 
-class BadJSON(FileprocError):
-    """A request body that is not JSON, or nests deeper than :data:`MAX_JSON_DEPTH` (400)."""
-
-
-def loads(body: bytes | str) -> Any:
-    """``body`` parsed as JSON, or BadJSON with the reason.
-
-    Example::
-
-        >>> loads(b"[" * 101 + b"]" * 101)
-        Traceback (most recent call last):
-        BadJSON: JSON nested deeper than 100 levels
-    """
-    too_deep = BadJSON(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
-    try:
-        data = json.loads(body)
-    except RecursionError:  # far deeper than ours: the parser's own limit
-        raise too_deep from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadJSON(f"body is not JSON: {exc}") from exc
-    # Each level opens a bracket: a body with few (every small one) cannot be too deep.
-    brackets = body.count(b"[") + body.count(b"{") if isinstance(body, bytes) else body.count("[") + body.count("{")
-    if brackets > MAX_JSON_DEPTH and _deeper_than(data, MAX_JSON_DEPTH):
-        raise too_deep
-    return data
-
-
-def _deeper_than(data: Any, limit: int) -> bool:
-    # Level by level, not recursively: no depth can exhaust the stack here.
-    level = [data] if isinstance(data, dict | list) else []
-    for _ in range(limit):
-        if not level:
-            return False
-        level = [child for node in level for child in (node.values() if isinstance(node, dict) else node)
-                 if isinstance(child, dict | list)]
-    return bool(level)
-
-
 class _JSONRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
@@ -249,4 +207,4 @@ def _client(address: str) -> str:
     return str(parsed)
 
 
-__all__ = ["MAX_JSON_DEPTH", "BadJSON", "BodyLimit", "BodyTooLarge", "JSONRoute", "Limit", "Throttle", "loads"]
+__all__ = ["BodyLimit", "BodyTooLarge", "JSONRoute", "Limit", "Throttle"]

@@ -20,7 +20,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fileproc.api import SMALL_BODY, create_app
-from fileproc.bounds import MAX_JSON_DEPTH, Limit, Throttle
+from fileproc.bounds import Limit, Throttle
+from fileproc.jsonbody import MAX_JSON_DEPTH
 from fileproc.serverless.http import INVOKE_BODY
 from fileproc.service import Service
 from fileproc.tokens import Tokens

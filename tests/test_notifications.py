@@ -106,3 +106,9 @@ def test_more_records_than_allowed_are_refused_as_a_whole() -> None:
     with pytest.raises(TooManyRecords, match="3 records in one body; at most 2"):
         parse_body(body, max_records=2)
     assert len(parse_body(body, max_records=3).events) == 3
+
+
+def test_a_body_nested_too_deep_is_a_reason_from_any_source_not_a_recursion_error() -> None:
+    deep = b'{"Records": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"
+    with pytest.raises(BadNotification, match="JSON nested deeper than 100 levels"):
+        parse_body(deep, source="amqp")

@@ -15,7 +15,6 @@ URL), so a literal ``+`` stays a ``+``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +23,7 @@ from urllib.parse import unquote_plus
 from fileproc.errors import FileprocError
 from fileproc.events import ObjectEvent
 from fileproc.intake.objects import event_for, name_problem
+from fileproc.jsonbody import BadJSON, loads
 
 
 class BadNotification(FileprocError):
@@ -115,9 +115,9 @@ def parse_body(body: bytes | str | dict[str, Any], source: str = "webhook", *, r
     """
     if isinstance(body, bytes | str):
         try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadNotification(f"body is not JSON: {exc}") from exc
+            data = loads(body)  # (bounded: a body nested 10,000 deep is a reason, not a RecursionError)
+        except BadJSON as exc:
+            raise BadNotification(str(exc)) from exc
     else:
         data = body
     if not isinstance(data, dict):
