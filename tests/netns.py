@@ -29,9 +29,8 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import NoReturn
 
-import pytest
+from tests.servers import unavailable
 
 PREFIX = "10.231"
 """The private /16 the labs' /24s are taken from."""
@@ -47,15 +46,9 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def require_lab() -> None:
     """Skip the test unless network namespaces can be made here (fail it under CI)."""
     if os.geteuid() != 0:
-        _unavailable("simulated hosts need root (network namespaces)")
+        unavailable("simulated hosts need root (network namespaces)")
     if not shutil.which("ip"):
-        _unavailable("simulated hosts need iproute2's `ip` (apt-get install iproute2)")
-
-
-def _unavailable(reason: str) -> NoReturn:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason}; CI must run every test", pytrace=False)
-    pytest.skip(reason)
+        unavailable("simulated hosts need iproute2's `ip` (apt-get install iproute2)")
 
 
 @dataclass(frozen=True)
@@ -141,7 +134,7 @@ def lab(hosts: int = 2) -> Iterator[Lab]:
             try:
                 _ip("netns", "add", name)
             except RuntimeError as exc:  # root without CAP_NET_ADMIN or CAP_SYS_ADMIN (a container)
-                _unavailable(f"cannot make a network namespace here: {exc}")
+                unavailable(f"cannot make a network namespace here: {exc}")
             undo.append(["netns", "del", name])
             _ip("link", "add", link, "type", "veth", "peer", "name", inner)
             undo.append(["link", "del", link])

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import ip_network
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -49,7 +49,11 @@ def require(binary: str, path: str | None = None) -> str:
     if found:
         return found
     looked = f"{path} or PATH" if path else "PATH"
-    reason = f"{binary} not found in {looked} (install it, or see .ci/run for how CI gets it)"
+    unavailable(f"{binary} not found in {looked} (install it, or see .ci/run for how CI gets it)")
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip the test for want of ``reason`` on a developer machine; fail it under CI, which must run every test."""
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason}; CI must run every test", pytrace=False)
     pytest.skip(reason)
