@@ -19,11 +19,11 @@
   header only (a URL ends up in proxies' logs).
 - ``GET /healthz``: open; 200 once the service can reach its database.
 - ``GET /metrics``: Prometheus metrics (:mod:`fileproc.metrics`), for the admin token or ``metrics.token``.
-- ``/ui``: the web dashboard (:mod:`fileproc.ui`), logged in with the admin token; the API's
+- ``/ui``: the web dashboard (:mod:`fileproc.web.ui`), logged in with the admin token; the API's
   docs too (``/docs`` and ``/redoc`` lead there: a browser cannot send the header).
 
 Every request body is counted against its route's limit as it arrives
-(:class:`fileproc.bounds.BodyLimit`: 413 past it, nothing more read) and
+(:class:`fileproc.web.bounds.BodyLimit`: 413 past it, nothing more read) and
 every JSON body parsed by :func:`fileproc.jsonbody.loads` (400 with the reason
 when it does not parse or nests too deep).
 """
@@ -47,18 +47,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from fileproc import dispatch
-from fileproc.bounds import BodyLimit, JSONRoute, Limit
 from fileproc.errors import BucketNotFound, FileprocError, StorageError
 from fileproc.events import ObjectEvent
 from fileproc.intake.backfill import backfill
 from fileproc.intake.notifications import BadNotification, Parsed, TooManyRecords, parse_body
-from fileproc.intake.objects import candidates, complete, needs_head
 from fileproc.intake.webhook import Busy, Committer
 from fileproc.metrics import METRICS_CONTENT_TYPE, Metrics, SharedCounters
-from fileproc.outbox import Relay
+from fileproc.objects import candidates, complete, needs_head
+from fileproc.runtime.outbox import Relay
 from fileproc.service import Service
 from fileproc.state import STATUSES, DatabaseUnavailable
 from fileproc.tokens import Tokens
+from fileproc.web.bounds import BodyLimit, JSONRoute, Limit
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ def create_app(service: Service, tokens: Tokens, *, committer: Committer | None 
         return JSONResponse(app.openapi())
 
     # A browser cannot send the header, and the token must not go in a URL: the docs pages are the
-    # dashboard's, for its session (/ui/docs, /ui/redoc; fileproc.ui).
+    # dashboard's, for its session (/ui/docs, /ui/redoc; fileproc.web.ui).
     @app.get("/docs", include_in_schema=False)
     def docs() -> Response:
         return RedirectResponse("/ui/docs", status_code=303)
@@ -344,7 +344,7 @@ def create_app(service: Service, tokens: Tokens, *, committer: Committer | None 
         except IndexCorrupt as exc:
             raise HTTPException(503, f"{exc}; the indexer rebuilds it from storage") from exc
 
-    from fileproc.ui import install as install_dashboard
+    from fileproc.web.ui import install as install_dashboard
 
     install_dashboard(app, service, tokens)  # /ui: the web dashboard, behind the admin token
 

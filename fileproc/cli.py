@@ -201,7 +201,7 @@ def put(state: State, file: Path, target: str, content_type: str | None, wait: b
         fileproc put --wait ./cat.jpg uploads/pets/cat.jpg
     """
     from fileproc import dispatch
-    from fileproc.intake.objects import event_for
+    from fileproc.objects import event_for
 
     bucket, key = _split_target(target)
     service = state.service

@@ -4,7 +4,7 @@ The idempotency key of a job is (pipeline, bucket, key, version id or etag):
 a duplicate notification finds the existing job and does nothing. Jobs are
 written to the state database (many events in one transaction) before their
 messages go to the broker; a message that cannot go stays due in the outbox
-(:mod:`fileproc.outbox`) and is sent later, so no recorded event is lost.
+(:mod:`fileproc.runtime.outbox`) and is sent later, so no recorded event is lost.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from fileproc import outbox
 from fileproc.events import ObjectEvent
-from fileproc.intake.objects import complete
+from fileproc.objects import complete
 from fileproc.rules import Pipeline, match
+from fileproc.runtime import outbox
 from fileproc.service import Service
 from fileproc.state import Job, JobStatus, Send
 
@@ -40,7 +40,7 @@ def submit_many(service: Service, events: Iterable[ObjectEvent], *, send: bool =
 
     The one path every intake source submits through. Events that left out
     what rules and deduplication need are completed from a HEAD first
-    (:func:`fileproc.intake.objects.complete`); an event no pipeline matches
+    (:func:`fileproc.objects.complete`); an event no pipeline matches
     costs no database write. ``completed``: the caller did that already.
 
     With ``send=False`` the caller sends them (:func:`send_new`) after it has

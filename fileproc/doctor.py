@@ -25,7 +25,7 @@ class Check:
 
 def _functions(settings: Settings) -> Check:
     # The registry alone, not a Service: building one would create the data dir.
-    from fileproc.registry import Registry
+    from fileproc.functions.registry import Registry
 
     try:
         registry = Registry.for_settings(settings)
@@ -155,7 +155,7 @@ def _ffmpeg(settings: Settings) -> Check:
 
 def _isolation(settings: Settings) -> Iterator[Check]:
     """Which protections of deployed functions hold on this host (kernel, user, broker, database)."""
-    from fileproc.serverless.isolation import protections
+    from fileproc.sandbox.isolation import protections
 
     for found in protections(settings.embedded_broker, settings.broker.url.get_secret_value(),
                              settings.database.url.get_secret_value()):

@@ -1,7 +1,7 @@
 """JSON from a body someone else sent: parsed whole, or refused with the reason (never a RecursionError).
 
 Used wherever fileproc parses what arrives from outside: request bodies
-(:mod:`fileproc.bounds`), bucket notifications from any source
+(:mod:`fileproc.web.bounds`), bucket notifications from any source
 (:func:`fileproc.intake.notifications.parse_body`).
 """
 

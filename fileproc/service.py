@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from fileproc.config import Settings
 from fileproc.errors import FunctionNotFound, StorageError
 from fileproc.functions import FunctionSpec
-from fileproc.registry import Registry
+from fileproc.functions.registry import Registry
 from fileproc.rules import Pipeline, Step
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 class Service:
     """The parts one fileproc process works with, wired from ``settings``.
 
-    Building it loads the functions (:class:`~fileproc.registry.Registry`) and
+    Building it loads the functions (:class:`~fileproc.functions.registry.Registry`) and
     checks every pipeline step against them: an unknown function or a param
     its model refuses stops the start with a ConfigError naming the field.
     """

@@ -25,7 +25,7 @@ from sqlalchemy import select
 
 from fileproc.errors import BucketNotFound, ObjectNotFound, StorageError
 from fileproc.events import ObjectEvent
-from fileproc.intake.objects import event_for
+from fileproc.objects import event_for
 from fileproc.rules import verdicts
 from fileproc.service import Service
 from fileproc.state.models import DriftRow

@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from fileproc.serverless.isolation import MAX_PROCESSES, switches_users
-from fileproc.serverless.landlock import scopes_signals
+from fileproc.sandbox.isolation import MAX_PROCESSES, switches_users
+from fileproc.sandbox.landlock import scopes_signals
 from tests.chaos import deployment, sqlite_url
 from tests.helpers import image_bytes
 from tests.procs import Process, fileproc, jobs, settled, wait_for, wait_healthy, write_config

@@ -20,12 +20,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fileproc.api import SMALL_BODY, create_app
-from fileproc.bounds import Limit, Throttle
 from fileproc.jsonbody import MAX_JSON_DEPTH
 from fileproc.serverless.http import INVOKE_BODY
 from fileproc.service import Service
 from fileproc.tokens import Tokens
-from fileproc.ui import LOGIN_ATTEMPTS
+from fileproc.web.bounds import Limit, Throttle
+from fileproc.web.ui import LOGIN_ATTEMPTS
 from tests.procs import Process, wait_healthy, write_config
 from tests.servers import free_port
 from tests.test_api import ADMIN, EVENTS, WEBHOOK, body, make_service, record

@@ -28,7 +28,8 @@ from fileproc.config import load_settings
 from fileproc.events import ObjectEvent
 from fileproc.runtime.pool import pool
 from fileproc.runtime.runner import run_step
-from fileproc.serverless import isolation, packages
+from fileproc.sandbox import isolation
+from fileproc.serverless import packages
 from fileproc.service import Service
 from fileproc.state import Job
 from tests.procs import Process, wait_for, write_config

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, update
 
-from fileproc.outbox import Relay
+from fileproc.runtime.outbox import Relay
 from fileproc.runtime.runner import run_step
 from fileproc.serverless.destinations import owed, redeliver
 from fileproc.service import Service

@@ -18,7 +18,7 @@ import pytest
 from fileproc import PermanentError
 from fileproc.config import load_settings
 from fileproc.errors import ConfigError
-from fileproc.registry import Registry
+from fileproc.functions.registry import Registry
 from fileproc.runtime.runner import run_step
 from fileproc.service import Service
 from fileproc.storage.local import LocalStorage

@@ -15,9 +15,9 @@ from sqlalchemy import create_engine, func, select, text, update
 
 from fileproc import dispatch
 from fileproc.config import load_settings
-from fileproc.intake.objects import event_for
 from fileproc.intake.webhook import Counters
 from fileproc.metrics import RECEIVER, Metrics
+from fileproc.objects import event_for
 from fileproc.runtime.runner import run_step
 from fileproc.service import Service
 from fileproc.state import StepEnd, StepStart

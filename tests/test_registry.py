@@ -13,7 +13,7 @@ from fileproc import dispatch
 from fileproc.config import load_settings
 from fileproc.errors import ConfigError, FunctionNotFound
 from fileproc.events import ObjectEvent
-from fileproc.registry import Registry
+from fileproc.functions.registry import Registry
 from fileproc.runtime.runner import run_step
 from fileproc.service import Service
 from tests.procs import FUNCTIONS_DIR, fileproc, write_config
@@ -191,6 +191,6 @@ def test_importing_fileproc_functions_does_not_import_the_builtins() -> None:
     import subprocess
     import sys
 
-    code = "import sys, fileproc.functions, fileproc.registry; print('workers' in sys.modules)"
+    code = "import sys, fileproc.functions, fileproc.functions.registry; print('workers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

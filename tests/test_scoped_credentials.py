@@ -29,7 +29,7 @@ from click.testing import CliRunner
 from minio import Minio
 
 from fileproc.cli import cli
-from fileproc.intake.objects import event_for
+from fileproc.objects import event_for
 from fileproc.serverless import credentials, packages
 from fileproc.state.deployments import resolve
 from tests.procs import write_config

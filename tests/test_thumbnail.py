@@ -18,7 +18,7 @@ import pytest
 from PIL import ExifTags, Image, ImageCms, ImageDraw, ImageFile
 
 from fileproc import InvalidInput, PermanentError
-from fileproc.registry import Registry
+from fileproc.functions.registry import Registry
 from fileproc.storage import Storage
 from fileproc.storage.local import LocalStorage
 from tests.helpers import OUTPUT_BUCKET, invocation, read_object

@@ -22,8 +22,8 @@ from fileproc.config import load_settings
 from fileproc.events import ObjectEvent
 from fileproc.runtime.invoke import StepRequest
 from fileproc.runtime.pool import pool
+from fileproc.runtime.results import ChildResult
 from fileproc.runtime.runner import execute, run_step
-from fileproc.runtime.sandbox import ChildResult
 from fileproc.service import Service
 from fileproc.state import Job
 from tests.procs import FUNCTIONS_DIR, Process, process_running, wait_for, write_config

@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 from fileproc import dispatch
 from fileproc.api import create_app
 from fileproc.config import load_settings
-from fileproc.intake.objects import event_for
 from fileproc.intake.reconcile import reconcile_all
+from fileproc.objects import event_for
 from fileproc.runtime.runner import run_step
 from fileproc.service import Service
 from fileproc.tokens import Tokens

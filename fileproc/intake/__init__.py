@@ -1,7 +1,7 @@
 """Where notifications come in: every source of objects, one module each.
 
 Every source turns what it sees into ObjectEvents with one function,
-:func:`fileproc.intake.objects.event_for`, and hands them to one path,
+:func:`fileproc.objects.event_for`, and hands them to one path,
 :func:`fileproc.dispatch.submit_many` (through the ``submit`` callable it is
 given). Sources: the webhook (:mod:`.webhook`, bodies parsed by
 :mod:`.notifications`), the folder watcher (:mod:`.watcher`), backfill
@@ -26,8 +26,8 @@ class Source(Protocol):
 
     An implementation SHALL:
 
-    - build every event with :func:`~fileproc.intake.objects.event_for` and
-      refuse names :func:`~fileproc.intake.objects.name_problem` refuses,
+    - build every event with :func:`~fileproc.objects.event_for` and
+      refuse names :func:`~fileproc.objects.name_problem` refuses,
       logging the reason, without retrying them;
     - hand events to the ``submit`` callable it was built with, in batches
       where it can (one transaction per batch), and treat an event as taken
@@ -42,7 +42,7 @@ class Source(Protocol):
 
     - deliver an event more than once (dispatch keeps one job per version);
     - leave out the eTag, a size (or send 0) or the content type: dispatch
-      fills them from a HEAD of the object (:func:`~fileproc.intake.objects.complete`);
+      fills them from a HEAD of the object (:func:`~fileproc.objects.complete`);
     - keep simple counters of what it saw and refused.
     """
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from fileproc import dispatch
 from fileproc.errors import ObjectNotFound
 from fileproc.events import ObjectEvent
-from fileproc.intake.objects import event_for
+from fileproc.objects import event_for
 from fileproc.rules import match
 from fileproc.service import Service
 from fileproc.storage import ObjectInfo

@@ -22,8 +22,8 @@ from urllib.parse import unquote_plus
 
 from fileproc.errors import FileprocError
 from fileproc.events import ObjectEvent
-from fileproc.intake.objects import event_for, name_problem
 from fileproc.jsonbody import BadJSON, loads
+from fileproc.objects import event_for, name_problem
 
 
 class BadNotification(FileprocError):

@@ -14,7 +14,7 @@ What it does not do, on purpose:
 
 - retry failed jobs: they failed for a reason (``fileproc retry`` is the
   admin's call); a job of any status covers its version;
-- recover queued or running jobs: the outbox (:mod:`fileproc.outbox`) re-sends
+- recover queued or running jobs: the outbox (:mod:`fileproc.runtime.outbox`) re-sends
   a queued job whose message was lost and a running job whose lease ran out;
 - feed a pipeline's own outputs back to it: their provenance metadata (from
   a HEAD: a listing carries none) and the jobs' output records tell;
@@ -50,7 +50,7 @@ from fileproc import dispatch
 from fileproc.config import ReconcileSettings, Settings
 from fileproc.errors import FileprocError, ObjectNotFound, StorageError
 from fileproc.events import ObjectEvent
-from fileproc.intake.objects import event_for
+from fileproc.objects import event_for
 from fileproc.rules import PROVENANCE_PIPELINE, Pipeline, event_matches, match
 from fileproc.service import Service
 from fileproc.state import drift as drift_db

@@ -57,7 +57,7 @@ except ImportError:  # not Linux: only polling is available
 from fileproc.errors import FileprocError
 from fileproc.events import ObjectEvent
 from fileproc.intake import Submit
-from fileproc.intake.objects import event_for, name_problem
+from fileproc.objects import event_for, name_problem
 from fileproc.storage import Storage
 
 REMOVED = "s3:ObjectRemoved:Delete"
@@ -413,7 +413,7 @@ class WatcherSource:
     """The folder watcher as an intake :class:`~fileproc.intake.Source` for the local backend.
 
     Every complete file under ``root`` (bucket folders), and at start every
-    file already there, becomes an event (:func:`~fileproc.intake.objects.event_for`
+    file already there, becomes an event (:func:`~fileproc.objects.event_for`
     from a HEAD of the object) handed to ``submit``. A submit that fails is
     logged; the reconciler finds the file later.
     """

@@ -20,9 +20,9 @@ from urllib.parse import quote
 
 from fileproc.errors import kind_of
 from fileproc.events import ObjectEvent
-from fileproc.functions import Context, FunctionSpec, InputObject, OutputWriter
+from fileproc.functions import Context, FunctionSpec, InputObject, OutputWriter, step_outcome
+from fileproc.functions.aws import aws_region
 from fileproc.rules import PROVENANCE_PIPELINE, render_key
-from fileproc.serverless.lambda_runtime import aws_region, step_outcome
 from fileproc.service import Service
 from fileproc.storage import ObjectInfo, Storage, open_storage
 

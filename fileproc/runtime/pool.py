@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from fileproc.processes import die_with_parent
-from fileproc.runtime.sandbox import ChildResult
+from fileproc.runtime.results import ChildResult
 
 log = logging.getLogger(__name__)
 

@@ -27,16 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fileproc import outbox
 from fileproc.errors import FileprocError, FunctionNotFound, ObjectNotFound, StorageError
 from fileproc.events import ObjectEvent
 from fileproc.functions import PROGRESS_FILE, FunctionSpec
 from fileproc.rules import PROVENANCE_PIPELINE, Step
-from fileproc.runtime import leases
+from fileproc.runtime import leases, outbox
 from fileproc.runtime.cleanup import Cleanup, remove_earlier_outputs
 from fileproc.runtime.invoke import StepRequest, invoke, kind_of
 from fileproc.runtime.pool import Retire, pool
-from fileproc.runtime.sandbox import ChildResult
+from fileproc.runtime.results import ChildResult
 from fileproc.serverless.metering import attempt_metering
 from fileproc.serverless.stepping import (
     Policy,
@@ -164,7 +163,7 @@ def _submit_current(service: Service, event: ObjectEvent, info: ObjectInfo) -> N
     or garbled (stores do both under load) without waiting for the reconciler.
     """
     from fileproc import dispatch
-    from fileproc.intake.objects import event_for
+    from fileproc.objects import event_for
 
     current = event_for(event.bucket, event.key, info, event_name=event.event_name, source="runtime")
     try:

@@ -7,8 +7,8 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_process_init, worker_ready
 
-from fileproc.outbox import Relay
 from fileproc.runtime.app import RUN_STEP, celery_app
+from fileproc.runtime.outbox import Relay
 from fileproc.runtime.runner import run_step
 from fileproc.service import Service
 

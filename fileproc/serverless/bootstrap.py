@@ -41,10 +41,10 @@ from typing import Any, cast
 
 from fileproc.errors import kind_of
 from fileproc.events import ObjectEvent
-from fileproc.functions import Context, InputObject, OutputWriter
+from fileproc.functions import Context, InputObject, OutputWriter, step_outcome
 from fileproc.processes import die_with_parent
 from fileproc.runtime.pool import Retire, serve, spawned_setup
-from fileproc.serverless.lambda_runtime import LoadedHandler, invoke_lambda, output_to_stdout, step_outcome
+from fileproc.serverless.lambda_runtime import LoadedHandler, invoke_lambda, output_to_stdout
 from fileproc.storage import Storage
 
 NAME_SLOT = "\0name\0"

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 from fileproc.errors import FileprocError, FunctionNotFound
 from fileproc.functions import FunctionSpec
-from fileproc.serverless import isolation, packages
+from fileproc.sandbox import isolation
+from fileproc.serverless import packages
 from fileproc.serverless.lambda_runtime import LambdaHandler, environment
 from fileproc.state.deployments import LIVE, FunctionVersion, resolve
 

@@ -473,7 +473,7 @@ def invoke(ctx: click.Context, name: str, event_file: Path | None, bucket: str |
     """
     from urllib.parse import unquote_plus
 
-    from fileproc.intake.objects import event_for
+    from fileproc.objects import event_for
     from fileproc.rules import Pipeline
     from fileproc.runtime.invoke import StepRequest
     from fileproc.runtime.runner import execute, limits_for

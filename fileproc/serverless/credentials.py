@@ -208,7 +208,7 @@ def assume_role(settings: Settings, function: str, policy: str, duration: int) -
     """Temporary credentials from the store's STS, limited to ``policy``."""
     from minio.credentials.providers import AssumeRoleProvider
 
-    from fileproc.serverless.lambda_runtime import aws_region
+    from fileproc.functions.aws import aws_region
 
     url = sts_url(settings)
     http = _Answers(timeout=urllib3.Timeout(connect=2.0, read=10.0),

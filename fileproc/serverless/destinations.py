@@ -18,7 +18,7 @@ step's end, atomically), which ``fileproc retry --dead-letters`` replays.
 the delivery is written with the step's end too (an outbox,
 :mod:`fileproc.state.deliveries`), so it exists exactly when the end was
 committed. The worker tries it right after the commit (in the background);
-every fileproc process's relay (:class:`fileproc.outbox.Relay`) tries again
+every fileproc process's relay (:class:`fileproc.runtime.outbox.Relay`) tries again
 what is still due (worker died, receiver down, an HTTP error), 1 s after the
 first try, doubling up to 5 minutes, for :data:`RETRY_FOR` (24 hours), then
 gives it up (logged; ``fileproc functions deliveries`` lists it). A receiver

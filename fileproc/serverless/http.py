@@ -13,9 +13,9 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
 
-from fileproc.bounds import Limit
 from fileproc.rules import Step
 from fileproc.service import Service
+from fileproc.web.bounds import Limit
 
 INVOKE_BODY = Limit(256 * 1024, "an event as large as Lambda takes for an asynchronous invocation")
 """The largest body ``POST /functions/NAME/invoke`` takes (an S3 event is about 1 KB); read before the

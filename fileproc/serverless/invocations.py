@@ -72,8 +72,8 @@ def submit(service: Service, function: str, bucket: str, key: str, *, mode: str 
 
     FunctionNotFound for an unknown function, ObjectNotFound for a missing object.
     """
-    from fileproc import outbox
-    from fileproc.intake.objects import event_for
+    from fileproc.objects import event_for
+    from fileproc.runtime import outbox
     from fileproc.state import Send
 
     service.spec(Step(function=function))  # an unknown function fails here, not in a worker

@@ -47,13 +47,14 @@ from typing import TYPE_CHECKING, Any
 
 from fileproc.errors import FileprocError, PermanentError
 from fileproc.functions import log_group_name, log_stream_name
+from fileproc.functions.aws import key_variables, store_variables
 from fileproc.runtime.pool import OUTPUT_LIMIT, read_output
-from fileproc.serverless import isolation
-from fileproc.serverless.landlock import restrict_writes  # imported here, not in each new runner
+from fileproc.sandbox import isolation
+from fileproc.sandbox.landlock import restrict_writes  # imported here, not in each new runner
 
 if TYPE_CHECKING:
     from fileproc.config import Settings
-    from fileproc.functions import Context, InputObject, OutputWriter
+    from fileproc.functions import Context
     from fileproc.runtime.pool import Spawn
     from fileproc.state.deployments import FunctionVersion
     from fileproc.storage import Storage
@@ -62,38 +63,6 @@ log = logging.getLogger(__name__)
 
 LOG_LIMIT = OUTPUT_LIMIT
 """Bytes of one invocation's output kept on its attempt (the rest is dropped, and says so)."""
-
-DEFAULT_REGION = "us-east-1"
-
-
-def aws_region(settings: Settings) -> str:
-    """The region handlers see (``awsRegion``, ``AWS_REGION``): ``storage.region``, else us-east-1."""
-    return settings.storage.region or DEFAULT_REGION
-
-
-def store_variables(settings: Settings) -> dict[str, str]:
-    """The standard AWS variables that point boto3 at the configured store (S3 backend only), without credentials."""
-    region = aws_region(settings)
-    found = {"AWS_REGION": region, "AWS_DEFAULT_REGION": region}
-    if settings.storage.backend == "s3":
-        url = f"{'https' if settings.storage.secure else 'http'}://{settings.storage.endpoint}"
-        found |= {"AWS_ENDPOINT_URL_S3": url, "AWS_ENDPOINT_URL": url}
-    return found
-
-
-def key_variables(storage: dict[str, Any]) -> dict[str, str]:
-    """The AWS credential variables of a runner's ``storage`` (none on local folders).
-
-    A deployed function's are its own (:mod:`.credentials`); they come with
-    each runner's setup, since temporary ones are renewed.
-    """
-    if storage.get("backend") != "s3":
-        return {}
-    found = {"AWS_ACCESS_KEY_ID": storage["access_key"], "AWS_SECRET_ACCESS_KEY": storage["secret_key"]}
-    if storage.get("session_token"):
-        found["AWS_SESSION_TOKEN"] = storage["session_token"]
-    return found
-
 
 def environment(settings: Settings, version: FunctionVersion, folder: Path) -> dict[str, str]:
     """The environment of a runner of ``version``; its credentials (:func:`key_variables`) are added per
@@ -689,18 +658,6 @@ def plain_reason(exc: BaseException, disk_mb: int) -> str | None:
     return None
 
 
-def step_outcome(outcome: dict[str, Any], writer: OutputWriter, reader: InputObject,
-                 extra: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """What a step sends back to the worker: its outcome, with its outputs and bytes in and out."""
-    outcome["outputs"] = [
-        {"bucket": o.bucket, "key": o.key, "size": o.size, "etag": o.etag, "content_type": o.content_type}
-        for o in writer.written
-    ] + (extra or [])
-    outcome["bytes_read"] = reader.bytes_read
-    outcome["bytes_written"] = sum(o["size"] for o in outcome["outputs"])
-    return outcome
-
-
 def error_object(exc: BaseException, request_id: str) -> dict[str, Any]:
     """Lambda's record of a handler's exception."""
     kind = exc.kind if isinstance(exc, InitError) else type(exc).__name__
@@ -709,6 +666,5 @@ def error_object(exc: BaseException, request_id: str) -> dict[str, Any]:
             "stackTrace": [line for line in traceback.format_list(frames)]}
 
 
-__all__ = ["Captured", "InitError", "LambdaHandler", "LoadedHandler", "aws_region", "captured", "environment",
-           "error_object", "invoke_lambda", "key_variables", "output_to_stdout", "start_invocation", "step_outcome",
-           "store_variables", "unfinished_log", "written"]
+__all__ = ["Captured", "InitError", "LambdaHandler", "LoadedHandler", "captured", "environment",
+           "error_object", "invoke_lambda", "output_to_stdout", "start_invocation", "unfinished_log", "written"]

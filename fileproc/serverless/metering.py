@@ -25,7 +25,7 @@ from fileproc.state.models import AttemptRow, JobRow
 
 if TYPE_CHECKING:
     from fileproc.config import Settings
-    from fileproc.runtime.sandbox import ChildResult
+    from fileproc.runtime.results import ChildResult
     from fileproc.state import Database
 
 log = logging.getLogger("fileproc.runtime.runner")  # REPORT lines sit with the worker's step lines

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 from fileproc.functions import FunctionSpec
 from fileproc.runtime.pool import Spawn, warm_hook
-from fileproc.serverless.isolation import runner_tmp
+from fileproc.sandbox.isolation import runner_tmp
 
 if TYPE_CHECKING:
     from fileproc.config import Settings
     from fileproc.runtime.invoke import StepRequest
-    from fileproc.runtime.sandbox import ChildResult
+    from fileproc.runtime.results import ChildResult
     from fileproc.service import Service
     from fileproc.state import Job
     from fileproc.state.deployments import FunctionVersion
@@ -50,7 +50,7 @@ def warm_up(service: Service, spec: FunctionSpec) -> Callable[[], None]:
     ``warm()`` hook runs. (A deployed function's runner is not forked and
     gets credentials of its own: see :func:`runner_for`.)
     """
-    from fileproc.serverless.lambda_runtime import key_variables, store_variables
+    from fileproc.functions.aws import key_variables, store_variables
 
     module_hook = warm_hook(spec.handler)
     variables = store_variables(service.settings) | key_variables(_store(service.settings))
@@ -99,9 +99,9 @@ def invocation(service: Service, request: StepRequest, spec: FunctionSpec) -> di
     from urllib.parse import quote
 
     from fileproc.events import ObjectEvent
+    from fileproc.functions.aws import aws_region
     from fileproc.rules import PROVENANCE_PIPELINE, render_key
     from fileproc.serverless.bootstrap import NAME_SLOT
-    from fileproc.serverless.lambda_runtime import aws_region
     from fileproc.storage import ObjectInfo
 
     pipeline = service.pipelines[request.pipeline]
@@ -196,8 +196,8 @@ class Policy:
         """Lambda's destination record, if the step ended for good (``outcome``: succeeded, next or failed)."""
         if outcome not in ("succeeded", "next", "failed"):
             return None
+        from fileproc.functions.aws import aws_region
         from fileproc.serverless.destinations import destination_record
-        from fileproc.serverless.lambda_runtime import aws_region
 
         region = aws_region(self.service.settings)
         event = {"Records": [self.job.object_event.to_record(region=region, configuration_id=self.job.pipeline)]}

@@ -5,7 +5,7 @@ attempt; a job's usage is the sum of its attempts'.
 
 A job row is also the outbox: ``sent_at`` says when its current step was last
 handed to the broker (None: not yet), ``send_after`` when it may be (a retry's
-backoff). Every fileproc process relays what is due (:mod:`fileproc.outbox`),
+backoff). Every fileproc process relays what is due (:mod:`fileproc.runtime.outbox`),
 so a message lost anywhere is sent again from here.
 """
 

@@ -353,7 +353,7 @@ def _make_folders(folder: Path) -> None:
     """Make ``folder`` and its missing parents, each as writable to the group as the nearest existing one.
 
     So where fileproc runs as root and the buckets' folder belongs to the
-    runners' group (:func:`fileproc.serverless.isolation.prepare_data_dir`),
+    runners' group (:func:`fileproc.sandbox.isolation.prepare_data_dir`),
     a folder the worker makes stays writable to the deployed functions.
     """
     if folder.is_dir():

@@ -266,7 +266,7 @@ class Protection:
 
 def protections(embedded_broker: bool, broker_url: str, database_url: str) -> list[Protection]:
     """What keeps a deployed function from fileproc on this host, as ``fileproc doctor`` reports it."""
-    from fileproc.serverless.landlock import abi
+    from fileproc.sandbox.landlock import abi
 
     version = abi()
     root = switches_users()

@@ -17,7 +17,7 @@ for Lambda's S3 trigger runs unchanged. ``context`` carries Lambda's attributes
 ``get_remaining_time_in_millis()``) and fileproc's own: ``params``, ``input``,
 ``output``, ``storage``, ``logger``.
 
-Functions are found by the service's registry (:mod:`fileproc.registry`):
+Functions are found by the service's registry (:mod:`fileproc.functions.registry`):
 entry points, the ``functions.paths`` folders, and plain handlers a pipeline
 step names (``handler = "module:function"``).
 
@@ -304,6 +304,18 @@ class Context:
 
     def get_remaining_time_in_millis(self) -> int:
         return max(0, int((self.deadline - time.monotonic()) * 1000))
+
+
+def step_outcome(outcome: dict[str, Any], writer: OutputWriter, reader: InputObject,
+                 extra: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """What a step sends back to the worker: its outcome, with its outputs and bytes in and out."""
+    outcome["outputs"] = [
+        {"bucket": o.bucket, "key": o.key, "size": o.size, "etag": o.etag, "content_type": o.content_type}
+        for o in writer.written
+    ] + (extra or [])
+    outcome["bytes_read"] = reader.bytes_read
+    outcome["bytes_written"] = sum(o["size"] for o in outcome["outputs"])
+    return outcome
 
 
 def log_group_name(function_name: str) -> str:

@@ -6,7 +6,7 @@ for matching, :mod:`fileproc.why` and :mod:`fileproc.metrics` for the rest.
 Its CSS and script are served from ``/ui/static``; nothing comes from the internet.
 
 Logging in with the admin token sets a signed session cookie
-(:mod:`fileproc.ui.session`): http-only, ``SameSite=Strict``, and ``Secure``
+(:mod:`fileproc.web.ui.session`): http-only, ``SameSite=Strict``, and ``Secure``
 when the request came over https (directly, or through a proxy on an address
 uvicorn trusts for ``X-Forwarded-Proto``). Every POST carries the session's
 CSRF token. Pages answer with a Content-Security-Policy that allows only this
@@ -35,15 +35,15 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from fileproc import dispatch
-from fileproc.bounds import Throttle
 from fileproc.errors import BucketNotFound, ObjectNotFound, StorageError
 from fileproc.events import ObjectEvent
 from fileproc.rules import render_key, verdicts
 from fileproc.service import Service
 from fileproc.state import STATUSES, Job, JobStatus
 from fileproc.tokens import Tokens
-from fileproc.ui.overview import chart, overview
-from fileproc.ui.session import COOKIE, Session, Sessions
+from fileproc.web.bounds import Throttle
+from fileproc.web.ui.overview import chart, overview
+from fileproc.web.ui.session import COOKIE, Session, Sessions
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
