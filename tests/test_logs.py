@@ -153,6 +153,19 @@ def test_the_filter_language_is_parsed_never_evaluated() -> None:
             compile_filter(bad)
 
 
+def test_filter_strings_match_non_ascii_text_and_keep_their_escapes() -> None:
+    assert compile_filter('path == "/café"')({"path": "/café"})  # was read as UTF-8 bytes, one Latin-1 char each
+    assert compile_filter("app == '日本'")({"app": "日本"})
+    assert compile_filter(r'path == "/caf\u00e9" and message == "\N{BULLET} \x41"')({"path": "/café", "message": "• A"})
+    assert compile_filter(r'message == "say \"hi\""')({"message": 'say "hi"'})
+    assert compile_filter(r"path == 'C:\\dir\'s'")({"path": "C:\\dir's"})
+    assert compile_filter(r'path ~ "^/café/\d+$"')({"path": "/café/12"})  # an unknown escape stays: \d is a digit
+    assert not compile_filter(r'path ~ "^/café/\d+$"')({"path": "/café/x"})
+    for bad in (r'path == "\x4"', r'path == "\N{NO SUCH NAME}"', r'path == "\U00110000"'):
+        with pytest.raises(FilterError, match="escape"):
+            compile_filter(bad)
+
+
 def test_rolling_totals_across_the_files_of_a_prefix(tmp_path: Path) -> None:
     port = free_port()
     config = write_config(tmp_path / "fileproc.toml", {

@@ -31,7 +31,7 @@ import json
 from collections import Counter
 from datetime import UTC, datetime
 from itertools import islice
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -247,10 +247,12 @@ def _each_line(summary: Summary, parse: Any, lines: Any, keep: Any, bad_line_sam
 
 def _text(raw: IO[bytes]) -> io.TextIOWrapper:
     """``raw`` as text, gunzipped if its bytes say gzip; bad UTF-8 replaced."""
-    buffered = io.BufferedReader(raw) if not hasattr(raw, "peek") else raw  # type: ignore[arg-type]
-    if buffered.peek(2)[:2] == b"\x1f\x8b":
-        buffered = gzip.GzipFile(fileobj=buffered)  # type: ignore[assignment]
-    return io.TextIOWrapper(buffered, encoding="utf-8", errors="replace", newline=None)
+    # A file or an S3 body is a BufferedReader already; anything else (a BytesIO) is read through one, by its
+    # readinto (which typing.IO does not declare), for the look-ahead.
+    buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(cast(io.RawIOBase, raw))
+    gzipped = buffered.peek(2)[:2] == b"\x1f\x8b"
+    stream: gzip.GzipFile | io.BufferedReader = gzip.GzipFile(fileobj=buffered) if gzipped else buffered
+    return io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline=None)
 
 
 def _chain(head: list[str], rest: io.TextIOWrapper) -> Any:

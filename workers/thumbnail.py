@@ -297,7 +297,7 @@ def _animation(source: IO[bytes], largest: int, params: ThumbnailParams) -> _Ani
             if not getattr(image, "is_animated", False):
                 source.seek(0)
                 return None
-            count = image.n_frames
+            count = int(getattr(image, "n_frames", 1))  # like is_animated: only the animated formats' classes have it
             if count > params.max_frames:
                 raise InvalidInput(f"animation has {count} frames, more than max_frames ({params.max_frames})")
             box = (min(image.width, largest), min(image.height, largest))
@@ -325,7 +325,7 @@ def _animation(source: IO[bytes], largest: int, params: ThumbnailParams) -> _Ani
 def _write_animated(animation: _Animation, params: ThumbnailParams, context: Context) -> dict[str, Any]:
     """One animated thumbnail per size: every frame, its timing and the loop count kept."""
     fmt = params.output_format
-    thumbnails = []
+    thumbnails: list[dict[str, Any]] = []
     for size in params.sizes:
         frames = []
         for frame in animation.frames:
@@ -343,7 +343,7 @@ def _write_animated(animation: _Animation, params: ThumbnailParams, context: Con
         frames[0].save(buffer, fmt.pillow, **options)
         width, height = frames[0].size
         ref = context.output.put(f"thumb-{size}.{fmt.ext}", buffer.getvalue(), content_type=fmt.content_type,
-                                 metadata={"width": width, "height": height, "frames": len(frames)})
+                                 metadata={"width": str(width), "height": str(height), "frames": str(len(frames))})
         thumbnails.append({"size": size, "key": ref.key, "width": width, "height": height, "bytes": ref.size,
                            "frames": len(frames)})
     context.logger.info("thumbnail %s: %d-frame animation, wrote %s", context.input.key, len(animation.frames),
@@ -459,7 +459,7 @@ def _write_thumbnail(
     data = _encode(image, icc, exif, params)
     name = f"thumb-{size}.{params.output_format.ext}"
     ref = context.output.put(name, data, content_type=params.output_format.content_type,
-                             metadata={"width": image.width, "height": image.height})
+                             metadata={"width": str(image.width), "height": str(image.height)})
     return {"size": size, "key": ref.key, "width": image.width, "height": image.height, "bytes": ref.size}
 
 

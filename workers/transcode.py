@@ -225,7 +225,7 @@ def _hls(source: Path, info: MediaInfo, params: TranscodeParams, preset: Preset,
     options["var_stream_map"] = " ".join(stream_map)
     command = ffmpeg.output(*streams, url(folder) + "/%v/index.m3u8", **options).compile(cmd=binary)
     run_ffmpeg(command, context, source, on_progress=progress_reporter(context, info.duration))
-    written = []
+    written: list[dict[str, Any]] = []
     # Segments first, playlists after, the master last: a player that finds the
     # master finds everything it names.
     files = sorted((p for p in folder.rglob("*") if p.is_file()),
