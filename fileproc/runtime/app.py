@@ -10,13 +10,10 @@ in the state database, not by the broker.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import os
 import socket
 import tempfile
-import uuid
 from typing import Any
 
 from celery import Celery
@@ -24,6 +21,8 @@ from kombu.exceptions import KombuError, OperationalError
 
 from fileproc.config import Settings
 from fileproc.errors import BrokerUnavailable
+from fileproc.runtime import fastpath
+from fileproc.runtime.fastpath import Step
 
 celery_app = Celery("fileproc")
 celery_app.conf.update(
@@ -86,6 +85,7 @@ def configure(settings: Settings) -> Celery:
             "socket_connect_timeout": 5,
         },
     )
+    fastpath.enable(settings.runtime.redis_fast_path)
     return celery_app
 
 
@@ -114,10 +114,6 @@ def _forget_connections() -> None:
         amqp._producer_pool = None
 
 
-Step = tuple[int, int, str]
-"""One step to send: (job id, step index, queue)."""
-
-
 _declared: set[str] = set()
 """Queues this process has declared: Celery would declare the queue again before every
 message (the costliest part of sending one); once is enough (they are durable, and on
@@ -144,15 +140,17 @@ def send_step(job_id: int, step_index: int, queue: str) -> None:
 def send_steps(steps: list[Step]) -> None:
     """Put many steps on their queues at once: on Redis one pipeline, one round trip.
 
-    All or nothing as far as the caller knows: raises BrokerUnavailable if the
+    On Redis the messages are written by :mod:`~fileproc.runtime.fastpath`
+    (unless ``runtime.redis_fast_path`` is off), elsewhere by Celery. All or
+    nothing as far as the caller knows: raises BrokerUnavailable if the
     batch did not go (some of its messages may have; a duplicate is harmless).
     """
     from redis.exceptions import RedisError
 
     try:
         with celery_app.producer_or_acquire() as producer:
-            if _redis_lists(producer.channel):
-                _push(producer.channel, steps)
+            if fastpath.applies(producer.channel):
+                fastpath.push(celery_app, RUN_STEP, producer.channel, steps)
                 return
             with producer.batch():
                 for job_id, step_index, queue in steps:
@@ -165,75 +163,11 @@ def send_steps(steps: list[Step]) -> None:
 
 def prepare_sending() -> None:
     """Do now what the first send would (about a quarter of a second of CPU): import the broker's
-    client library and build run_step's message template. Connects to nothing."""
+    client library and build run_step's message template (for the fast path). Connects to nothing."""
     connection = celery_app.connection_for_write()
     try:
         _ = connection.transport  # imports kombu's transport and its client (redis, amqp)
     finally:
         connection.release()
-    _messages()
-
-
-# --- the same messages on Redis, without Celery's per-message machinery ------------------
-#
-# Building a message through send_task and kombu's publish costs about 270 µs of CPU, as
-# much as receiving the notification that made it. On Redis a message is one JSON
-# document pushed onto the queue's list, the same for every step but for its ids and
-# arguments: it is built here from Celery's own headers for run_step (taken once per
-# process) in about 20 µs. tests/test_step_messages.py checks that it is the message
-# send_task writes, field by field, so a change in Celery or kombu fails there first.
-
-
-def _redis_lists(channel: Any) -> bool:
-    """Whether ``channel`` is kombu's Redis channel with plain list names (no key prefix)."""
-    from kombu.transport.redis import Channel as RedisChannel
-
-    return isinstance(channel, RedisChannel) and not getattr(channel, "global_keyprefix", "")
-
-
-def _push(channel: Any, steps: list[Step]) -> None:
-    encode = _messages().encode
-    with channel.conn_or_acquire() as client:
-        pipe = client.pipeline(transaction=False)
-        for job_id, step_index, queue in steps:
-            pipe.lpush(queue, encode(job_id, step_index, queue))  # priority 0: the queue's own list
-        pipe.execute()
-
-
-class _RunStepMessages:
-    """run_step's task messages as Celery (protocol 2) and kombu's Redis transport write them."""
-
-    def __init__(self) -> None:
-        template = celery_app.amqp.as_task_v2("-", RUN_STEP, args=(0, 0), kwargs={}, ignore_result=None)
-        self.headers: dict[str, Any] = dict(template.headers)
-        self.embed: dict[str, Any] = dict(template.body[2])
-
-    def encode(self, job_id: int, step_index: int, queue: str) -> str:
-        task_id = str(uuid.uuid4())
-        argsrepr = f"({job_id}, {step_index})"
-        body = json.dumps([[job_id, step_index], {}, self.embed]).encode()
-        return json.dumps({
-            "body": base64.b64encode(body).decode(),
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": {**self.headers, "id": task_id, "root_id": task_id, "argsrepr": argsrepr},
-            "properties": {
-                # Per sending thread, as Celery's own (the template may be built in another thread).
-                "correlation_id": task_id, "reply_to": celery_app.thread_oid, "argsrepr": argsrepr, "delivery_mode": 2,
-                "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0,
-                "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
-            },
-        })
-
-
-_by_process: dict[int, _RunStepMessages] = {}
-
-
-def _messages() -> _RunStepMessages:
-    # Per process: the headers name the sending process (origin), and forked workers send too.
-    pid = os.getpid()
-    found = _by_process.get(pid)
-    if found is None:
-        _by_process.clear()
-        found = _by_process[pid] = _RunStepMessages()
-    return found
+    if fastpath.enabled():
+        fastpath.messages(celery_app, RUN_STEP)
