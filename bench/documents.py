@@ -129,7 +129,7 @@ def plain_whoosh(documents: list[str], folder: Path) -> float:
     """Seconds for Whoosh alone to index ``documents`` (our schema, one writer, one commit)."""
     from whoosh import index
 
-    from fileproc.search.whoosh import schema
+    from fileproc.search.whoosh.schema import schema
 
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -147,7 +147,7 @@ def plain_whoosh(documents: list[str], folder: Path) -> float:
 def plain_regex(path: Path) -> tuple[int, float]:
     """Lines and seconds for a plain loop doing the ``logs`` step's job on ``path``, the straightforward way.
 
-    The same line regex as the step (workers/logformats.py's, with its groups) on each line, and the
+    The same line regex as the step (workers/logformats/parsers.py's, with its groups) on each line, and the
     same summary built with plain dicts and Counters: counts by status, method, path (no query string)
     and hour, bytes, errors, the top clients, p50/p95 of the response time (every value kept and
     sorted at the end), bad lines counted. Generous where it can be: the hour is the time stamp's
@@ -155,7 +155,7 @@ def plain_regex(path: Path) -> tuple[int, float]:
     """
     from collections import Counter
 
-    from workers.logformats import _HTTP_ROW
+    from workers.logformats.parsers import _HTTP_ROW
 
     line_re = re.compile(rf'{_HTTP_ROW} "[^"\n]*" "[^"\n]*"(?: (?P<rt>\d+(?:\.\d+)?))?')
     status: Counter[str] = Counter()
@@ -200,7 +200,7 @@ def match_only(path: Path) -> tuple[int, float]:
 
     The baseline of the first runs, kept to compare with: it does not do the same job as the step.
     """
-    from workers.logformats import _HTTP
+    from workers.logformats.parsers import _HTTP
 
     started = time.perf_counter()
     lines = matched = 0
@@ -288,14 +288,14 @@ def through_index(serve: Serve, documents: list[str]) -> float:
 
 def indexer_alone(serve: Serve) -> tuple[int, float]:
     """Documents and seconds for the indexer to apply every recorded document to an empty index."""
+    from fileproc.app import build
     from fileproc.config import load_settings
     from fileproc.search.indexer import Indexer
     from fileproc.search.whoosh import WhooshIndex
-    from fileproc.service import Service
 
     settings = load_settings(serve.config, env={})
     settings.search.dir = serve.root / "search-alone"
-    service = Service(settings)
+    service = build(settings)
     indexer = Indexer(service, WhooshIndex(settings.search_dir))
     indexer.acquire(wait=True)
     indexer.index.count()  # makes the empty index: not part of the time

@@ -28,13 +28,13 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from fileproc.app import build
 from fileproc.cli import cli
 from fileproc.config import load_settings
 from fileproc.events import ObjectEvent
-from fileproc.runtime.invoke import StepRequest
+from fileproc.functions.steps import StepRequest
 from fileproc.runtime.pool import pool
 from fileproc.runtime.runner import execute
-from fileproc.service import Service
 
 NOOP = "def handler(event, context):\n    return {'ok': True}\n"
 
@@ -60,7 +60,7 @@ def main() -> None:
         deployed = CliRunner().invoke(cli, ["--config", str(config), "functions", "deploy", str(root / "noop.py"),
                                             "--name", "noop", "--handler", "noop.handler"])
         assert deployed.exit_code == 0, deployed.output
-        service = Service(load_settings(config, env={}))
+        service = build(load_settings(config, env={}))
         service.prepare_buckets()
         info = service.storage.put("inbox", "a.txt", b"x")
         event = ObjectEvent("inbox", "a.txt", size=info.size, etag=info.etag)

@@ -38,6 +38,7 @@ import tomli_w
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import insert
 
+from fileproc.app import build
 from fileproc.config import load_settings
 from fileproc.intake.webhook import Counters
 from fileproc.metrics import Metrics
@@ -54,7 +55,7 @@ def make_service(folder: Path) -> Service:
         "data_dir": str(folder / "data"), "broker": {"url": "redis://127.0.0.1:9/0"},
         "pipelines": [{"name": PIPELINE, "match": {"bucket": "uploads"}, "steps": [{"function": FUNCTION}],
                        "output": {"bucket": "derived"}}]}))
-    return Service(load_settings(config, env={}))
+    return build(load_settings(config, env={}))
 
 
 def fill(service: Service, attempts: int, *, start: int = 0, age: timedelta = timedelta(days=1)) -> int:

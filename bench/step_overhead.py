@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from fileproc import dispatch
+from fileproc.app import build
 from fileproc.config import load_settings
 from fileproc.events import ObjectEvent
 from fileproc.runtime import runner
-from fileproc.service import Service
 
 NOOP = '''
 from fileproc import function
@@ -67,7 +67,7 @@ def main() -> None:
             '[[pipelines]]\nname = "b"\nmatch = { bucket = "inbox" }\n'
             'steps = [{ function = "bench-noop" }]\noutput = { bucket = "outbox" }\n'
         )
-        service = Service(load_settings(config, env={}))
+        service = build(load_settings(config, env={}))
         service.prepare_buckets()
         spec = service.spec(service.pipelines["b"].steps[0])
         warmup = 10

@@ -85,3 +85,20 @@ def retry(service: Service, job_id: int) -> Job | None:
     if job is not None and job.status == JobStatus.QUEUED:
         outbox.relay(service)
     return job
+
+
+def retry_failed(service: Service, job_ids: Iterable[int] | None = None) -> list[Job]:
+    """Run failed jobs again, each from the step that failed: ``job_ids``, or every failed job.
+
+    Each is reset first, then their steps go to the broker in one relay pass
+    (not one per job). Returns the jobs found (a job id with no job is left out).
+
+    Example::
+
+        retried = dispatch.retry_failed(service)    # fileproc retry --failed
+    """
+    ids = service.db.failed_job_ids() if job_ids is None else job_ids
+    jobs = [job for job in map(service.db.reset_for_retry, ids) if job is not None]
+    if any(job.status == JobStatus.QUEUED for job in jobs):
+        outbox.relay(service)
+    return jobs

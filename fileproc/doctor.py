@@ -92,17 +92,15 @@ def _function_credentials(settings: Settings) -> Check:
 
 
 def _database(settings: Settings) -> Check:
-    from sqlalchemy.engine import make_url
+    from fileproc.state import Database, sqlite_file
 
-    from fileproc.state import Database
-
-    url = make_url(settings.database_url)
-    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+    path = sqlite_file(settings.database_url)
+    if path is not None and not path.exists():
         # Opening it would create it: doctor only looks.
-        problem = _not_yet_made(Path(url.database))
+        problem = _not_yet_made(path)
         if problem:
             return Check("database", False, problem)
-        return Check("database", True, f"sqlite at {url.database} (created on first start)")
+        return Check("database", True, f"sqlite at {path} (created on first start)")
     try:
         Database(settings.database_url, timeout=settings.database.timeout).check()
     except FileprocError as exc:

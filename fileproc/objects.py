@@ -19,6 +19,7 @@ import functools
 import logging
 from collections.abc import Iterable, Mapping
 from datetime import datetime
+from typing import Any, Protocol
 
 from fileproc.errors import ObjectNotFound
 from fileproc.events import ObjectEvent
@@ -26,6 +27,20 @@ from fileproc.rules import Pipeline, match
 from fileproc.storage import DEFAULT_CONTENT_TYPE, MAX_KEY_BYTES, InvalidName, ObjectInfo, Storage, check_bucket_name
 
 log = logging.getLogger(__name__)
+
+
+class Submit(Protocol):
+    """The one path events take into jobs: ``service.submit``, :func:`fileproc.dispatch.submit_many` bound to a service.
+
+    It records the events durably (a job for each pipeline one matches) and
+    raises if it could not. ``completed``: the caller filled in what a
+    notification may leave out (:func:`complete`); ``send=False``: the
+    caller sends the new jobs' first steps itself, or leaves them to the outbox.
+    """
+
+    def __call__(self, events: Iterable[ObjectEvent], *, send: bool = True, completed: bool = False) -> list[Any]:
+        ...
+
 
 CREATED = "s3:ObjectCreated:Put"
 

@@ -22,8 +22,6 @@ from typing import IO
 
 import uvicorn
 
-from fileproc import dispatch
-from fileproc.api import create_app
 from fileproc.broker import EmbeddedBroker
 from fileproc.config import Settings
 from fileproc.errors import FileprocError
@@ -33,6 +31,7 @@ from fileproc.processes import spawn
 from fileproc.runtime.app import embedded_socket
 from fileproc.service import Service
 from fileproc.tokens import load_tokens
+from fileproc.web import create_app
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +78,7 @@ class SupervisedWorker:
 def watch_local_buckets(service: Service) -> WatcherSource:
     """Feed files dropped into bucket folders (and those already there) to dispatch."""
     source = WatcherSource(service.settings.buckets_dir, service.storage,
-                           lambda events: dispatch.submit_many(service, events),
+                           service.submit,
                            settle_seconds=service.settings.watcher.settle_seconds)
     source.start()
     return source

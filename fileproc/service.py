@@ -1,49 +1,62 @@
-"""The service's parts, wired once from the settings.
+"""The context every layer works with: settings, the state database, storage, and the function and pipeline resolvers.
 
-The API, the CLI, the watcher and the workers all start from a
-:class:`Service`: the state database, the storage backend, the registered
-functions and the Celery app, configured the same way everywhere.
+A :class:`Service` knows no feature: what it can run and where jobs go are
+plugged in by the composition root (:func:`fileproc.app.build`), which
+builds one for ``serve``, ``api``, ``worker`` and the CLI alike.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from fileproc.config import Settings
-from fileproc.errors import FunctionNotFound, StorageError
-from fileproc.functions import FunctionSpec
+from fileproc.errors import ConfigError, StorageError
 from fileproc.functions.registry import Registry
-from fileproc.rules import Pipeline, Step
+from fileproc.functions.resolver import Functions, Pipelines
+from fileproc.objects import Submit
 
 if TYPE_CHECKING:
-    from fileproc.serverless.catalog import Catalog
+    from fileproc.events import ObjectEvent
+    from fileproc.functions import FunctionSpec
+    from fileproc.rules import Pipeline, Step
     from fileproc.state import Database
     from fileproc.storage import Storage
 
 
-class Service:
-    """The parts one fileproc process works with, wired from ``settings``.
+@dataclass(frozen=True)
+class PeriodicTask:
+    """Work every relay runs now and then, on a thread of its own (``run`` returns how much it did)."""
 
-    Building it loads the functions (:class:`~fileproc.functions.registry.Registry`) and
-    checks every pipeline step against them: an unknown function or a param
-    its model refuses stops the start with a ConfigError naming the field.
+    name: str
+    run: Callable[[Service], int]
+    did: str  # what a count means, for the log: "delivered %d destination record(s)"
+
+
+class Service:
+    """The parts one fileproc process works with.
+
+    ``functions`` says which function a step calls (:class:`~fileproc.functions.resolver.Functions`),
+    ``routes`` which pipeline a job follows (:meth:`pipeline`); ``pipelines``
+    are the configured ones (what events are matched against). ``submit``
+    records events as jobs (:func:`fileproc.dispatch.submit_many`, plugged in
+    by the composition root); ``periodic`` is what the relay runs besides
+    sending due steps. Built from ``settings`` alone, it knows the configured
+    pipelines and no function: enough for a process that only reads and
+    writes state and storage (the search indexer's).
     """
 
-    def __init__(self, settings: Settings) -> None:
-        from fileproc.runtime import app as celery  # imported here: Celery is slow to import
-
+    def __init__(self, settings: Settings, functions: Functions | None = None,
+                 routes: Pipelines | None = None) -> None:
         self.settings = settings
-        self.registry = Registry.for_settings(settings, deployed=lambda name: self.catalog.exists(name))
-        self.functions: dict[str, FunctionSpec] = self.registry.specs()
-        from fileproc.serverless.invocations import Pipelines
-
-        # With the made-up pipeline of each direct invocation (POST /functions/NAME/invoke).
-        self.pipelines: dict[str, Pipeline] = Pipelines({p.name: p for p in settings.pipelines},
-                                                        settings.functions.bucket)
-        celery.configure(settings)
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.functions = functions or Functions(Registry())
+        self.routes = routes or Pipelines(settings.pipelines)
+        self.pipelines: dict[str, Pipeline] = self.routes.configured
+        self.submit: Submit = _cannot_submit
+        self.periodic: list[PeriodicTask] = []
 
     @cached_property
     def db(self) -> Database:
@@ -74,59 +87,35 @@ class Service:
             except StorageError as exc:
                 logging.getLogger(__name__).warning("cannot create bucket %s: %s", name, exc)
 
-    @cached_property
-    def catalog(self) -> Catalog:
-        """The deployed user functions (``fileproc functions deploy``), resolved per step."""
-        from fileproc.serverless.catalog import Catalog
-
-        return Catalog(self)
+    def pipeline(self, name: str) -> Pipeline | None:
+        """The pipeline a job named ``name`` follows: a configured one, or one a source makes up (None: gone)."""
+        return self.routes.get(name)
 
     def spec(self, step: Step) -> FunctionSpec:
-        """The function ``step`` calls: a registered one, else the deployed version it names now.
-
-        FunctionNotFound if neither.
-        """
-        if step.function in self.registry:
-            return self.registry.get(step.function)
-        try:
-            return self.catalog.spec(step.function)
-        except FunctionNotFound:
-            self.registry.get(step.function)  # raises, naming the registered functions
-            raise
+        """The function ``step`` calls (FunctionNotFound if none)."""
+        return self.functions.spec(step)
 
     def params_for(self, step: Step) -> dict[str, Any]:
-        """What ``step``'s handler gets as ``context.params``.
-
-        A plain dict (Lambda-style code indexes it): the step's params validated
-        against the function's params model, with the model's defaults filled
-        in, or the params as written for a function without a model.
-        """
-        if step.function not in self.registry:  # a deployed function: params are passed as written
-            return dict(step.params)
-        return self.registry.params_for(step)
+        """What ``step``'s handler gets as ``context.params``."""
+        return self.functions.params_for(step)
 
     def function_name(self, pipeline: str, step_index: int) -> str:
         """The function step ``step_index`` of ``pipeline`` runs ("?" if the pipeline is gone)."""
-        found = self.pipelines.get(pipeline)
+        found = self.pipeline(pipeline)
         if found is None or step_index >= len(found.steps):
             return "?"
-        function = found.steps[step_index].function
-        return function if function in self.registry else function.partition(":")[0]  # a deployed one's name
+        return self.functions.name_of(found.steps[step_index])
 
     def queue_for(self, step: Step) -> str:
-        if step.queue or step.function in self.registry:
-            return step.queue or self.spec(step).queue
-        from fileproc.serverless.catalog import USER_QUEUE
-
-        return USER_QUEUE  # every deployed function's (sending a step never asks the database)
+        return self.functions.queue_for(step)
 
     def queues(self) -> list[str]:
         """Every queue a worker may need: each function's, and each step's override."""
-        names = {spec.queue for spec in self.functions.values()}
-        names |= {s.queue for p in self.pipelines.values() for s in p.steps if s.queue}
-        from fileproc.serverless.catalog import USER_QUEUE
+        return self.functions.queues(self.pipelines.values())
 
-        return sorted(names | {USER_QUEUE})
+
+def _cannot_submit(events: Iterable[ObjectEvent], *, send: bool = True, completed: bool = False) -> list[Any]:
+    raise ConfigError("this service was built without a way to submit events (build it with fileproc.app.build)")
 
 
 CELERY_CHATTER = (

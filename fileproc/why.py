@@ -21,15 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
-
 from fileproc.errors import BucketNotFound, ObjectNotFound, StorageError
 from fileproc.events import ObjectEvent
 from fileproc.objects import event_for
 from fileproc.rules import verdicts
 from fileproc.service import Service
-from fileproc.state.models import DriftRow
-from fileproc.state.records import Job, aware
+from fileproc.state import Job
+from fileproc.state.drift import found_without_job
 
 MAX_JOBS = 100
 MAX_DRIFT_PASSES = 1000
@@ -88,15 +86,10 @@ def _notifications(service: Service, bucket: str, key: str, jobs: list[Job]) -> 
         seen.append({"time": job.created_at.isoformat(), "source": event.get("source"),
                      "event": event.get("event_name"), "etag": event.get("etag"),
                      "version_id": event.get("version_id"), "job": job.id, "pipeline": job.pipeline})
-    with service.db.reading() as s:
-        passes = s.scalars(select(DriftRow).where(DriftRow.bucket == bucket)
-                           .order_by(DriftRow.id.desc()).limit(MAX_DRIFT_PASSES))
-        for drift in passes:
-            if key in (drift.sample or []):
-                finished = aware(drift.finished_at)
-                seen.append({"time": finished.isoformat() if finished else None, "source": "reconcile",
-                             "event": "found by listing without a job (its notification was lost)",
-                             "etag": None, "version_id": None, "job": None, "pipeline": None})
+    for finished in found_without_job(service.db, bucket, key, passes=MAX_DRIFT_PASSES):
+        seen.append({"time": finished.isoformat() if finished else None, "source": "reconcile",
+                     "event": "found by listing without a job (its notification was lost)",
+                     "etag": None, "version_id": None, "job": None, "pipeline": None})
     return sorted(seen, key=lambda item: item["time"] or "")
 
 

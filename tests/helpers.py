@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from fileproc import Context, InputObject, OutputWriter
+from fileproc.app import build
 from fileproc.events import ObjectEvent
 from fileproc.storage import Storage
 
@@ -100,14 +101,13 @@ def local_service(folder: Path, pipelines: list[dict[str, Any]], **settings: Any
                                             "steps": [{"function": "thumbnail"}], "output": {"bucket": "out"}}])
     """
     from fileproc.config import load_settings
-    from fileproc.service import Service
     from tests.procs import FUNCTIONS_DIR, write_config
 
     folder.mkdir(parents=True, exist_ok=True)
     config = write_config(folder / "fileproc.toml", {
         "data_dir": str(folder / "data"), "functions": {"paths": [str(FUNCTIONS_DIR)]}, "pipelines": pipelines,
         **settings})
-    service = Service(load_settings(config, env={}))
+    service = build(load_settings(config, env={}))
     service.prepare_buckets()
     return service
 

@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from fileproc.api import create_app
+from fileproc.app import build
 from fileproc.config import load_settings
 from fileproc.intake.webhook import Committer
 from fileproc.service import Service
 from fileproc.tokens import Tokens
+from fileproc.web import create_app
 from tests.procs import wait_for, write_config
 
 WEBHOOK = "test-webhook-token"
@@ -39,7 +40,7 @@ def make_service(tmp_path: Path, match: dict[str, Any] | None = None, **api: Any
                        "steps": [{"function": "thumbnail"}],
                        "output": {"bucket": "derived", "key": "thumbnails/{key}/{name}"}}],
     })
-    service = Service(load_settings(config, env={}))
+    service = build(load_settings(config, env={}))
     service.prepare_buckets()
     return service
 

@@ -11,10 +11,10 @@ import pytest
 
 import fileproc
 from fileproc import dispatch
+from fileproc.app import build
 from fileproc.cli import cli
 from fileproc.config import load_settings, setting_names
 from fileproc.events import ObjectEvent
-from fileproc.service import Service
 from tests.procs import fileproc as run
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
@@ -35,7 +35,7 @@ def test_every_setting_is_documented(dotted: str, env: str) -> None:
 
 def test_public_surface() -> None:
     assert sorted(fileproc.__all__) == sorted([
-        "Context", "FileprocError", "InputObject", "InvalidInput", "OutputRef", "OutputWriter",
+        "Context", "FileprocError", "InputObject", "InvalidInput", "ObjectNotFound", "OutputRef", "OutputWriter",
         "PermanentError", "TransientError", "__version__", "function"])
     for name in fileproc.__all__:
         assert hasattr(fileproc, name)
@@ -81,7 +81,7 @@ def test_put_rejects_a_target_without_a_key(tmp_path: Path) -> None:
 def test_a_key_with_a_newline_is_one_line_in_each_listing_and_exact_in_json(tmp_path: Path) -> None:
     env = {"FILEPROC_DATA_DIR": str(tmp_path)}
     key = "evil\n     9  succeeded  thumbnails        uploads/fake\x1b[31m.jpg"  # a line of its own, and colour
-    service = Service(load_settings(None, env=env))
+    service = build(load_settings(None, env=env))
     service.prepare_buckets()
     info = service.storage.put("uploads", key, b"x")
     (item,) = dispatch.submit(service, ObjectEvent("uploads", key, size=info.size, etag=info.etag), send=False)

@@ -29,9 +29,9 @@ from minio import Minio
 from PIL import Image
 from sqlalchemy import create_engine, text
 
+from fileproc.app import build
 from fileproc.cli import cli
 from fileproc.config import load_settings, setting_names
-from fileproc.service import Service
 from tests.helpers import image_bytes
 from tests.procs import Process, wait_for, wait_healthy
 from tests.servers import free_port, versitygw_server
@@ -126,7 +126,7 @@ def test_every_fileproc_variable_is_a_real_setting_and_the_settings_load(compose
         settings = load_settings(config_file(service), env={**env, "FILEPROC_DATA_DIR": str(tmp_path)})
         assert settings.storage.backend == "s3" and not settings.embedded_broker
         assert settings.database_url.startswith("postgresql+psycopg://")
-        service_now = Service(settings)  # the functions and every step's params check out
+        service_now = build(settings)  # the functions and every step's params check out
         if command.command.name == "worker":
             assert set(command.params["queues"].split(",")) <= set(service_now.queues()), name
     # Every queue a pipeline uses is taken by some worker service.
@@ -136,7 +136,7 @@ def test_every_fileproc_variable_is_a_real_setting_and_the_settings_load(compose
         if command.command.name == "worker":
             taken |= set(command.params["queues"].split(","))
     settings = load_settings(COMPOSE / "fileproc.toml", env={"FILEPROC_DATA_DIR": str(tmp_path)})
-    used = Service(settings)
+    used = build(settings)
     assert taken == {used.queue_for(step) for pipeline in used.pipelines.values() for step in pipeline.steps}
 
 

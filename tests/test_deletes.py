@@ -74,8 +74,8 @@ def test_a_deleted_source_takes_its_outputs_with_it_and_the_job_says_what_went(t
 
     from fastapi.testclient import TestClient
 
-    from fileproc.api import create_app
     from fileproc.tokens import Tokens
+    from fileproc.web import create_app
     from tests.test_ui import ADMIN, WEBHOOK, log_in
 
     with TestClient(create_app(service, Tokens(WEBHOOK, ADMIN)), follow_redirects=False) as client:

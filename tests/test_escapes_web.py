@@ -19,12 +19,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from fileproc.api import SMALL_BODY, create_app
 from fileproc.jsonbody import MAX_JSON_DEPTH
-from fileproc.serverless.http import INVOKE_BODY
 from fileproc.service import Service
 from fileproc.tokens import Tokens
+from fileproc.web import create_app
+from fileproc.web.app import SMALL_BODY
 from fileproc.web.bounds import Limit, Throttle
+from fileproc.web.functions import INVOKE_BODY
 from fileproc.web.ui import LOGIN_ATTEMPTS
 from tests.procs import Process, wait_healthy, write_config
 from tests.servers import free_port

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from fileproc.app import build
 from fileproc.config import load_settings
 from fileproc.runtime.runner import run_step
-from fileproc.service import Service
 from tests.helpers import image_bytes
 from tests.procs import Process, fileproc, free_port, wait_for, wait_healthy
 from tests.servers import require
@@ -176,7 +176,7 @@ def test_put_says_when_the_file_was_already_processed(tmp_path: Path) -> None:
     assert "job 1: thumbnails (queued)" in first
     again = fileproc(None, "put", str(photo), "uploads/photo.jpg", env=env).stdout
     assert "already under way as job 1 (queued): thumbnails" in again
-    service = Service(load_settings(env=env))
+    service = build(load_settings(env=env))
     service.prepare_buckets()  # as a worker does at start
     assert run_step(service, 1, 0, "test").status == "succeeded"
     done = fileproc(None, "put", str(photo), "uploads/photo.jpg", env=env).stdout
@@ -193,9 +193,10 @@ def test_a_worker_prints_no_banner_and_no_task_ids(tmp_path: Path, redis_url: st
         "from fileproc.config import load_settings\n"
         "from fileproc.runtime.app import run_worker\n"
         "from fileproc.runtime.tasks import bind_service\n"
-        "from fileproc.service import Service, setup_worker_logging\n"
+        "from fileproc.app import build\n"
+        "from fileproc.service import setup_worker_logging\n"
         "settings = load_settings()\n"
-        "service = Service(settings)\n"
+        "service = build(settings)\n"
         "service.prepare_buckets()\n"
         "bind_service(service)\n"
         "setup_worker_logging(settings)\n"

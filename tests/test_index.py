@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -230,7 +232,7 @@ def test_document_format_of_the_function_is_what_search_reads() -> None:
 def test_commits_keep_few_segments_and_snippets_show_the_match_in_context(tmp_path: Path) -> None:
     from whoosh import index as whoosh_index
 
-    from fileproc.search.whoosh import MAX_SEGMENTS
+    from fileproc.search.whoosh.writing import MAX_SEGMENTS
 
     index = WhooshIndex(tmp_path / "search")
     filler = " ".join(f"word{n}" for n in range(200))  # 1,500 characters before the match
@@ -242,6 +244,19 @@ def test_commits_keep_few_segments_and_snippets_show_the_match_in_context(tmp_pa
     hit = index.search("pilot").hits[0]
     assert "<mark>pilots</mark>" in hit.snippet and "&lt;b&gt;harbour&lt;/b&gt;" in hit.snippet
     assert not hit.snippet.startswith("word0 ")  # the fragment around the match, not the start of the text
+
+
+def test_an_index_names_its_field_class_where_indexes_always_named_it(tmp_path: Path) -> None:
+    """Whoosh pickles the schema into the index: the class of the content field is on disk by name."""
+    index = WhooshIndex(tmp_path / "search")
+    index.add([Document(bucket="d", key="a.txt", text="harbour pilots", etag="1")])
+    toc = b"".join(path.read_bytes() for path in index.current.glob("*.toc"))
+    assert b"cfileproc.search.whoosh\nAnalyzedText\n" in toc  # as every index written so far names it
+    # Whoosh alone opens it, in a process that imported nothing of fileproc: the name resolves by itself.
+    script = "import sys; from whoosh import index; print(index.open_dir(sys.argv[1]).doc_count())"
+    opened = subprocess.run([sys.executable, "-c", script, str(index.current)], capture_output=True, text=True,
+                            check=True)
+    assert opened.stdout.split() == ["1"]
 
 
 def test_the_steps_words_are_indexed_as_whoosh_would_index_the_text(tmp_path: Path) -> None:
@@ -265,8 +280,8 @@ def test_words_of_another_analyzer_or_garbled_are_not_used_and_old_indexes_analy
     from whoosh import index as whoosh_index
     from whoosh.fields import TEXT
 
-    from fileproc.search import analysis
-    from fileproc.search.whoosh import schema
+    from fileproc.functions import analysis
+    from fileproc.search.whoosh.schema import schema
 
     def with_terms(key: str, terms: Any) -> Document:
         return _doc(key, "plain words about a lighthouse", terms=terms)
@@ -297,7 +312,7 @@ def test_words_of_another_analyzer_or_garbled_are_not_used_and_old_indexes_analy
 
 
 def test_the_steps_words_are_the_whoosh_analyzers_words() -> None:
-    from fileproc.search import analysis
+    from fileproc.functions import analysis
 
     def whoosh_words(text: str) -> dict[str, list[int]]:
         where: dict[str, list[int]] = {}

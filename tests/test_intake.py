@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from fileproc import dispatch
-from fileproc.api import create_app
+from fileproc.app import build
 from fileproc.cli import cli
 from fileproc.config import load_settings
 from fileproc.events import ObjectEvent
@@ -32,6 +32,7 @@ from fileproc.intake.webhook import Committer
 from fileproc.service import Service
 from fileproc.state import Database
 from fileproc.tokens import Tokens
+from fileproc.web import create_app
 from tests.helpers import image_bytes
 from tests.procs import wait_for, write_config
 from tests.servers import free_port
@@ -57,7 +58,7 @@ def config_for(tmp_path: Path, database: str, name: str = "fileproc") -> Path:
 def service_with_database(tmp_path: Path, name: str) -> tuple[Service, Path]:
     """A service on the shared data folder (same buckets) with a database of its own."""
     config = config_for(tmp_path, f"sqlite:///{tmp_path / (name + '.db')}", name)
-    return Service(load_settings(config, env={})), config
+    return build(load_settings(config, env={})), config
 
 
 def only_event(service: Service) -> dict[str, Any]:
@@ -163,7 +164,7 @@ def test_hundreds_of_concurrent_posts_to_two_receivers_are_recorded_exactly_once
     # Each key twice (once to each receiver, concurrently), plus a third copy of some.
     posts = [(i % 2, key) for i, key in enumerate(keys)] + [((i + 1) % 2, key) for i, key in enumerate(keys)]
     posts += [(0, key) for key in keys[:60]]
-    services = [Service(load_settings(config, env={})) for _ in range(2)]
+    services = [build(load_settings(config, env={})) for _ in range(2)]
 
     async def post_all(ports: list[int]) -> list[tuple[str, httpx.Response]]:
         limit = asyncio.Semaphore(64)

@@ -23,6 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 from fileproc import dispatch
+from fileproc.app import build
 from fileproc.cli import cli
 from fileproc.config import load_settings
 from fileproc.events import ObjectEvent
@@ -59,7 +60,7 @@ def deploy(config: Path, path: Path, name: str, handler: str, *options: str) -> 
 
 
 def service_for(config: Path) -> Service:
-    service = Service(load_settings(config, env={}))
+    service = build(load_settings(config, env={}))
     service.prepare_buckets()
     return service
 

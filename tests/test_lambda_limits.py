@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from fileproc.app import build
 from fileproc.config import load_settings
 from fileproc.runtime.runner import run_step
 from fileproc.service import Service
@@ -93,7 +94,7 @@ def test_each_misbehaviour_is_recorded_in_plain_words_and_others_keep_running(tw
 
 def _worker(config: str, job_ids: list[int], name: str) -> None:
     """A second worker process: runs the given steps until each is done (throttled ones come back)."""
-    service = Service(load_settings(config, env={}))
+    service = build(load_settings(config, env={}))
     pending = list(job_ids)
     while pending:
         for job_id in list(pending):

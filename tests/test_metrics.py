@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, func, select, text, update
 
 from fileproc import dispatch
+from fileproc.app import build
 from fileproc.config import load_settings
 from fileproc.intake.webhook import Counters
 from fileproc.metrics import RECEIVER, Metrics
@@ -236,7 +237,7 @@ def _attempts(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> 
 
 def test_a_scrape_counts_exactly_what_is_new_in_every_process_and_after_a_restart(tmp_path: Path) -> None:
     config = _history(tmp_path)
-    service, other = Service(load_settings(config, env={})), Service(load_settings(config, env={}))
+    service, other = build(load_settings(config, env={})), build(load_settings(config, env={}))
     _add(service, 120)
     (running,) = _add(service, 1, status="running")  # settled, but still running when the mark passes it
     _add(service, 3, ago=0)  # not settled yet: counted afresh on each scrape
@@ -264,7 +265,7 @@ def test_a_scrape_counts_exactly_what_is_new_in_every_process_and_after_a_restar
         s.execute(update(AttemptRow).where(AttemptRow.id == running)
                   .values(status="failed", finished_at=utcnow(), duration_ms=5000))
     assert _attempts(_samples(one)) == _attempts(_samples(two)) == 141
-    restarted = _samples(Metrics(Service(load_settings(config, env={})), Counters()))
+    restarted = _samples(Metrics(build(load_settings(config, env={})), Counters()))
     assert _attempts(restarted) == 141
     assert restarted[("fileproc_attempts_total", (("function", "thumbnail"), ("status", "failed")))] == 1
     with service.db.reading() as s:
@@ -297,9 +298,9 @@ def test_a_history_without_totals_is_caught_up_a_part_per_scrape_and_never_count
             admin.execute(text(f"CREATE DATABASE {name}"))
         database = server.rsplit("/", 1)[0] + "/" + name
     config = _history(tmp_path, database)
-    service = Service(load_settings(config, env={}))
+    service = build(load_settings(config, env={}))
     _add(service, 200)
-    processes = [Metrics(Service(load_settings(config, env={})), Counters()) for _ in range(2)]
+    processes = [Metrics(build(load_settings(config, env={})), Counters()) for _ in range(2)]
     for metrics in processes:  # a part a scrape, as a long history is: 10 attempts
         metrics.state.BATCH, metrics.state.BUDGET = 10, 0.0
     shown: list[list[float]] = [[], []]

@@ -19,6 +19,7 @@ import pytest
 from minio import Minio
 
 from fileproc import dispatch
+from fileproc.app import build
 from fileproc.config import ReconcileSettings, load_settings
 from fileproc.events import ObjectEvent
 from fileproc.intake.reconcile import Reconciler, next_interval, reconcile_all, watched_scopes
@@ -42,7 +43,7 @@ def make_service(tmp_path: Path, pipelines: list[dict[str, Any]], env: dict[str,
         "functions": {"paths": [str(FUNCTIONS_DIR)]},
         "pipelines": pipelines,
     })
-    service = Service(load_settings(config, env=env or {}))
+    service = build(load_settings(config, env=env or {}))
     service.prepare_buckets()
     return service
 

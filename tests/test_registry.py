@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from fileproc import dispatch
+from fileproc.app import build
 from fileproc.config import load_settings
 from fileproc.errors import ConfigError, FunctionNotFound
 from fileproc.events import ObjectEvent
@@ -34,7 +35,7 @@ def settings_for(tmp_path: Path, steps: list[dict[str, Any]] | None = None, path
 
 def service_for(tmp_path: Path, steps: list[dict[str, Any]] | None = None,
                 paths: list[Path] | None = None) -> Service:
-    return Service(load_settings(settings_for(tmp_path, steps, paths), env={}))
+    return build(load_settings(settings_for(tmp_path, steps, paths), env={}))
 
 
 def write_module(folder: Path, name: str, source: str) -> Path:
@@ -54,12 +55,12 @@ def test_the_builtins_are_found_through_their_entry_point() -> None:
 
 def test_a_service_without_function_paths_does_not_see_another_services_functions(tmp_path: Path) -> None:
     with_paths = service_for(tmp_path / "a", paths=[FUNCTIONS_DIR])
-    assert {"slow", "describe", "thumbnail"} <= set(with_paths.functions)
+    assert {"slow", "describe", "thumbnail"} <= set(with_paths.functions.registry.specs())
     without = service_for(tmp_path / "b")
     built_ins = {point.name for point in entry_points(group="fileproc.functions")}
-    assert "thumbnail" in built_ins and set(without.functions) == built_ins  # the built-ins only
+    assert "thumbnail" in built_ins and set(without.functions.registry.specs()) == built_ins  # the built-ins only
     with pytest.raises(FunctionNotFound, match="no function named 'slow'"):
-        without.registry.get("slow")
+        without.functions.registry.get("slow")
 
 
 def test_same_named_modules_in_two_folders_both_load(tmp_path: Path) -> None:
@@ -78,9 +79,9 @@ def test_same_named_modules_in_two_folders_both_load(tmp_path: Path) -> None:
             return "beta"
     """)
     service = service_for(tmp_path, paths=[tmp_path / "one", tmp_path / "two"])
-    assert service.functions["alpha"].handler({}, None) == "alpha"
-    assert service.functions["beta"].handler({}, None) == "beta"
-    assert service.functions["alpha"].module != service.functions["beta"].module
+    assert service.functions.registry.get("alpha").handler({}, None) == "alpha"
+    assert service.functions.registry.get("beta").handler({}, None) == "beta"
+    assert service.functions.registry.get("alpha").module != service.functions.registry.get("beta").module
 
 
 def test_one_name_defined_twice_is_a_config_error(tmp_path: Path) -> None:
@@ -118,7 +119,7 @@ def test_a_plain_handler_named_in_the_config_runs(tmp_path: Path) -> None:
 def test_a_handler_from_an_installed_module_keeps_its_declared_defaults(tmp_path: Path) -> None:
     service = service_for(tmp_path, [{"function": "thumbs", "handler": "workers.thumbnail:handler",
                                       "params": {"sizes": [64]}}])
-    spec = service.functions["thumbs"]
+    spec = service.functions.registry.get("thumbs")
     assert spec.handler is thumbnail_handler and spec.params is ThumbnailParams and spec.queue == "thumbnail"
 
 

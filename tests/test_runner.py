@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import update
 
 from fileproc import dispatch
+from fileproc.app import build
 from fileproc.config import load_settings
 from fileproc.events import ObjectEvent
 from fileproc.runtime.runner import run_step
@@ -176,7 +177,7 @@ def test_outputs_written_into_the_source_bucket_do_not_loop(tmp_path: Path) -> N
                        "steps": [{"function": "thumbnail", "params": {"format": "jpeg"}}],
                        "output": {"bucket": "{bucket}", "key": "thumbs/{key}/{name}"}}],
     })
-    service = Service(load_settings(config, env={}))
+    service = build(load_settings(config, env={}))
     service.prepare_buckets()
     job = upload(service, "a.jpg", image_bytes())
     assert run_step(service, job.id, 0, "w").status == "succeeded"
@@ -195,7 +196,7 @@ def test_a_storage_outage_is_retried_not_failed(tmp_path: Path) -> None:
     settings = load_settings(tmp_path / "fileproc.toml", env={
         "FILEPROC_STORAGE_BACKEND": "s3", "FILEPROC_STORAGE_ENDPOINT": f"127.0.0.1:{dead}",
         "FILEPROC_STORAGE_SECURE": "false", "FILEPROC_STORAGE_SECRET_KEY": "s3cr3t-value"})
-    outcome = run_step(Service(settings), job.id, 0, "w")
+    outcome = run_step(build(settings), job.id, 0, "w")
     assert outcome.status == "retry" and outcome.retry_in is not None
     queued = service.db.get_job(job.id)
     assert queued is not None and queued.status == "queued"

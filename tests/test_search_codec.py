@@ -1,4 +1,4 @@
-"""The indexer's segment writer (fileproc.search.codec): Whoosh's format, read by Whoosh's readers."""
+"""The indexer's segment writer (fileproc.search.whoosh.codec): Whoosh's format, read by Whoosh's readers."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from whoosh import index as whoosh_index
 from whoosh import query
 from whoosh.codec.whoosh3 import W3Codec
 
-from fileproc.search import Document, analysis
-from fileproc.search.codec import COMPRESS_FROM, WriterCodec
-from fileproc.search.whoosh import WhooshIndex, _fields, schema
+from fileproc.functions import analysis
+from fileproc.search import Document
+from fileproc.search.whoosh import WhooshIndex
+from fileproc.search.whoosh.codec import COMPRESS_FROM, WriterCodec
+from fileproc.search.whoosh.schema import fields, schema
 
 
 def _documents(count: int) -> list[Document]:
@@ -38,7 +40,7 @@ def _write(folder: Path, documents: list[Document], codec: Any, commits: int = 1
     for start in range(0, len(documents), size):
         writer = ix.writer(codec=codec, compound=False) if codec else ix.writer(compound=False)
         for document in documents[start:start + size]:
-            writer.update_document(**_fields(document, writer.schema))
+            writer.update_document(**fields(document, writer.schema))
         writer.commit(merge=False)
     return whoosh_index.open_dir(str(folder))
 
@@ -82,7 +84,7 @@ def test_short_blocks_are_stored_plain_and_whooshs_readers_read_the_same_index(t
     ours = _write(tmp_path / "ours", documents, WriterCodec(), commits=3)
     # Every segment names Whoosh's codec, not ours: the index does not depend on this module.
     assert all(type(segment.codec()) is W3Codec for segment in ours._segments())
-    assert b"fileproc.search.codec" not in b"".join(p.read_bytes() for p in (tmp_path / "ours").glob("*.toc"))
+    assert b"fileproc.search.whoosh.codec" not in b"".join(p.read_bytes() for p in (tmp_path / "ours").glob("*.toc"))
     read, expected = _postings(ours), _postings(theirs)
     assert read.keys() == expected.keys()
     assert [term for term in expected if read[term] != expected[term]][:5] == []

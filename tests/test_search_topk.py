@@ -1,4 +1,5 @@
-"""Search's own top-hits path (fileproc/search/topk.py): the same hits, scores and order as Whoosh's search."""
+"""Search's own top-hits path (fileproc/search/whoosh/topk.py and postings.py): the same hits, scores and order as
+Whoosh's search."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import numpy as np
 import pytest
 from whoosh import qparser, query
 
-from fileproc.search import Document, topk
-from fileproc.search.whoosh import WhooshIndex, _Present, _prune, _words_query, schema
+from fileproc.search import Document
+from fileproc.search.whoosh import WhooshIndex, postings, topk
+from fileproc.search.whoosh.queries import Present, prune, words_query
+from fileproc.search.whoosh.schema import schema
 
 WORDS = [f"w{chr(97 + a)}{chr(97 + b)}" for a in range(26) for b in range(8)]  # 208 words, none a stop word
 
@@ -49,8 +52,8 @@ def _queries(searcher) -> list[query.Query]:
     texts = WORDS[:6] + rng.sample(WORDS, 12) + ["wzz"]  # common, rare, absent
     texts += [f"{rng.choice(WORDS[:40])} {rng.choice(WORDS)}" for _ in range(14)]
     texts += [f"{WORDS[0]} {WORDS[1]}", f"{WORDS[0]} {WORDS[1]} {WORDS[2]}"]
-    present = _Present(searcher.reader())
-    return [_prune(_words_query(searcher.schema, text), present) for text in texts]
+    present = Present(searcher.reader())
+    return [prune(words_query(searcher.schema, text), present) for text in texts]
 
 
 def test_plain_word_queries_give_whooshs_hits_scores_and_order(index: WhooshIndex) -> None:
@@ -61,9 +64,9 @@ def test_plain_word_queries_give_whooshs_hits_scores_and_order(index: WhooshInde
     for q in _queries(searcher):
         for limit in (1, 10, 35):
             for bucket, kind in ((None, None), ("b1", None), (None, "markdown"), ("b2", "text")):
-                wanted = index._filter(searcher, bucket, kind)
+                wanted = index._current().filter(bucket, kind)
                 expected = _whoosh_top(searcher, q, limit, wanted)
-                got = topk.top_hits(index._topk, searcher, q, limit, index._mask(searcher, bucket, kind))
+                got = topk.top_hits(index._postings, searcher, q, limit, index._current().mask(bucket, kind))
                 assert got == expected, (q, limit, bucket, kind)
                 compared += bool(expected)
     assert compared > 300  # most of them found something
@@ -72,7 +75,7 @@ def test_plain_word_queries_give_whooshs_hits_scores_and_order(index: WhooshInde
 def test_search_pages_are_whooshs_ranking(index: WhooshIndex) -> None:
     searcher = index._current_searcher()
     for text in (WORDS[0], WORDS[7], f"{WORDS[1]} {WORDS[4]}"):
-        q = _prune(_words_query(searcher.schema, text), _Present(searcher.reader()))
+        q = prune(words_query(searcher.schema, text), Present(searcher.reader()))
         expected = _whoosh_top(searcher, q, 30, None)
         shown = [hit for page in (1, 2, 3) for hit in index.search(text, per_page=10, page=page).hits]
         assert [(h.bucket + "/" + h.key, h.score) for h in shown] == [
@@ -83,13 +86,13 @@ def test_search_pages_are_whooshs_ranking(index: WhooshIndex) -> None:
 def test_other_queries_are_left_to_whoosh(index: WhooshIndex) -> None:
     searcher = index._current_searcher()
     parser = qparser.MultifieldParser(["title", "name", "content"], searcher.schema)
-    q = _prune(parser.parse(f"title:doc AND {WORDS[2]}"), _Present(searcher.reader()))  # words of two fields
-    assert topk.top_hits(index._topk, searcher, q, 10, None) == _whoosh_top(searcher, q, 10, None)
+    q = prune(parser.parse(f"title:doc AND {WORDS[2]}"), Present(searcher.reader()))  # words of two fields
+    assert topk.top_hits(index._postings, searcher, q, 10, None) == _whoosh_top(searcher, q, 10, None)
     for text in (f"{WORDS[0]} OR {WORDS[5]}", f'"{WORDS[0]} {WORDS[1]}"', "wa*", f"{WORDS[0]} NOT {WORDS[1]}",
                  f"{WORDS[0]}^2 {WORDS[1]}"):
-        q = _prune(parser.parse(text), _Present(searcher.reader()))
+        q = prune(parser.parse(text), Present(searcher.reader()))
         with pytest.raises(topk.Unsupported):
-            topk.top_hits(index._topk, searcher, q, 10, None)
+            topk.top_hits(index._postings, searcher, q, 10, None)
         page = index.search(text, per_page=10)
         assert [h.key for h in page.hits] == [searcher.stored_fields(d)["key"] for _, d in
                                               _whoosh_top(searcher, q, 10, None)]
@@ -104,12 +107,12 @@ def test_words_only_queries_are_what_the_parser_makes_of_them() -> None:
     built = 0
     for _ in range(400):
         text = " ".join(rng.choice(words) for _ in range(rng.randint(1, 4)))
-        made = _words_query(fields, text)
+        made = words_query(fields, text)
         assert made is None or made == parser.parse(text), text
         built += made is not None
     assert built > 300
     for text in ("boats OR ferries", "title:boats", '"boat trip"', "boat*", "boats AND", "x-y", ""):
-        assert _words_query(fields, text) is None  # anything but words: the parser's job
+        assert words_query(fields, text) is None  # anything but words: the parser's job
 
 
 def test_an_empty_index_and_an_absent_word_find_nothing(tmp_path: Path) -> None:
@@ -128,7 +131,7 @@ def test_posting_blocks_are_read_as_whoosh_reads_them(index: WhooshIndex) -> Non
         postfile = reader._terms._postfile
         for fieldname in ("content", "title", "name"):
             for tbytes in reader.lexicon(fieldname):
-                headers = index._topk.headers(reader, fieldname, tbytes)
+                headers = index._postings.headers(reader, fieldname, tbytes)
                 for block in range(len(headers)):
                     data = postfile.get(headers.data_start[block], headers.data_end[block] - headers.data_start[block])
                     raw = zlib.decompress(data) if headers.compressed[block] else data
@@ -138,7 +141,7 @@ def test_posting_blocks_are_read_as_whoosh_reads_them(index: WhooshIndex) -> Non
                     expected = ([1.0] * len(deltas) if weights is None else
                                 [weights] * len(deltas) if isinstance(weights, float) else list(weights))
                     assert list(got_weights) == expected
-                    fast += topk._read_pickled(raw, int(headers.count[block])) is not None
+                    fast += postings._read_pickled(raw, int(headers.count[block])) is not None
                     assert headers.max_id[block] == ids[-1] and headers.count[block] == len(ids)
     assert fast > 20  # the numpy read served most blocks of several postings
 
@@ -152,7 +155,7 @@ def test_equal_scores_rank_by_document_order_as_in_whoosh(tmp_path: Path) -> Non
     assert [h.key for h in ties.search("alpha", per_page=10).hits] == ["450.txt"] + [f"{n:03d}.txt" for n in range(9)]
     searcher = ties._current_searcher()
     q = query.Term("content", "alpha")
-    assert topk.top_hits(ties._topk, searcher, q, 25, None) == _whoosh_top(searcher, q, 25, None)
+    assert topk.top_hits(ties._postings, searcher, q, 25, None) == _whoosh_top(searcher, q, 25, None)
     # Both words. The block holding the one better hit (250) is visited first and fills the page from
     # its own documents (128-136); the first block's documents then have a best possible total that only
     # equals the last hit's score, and still enter, as they come before it.
@@ -164,18 +167,18 @@ def test_equal_scores_rank_by_document_order_as_in_whoosh(tmp_path: Path) -> Non
     q = query.And([query.Term("content", "alpha"), query.Term("content", "gamma")])
     expected = _whoosh_top(searcher, q, 10, None)
     assert [docnum for _, docnum in expected] == [250, *range(9)]
-    assert topk.top_hits(both._topk, searcher, q, 10, None) == expected
+    assert topk.top_hits(both._postings, searcher, q, 10, None) == expected
 
 
 def test_the_block_headers_of_frequent_words_are_read_ahead_by_searching_processes_only(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(topk, "WARM_SEGMENT_DOCS", 250)  # the 700 and 300 documents below, not the later 200
+    monkeypatch.setattr(postings, "WARM_SEGMENT_DOCS", 250)  # the 700 and 300 documents below, not the later 200
     folder = tmp_path / "search"
     writer = WhooshIndex(folder)
     writer.add(_corpus(1, 700))
     writer.add(_corpus(2, 300, start=700))
     writer.search(WORDS[0])
-    assert writer._warmer is None  # the indexer, fileproc search: they do not read ahead
+    assert writer._read_ahead is None  # the indexer, fileproc search: they do not read ahead
     segments = writer._current_searcher().reader().leaf_readers()
     assert len(segments) == 2
 
@@ -185,9 +188,9 @@ def test_the_block_headers_of_frequent_words_are_read_ahead_by_searching_process
     for word in (frequent, rare, ahead, unsearched):  # what each segment holds of them: hundreds of documents, or few
         counts = [reader.doc_frequency("content", word) for reader, _ in searcher.reader().leaf_readers()]
         if word in (frequent, ahead):
-            assert min(counts) >= topk.WARM_POSTINGS
+            assert min(counts) >= postings.WARM_POSTINGS
         else:
-            assert max(counts) < topk.WARM_POSTINGS
+            assert max(counts) < postings.WARM_POSTINGS
     texts = (frequent, rare, f"{frequent} {rare}")
     expected = {text: [(h.key, h.score) for h in writer.search(text).hits] for text in texts}
 
@@ -196,11 +199,11 @@ def test_the_block_headers_of_frequent_words_are_read_ahead_by_searching_process
     assert found == expected
     assert index.wait_warm(30)
     ids = {reader.segment().segment_id() for reader, _ in index._current_searcher().reader().leaf_readers()}
-    kept = {(segment, word) for segment, _, word in index._topk._headers}
+    kept = {(segment, word) for segment, _, word in index._postings._headers}
     assert {(segment, ahead.encode()) for segment in ids} <= kept  # never searched: read ahead
     assert not any(word == unsearched.encode() for _, word in kept)
     for reader, _ in index._current_searcher().reader().leaf_readers():  # its blocks kept decoded, as the file has them
-        headers = index._topk._headers[(reader.segment().segment_id(), "content", ahead.encode())]
+        headers = index._postings._headers[(reader.segment().segment_id(), "content", ahead.encode())]
         assert headers is not None and headers.decoded is not None
         for block in range(len(headers)):
             kept_ids, kept_weights = headers.decode(reader._terms._postfile, block)
@@ -214,7 +217,7 @@ def test_the_block_headers_of_frequent_words_are_read_ahead_by_searching_process
     assert index.wait_warm(30)
     sizes = {reader.segment().segment_id(): reader.doc_count_all()
              for reader, _ in index._current_searcher().reader().leaf_readers()}
-    kept = {(segment, word) for segment, _, word in index._topk._headers}
+    kept = {(segment, word) for segment, _, word in index._postings._headers}
     assert sorted(sizes.values()) == [200, 300, 300, 700]
     assert {segment for segment, size in sizes.items() if (segment, ahead.encode()) in kept} == {
         segment for segment, size in sizes.items() if size >= 250}
@@ -223,8 +226,8 @@ def test_the_block_headers_of_frequent_words_are_read_ahead_by_searching_process
 def test_the_read_ahead_keeps_the_most_frequent_words_decoded_within_its_budget(index: WhooshIndex) -> None:
     reader = index._current_searcher().reader().leaf_readers()[0][0]
     counts = {word: reader.doc_frequency("content", word) for word in WORDS[:3]}
-    assert counts[WORDS[0]] > counts[WORDS[1]] > counts[WORDS[2]] >= topk.WARM_POSTINGS
-    cache = topk.Cache(max_decoded=counts[WORDS[0]] + counts[WORDS[2]])  # room for the first, not the second
+    assert counts[WORDS[0]] > counts[WORDS[1]] > counts[WORDS[2]] >= postings.WARM_POSTINGS
+    cache = postings.Cache(max_decoded=counts[WORDS[0]] + counts[WORDS[2]])  # room for the first, not the second
     for _ in cache.warm(reader, ["content"]):
         pass
     segment = reader.segment().segment_id()

@@ -14,11 +14,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fileproc import dispatch
-from fileproc.api import create_app
 from fileproc.events import ObjectEvent
 from fileproc.service import Service
 from fileproc.state import JobStatus
 from fileproc.tokens import Tokens
+from fileproc.web import create_app
 from tests.test_api import ADMIN, WEBHOOK, make_service
 
 

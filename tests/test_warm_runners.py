@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 from fileproc import dispatch
+from fileproc.app import build
 from fileproc.config import load_settings
 from fileproc.events import ObjectEvent
-from fileproc.runtime.invoke import StepRequest
+from fileproc.functions.steps import ChildResult, StepRequest
 from fileproc.runtime.pool import pool
-from fileproc.runtime.results import ChildResult
 from fileproc.runtime.runner import execute, run_step
 from fileproc.service import Service
 from fileproc.state import Job
@@ -37,7 +37,7 @@ def make_service(tmp_path: Path, pipelines: dict[str, list[dict[str, Any]]]) -> 
         "pipelines": [{"name": name, "match": {"bucket": name}, "steps": steps,
                        "output": {"bucket": "out", "key": "{key}/{name}"}} for name, steps in pipelines.items()],
     })
-    service = Service(load_settings(config, env={}))
+    service = build(load_settings(config, env={}))
     service.prepare_buckets()
     return service
 
@@ -165,9 +165,9 @@ def test_a_worker_killed_with_sigkill_leaves_no_runner(tmp_path: Path) -> None:
         from fileproc.config import load_settings
         from fileproc.events import ObjectEvent
         from fileproc.runtime.runner import run_step
-        from fileproc.service import Service
+        from fileproc.app import build
 
-        service = Service(load_settings({str(config)!r}, env={{}}))
+        service = build(load_settings({str(config)!r}, env={{}}))
         info = service.storage.put("inbox", "a.bin", b"x")
         (item,) = dispatch.submit(service, ObjectEvent("inbox", "a.bin", size=info.size, etag=info.etag), send=False)
         run_step(service, item.job.id, 0, "doomed")
@@ -195,7 +195,7 @@ def test_a_celery_worker_killed_with_sigkill_leaves_no_runner(tmp_path: Path, re
                        "steps": [{"function": "slow", "queue": queue,
                                   "params": {"seconds": 300, "pidfile": str(pidfile)}}]}],
     })
-    service = Service(load_settings(config, env={}))
+    service = build(load_settings(config, env={}))
     service.prepare_buckets()
     worker = Process(config, ["worker", "--concurrency", "1"], tmp_path / "worker.log")
     try:

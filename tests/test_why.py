@@ -15,13 +15,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fileproc import dispatch
-from fileproc.api import create_app
+from fileproc.app import build
 from fileproc.config import load_settings
 from fileproc.intake.reconcile import reconcile_all
 from fileproc.objects import event_for
 from fileproc.runtime.runner import run_step
 from fileproc.service import Service
 from fileproc.tokens import Tokens
+from fileproc.web import create_app
 from fileproc.why import explain
 from tests.helpers import image_bytes
 from tests.procs import FUNCTIONS_DIR, fileproc, write_config
@@ -41,7 +42,7 @@ def service(tmp_path: Path, redis_url: str) -> Service:
              "output": {"bucket": "derived", "key": "sizes/{key}/{name}"}},
         ],
     })
-    made = Service(load_settings(config, env={}))
+    made = build(load_settings(config, env={}))
     made.prepare_buckets()
     return made
 

@@ -9,7 +9,7 @@ For each object it writes one output, ``text.json``: a *document object*
 holding the object's metadata (bucket, key, size, content type, etag, last
 modified), its kind (text, markdown, html, csv, json, pdf, docx), a title,
 the extracted text and its words as the index analyzes them
-(``fileproc.search.analysis``). That object is the source of truth of search: the
+(``fileproc.functions.analysis``). That object is the source of truth of search: the
 service's indexer (``fileproc.search.indexer``) applies it to the search
 index, and ``fileproc reindex`` rebuilds the index from these objects alone.
 
@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fileproc import Context, InvalidInput, function
 from fileproc.errors import ObjectNotFound  # what context.storage raises for a missing object
-from fileproc.search.analysis import terms
+from fileproc.functions.analysis import terms
 from workers.extract import extract, kind_of
 
 DOCUMENT_CONTENT_TYPE = "application/vnd.fileproc.document+json"

@@ -65,7 +65,9 @@ class FunctionSpec:
 
     ``params`` is the pydantic model the step's params must satisfy (``None``:
     any table of params is passed on as it is); ``source`` says where the
-    function came from, for messages.
+    function came from, for messages; ``kind`` names its
+    :class:`~fileproc.functions.kinds.FunctionKind` (how its runners start,
+    what its steps do at their ends).
     """
 
     name: str
@@ -78,6 +80,7 @@ class FunctionSpec:
     source: str = ""
     version: str = "$LATEST"  # a deployed function's version number
     concurrency: int | None = None  # a deployed function's reserved concurrency (steps at once, everywhere)
+    kind: str = "registered"  # its kind of function (fileproc.functions.kinds): how it runs, what its steps do
 
     @property
     def module(self) -> str:

@@ -89,11 +89,17 @@ class Registry:
         ``deployed(name)`` says whether a step's unknown function is a deployed
         one (``fileproc functions deploy``), which the check then accepts.
         """
+        registry = cls.loaded(settings)
+        registry.check(settings.pipelines, deployed)
+        return registry
+
+    @classmethod
+    def loaded(cls, settings: Settings) -> Registry:
+        """Entry points, then ``functions.paths``, then the steps' handlers; pipelines not checked yet."""
         registry = cls()
         registry.load_entry_points()
         registry.load_paths(settings.functions.paths)
         registry.load_step_handlers(settings.pipelines, settings.functions.paths)
-        registry.check(settings.pipelines, deployed)
         return registry
 
     def add(self, spec: FunctionSpec) -> None:

@@ -3,7 +3,7 @@
 Every source turns what it sees into ObjectEvents with one function,
 :func:`fileproc.objects.event_for`, and hands them to one path,
 :func:`fileproc.dispatch.submit_many` (through the ``submit`` callable it is
-given). Sources: the webhook (:mod:`.webhook`, bodies parsed by
+given: ``service.submit``). Sources: the webhook (:mod:`.webhook`, bodies parsed by
 :mod:`.notifications`), the folder watcher (:mod:`.watcher`), backfill
 (:mod:`.backfill`) and the reconciler (:mod:`.reconcile`). A queue source
 (AMQP, Redis streams, NATS) is one more module implementing :class:`Source`.
@@ -11,13 +11,9 @@ given). Sources: the webhook (:mod:`.webhook`, bodies parsed by
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from fileproc.events import ObjectEvent
-
-Submit = Callable[[Sequence[ObjectEvent]], Any]
-"""Records events durably (jobs for what a pipeline matches); raises if it could not."""
+from fileproc.objects import Submit
 
 
 @runtime_checkable

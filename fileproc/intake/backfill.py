@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from fileproc import dispatch
+from fileproc.dispatch import retry
 from fileproc.errors import ObjectNotFound
 from fileproc.events import ObjectEvent
 from fileproc.objects import event_for
@@ -72,11 +72,11 @@ def _headed(service: Service, info: ObjectInfo) -> ObjectEvent | None:
 
 
 def _submit(service: Service, events: list[ObjectEvent], report: BackfillReport) -> None:
-    for item in dispatch.submit_many(service, events):
+    for item in service.submit(events):
         if item.created:
             report.queued += 1
         elif item.job.status == "failed":
-            dispatch.retry(service, item.job.id)
+            retry(service, item.job.id)
             report.retried += 1
         else:
             report.already += 1

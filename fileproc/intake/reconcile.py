@@ -46,7 +46,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from fileproc import dispatch
 from fileproc.config import ReconcileSettings, Settings
 from fileproc.errors import FileprocError, ObjectNotFound, StorageError
 from fileproc.events import ObjectEvent
@@ -248,7 +247,7 @@ def _reconcile_batch(service: Service, batch: list[ObjectInfo], drift: Drift, re
             drift.matched -= 1  # a content type rule refuses it, now that the type is known
     # A new version: a pipeline that lacks a job for this version had one for an older version.
     older = {e.key for e, lacking in missing if any((p.name, e.key) in covered for p in lacking)}
-    created = {item.job.key for item in dispatch.submit_many(service, still) if item.created}
+    created = {item.job.key for item in service.submit(still) if item.created}
     for event in still:
         if event.key not in created:
             drift.covered += 1  # a notification made the job meanwhile (or an output record says no)

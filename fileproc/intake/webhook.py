@@ -1,22 +1,34 @@
-"""The webhook source: many requests' events recorded in one transaction (group commit).
+"""The webhook source: a notification body in, its events recorded as jobs before the answer.
 
-``POST /events`` parses its body on the event loop, drops what no pipeline
-can match (counted, never written), fills what a notification left out from a
-HEAD, and hands the rest to the :class:`Committer`. The committer's one
-thread takes everything that arrived while the previous transaction ran (up
-to ``max_batch`` events, waiting at most ``max_wait`` seconds for more),
-records it with one :func:`fileproc.dispatch.submit_many` call, and wakes
-each request, which answers 200 only then. The new jobs' messages go to the
-broker from a second thread, after the answers; one that does not go is sent
-later by the outbox.
+:func:`receive` is the whole of one ``POST /events`` request after its token
+is checked: it parses the body (:func:`~fileproc.intake.notifications.parse_body`;
+a large one off the event loop), drops the events no pipeline can match
+(counted, never written), completes from a HEAD those a notification left
+incomplete (no eTag, size 0: :func:`fileproc.objects.complete`, off the event
+loop), counts what it saw in the :class:`Counters`, and hands the rest to the
+:class:`Committer`. It returns once they are committed: the caller answers
+200 only then, so the sender's own retry covers any outage of ours.
+
+The committer records many requests' events in one transaction (group
+commit). Its one thread takes everything that arrived while the previous
+transaction ran (up to ``max_batch`` events, waiting at most ``max_wait``
+seconds for more), records it with one :func:`fileproc.dispatch.submit_many`
+call, and wakes each waiting request. The new jobs' messages go to the broker
+from a second thread, after the answers; one that does not go is sent later
+by the outbox.
 
 When the committer is behind by more than ``max_backlog`` events, or a
 request's events are not committed within ``answer_timeout`` seconds (the
-database is locked or gone), the request answers 503 with ``Retry-After``:
-a store that retries does, and one that does not has its object found by the
-reconciler, instead of the sender timing out. Several API processes side by
-side are safe: they share only the database, and a job is unique per
-(pipeline, bucket, key, version).
+database is locked or gone), :func:`receive` raises :class:`Busy` (the API
+answers 503 with ``Retry-After``): a store that retries does, and one that
+does not has its object found by the reconciler, instead of the sender timing
+out. Several API processes side by side are safe: they share only the
+database, and a job is unique per (pipeline, bucket, key, version).
+
+Example (the route adapts HTTP to this; a test calls it directly)::
+
+    receipt = await receive(service, body, committer)
+    receipt.jobs        # the ids of the jobs its events made or found
 """
 
 from __future__ import annotations
@@ -27,15 +39,22 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from anyio import to_thread
 
 from fileproc import dispatch
 from fileproc.errors import FileprocError
 from fileproc.events import ObjectEvent
+from fileproc.intake.notifications import BadNotification, Parsed, parse_body
+from fileproc.objects import candidates, complete, needs_head
 from fileproc.service import Service
 
 log = logging.getLogger(__name__)
+
+PARSE_INLINE_BYTES = 64 * 1024
+"""Bodies bigger than this are parsed off the event loop, so one big body never stalls the others."""
 
 
 class Busy(FileprocError):
@@ -69,6 +88,62 @@ class Counters:
 
 
 _COUNTER_LOCK = threading.Lock()
+
+
+@dataclass
+class Receipt:
+    """What :func:`receive` made of one notification body."""
+
+    recorded: int = 0
+    """The events the body held (matched or not; its rejected records not counted)."""
+    jobs: list[int] = field(default_factory=list)
+    """The jobs of its matched events, created now or found (a duplicate)."""
+    rejected: list[str] = field(default_factory=list)
+    """Why each refused record was refused (an impossible key)."""
+    test: bool = False
+    """A store's test probe: no events."""
+
+
+async def receive(service: Service, body: bytes, committer: Committer, *, raw_keys: bool = False) -> Receipt:
+    """Record the events of one notification body; returns once they are committed.
+
+    ``raw_keys``: the sender's keys are as they are, not URL-encoded (versitygw).
+    Raises BadNotification (not a notification, or too many records:
+    nothing recorded), Busy (not committed in time: the sender should retry)
+    or DatabaseUnavailable. Counted in ``committer.counters``.
+    """
+    max_records = service.settings.api.max_records
+
+    def parse() -> Parsed:
+        return parse_body(body, raw_keys=raw_keys, max_records=max_records)
+
+    try:
+        parsed = await to_thread.run_sync(parse) if len(body) > PARSE_INLINE_BYTES else parse()
+    except BadNotification as exc:
+        log.warning("rejected a notification: %s", exc)
+        raise
+    if parsed.test:
+        return Receipt(test=True)
+    for reason in parsed.rejected:
+        log.warning("rejected a notification record: %s", reason)
+    counters = committer.counters
+    pipelines = list(service.pipelines.values())
+    # Events no pipeline can take are counted, never written; those a notification left
+    # incomplete (no eTag, size 0) are completed from a HEAD, off the event loop.
+    wanted: list[ObjectEvent] = []
+    incomplete: list[ObjectEvent] = []
+    for event in parsed.events:
+        found = candidates(pipelines, event)
+        if found:
+            (incomplete if needs_head(event, pipelines, found) else wanted).append(event)
+    counters.add(requests=1, received=len(parsed.events) + len(parsed.rejected), rejected=len(parsed.rejected),
+                 unmatched=len(parsed.events) - len(wanted) - len(incomplete))
+    if incomplete:
+        completed = await to_thread.run_sync(complete, service.storage, pipelines, incomplete)
+        counters.add(dropped=len(incomplete) - len(completed))
+        wanted += completed
+    results = await committer.record(wanted)
+    return Receipt(len(parsed.events), [item.job.id for item in results], parsed.rejected)
 
 
 @dataclass
@@ -260,4 +335,4 @@ def _give_up(future: asyncio.Future[Any], timeout: float) -> None:
         future.set_exception(Busy(f"the state database did not record the events within {timeout:g} s"))
 
 
-__all__ = ["Busy", "Committer", "Counters"]
+__all__ = ["PARSE_INLINE_BYTES", "Busy", "Committer", "Counters", "Receipt", "receive"]

@@ -16,7 +16,7 @@ import threading
 
 from fileproc.errors import BrokerUnavailable, FileprocError
 from fileproc.runtime.app import Step, prepare_sending, send_step, send_steps
-from fileproc.service import Service
+from fileproc.service import PeriodicTask, Service
 from fileproc.state import JobStatus, Send
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def send(service: Service, sends: list[Send]) -> list[int]:
     """
     steps: list[Step] = []
     for item in sends:
-        pipeline = service.pipelines.get(item.pipeline)
+        pipeline = service.pipeline(item.pipeline)
         if pipeline is None or item.step_index >= len(pipeline.steps):
             service.db.end_job(item.job_id, JobStatus.FAILED, f"pipeline {item.pipeline!r} is no longer configured")
             continue
@@ -71,8 +71,9 @@ def relay(service: Service) -> int:
 class Relay:
     """Runs :func:`relay` every ``runtime.relay_interval`` seconds in a daemon thread.
 
-    A second thread delivers the deployed functions' destination records that
-    are due again (:func:`fileproc.serverless.destinations.redeliver`).
+    Each of the service's periodic tasks (``service.periodic``: the deployed
+    functions' destination records due again, say) runs as often on a thread
+    of its own, so a slow one never holds up step messages.
 
     On SQLite it also checkpoints the write-ahead log then, so that no commit
     has to (see ``Database.checkpoint``).
@@ -81,13 +82,13 @@ class Relay:
     def __init__(self, service: Service) -> None:
         self.service = service
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="fileproc-relay", daemon=True)
-        # Destination records due again (a slow webhook must not hold up step messages).
-        self._deliveries = threading.Thread(target=self._deliver, name="fileproc-deliveries", daemon=True)
+        self._threads = [threading.Thread(target=self._run, name="fileproc-relay", daemon=True)]
+        self._threads += [threading.Thread(target=self._periodic, args=(task,), name=f"fileproc-{task.name}",
+                                           daemon=True) for task in service.periodic]
 
     def start(self) -> Relay:
-        self._thread.start()
-        self._deliveries.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def stop(self) -> None:
@@ -109,18 +110,16 @@ class Relay:
             if count:
                 log.info("relayed %d step message(s)", count)
 
-    def _deliver(self) -> None:
-        from fileproc.serverless.destinations import redeliver
-
+    def _periodic(self, task: PeriodicTask) -> None:
         interval = self.service.settings.runtime.relay_interval
         while not self._stop.wait(interval):
             try:
-                count = redeliver(self.service.db)
+                count = task.run(self.service)
             except FileprocError as exc:
-                log.warning("delivering due destination records failed (will try again): %s", exc)
+                log.warning("%s failed (will try again): %s", task.name, exc)
                 continue
             if count:
-                log.info("delivered %d destination record(s)", count)
+                log.info(task.did, count)
 
 
 __all__ = ["Relay", "relay", "send"]

@@ -24,12 +24,13 @@ A runner keeps everything a step ran in a process of its own had before:
 A deployed (user) function's runner is not forked but *spawned*
 (:class:`Spawn`): a fresh interpreter exec'd with an empty environment, no
 descriptor of the worker but its socket, and nothing of the worker's memory;
-it speaks the same protocol and runs the same loop (:func:`serve`). Its
-first message gives it its environment, working folder and setup
-(:func:`spawned_setup`). Its stdout and stderr are a memory file the
-worker holds too, where it writes each invocation's output as it goes: if
-it dies mid-step (timed out, cancelled, killed, crashed), what it wrote is
-read from there and comes back in the result's ``output``. So that a cold
+it speaks the same protocol and runs the same loop
+(:func:`.runner_loop.serve`). Its first message gives it its environment,
+working folder and setup (:func:`.runner_loop.spawned_setup`). Its stdout
+and stderr are a memory file the worker holds too, where it writes each
+invocation's output as it goes: if it dies mid-step (timed out, cancelled,
+killed, crashed), what it wrote is read from there and comes back in the
+result's ``output``. So that a cold
 start does not wait for an interpreter to start and import the runtime,
 the pool keeps one such interpreter started ahead (a *spare*, per runner
 module), not yet given to any function: the next new runner of any
@@ -39,56 +40,37 @@ A runner is replaced (killed; the next step gets a new, cold one) when its
 step timed out, ran out of memory, crashed, was cancelled, or when it holds
 more than its memory limit beyond what it held when it was new (a leak:
 checked after each step). The step's result says why in ``recycled``.
+
+This module is the worker's side: the pool, and how a runner is started
+(forked or spawned). The runner's side is :mod:`.runner_loop`; what passes
+between them, :mod:`.wire`; the limits, memory readings and reaping,
+:mod:`fileproc.sandbox`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import pickle
-import resource
-import select
 import signal
 import socket
-import stat
-import struct
 import sys
 import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from fileproc.processes import die_with_parent
-from fileproc.runtime.results import ChildResult
-
-log = logging.getLogger(__name__)
+from fileproc.functions.steps import ChildResult
+from fileproc.runtime import wire
+from fileproc.runtime.runner_loop import Retire, Work, detach_inherited_pipes_and_sockets, serve
+from fileproc.sandbox.procfs import high_water_mark
 
 MAX_IDLE = 4
 """Idle runners one worker process keeps (the least recently used beyond this are stopped)."""
 
 IDLE_SECONDS = 600.0
 """A runner idle this long is stopped: it holds memory for a function no longer busy."""
-
-_HEADER = struct.Struct("!Q")
-_PR_SET_CHILD_SUBREAPER = 36
-_TICK = 0.25  # how often a waiting worker looks at its cancel event
-
-Work = Callable[[Any], Any]
-
-
-@dataclass(frozen=True)
-class Retire:
-    """What ``work`` returns to send ``value`` back and then have its runner replaced, for ``reason``.
-
-    For a failure ``work`` caught itself but that leaves the process unfit,
-    such as a MemoryError the handler raised and the function's code reported.
-    """
-
-    value: Any
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -151,28 +133,28 @@ class RunnerPool:
         cold = runner is None
         if runner is not None:
             try:
-                _send(runner.sock, message)
+                wire.send(runner.sock, message)
             except OSError:  # it died while idle (its parent thread ended, the OOM killer): start anew
                 self._stop(runner)
                 runner, cold = None, True
         if runner is None:
             runner = self._spawned(key, owner, spawn) if spawn else _start(key, owner, work, warm, memory_mb)
             with contextlib.suppress(OSError):  # if it died at once, it is reported as a crash below
-                _send(runner.sock, message)
+                wire.send(runner.sock, message)
         runner.steps += 1
         try:
-            reply = _receive(runner.sock, started + timeout, cancel)
+            reply = wire.receive(runner.sock, started + timeout, cancel)
         except BaseException:  # this worker is being stopped mid-step: so is the step
             self._stop(runner)
             raise
         elapsed = time.monotonic() - started
         common: dict[str, Any] = {"duration_ms": int(elapsed * 1000), "duration_s": elapsed, "cold": cold,
                                   "runner_pid": runner.pid}
-        if reply is _CANCELLED or reply is _TIMED_OUT:
-            common["peak_memory_kb"] = _high_water_mark(runner.pid)  # reset when the step started
+        if reply is wire.CANCELLED or reply is wire.TIMED_OUT:
+            common["peak_memory_kb"] = high_water_mark(runner.pid)  # reset when the step started
             self._stop(runner)
             common["output"] = runner.unreported
-            if reply is _CANCELLED:
+            if reply is wire.CANCELLED:
                 return ChildResult(False, cancelled=True, error_type="Cancelled",
                                    error="stopped: the step's lease was lost", recycled="cancelled", **common)
             return ChildResult(False, timed_out=True, error_type="StepTimeout", error=f"timed out after {timeout:g} s",
@@ -186,7 +168,7 @@ class RunnerPool:
         assert isinstance(reply, bytes)
         payload = pickle.loads(reply)
         if not payload["ok"] and runner.output is not None:  # it raised past its own capture: what it wrote
-            common["output"] = _read_output(runner.output)
+            common["output"] = wire.read_output_text(runner.output)
         recycled = payload.get("recycle")
         if recycled:
             self._stop(runner)
@@ -265,7 +247,7 @@ class RunnerPool:
         except ChildProcessError:
             status, usage = None, None
         if runner.output is not None:
-            runner.unreported = _read_output(runner.output)
+            runner.unreported = wire.read_output_text(runner.output)
             os.close(runner.output)
             runner.output = None
         return status, int(usage.ru_maxrss) if usage else 0
@@ -278,7 +260,7 @@ class RunnerPool:
             spare = self._spares.pop(interpreter, None)
         if spare is not None:
             try:
-                _send(spare.sock, _setup_message(spawn))
+                wire.send(spare.sock, _setup_message(spawn))
             except OSError:  # it died while waiting (the OOM killer): start one now
                 self._stop(spare)
                 spare = None
@@ -309,7 +291,7 @@ class RunnerPool:
             self._pid = os.getpid()
 
 
-# --- the runner process --------------------------------------------------------------------
+# --- starting a runner: forked, or a fresh interpreter ---------------------------------------
 
 
 def _start(key: Hashable, owner: object, work: Work | None, warm: Callable[[], None] | None,
@@ -344,7 +326,7 @@ def _spawn(spawn: Spawn, *, setup: bool = True) -> _Runner:
     import subprocess
 
     ours, theirs = socket.socketpair()
-    output = _output_file()
+    output = wire.output_file()
     stdout = subprocess.DEVNULL if output is None else output
     try:
         argv = [sys.executable, "-I", "-S", "-c", _BOOT, spawn.module, str(theirs.fileno()), str(os.getpid()),
@@ -366,354 +348,26 @@ def _spawn(spawn: Spawn, *, setup: bool = True) -> _Runner:
     runner = _Runner(child.pid, ours, None, None, output=output)
     if setup:
         with contextlib.suppress(OSError):  # if it died at once, it is reported as a crash
-            _send(ours, _setup_message(spawn))
+            wire.send(ours, _setup_message(spawn))
     return runner
-
-
-OUTPUT_LIMIT = 256 * 1024
-"""Bytes of a dead runner's output file the worker reads (as much as a deployed function's log keeps)."""
-
-
-def _output_file() -> int | None:
-    """A new spawned runner's stdout and stderr: a memory file (None where there is none: /dev/null then)."""
-    try:
-        return os.memfd_create("fileproc-invocation-output", os.MFD_CLOEXEC)
-    except (OSError, AttributeError):  # (not Linux)
-        return None
-
-
-def read_output(fd: int) -> tuple[str, int]:
-    """What a runner's output file holds since it was last emptied (at most :data:`OUTPUT_LIMIT` bytes), and
-    how many bytes more it holds. Read by the worker when a runner died, by the runner when a capture ends."""
-    size = os.fstat(fd).st_size
-    data = os.pread(fd, min(size, OUTPUT_LIMIT), 0)
-    return data.decode(errors="replace"), max(0, size - OUTPUT_LIMIT)
-
-
-def _read_output(fd: int) -> str:
-    """:func:`read_output` as text, saying how much was dropped."""
-    text, past = read_output(fd)
-    return text + (f"[fileproc: {past} more bytes of output dropped]\n" if past else "")
 
 
 def _setup_message(spawn: Spawn) -> bytes:
     return pickle.dumps({"env": spawn.env, "cwd": spawn.cwd, "setup": spawn.setup})
 
 
-def spawned_setup(sock: socket.socket) -> Any:
-    """In a spawned runner: wait for its first message, take its environment and folder, return its setup.
-
-    None if the worker closed the socket first (an interpreter started ahead, never used).
-    """
-    data = read_message(sock)
-    if data is None:
-        return None
-    first = pickle.loads(data)
-    os.environ.clear()
-    os.environ.update(first["env"])
-    if first["cwd"]:
-        os.chdir(first["cwd"])
-    return first["setup"]
-
-
 def _serve(sock: socket.socket, work: Work, warm: Callable[[], None] | None, memory_mb: int) -> None:
     """A forked runner's life: let go of what it inherited from the worker, then :func:`serve`."""
     os.setpgid(0, 0)
     _forget_inherited_runners()
-    _detach_inherited_pipes_and_sockets(keep=sock.fileno())
+    detach_inherited_pipes_and_sockets(keep=sock.fileno())
     serve(sock, work, warm, memory_mb)
-
-
-def serve(sock: socket.socket, work: Work, warm: Callable[[], None] | None, memory_mb: int) -> None:
-    """The runner's life: warm up, then run steps until told to stop (EOF) or replaced.
-
-    Runs in the runner (forked or spawned), in a process group of its own.
-    """
-    die_with_parent()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)
-    _become_subreaper()
-    if warm is not None:
-        try:
-            warm()
-        except Exception:  # warming is an optimisation: a failing hook must not stop the runner
-            log.warning("warm-up failed; running cold", exc_info=True)
-    new = _memory()
-    limit = memory_mb * 1024  # kB
-    # A step may map `memory_mb` on top of what the runner holds when it starts; the hard
-    # limit stops a step raising its own soft one. A runner is replaced before it nears
-    # the hard limit (see _leak), so every step gets its full allowance.
-    hard = (new["VmSize"] + 2 * limit) * 1024
-    held = new  # what the runner holds between steps (it does nothing while idle: read once per step)
-    while True:
-        data = read_message(sock)
-        if data is None:
-            return
-        _limit_address_space((held["VmSize"] + limit) * 1024, hard)
-        _reset_peak()
-        children_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        recycle: str | None = None
-        try:
-            value = work(pickle.loads(data))
-            if isinstance(value, Retire):
-                value, recycle = value.value, value.reason
-            payload: dict[str, Any] = {"ok": True, "value": value}
-        except MemoryError:
-            payload = {"ok": False, "error_type": "MemoryError",
-                       "error": f"the step needed more than its memory limit of {memory_mb} MB"}
-            recycle = f"ran out of memory (limit {memory_mb} MB)"
-        except BaseException as exc:  # everything is reported to the worker
-            payload = {"ok": False, "error_type": type(exc).__name__, "error": str(exc) or type(exc).__name__}
-            if not isinstance(exc, Exception):  # SystemExit and the like: this runner is not fit to go on
-                recycle = f"the step raised {type(exc).__name__}"
-        left_running = _reap_descendants()
-        held = _memory()
-        payload["peak_memory_kb"] = _peak(held, children_peak)
-        payload["recycle"] = recycle or _leak(new, held, memory_mb)
-        payload["left_running"] = left_running
-        try:
-            reply = pickle.dumps(payload)
-        except Exception as exc:
-            reply = pickle.dumps({"ok": False, "error_type": type(exc).__name__,
-                                  "error": f"the step's result cannot be sent back: {exc}",
-                                  "peak_memory_kb": payload["peak_memory_kb"], "recycle": payload["recycle"]})
-        _send(sock, reply)
-        if payload["recycle"]:
-            return
-
-
-def _limit_address_space(soft: int, hard: int) -> None:
-    # Never above a hard limit the worker itself was given.
-    _, current = resource.getrlimit(resource.RLIMIT_AS)
-    if current != resource.RLIM_INFINITY:
-        hard = min(hard, current)
-    resource.setrlimit(resource.RLIMIT_AS, (min(soft, hard), hard))
-
-
-def _leak(new: dict[str, int], now: dict[str, int], memory_mb: int) -> str | None:
-    """Why the runner must be replaced after this step, if it holds too much; else None."""
-    limit = memory_mb * 1024
-    kept = now["VmRSS"] - new["VmRSS"]
-    if kept > limit:
-        return f"leaked past its memory limit ({kept // 1024} MB kept after its steps, limit {memory_mb} MB)"
-    mapped = now["VmSize"] - new["VmSize"]
-    if mapped > limit:
-        return f"its address space grew past its memory limit ({mapped // 1024} MB, limit {memory_mb} MB)"
-    return None
-
-
-_MEMORY_FIELDS = {b"VmSize": "VmSize", b"VmRSS": "VmRSS", b"VmHWM": "VmHWM"}
-_proc_fds: dict[str, int] = {}
-_proc_pid = 0
-
-
-def _proc_self(name: str, flags: int = os.O_RDONLY) -> int:
-    """This process's ``/proc/self/NAME``, opened once: a step reads its memory twice, and a
-    descriptor read with ``pread`` costs a tenth of opening the file each time."""
-    global _proc_pid
-    if _proc_pid != os.getpid():  # /proc/self is resolved when it is opened: each runner opens its own
-        _proc_fds.clear()
-        _proc_pid = os.getpid()
-    fd = _proc_fds.get(name)
-    if fd is None:
-        fd = _proc_fds[name] = os.open(f"/proc/self/{name}", flags | os.O_CLOEXEC)
-    return fd
-
-
-def _memory() -> dict[str, int]:
-    """VmSize, VmRSS and VmHWM of this process, in kB (zeros where /proc is missing)."""
-    found = dict.fromkeys(_MEMORY_FIELDS.values(), 0)
-    try:
-        status = os.pread(_proc_self("status"), 16384, 0)
-    except OSError:
-        return found
-    for line in status.splitlines():
-        name, _, value = line.partition(b":")
-        if name in _MEMORY_FIELDS:
-            found[_MEMORY_FIELDS[name]] = int(value.split()[0])
-    return found
-
-
-def _reset_peak() -> None:
-    # Linux: writing 5 resets VmHWM to the current RSS, so the next reading is this step's peak.
-    with contextlib.suppress(OSError):
-        os.write(_proc_self("clear_refs", os.O_WRONLY), b"5")
-
-
-def _peak(after: dict[str, int], children_before: int) -> int:
-    """This step's peak RSS in kB: the runner's, or a process it started if that one peaked higher."""
-    peak = after["VmHWM"] or int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-    children = int(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    return max(peak, children) if children > children_before else peak
-
-
-def _become_subreaper() -> None:
-    # Orphans of the step's processes (a daemonised helper) become the runner's children,
-    # so it can find and stop them when the step ends.
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
-def _children() -> list[int]:
-    pids: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in Path("/proc/self/task").iterdir():
-            pids += [int(p) for p in (task / "children").read_text().split()]
-    return pids
-
-
-def _reap_descendants() -> int:
-    """Kill whatever the finished step left running, and reap it; how many processes were killed."""
-    killed: set[int] = set()
-    if not _has_children():  # most steps start none: skip reading /proc
-        return 0
-    for _ in range(400):  # killing a child hands its own children to us: repeat until none is left
-        children = _children()
-        if not children:
-            break
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-                killed.add(pid)
-        if not _reap_exited():
-            time.sleep(0.005)  # killed, not yet dead
-    return len(killed)
-
-
-def _has_children() -> bool:
-    """Whether this process has children, alive or not (reaping one that ended, if any)."""
-    try:
-        os.waitpid(-1, os.WNOHANG)
-    except ChildProcessError:
-        return False
-    return True
-
-
-def _reap_exited() -> bool:
-    """Reap every child that has ended; whether there was one."""
-    reaped = False
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return reaped
-        if pid == 0:
-            return reaped
-        reaped = True
-
-
-def _high_water_mark(pid: int) -> int:
-    """VmHWM of a running process, in kB (0 if it cannot be read)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def _detach_inherited_pipes_and_sockets(keep: int) -> None:
-    """Point every pipe and socket this runner inherited (but ``keep`` and stdio) at /dev/null.
-
-    A runner is forked, never exec'd, from a worker that may have other
-    threads: at that moment one of them may be starting a subprocess (its
-    error pipe open) or hold connections (broker, database, store). A runner
-    keeping a pipe's write end would leave that thread waiting for an EOF
-    for as long as the runner lives; keeping a socket, a connection the
-    worker closes stays open. Each such descriptor becomes /dev/null instead
-    of being closed, so an object in this process that still holds its
-    number closes /dev/null one day, never a file opened since.
-    """
-    try:
-        names = os.listdir("/proc/self/fd")
-    except OSError:  # no /proc: nothing to look at
-        return
-    devnull = os.open(os.devnull, os.O_RDWR)
-    try:
-        for name in names:
-            fd = int(name)
-            if fd <= 2 or fd in (keep, devnull):
-                continue
-            try:
-                kind = os.fstat(fd).st_mode
-            except OSError:  # (the listing's own descriptor, closed by now)
-                continue
-            if stat.S_ISFIFO(kind) or stat.S_ISSOCK(kind):
-                os.dup2(devnull, fd, inheritable=False)
-    finally:
-        os.close(devnull)
 
 
 def _forget_inherited_runners() -> None:
     # A runner is a fork of the worker: close its copies of its siblings' sockets,
     # which would otherwise keep them open after the worker closes them.
     _pool._forget_if_forked()
-
-
-# --- messages: a length, then a pickle -----------------------------------------------------
-
-
-class _Signal:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-_TIMED_OUT = _Signal("timed out")
-_CANCELLED = _Signal("cancelled")
-
-
-def _send(sock: socket.socket, data: bytes) -> None:
-    sock.sendall(_HEADER.pack(len(data)) + data)
-
-
-def read_message(sock: socket.socket) -> bytes | None:
-    """The next message, blocking (None at EOF: the worker closed the socket)."""
-    header = _read_exactly(sock, _HEADER.size)
-    if header is None:
-        return None
-    return _read_exactly(sock, _HEADER.unpack(header)[0])
-
-
-def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
-    chunks, left = [], size
-    while left:
-        chunk = sock.recv(min(left, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-def _receive(sock: socket.socket, deadline: float, cancel: threading.Event | None) -> bytes | _Signal | None:
-    """The runner's reply; _TIMED_OUT, _CANCELLED, or None if the runner died first."""
-    buffer = bytearray()
-    needed: int | None = None
-    while needed is None or len(buffer) < needed:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return _TIMED_OUT
-        if cancel is not None and cancel.is_set():
-            return _CANCELLED
-        ready, _, _ = select.select([sock], [], [], min(remaining, _TICK))
-        if not ready:
-            continue
-        try:
-            chunk = sock.recv(1 << 20)
-        except ConnectionResetError:
-            return None
-        if not chunk:
-            return None
-        buffer += chunk
-        if needed is None and len(buffer) >= _HEADER.size:
-            needed = _HEADER.size + _HEADER.unpack_from(buffer)[0]
-    return bytes(buffer[_HEADER.size:])
 
 
 def _how_it_died(status: int | None) -> str:
@@ -750,5 +404,4 @@ def warm_hook(handler: Callable[..., Any]) -> Callable[[], None] | None:
 
 os.register_at_fork(after_in_child=_pool._after_fork_in_child)
 
-__all__ = ["IDLE_SECONDS", "MAX_IDLE", "OUTPUT_LIMIT", "Retire", "RunnerPool", "Spawn", "pool", "read_message",
-           "read_output", "serve", "spawned_setup", "warm_hook"]
+__all__ = ["IDLE_SECONDS", "MAX_IDLE", "Retire", "RunnerPool", "Spawn", "pool", "warm_hook"]

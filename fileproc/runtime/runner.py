@@ -27,33 +27,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fileproc.errors import FileprocError, FunctionNotFound, ObjectNotFound, StorageError
+from fileproc.errors import FileprocError, FunctionNotFound, ObjectNotFound, StorageError, kind_of
 from fileproc.events import ObjectEvent
 from fileproc.functions import PROGRESS_FILE, FunctionSpec
+from fileproc.functions.kinds import StepPolicy
+from fileproc.functions.steps import ChildResult, StepRequest, failed_start
+from fileproc.objects import event_for
 from fileproc.rules import PROVENANCE_PIPELINE, Step
 from fileproc.runtime import leases, outbox
 from fileproc.runtime.cleanup import Cleanup, remove_earlier_outputs
-from fileproc.runtime.invoke import StepRequest, invoke, kind_of
-from fileproc.runtime.pool import Retire, pool
-from fileproc.runtime.results import ChildResult
-from fileproc.serverless.metering import attempt_metering
-from fileproc.serverless.stepping import (
-    Policy,
-    ReservedSlot,
-    deployed_version,
-    invocation,
-    runner_for,
-    warm_up,
-    with_unfinished_log,
-)
+from fileproc.runtime.metering import attempt_metering
+from fileproc.runtime.pool import pool
+from fileproc.runtime.slots import ReservedSlot
 from fileproc.service import Service
 from fileproc.state import AttemptStatus, DatabaseUnavailable, Job, JobStatus, Output, Send, StepEnd, StepStart
 from fileproc.storage import ObjectInfo
 
 log = logging.getLogger(__name__)
-
-MAX_BACKOFF_SECONDS = 300.0
-
 
 @dataclass(frozen=True)
 class Outcome:
@@ -79,11 +69,6 @@ def limits_for(spec: FunctionSpec, step: Step) -> Limits:
     )
 
 
-def backoff(failures: int) -> float:
-    """Seconds before retry number ``failures``: 2, 4, 8 ... up to 5 minutes, with jitter."""
-    return min(MAX_BACKOFF_SECONDS, 2.0 ** failures * random.uniform(0.8, 1.2))
-
-
 def run_step(service: Service, job_id: int, step_index: int, worker: str) -> Outcome:
     """Run step ``step_index`` of job ``job_id`` if it is still this step's turn."""
     lease = service.settings.runtime.lease_seconds
@@ -95,7 +80,8 @@ def run_step(service: Service, job_id: int, step_index: int, worker: str) -> Out
         busy = started is not None and started.status == JobStatus.RUNNING and started.step_index == step_index
         return Outcome("busy" if busy else "stale", "another worker holds this step" if busy else "nothing to do")
     job, attempt_id = started.job, started.attempt_id
-    pipeline = service.pipelines.get(job.pipeline)
+    request_id = f"{job_id}-{step_index}-{attempt_id}"
+    pipeline = service.pipeline(job.pipeline)
     if pipeline is None or step_index >= len(pipeline.steps):
         service.db.end_job(job_id, JobStatus.FAILED, f"pipeline {job.pipeline!r} is no longer configured")
         return Outcome("failed", "pipeline gone")
@@ -103,14 +89,14 @@ def run_step(service: Service, job_id: int, step_index: int, worker: str) -> Out
     try:
         spec = service.spec(step)
     except FunctionNotFound as exc:  # a deployed function deleted since the job was queued
-        return _Ender(service, job, step_index, attempt_id, step.function, Limits(0, 0, 0),
-                      started.failures).fail(AttemptStatus.FAILED, str(exc), error=str(exc))
+        return _Ender(service, job, step_index, attempt_id, step.function, Limits(0, 0, 0), started.failures,
+                      StepPolicy()).fail(AttemptStatus.FAILED, str(exc), error=str(exc))
     limits = limits_for(spec, step)
-    deployed = deployed_version(spec)  # a deployed function: its own retries, age, destinations
-    policy = Policy(service, deployed, job, f"{job_id}-{step_index}-{attempt_id}") if deployed else None
+    kind = service.functions.kind(spec)
     end = _Ender(service, job, step_index, attempt_id, spec.name, limits, started.failures,
-                 version=None if spec.version == "$LATEST" else spec.version, policy=policy)
-    too_old = policy.too_old(spec.name) if policy else None
+                 kind.policy(spec, job, request_id), report_level=kind.report_level,
+                 version=None if spec.version == "$LATEST" else spec.version)
+    too_old = end.policy.too_old()
     if too_old:
         return end.fail(AttemptStatus.FAILED, too_old, error=too_old, condition="EventAgeExceeded")
 
@@ -137,13 +123,12 @@ def run_step(service: Service, job_id: int, step_index: int, worker: str) -> Out
             _submit_current(service, event, info)
             return outcome
 
-    request_id = f"{job_id}-{step_index}-{attempt_id}"
     # Named after this worker's pid, so a worker starting later knows whose folder it was.
     scratch = service.settings.data_dir / "scratch" / f"{os.getpid()}.{request_id}"
     request = StepRequest(request_id, pipeline.name, step_index, job.event, info, limits.timeout,
                           limits.memory_mb, str(scratch))
     progress = _Progress(service, job_id, step_index, attempt_id, scratch)
-    slot = ReservedSlot(service, spec, request_id, limits.timeout + lease)
+    slot = ReservedSlot(service.db, spec, request_id, limits.timeout + lease)
     if not slot.take():
         return end.throttle(spec.concurrency or 0)
     try:
@@ -162,12 +147,9 @@ def _submit_current(service: Service, event: ObjectEvent, info: ObjectInfo) -> N
     Its own notification usually made it already; this covers one that was lost
     or garbled (stores do both under load) without waiting for the reconciler.
     """
-    from fileproc import dispatch
-    from fileproc.objects import event_for
-
     current = event_for(event.bucket, event.key, info, event_name=event.event_name, source="runtime")
     try:
-        dispatch.submit_many(service, [current], completed=True)
+        service.submit([current], completed=True)
     except FileprocError as exc:  # the reconciler will find it
         log.warning("cannot submit the current version of %s/%s: %s", event.bucket, event.key, exc)
 
@@ -178,40 +160,30 @@ def execute(service: Service, request: StepRequest, *, cancel: threading.Event,
 
     ``cold`` on the result says whether the runner was new; ``recycled`` why
     it was replaced after this step (None: it stays warm for the next one).
-    A deployed function's runners are per version (``spec``: the version the
-    worker resolved for this step).
+    ``spec`` is the function the worker resolved for this step (a deployed
+    function's runners are per version); its kind says how a runner starts.
     """
-    spec = spec or service.spec(service.pipelines[request.pipeline].steps[request.step_index])
-    prepare = getattr(spec.handler, "prepare", None)
-    spawn = None
-    if prepare is not None:  # a deployed version: its package and requirements on this host, once
-        try:
-            prepare(service.storage)
-            spawn = runner_for(service, spec, request)  # with its own store credentials, fresh enough for the step
-        except FileprocError as exc:
-            error = {"kind": kind_of(exc), "type": type(exc).__name__, "message": str(exc), "traceback": None}
-            return ChildResult(True, value={"error": error, "result": None, "outputs": []})
-
-    def work(step: StepRequest) -> Any:  # runs in the runner, for every step it is sent
-        outcome = invoke(service, step, spec)
-        if (outcome.get("error") or {}).get("kind") == "memory":  # the handler reported a MemoryError
-            return Retire(outcome, f"ran out of memory (limit {step.memory_mb} MB)")
-        return outcome
-
-    key = (spec.name, spec.version, request.memory_mb)
-    limits: dict[str, Any] = {"timeout": request.timeout, "memory_mb": request.memory_mb, "cancel": cancel}
+    if spec is None:
+        pipeline = service.pipeline(request.pipeline)
+        if pipeline is None:
+            raise FunctionNotFound(f"pipeline {request.pipeline!r} is no longer configured")
+        spec = service.spec(pipeline.steps[request.step_index])
+    kind = service.functions.kind(spec)
     try:
-        if spawn is not None:  # a user's code: a fresh interpreter, nothing of the worker's
-            result = pool().run(key, service, None, invocation(service, request, spec), spawn=spawn, **limits)
-        else:  # a built-in: forked from the worker, warm with its libraries
-            result = pool().run(key, service, work, request, warm=warm_up(service, spec), **limits)
+        start = kind.start(spec, request)
+    except FileprocError as exc:  # a deployed version whose package will not install, say
+        return failed_start(exc, kind_of(exc))
+    key = (spec.name, spec.version, request.memory_mb)
+    try:
+        result = pool().run(key, service, start.work, start.payload, warm=start.warm, spawn=start.spawn,
+                            timeout=request.timeout, memory_mb=request.memory_mb, cancel=cancel)
     finally:
         # A step killed from outside (timeout, lost lease) cannot clean up after itself.
         shutil.rmtree(request.scratch_dir, ignore_errors=True)
     if result.recycled and result.runner_pid:  # the runner is gone: so is its private TMPDIR
         shutil.rmtree(service.settings.data_dir.resolve() / "scratch" / f"{result.runner_pid}.tmp",
                       ignore_errors=True)
-    return with_unfinished_log(result, request, spec)  # (a deployed function's step its runner died in)
+    return kind.unfinished(spec, result, request)
 
 
 THROTTLED = "throttled"
@@ -222,23 +194,20 @@ class _Ender:
     """Builds the step's second transaction from how it ended, and sends what comes next."""
 
     def __init__(self, service: Service, job: Job, step_index: int, attempt_id: int, function: str,
-                 limits: Limits, failures: int, version: str | None = None, policy: Policy | None = None) -> None:
+                 limits: Limits, failures: int, policy: StepPolicy, *, report_level: int = logging.DEBUG,
+                 version: str | None = None) -> None:
         self.service, self.job, self.step_index, self.attempt_id = service, job, step_index, attempt_id
         self.function, self.limits, self.failures, self.version = function, limits, failures, version
-        self.policy = policy  # a deployed function's retries, age, dead letter and destinations
+        self.policy, self.report_level = policy, report_level  # what the function's kind does at the end
 
     def _finish(self, attempt_status: str, outcome: str, reason: str | None, result: ChildResult | None,
                 **extra: Any) -> Outcome:
         value = (result.value if result else None) or {}
         request_id = f"{self.job.id}-{self.step_index}-{self.attempt_id}"
         metering = attempt_metering(request_id, result, self.limits.memory_mb, value.get("log"), self.function,
-                                    deployed=self.policy is not None)
+                                    level=self.report_level)
         condition = extra.pop("condition", None)
-        record = self.policy.record(outcome, condition, value.get("result"), self.failures) if self.policy else None
-        if self.policy and record and outcome == "failed":
-            extra["dead_letter"] = self.policy.dead_letter(record)
-        if self.policy and record:
-            extra["delivery"] = self.policy.delivery(outcome, record)
+        extra.update(self.policy.ended(outcome, condition, value.get("result"), self.failures))
         end = StepEnd(
             job_id=self.job.id, step_index=self.step_index, attempt_id=self.attempt_id,
             attempt_status=attempt_status, outcome=outcome, reason=reason,
@@ -252,8 +221,7 @@ class _Ender:
                         self.step_index)
             return Outcome("late", "this attempt lost its lease; another took the step over")
         self._log(outcome, reason)
-        if self.policy and end.delivery:
-            self.policy.deliver()
+        self.policy.committed()
         if outcome == "next":
             outbox.send(self.service, [Send(self.job.id, self.step_index + 1, self.job.pipeline)])
         return Outcome(outcome, reason or "", retry_in=end.retry_in if outcome == "retry" else None)
@@ -268,11 +236,11 @@ class _Ender:
     def succeed(self, result: ChildResult) -> Outcome:
         value = result.value or {}
         outputs = [Output(**o, step_index=self.step_index) for o in value.get("outputs", [])]
-        pipeline = self.service.pipelines[self.job.pipeline]
-        last = self.step_index + 1 >= len(pipeline.steps)
+        pipeline = self.service.pipeline(self.job.pipeline)
+        last = pipeline is None or self.step_index + 1 >= len(pipeline.steps)
         outcome = self._finish(AttemptStatus.SUCCEEDED, "succeeded" if last else "next", None, result,
                                outputs=outputs)
-        if outcome.status == "succeeded" and pipeline.removes_outputs:
+        if outcome.status == "succeeded" and pipeline is not None and pipeline.removes_outputs:
             self._remove_what_this_version_no_longer_makes()
         return outcome
 
@@ -315,7 +283,7 @@ class _Ender:
         if failures > self.limits.retries:
             return self.fail(AttemptStatus.FAILED, f"{where}failed {failures} times; last error: {message}",
                              result, **detail)
-        delay = self.policy.retry_delay(failures) if self.policy else backoff(failures)
+        delay = self.policy.retry_delay(failures)
         log.warning("job %s: %s failure, retry %d/%d in %.1f s: %s", self.job.id, kind, failures,
                     self.limits.retries, delay, message)
         return self._finish(AttemptStatus.FAILED, "retry", f"retrying in {delay:.0f} s after: {message}",
@@ -429,4 +397,4 @@ def _alive(pid: int) -> bool:
     return True
 
 
-__all__ = ["Limits", "Outcome", "backoff", "clean_scratch", "execute", "limits_for", "run_step"]
+__all__ = ["Limits", "Outcome", "clean_scratch", "execute", "limits_for", "run_step"]

@@ -21,7 +21,7 @@ A document object (and a tombstone, written when the source is deleted)::
     {"fileproc_document": 1, "bucket": "docs", "key": "a/report.pdf", "etag": "...",
      "size": 1234, "content_type": "application/pdf", "last_modified": "2026-...Z",
      "type": "pdf", "title": "Report", "text": "...",
-     "terms": {"analyzer": "...", "start": 0, "content": "report q3 ..."}}   # optional: analysis.py
+     "terms": {"analyzer": "...", "start": 0, "content": "report q3 ..."}}   # optional: fileproc/functions/analysis.py
     {"fileproc_document": 1, "bucket": "docs", "key": "a/report.pdf", "deleted": true}
 """
 
@@ -58,7 +58,7 @@ class Document:
     last_modified: datetime | None = None
     source: str = ""  # the document object it was read from: "bucket/key"
     terms: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
-    """The text's words as the step analyzed them (:mod:`fileproc.search.analysis`), for the engine."""
+    """The text's words as the step analyzed them (:mod:`fileproc.functions.analysis`), for the engine."""
 
     @property
     def id(self) -> str:

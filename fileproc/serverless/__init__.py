@@ -12,11 +12,10 @@
 - :mod:`.lambda_runtime`: Lambda's execution environment inside a warm
   runner: ``AWS_LAMBDA_*`` and AWS variables, nothing of fileproc's
   settings, a private ``TMPDIR``, print/logging captured per invocation,
-  boto3 pointed at the configured store;
+  boto3 pointed at the configured store (one module each: :mod:`.environment`,
+  :mod:`.capture`, :mod:`.logformat`, :mod:`.boto3_hook`, :mod:`.errorformat`);
 - :mod:`.bootstrap`: the runner itself, a fresh interpreter the worker
   execs (no descriptor, variable or object of the worker's);
-- :mod:`.metering`: billed duration, GB-seconds, the ``REPORT`` line and
-  ``fileproc usage``;
 - :mod:`.scaffold`: ``fileproc functions new``.
 
 The versions themselves are rows of the state database

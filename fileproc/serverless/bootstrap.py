@@ -14,8 +14,9 @@ this): Lambda's environment, the version's code folder as its working
 directory, and its setup (:meth:`.LambdaHandler.spawn`). It then loads the
 handler (:class:`.LoadedHandler`: private /tmp, Landlock, the
 module's import) and then runs invocations through the pool's own loop
-(:func:`fileproc.runtime.pool.serve`: memory limit, peak memory, leftover
-processes, leaks), one per message, until the worker closes the socket.
+(:func:`fileproc.runtime.runner_loop.serve`: memory limit, peak memory,
+leftover processes, leaks), one per message, until the worker closes the
+socket.
 
 Each invocation is plain data the worker built (:func:`.stepping.invocation`);
 the runner builds Lambda's context from it and sends back the step's outcome.
@@ -43,8 +44,9 @@ from fileproc.errors import kind_of
 from fileproc.events import ObjectEvent
 from fileproc.functions import Context, InputObject, OutputWriter, step_outcome
 from fileproc.processes import die_with_parent
-from fileproc.runtime.pool import Retire, serve, spawned_setup
-from fileproc.serverless.lambda_runtime import LoadedHandler, invoke_lambda, output_to_stdout
+from fileproc.runtime.runner_loop import Retire, serve, spawned_setup
+from fileproc.serverless.capture import output_to_stdout
+from fileproc.serverless.lambda_runtime import LoadedHandler, invoke_lambda
 from fileproc.storage import Storage
 
 NAME_SLOT = "\0name\0"

@@ -10,7 +10,6 @@ warm runners start.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from pathlib import Path
@@ -20,8 +19,11 @@ from fileproc.errors import FileprocError, FunctionNotFound
 from fileproc.functions import FunctionSpec
 from fileproc.sandbox import isolation
 from fileproc.serverless import packages
-from fileproc.serverless.lambda_runtime import LambdaHandler, environment
-from fileproc.state.deployments import LIVE, FunctionVersion, resolve
+from fileproc.serverless.environment import environment
+from fileproc.serverless.lambda_runtime import LambdaHandler
+from fileproc.serverless.names import looks_deployed, split
+from fileproc.serverless.stepping import DEPLOYED
+from fileproc.state.deployments import FunctionVersion, resolve
 
 if TYPE_CHECKING:
     from fileproc.service import Service
@@ -29,26 +31,10 @@ if TYPE_CHECKING:
 USER_QUEUE = "user-functions"
 """The Celery queue of every deployed function (a worker started before a deploy already listens to it)."""
 
-NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-"""What a deployed function may be called (Lambda's rule: letters, digits, hyphens, underscores)."""
-
-QUALIFIER = re.compile(r"^(?:\d+|[A-Za-z][A-Za-z0-9_-]{0,63})$")
-
-
-def split(reference: str) -> tuple[str, str]:
-    """``NAME[:QUALIFIER]`` as (name, qualifier); the qualifier defaults to ``live``."""
-    name, _, qualifier = reference.partition(":")
-    return name, qualifier or LIVE
-
-
-def looks_deployed(reference: str) -> bool:
-    """Whether ``reference`` can name a deployed function (a plain handler's ``module:function`` can too)."""
-    name, qualifier = split(reference)
-    return bool(NAME.match(name) and QUALIFIER.match(qualifier))
-
-
 class Catalog:
-    """A worker's view of the deployed functions."""
+    """A worker's view of the deployed functions: a :class:`~fileproc.functions.resolver.FunctionSource`."""
+
+    queue = USER_QUEUE
 
     def __init__(self, service: Service) -> None:
         self.service = service
@@ -69,6 +55,9 @@ class Catalog:
         with self._lock:
             self._resolved[(name, qualifier)] = (now + self.service.settings.functions.alias_seconds, version)
         return version
+
+    def claims(self, reference: str) -> bool:
+        return looks_deployed(reference)
 
     def exists(self, reference: str) -> bool:
         if not looks_deployed(reference):
@@ -101,7 +90,7 @@ class Catalog:
             hidden = [data_dir, Path.home(), *([settings.config_file.resolve()] if settings.config_file else [])]
             handler = LambdaHandler(version, folder, environment(settings, version, folder), data_dir / "scratch",
                                     settings.functions.bucket, shared, hidden)
-            spec = FunctionSpec(version.function, handler, queue=USER_QUEUE, timeout=version.timeout,
+            spec = FunctionSpec(version.function, handler, queue=USER_QUEUE, kind=DEPLOYED, timeout=version.timeout,
                                 memory_mb=version.memory_mb, retries=version.retries,
                                 source=f"deployed {version.function}:{version.version}",
                                 version=str(version.version), concurrency=version.concurrency)
@@ -116,4 +105,9 @@ class Catalog:
             self._prepared = True
 
 
-__all__ = ["NAME", "USER_QUEUE", "Catalog", "looks_deployed", "split"]
+def catalog_of(service: Service) -> Catalog:
+    """The deployed functions ``service`` runs (LookupError if it was built without them)."""
+    return service.functions.source(Catalog)
+
+
+__all__ = ["USER_QUEUE", "Catalog", "catalog_of"]

@@ -1,7 +1,7 @@
-"""The CLI of user functions: ``fileproc functions ...``, ``usage``, ``logs``, ``invoke``.
+"""The CLI of user functions: ``fileproc functions ...`` and ``invoke`` (``usage`` and ``logs``: :mod:`.monitoring`).
 
 Thin over :mod:`fileproc.state.deployments`, :mod:`.packages` and
-:mod:`.metering`. ``functions`` commands need the state database and
+:mod:`fileproc.state.usage`. ``functions`` commands need the state database and
 storage only, not a whole service: a pipeline may name a function that is
 not deployed yet.
 """
@@ -12,7 +12,6 @@ import json
 import re
 import threading
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
 HANDLER = re.compile(r"^[A-Za-z_][\w.]*\.[A-Za-z_]\w*$")
 
 
-def _parts(ctx: click.Context) -> tuple[Settings, Database, Storage]:
+def parts(ctx: click.Context) -> tuple[Settings, Database, Storage]:
     from fileproc.state import Database
     from fileproc.storage import open_storage
 
@@ -59,7 +58,7 @@ def new(name: str, force: bool) -> None:
     Example:
         fileproc functions new resize && cd resize && python -m pytest
     """
-    from fileproc.serverless.catalog import NAME
+    from fileproc.serverless.names import NAME
     from fileproc.serverless.scaffold import scaffold
 
     if not NAME.match(name):
@@ -106,7 +105,7 @@ def deploy(ctx: click.Context, path: Path, name: str, handler: str, timeout: flo
             --handler lambda_function.lambda_handler --memory 256 --timeout 30 --env SIZE=128
     """
     from fileproc.serverless import packages
-    from fileproc.serverless.catalog import NAME
+    from fileproc.serverless.names import NAME
     from fileproc.state.deployments import add_version
 
     if not NAME.match(name):
@@ -130,7 +129,7 @@ def deploy(ctx: click.Context, path: Path, name: str, handler: str, timeout: flo
         raise ConfigError(f"--handler {handler!r}: the package has no module {module!r} "
                           f"(it holds {', '.join(sorted(files)[:5])})")
     text = requirements.read_text() if requirements else ""
-    settings, db, storage = _parts(ctx)
+    settings, db, storage = parts(ctx)
     key, digest = packages.store(storage, settings.functions.bucket, name, package)
     packages.install(storage, settings.functions.bucket, key,
                      packages.folder_for(settings.data_dir.resolve(), name, digest, text), text, sha256=digest)
@@ -161,7 +160,7 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
     """
     from fileproc.state.deployments import LIVE, list_versions
 
-    _, db, _ = _parts(ctx)
+    _, db, _ = parts(ctx)
     latest: dict[str, Any] = {}
     counts: dict[str, int] = {}
     for version in list_versions(db):
@@ -190,7 +189,7 @@ def show(ctx: click.Context, name: str) -> None:
     """
     from fileproc.state.deployments import LIVE, list_versions
 
-    _, db, _ = _parts(ctx)
+    _, db, _ = parts(ctx)
     for version in list_versions(db, name):
         if LIVE in version.aliases:
             click.echo(json.dumps(version.to_dict(), indent=2))
@@ -210,7 +209,7 @@ def versions(ctx: click.Context, name: str) -> None:
     """
     from fileproc.state.deployments import list_versions
 
-    _, db, _ = _parts(ctx)
+    _, db, _ = parts(ctx)
     found = list_versions(db, name)
     if not found:
         raise FunctionNotFound(f"no deployed function {name!r}")
@@ -233,7 +232,7 @@ def rollback(ctx: click.Context, name: str, version: int) -> None:
     """
     from fileproc.state.deployments import LIVE, set_alias
 
-    _, db, _ = _parts(ctx)
+    _, db, _ = parts(ctx)
     set_alias(db, name, LIVE, version)
     click.echo(f"{name}: live is now version {version}")
 
@@ -251,7 +250,7 @@ def delete(ctx: click.Context, name: str) -> None:
     from fileproc.errors import StorageError
     from fileproc.state.deployments import delete_function
 
-    settings, db, storage = _parts(ctx)
+    settings, db, storage = parts(ctx)
     gone = delete_function(db, name)
     if not gone:
         raise FunctionNotFound(f"no deployed function {name!r}")
@@ -277,7 +276,7 @@ def token(ctx: click.Context, name: str) -> None:
     """
     from fileproc.state.deployments import list_versions, new_token
 
-    _, db, _ = _parts(ctx)
+    _, db, _ = parts(ctx)
     if not list_versions(db, name):
         raise FunctionNotFound(f"no deployed function {name!r}")
     click.echo(new_token(db, name))
@@ -315,7 +314,7 @@ def dead_letters_cmd(ctx: click.Context, name: str | None, everything: bool, as_
     """
     from fileproc.state.deployments import dead_letters
 
-    _, db, _ = _parts(ctx)
+    _, db, _ = parts(ctx)
     for letter in dead_letters(db, name, replayed=everything):
         if as_json:
             click.echo(json.dumps(letter))
@@ -339,7 +338,7 @@ def deliveries_cmd(ctx: click.Context, name: str | None, everything: bool, as_js
     """
     from fileproc.state.deliveries import list_deliveries
 
-    _, db, _ = _parts(ctx)
+    _, db, _ = parts(ctx)
     for item in list_deliveries(db, name, delivered=everything):
         if as_json:
             click.echo(json.dumps(item))
@@ -351,103 +350,7 @@ def deliveries_cmd(ctx: click.Context, name: str | None, everything: bool, as_js
         click.echo(f"{item['id']}  {item['created_at']}  {item['function']}:v{item['version']}  job {item['job']}  "
                    f"{item['condition']} -> {item['url']}  {state} after {item['attempts']} tries{error}")
 
-# --- usage, logs, invoke ---------------------------------------------------------------------
-
-
-def _since(value: str | None) -> datetime | None:
-    """``7d``, ``12h``, ``30m`` ago, or an ISO date."""
-    if not value:
-        return None
-    found = re.fullmatch(r"(\d+)([dhm])", value)
-    if found:
-        unit = {"d": "days", "h": "hours", "m": "minutes"}[found.group(2)]
-        return datetime.now(UTC) - timedelta(**{unit: int(found.group(1))})
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: give 7d, 12h, 30m or a date (2026-11-01)") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-@click.command()
-@click.option("--function", "function", default=None, help="Only this function.")
-@click.option("--pipeline", default=None, help="Only this pipeline.")
-@click.option("--since", default=None, help="Only invocations since: 7d, 12h, 30m, or a date.")
-@click.option("--by", type=click.Choice(["function", "pipeline", "day"]), default="function", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per group.")
-@click.pass_context
-def usage(ctx: click.Context, function: str | None, pipeline: str | None, since: str | None, by: str,
-          as_json: bool) -> None:
-    """What ran and what it would cost: requests, GB-seconds, billed ms, cold starts.
-
-    Cost uses usage.price_per_request and usage.price_per_gb_second
-    (defaults: AWS Lambda's x86 prices).
-
-    \b
-    Example:
-        fileproc usage --since 7d --by day
-    """
-    from fileproc.serverless.metering import usage as measure
-
-    settings, db, _ = _parts(ctx)
-    groups = measure(db, settings, by=by, function=function, pipeline=pipeline, since=_since(since))
-    if as_json:
-        for group in groups:
-            click.echo(json.dumps(group.to_dict(by)))
-        return
-    if not groups:
-        click.echo("nothing ran")
-        return
-    click.echo(f"{by:<24} {'requests':>9} {'cold':>5} {'errors':>6} {'billed ms':>11} {'GB-s':>12} {'cost $':>12}")
-    for g in groups:
-        click.echo(f"{g.group:<24} {g.requests:>9} {g.cold_starts:>5} {g.errors:>6} {g.billed_ms:>11} "
-                   f"{g.gb_seconds:>12.6f} {g.cost:>12.8f}")
-
-
-@click.command()
-@click.argument("name")
-@click.option("--request", "request_id", default=None, help="Only this invocation (its RequestId).")
-@click.option("--follow", "-f", is_flag=True, help="Keep printing new invocations as they finish.")
-@click.option("--limit", type=int, default=20, show_default=True, help="The last this many invocations.")
-@click.pass_context
-def logs(ctx: click.Context, name: str, request_id: str | None, follow: bool, limit: int) -> None:
-    """What function NAME printed, invocation by invocation (START ... END, REPORT).
-
-    \b
-    Example:
-        fileproc logs resize --follow
-    """
-    from sqlalchemy import select
-
-    from fileproc.state.models import AttemptRow
-
-    _, db, _ = _parts(ctx)
-
-    def query(after: int) -> list[Any]:
-        wanted = select(AttemptRow.id, AttemptRow.job_id, AttemptRow.step_index, AttemptRow.log).where(
-            AttemptRow.function == name, AttemptRow.log.is_not(None), AttemptRow.id > after)
-        if request_id:
-            job, step, attempt = [*request_id.split("-"), "", "", ""][:3]
-            if not (job.isdigit() and step.isdigit() and attempt.isdigit()):
-                raise click.BadParameter(f"{request_id!r} is not a fileproc RequestId (JOB-STEP-ATTEMPT)")
-            wanted = wanted.where(AttemptRow.id == int(attempt))
-        with db.reading() as s:
-            rows = list(s.execute(wanted.order_by(AttemptRow.id.desc()).limit(limit)))
-        return rows[::-1]
-
-    last = 0
-    rows = query(last)
-    if not rows and not follow:
-        raise FunctionNotFound(f"no logged invocation of {name!r}" + (f" with RequestId {request_id}"
-                                                                       if request_id else ""))
-    while True:
-        for row in rows:
-            click.echo(row.log, nl=False)
-            last = row.id
-        if not follow:
-            return
-        time.sleep(1.0)
-        rows = query(last)
+# --- invoke ----------------------------------------------------------------------------------
 
 
 @click.command()
@@ -473,9 +376,9 @@ def invoke(ctx: click.Context, name: str, event_file: Path | None, bucket: str |
     """
     from urllib.parse import unquote_plus
 
+    from fileproc.functions.steps import StepRequest
     from fileproc.objects import event_for
     from fileproc.rules import Pipeline
-    from fileproc.runtime.invoke import StepRequest
     from fileproc.runtime.runner import execute, limits_for
 
     if event_file is not None:
@@ -497,7 +400,7 @@ def invoke(ctx: click.Context, name: str, event_file: Path | None, bucket: str |
     request = StepRequest(request_id, pipeline.name, 0, event.to_dict(), info, limits.timeout, limits.memory_mb,
                           str(scratch))
     result = execute(service, request, cancel=threading.Event(), spec=spec)
-    from fileproc.serverless.metering import report_line
+    from fileproc.runtime.metering import report_line
 
     value = result.value or {}
     click.echo(value.get("log") or "", nl=False)
@@ -508,4 +411,4 @@ def invoke(ctx: click.Context, name: str, event_file: Path | None, bucket: str |
         raise click.ClickException(f"{name} failed: {error.get('message')}")
 
 
-__all__ = ["functions", "invoke", "logs", "usage"]
+__all__ = ["functions", "invoke"]

@@ -134,7 +134,7 @@ def scope_for(settings: Settings, pipelines: list[Pipeline], function: str, *,
     was given) also that bucket, read, and its outputs folder
     ``functions.bucket/invocations/NAME/``, written.
     """
-    from fileproc.serverless.catalog import split
+    from fileproc.serverless.names import split
 
     guarded = settings.functions.bucket
     reads: set[tuple[str, str]] = set()

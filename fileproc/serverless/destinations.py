@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from fileproc.errors import FileprocError
 from fileproc.functions import ACCOUNT_ID
+from fileproc.service import PeriodicTask
 from fileproc.state.deliveries import Claimed, claim
 from fileproc.state.deployments import FunctionVersion
 
@@ -138,4 +139,9 @@ def redeliver(db: Database) -> int:
     return done
 
 
-__all__ = ["deliver_claimed", "deliver_soon", "destination_record", "owed", "post", "redeliver", "retry_delay"]
+REDELIVERY = PeriodicTask("deliveries", lambda service: redeliver(service.db), "delivered %d destination record(s)")
+"""The relay's part: destination records due again (registered with each service by :mod:`fileproc.app`)."""
+
+
+__all__ = ["REDELIVERY", "deliver_claimed", "deliver_soon", "destination_record", "owed", "post", "redeliver",
+           "retry_delay"]

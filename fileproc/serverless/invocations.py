@@ -3,7 +3,8 @@
 A direct invocation is a job of its own one-step pipeline, made up on the
 spot and named ``_invoke.MODE.FUNCTION.ID`` (a name no configured pipeline
 can have, so it never matches an upload): every service knows such a
-pipeline by its name (:class:`Pipelines`), so workers run it like any step:
+pipeline by its name (:class:`DirectInvocations`, a source of the
+service's pipelines), so workers run it like any step:
 warm runners, limits, reserved concurrency, attempts, logs and metering. A
 synchronous one is not retried (as Lambda retries none); an asynchronous one
 gets the function's retries. What the handler writes through
@@ -43,28 +44,18 @@ def _made_up(name: str, bucket: str) -> Pipeline | None:
         output=Output(bucket=bucket, key=f"invocations/{function}/{{key}}/{{name}}"))
 
 
-class Pipelines(dict[str, Pipeline]):
-    """The configured pipelines by name, plus the made-up one of each direct invocation.
+class DirectInvocations:
+    """The made-up pipeline of each direct invocation, by its name (a source of the service's pipelines).
 
-    Iterating (``values()``, ``in``) sees the configured ones only: a direct
-    invocation's pipeline never matches an event.
+    It never matches an event: the service matches events against the
+    configured pipelines only.
     """
 
-    def __init__(self, configured: dict[str, Pipeline], invocation_bucket: str) -> None:
-        super().__init__(configured)
+    def __init__(self, invocation_bucket: str) -> None:
         self._bucket = invocation_bucket
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
-        if dict.__contains__(self, name):
-            return dict.__getitem__(self, name)
-        made = _made_up(name, self._bucket) if is_direct(name) else None
-        return default if made is None else made
-
-    def __getitem__(self, name: str) -> Pipeline:
-        found = self.get(name)
-        if found is None:
-            raise KeyError(name)
-        return found
+    def get(self, name: str) -> Pipeline | None:
+        return _made_up(name, self._bucket) if is_direct(name) else None
 
 
 def submit(service: Service, function: str, bucket: str, key: str, *, mode: str = "sync") -> Job:
@@ -109,4 +100,4 @@ def describe(job: Job) -> dict[str, Any]:
             "outputs": [{"bucket": o.bucket, "key": o.key, "size": o.size} for o in job.outputs]}
 
 
-__all__ = ["MODES", "PREFIX", "Pipelines", "describe", "is_direct", "submit", "wait"]
+__all__ = ["MODES", "PREFIX", "DirectInvocations", "describe", "is_direct", "submit", "wait"]

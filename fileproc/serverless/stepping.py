@@ -1,66 +1,73 @@
-"""What a deployed function adds around one step (called from :mod:`fileproc.runtime.runner`).
+"""The ``deployed`` kind of function (``fileproc functions deploy``): what it adds around one step.
 
-- :func:`warm_up`: what a new (forked) runner of a registered function does
-  before its first step (the AWS variables pointing boto3 at the store);
-- :func:`invocation` and :func:`runner_for`: a deployed version's step as
-  plain data, and how its runner (a fresh interpreter) starts;
-- :func:`with_unfinished_log`: the log of a step its runner died in;
-- :class:`ReservedSlot`: a unit of the function's reserved concurrency, held
-  while the step runs;
-- :class:`Policy`: the function's own retries, backoff, maximum event age,
-  dead letter and destinations, for the step's end.
+- :class:`DeployedKind`: its runners are fresh interpreters holding nothing
+  of the worker (:func:`runner_for`), sent each step as plain data
+  (:func:`invocation`); a step its runner died in keeps its log
+  (:func:`with_unfinished_log`);
+- :class:`DeployedPolicy`: the function's own retries, backoff, maximum
+  event age, dead letter and destinations, for the step's end.
+
+Registered with the service's functions by the composition root
+(:mod:`fileproc.app`); :func:`~fileproc.runtime.runner.run_step` calls it
+through :class:`~fileproc.functions.kinds.FunctionKind`.
 """
 
 from __future__ import annotations
 
-import os
-import random
-from collections.abc import Callable
+import logging
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fileproc.functions import FunctionSpec
-from fileproc.runtime.pool import Spawn, warm_hook
-from fileproc.sandbox.isolation import runner_tmp
+from fileproc.functions.kinds import StepPolicy, backoff
+from fileproc.functions.steps import ChildResult, RunnerStart, StepRequest
+from fileproc.runtime.invoke import plan_step
+from fileproc.runtime.kinds import runner_store
+from fileproc.serverless.lambda_runtime import LambdaHandler
 
 if TYPE_CHECKING:
-    from fileproc.config import Settings
-    from fileproc.runtime.invoke import StepRequest
-    from fileproc.runtime.results import ChildResult
+    from fileproc.functions import FunctionSpec
+    from fileproc.runtime.pool import Spawn
     from fileproc.service import Service
     from fileproc.state import Job
     from fileproc.state.deployments import FunctionVersion
 
-MAX_BACKOFF_SECONDS = 300.0
+DEPLOYED = "deployed"
 
 
-def deployed_version(spec: FunctionSpec) -> FunctionVersion | None:
-    """The deployed version ``spec`` runs (None for a registered function)."""
-    return getattr(spec.handler, "version", None) if getattr(spec.handler, "lambda_style", False) else None
+class DeployedKind:
+    """Deployed functions: each version's runners are fresh interpreters with credentials of their own."""
+
+    name = DEPLOYED
+    report_level = logging.INFO  # as Lambda's REPORT goes to CloudWatch
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def start(self, spec: FunctionSpec, request: StepRequest) -> RunnerStart:
+        """Its package and requirements on this host (once), then a runner with fresh enough credentials."""
+        handler_of(spec).prepare(self.service.storage)
+        return RunnerStart(invocation(self.service, request, spec), spawn=runner_for(self.service, spec, request))
+
+    def policy(self, spec: FunctionSpec, job: Job, request_id: str) -> StepPolicy:
+        return DeployedPolicy(self.service, version_of(spec), job, request_id)
+
+    def unfinished(self, spec: FunctionSpec, result: ChildResult, request: StepRequest) -> ChildResult:
+        return with_unfinished_log(result, request, spec)
 
 
-def warm_up(service: Service, spec: FunctionSpec) -> Callable[[], None]:
-    """What a new runner of a registered function does before its first step.
+def handler_of(spec: FunctionSpec) -> LambdaHandler:
+    """The handler of deployed ``spec``: its version, and how its runners start."""
+    handler = spec.handler
+    if not isinstance(handler, LambdaHandler):
+        raise TypeError(f"{spec.name!r} is of kind {spec.kind!r} but has no deployed handler")
+    return handler
 
-    It gets the standard AWS variables pointing boto3 at the configured
-    store, with fileproc's own keys (it is a fork of the worker, which
-    holds them anyway: its code is the operator's), then its module's
-    ``warm()`` hook runs. (A deployed function's runner is not forked and
-    gets credentials of its own: see :func:`runner_for`.)
-    """
-    from fileproc.functions.aws import key_variables, store_variables
 
-    module_hook = warm_hook(spec.handler)
-    variables = store_variables(service.settings) | key_variables(_store(service.settings))
-
-    def warm_registered() -> None:
-        os.environ.update(variables)
-        if module_hook is not None:
-            module_hook()
-
-    return warm_registered
+def version_of(spec: FunctionSpec) -> FunctionVersion:
+    """The deployed version ``spec`` runs."""
+    return handler_of(spec).version
 
 
 def runner_for(service: Service, spec: FunctionSpec, request: StepRequest) -> Spawn:
@@ -75,56 +82,27 @@ def runner_for(service: Service, spec: FunctionSpec, request: StepRequest) -> Sp
     from fileproc.serverless.invocations import is_direct
 
     settings = service.settings
-    storage = _store(settings)
+    storage = runner_store(settings)
     if settings.storage.backend == "s3":
         invoked = ObjectEvent.from_dict(request.event).bucket if is_direct(request.pipeline) else None
         scope = credentials.scope_for(settings, list(service.pipelines.values()), spec.name, invoked_bucket=invoked)
         own = credentials.grant(settings, spec.name, scope, request.timeout + credentials.MARGIN_SECONDS)
         storage |= {"access_key": own.access_key, "secret_key": own.secret_key, "session_token": own.session_token}
-    return spec.handler.spawn(request.memory_mb, storage)  # type: ignore[attr-defined,no-any-return]
-
-
-def _store(settings: Settings) -> dict[str, Any]:
-    """How a runner opens ``context.storage`` (:func:`.bootstrap.open_storage`); on S3 with fileproc's keys."""
-    if settings.storage.backend == "s3":
-        return {"backend": "s3", "endpoint": settings.storage.endpoint, "secure": settings.storage.secure,
-                "access_key": settings.storage.access_key.get_secret_value(),
-                "secret_key": settings.storage.secret_key.get_secret_value(), "region": settings.storage.region or None}
-    return {"backend": "local", "buckets": str(settings.buckets_dir.resolve()),
-            "tmp": str(runner_tmp(settings.buckets_dir.resolve()))}
+    return handler_of(spec).spawn(request.memory_mb, storage)
 
 
 def invocation(service: Service, request: StepRequest, spec: FunctionSpec) -> dict[str, Any]:
     """One step of a deployed function as plain data: all its runner needs to build Lambda's event and context."""
-    from urllib.parse import quote
-
-    from fileproc.events import ObjectEvent
-    from fileproc.functions.aws import aws_region
-    from fileproc.rules import PROVENANCE_PIPELINE, render_key
     from fileproc.serverless.bootstrap import NAME_SLOT
-    from fileproc.storage import ObjectInfo
 
-    pipeline = service.pipelines[request.pipeline]
-    step = pipeline.steps[request.step_index]
-    event = ObjectEvent.from_dict(request.event)
-    source = request.source or ObjectInfo(event.bucket, event.key, event.size or 0, event.etag or "")
-    region = aws_region(service.settings)
-    _, _, qualifier = step.function.partition(":")
+    plan = plan_step(service, request, spec)
     return {
-        "request_id": request.request_id, "pipeline": pipeline.name, "event": request.event, "source": source,
-        "record": event.to_record(region=region, configuration_id=pipeline.name),
-        "timeout": request.timeout, "memory_mb": request.memory_mb, "region": region,
-        "scratch_dir": str(Path(request.scratch_dir).resolve()), "params": service.params_for(step),
-        "qualifier": qualifier if qualifier and spec.version != "$LATEST" else None,
-        "output_bucket": pipeline.output.bucket.replace("{bucket}", event.bucket),
-        "output_key": render_key(pipeline.output.key, pipeline=pipeline.name, bucket=event.bucket, key=event.key,
-                                 name=NAME_SLOT),
-        "provenance": {
-            "fileproc-source-bucket": event.bucket,
-            "fileproc-source-key": quote(event.key, safe="/"),  # S3 metadata must be ASCII
-            "fileproc-source-etag": source.etag,
-            PROVENANCE_PIPELINE: pipeline.name,
-        },
+        "request_id": request.request_id, "pipeline": plan.pipeline.name, "event": request.event,
+        "source": plan.source, "record": plan.lambda_event()["Records"][0],
+        "timeout": request.timeout, "memory_mb": request.memory_mb, "region": plan.region,
+        "scratch_dir": str(Path(request.scratch_dir).resolve()), "params": plan.params,
+        "qualifier": plan.qualifier, "output_bucket": plan.output_bucket,
+        "output_key": plan.output_key(NAME_SLOT), "provenance": plan.provenance,
     }
 
 
@@ -135,10 +113,10 @@ def with_unfinished_log(result: ChildResult, request: StepRequest, spec: Functio
     out after N seconds``, else the reason the attempt records) and END; the
     REPORT line is added with the attempt's metering, as for any step.
     """
-    version = deployed_version(spec)
-    if result.output is None or version is None:
+    if result.output is None:
         return result
-    from fileproc.serverless.lambda_runtime import unfinished_log
+    version = version_of(spec)
+    from fileproc.serverless.logformat import unfinished_log
 
     log = unfinished_log(result.output, request.request_id, str(version.version),
                          timeout=request.timeout if result.timed_out else None,
@@ -146,51 +124,35 @@ def with_unfinished_log(result: ChildResult, request: StepRequest, spec: Functio
     return replace(result, value={**(result.value or {}), "log": log})
 
 
-class ReservedSlot:
-    """A unit of a deployed function's reserved concurrency, held while its step runs (if it has a limit).
-
-    Held at most ``seconds`` (the step's timeout plus a lease): a worker that
-    dies holding one loses it then, as its step's lease runs out.
-    """
-
-    def __init__(self, service: Service, spec: FunctionSpec, holder: str, seconds: float) -> None:
-        self.service, self.spec, self.holder, self.seconds = service, spec, holder, seconds
-        self.held = False
-
-    def take(self) -> bool:
-        """Whether the step may run now (always, for a function without reserved concurrency)."""
-        if not self.spec.concurrency:
-            return True
-        from fileproc.state.deployments import take_slot
-
-        self.held = take_slot(self.service.db, self.spec.name, self.holder, self.seconds)
-        return self.held
-
-    def give(self) -> None:
-        if self.held:
-            from fileproc.state.deployments import give_slot
-
-            give_slot(self.service.db, self.spec.name, self.holder)
-            self.held = False
-
-
-class Policy:
+class DeployedPolicy(StepPolicy):
     """A deployed function's own retries, maximum event age, dead letter and destinations for one step."""
 
     def __init__(self, service: Service, version: FunctionVersion, job: Job, request_id: str) -> None:
         self.service, self.version, self.job, self.request_id = service, version, job, request_id
+        self._owes = False  # a destination record is owed once the step's end is committed
 
-    def too_old(self, function: str) -> str | None:
+    def too_old(self) -> str | None:
         """Why the event is dropped for its age (None: it is young enough)."""
         age = (datetime.now(UTC) - self.job.created_at).total_seconds()
         if age <= self.version.max_event_age:
             return None
-        return (f"step {function!r}: the event is {age:.0f} s old, past its maximum age of "
+        return (f"step {self.version.function!r}: the event is {age:.0f} s old, past its maximum age of "
                 f"{self.version.max_event_age:g} s: not tried again")
 
     def retry_delay(self, failures: int) -> float:
         """Seconds before retry number ``failures``: ``--backoff``, doubled each time, with jitter."""
-        return min(MAX_BACKOFF_SECONDS, self.version.backoff * 2.0 ** (failures - 1) * random.uniform(0.8, 1.2))
+        return backoff(failures, first=self.version.backoff)
+
+    def ended(self, outcome: str, condition: str | None, result: Any, failures: int) -> dict[str, Any]:
+        """Its dead letter (failed for good) and the record owed to its destination (ended for good)."""
+        record = self.record(outcome, condition, result, failures)
+        if record is None:
+            return {}
+        extra: dict[str, Any] = {"delivery": self.delivery(outcome, record)}
+        if outcome == "failed":
+            extra["dead_letter"] = self.dead_letter(record)
+        self._owes = extra["delivery"] is not None
+        return extra
 
     def record(self, outcome: str, condition: str | None, result: Any, failures: int) -> dict[str, Any] | None:
         """Lambda's destination record, if the step ended for good (``outcome``: succeeded, next or failed)."""
@@ -220,11 +182,12 @@ class Policy:
 
         return owed(url, self.version, record)
 
-    def deliver(self) -> None:
+    def committed(self) -> None:
         """Right after the step's end was committed: POST its destination record (the relay retries it)."""
-        from fileproc.serverless.destinations import deliver_soon
+        if self._owes:
+            from fileproc.serverless.destinations import deliver_soon
 
-        deliver_soon(self.service.db, self.request_id)
+            deliver_soon(self.service.db, self.request_id)
 
-__all__ = ["Policy", "ReservedSlot", "deployed_version", "invocation", "runner_for", "warm_up",
+__all__ = ["DEPLOYED", "DeployedKind", "DeployedPolicy", "invocation", "runner_for", "version_of",
            "with_unfinished_log"]

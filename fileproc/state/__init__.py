@@ -9,6 +9,13 @@ Job status: ``queued`` -> ``running`` -> ``succeeded`` | ``failed`` |
 (claim, lease, attempt) and :meth:`Database.finish_step` (attempt, outputs,
 usage and what becomes of the job, atomically, fenced to the attempt that owns
 the step). Leases are measured on the database's clock, never a worker's.
+
+All of fileproc's SQL is in this package. Beside :class:`Database`, each
+feature's queries sit in a module of their own, as plain functions of the
+database: :mod:`.usage` (``fileproc usage``), :mod:`.attempt_logs`
+(``fileproc logs``), :mod:`.activity` (the overview's counts, queue depths),
+:mod:`.drift` (reconciliation), :mod:`.metrictotals` (``/metrics``'s running
+totals), :mod:`.logtotals`, :mod:`.deployments`, :mod:`.deliveries`.
 """
 
 from __future__ import annotations
@@ -18,9 +25,10 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, and_, create_engine, event, func, or_, select, tuple_, update
+from sqlalchemy import Engine, and_, create_engine, event, func, make_url, or_, select, tuple_, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, configure_mappers, selectinload, sessionmaker
 from sqlalchemy.pool import PoolProxiedConnection
@@ -395,6 +403,14 @@ class Database:
             s.execute(select(1))
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite database URL names; None for another database (or SQLite without a file name)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    return Path(parsed.database)
+
+
 def _add_new_columns(engine: Engine) -> None:
     """Add the model's columns an older state database lacks (create_all makes new tables only).
 
@@ -478,5 +494,5 @@ def _plain(exc: Exception) -> str:
 
 __all__ = [
     "STATUSES", "TERMINAL", "Attempt", "AttemptStatus", "Database", "DatabaseUnavailable", "Job", "JobStatus",
-    "Output", "Send", "StepEnd", "StepStart",
+    "Output", "Send", "StepEnd", "StepStart", "sqlite_file",
 ]

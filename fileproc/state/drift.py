@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import and_, delete, func, or_, select
 
 from fileproc.state import Database
 from fileproc.state.models import DriftRow, JobRow
@@ -113,10 +113,40 @@ def history(db: Database, limit: int = 50, *, drift_only: bool = False) -> list[
         return [_drift_of(row) for row in rows]
 
 
+class BucketDrift(NamedTuple):
+    """One bucket's reconciliation over a window: objects found without a job, and when it was last listed."""
+
+    bucket: str
+    objects: int
+    last_pass: datetime | None
+
+
+def recent_by_bucket(db: Database, window: timedelta) -> list[BucketDrift]:
+    """Each bucket reconciled in the last ``window`` (on the database's clock), by name."""
+    with db.reading() as s:
+        since = db.now(s) - window
+        rows = s.execute(select(DriftRow.bucket, func.sum(DriftRow.new_objects + DriftRow.new_versions),
+                                func.max(DriftRow.finished_at))
+                         .where(DriftRow.finished_at >= since).group_by(DriftRow.bucket)
+                         .order_by(DriftRow.bucket)).all()
+    return [BucketDrift(bucket, int(count or 0), aware(finished)) for bucket, count, finished in rows]
+
+
+def found_without_job(db: Database, bucket: str, key: str, *, passes: int = 1000) -> list[datetime | None]:
+    """When passes over ``bucket`` (the latest ``passes``) found ``key`` without a job, newest first.
+
+    Each pass keeps a sample of what it found, so a key beyond the sample is not seen.
+    """
+    with db.reading() as s:
+        rows = s.execute(select(DriftRow.sample, DriftRow.finished_at).where(DriftRow.bucket == bucket)
+                         .order_by(DriftRow.id.desc()).limit(passes)).all()
+    return [aware(finished) for sample, finished in rows if key in (sample or [])]
+
+
 def _drift_of(row: DriftRow) -> Drift:
     drift = Drift(**{name: getattr(row, name) for name in Drift.__dataclass_fields__})
     drift.started_at, drift.finished_at = aware(row.started_at), aware(row.finished_at)
     return drift
 
 
-__all__ = ["Drift", "history", "record", "versions_with_jobs"]
+__all__ = ["BucketDrift", "Drift", "found_without_job", "history", "recent_by_bucket", "record", "versions_with_jobs"]

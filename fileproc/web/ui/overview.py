@@ -2,7 +2,8 @@
 
 Queue depth and drift come from :mod:`fileproc.metrics` (what ``/metrics``
 reports), the drift table from :mod:`fileproc.state.drift`, failures from
-:meth:`Database.list_jobs`; only the counts over a time window are read here.
+:meth:`Database.list_jobs`, the counts over a time window from
+:mod:`fileproc.state.activity`; here they are put in the page's shape.
 """
 
 from __future__ import annotations
@@ -11,14 +12,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select
-
 from fileproc.metrics import queue_depths, recent_drift
 from fileproc.service import Service
-from fileproc.state import STATUSES, Job, JobStatus
-from fileproc.state.drift import Drift, history
-from fileproc.state.models import JobRow
-from fileproc.state.records import aware
+from fileproc.state import Job, JobStatus
+from fileproc.state.activity import activity
+from fileproc.state.drift import BucketDrift, Drift, history
 
 HOUR, DAY = timedelta(hours=1), timedelta(days=1)
 SLOTS = 12
@@ -37,7 +35,7 @@ class Overview:
     queues: dict[str, tuple[int, float]]
     oldest_waiting: Job | None
     failures: list[Job]
-    drift_by_bucket: list[tuple[str, int, datetime | None]]
+    drift_by_bucket: list[BucketDrift]
     passes: list[Drift] = field(default_factory=list)
 
     @property
@@ -55,32 +53,17 @@ class Overview:
 
 def overview(service: Service) -> Overview:
     db = service.db
-    with db.reading() as s:
-        now = db.now(s)
-        hour_ago, day_ago = now - HOUR, now - DAY
-        recent = s.execute(select(JobRow.status, func.count(),
-                                  func.sum(case((JobRow.created_at >= hour_ago, 1), else_=0)))
-                           .where(JobRow.created_at >= day_ago).group_by(JobRow.status)).all()
-        ended = s.execute(select(JobRow.status, JobRow.finished_at)
-                          .where(JobRow.finished_at >= hour_ago)).all()
-        oldest = s.scalar(select(JobRow.id).where(JobRow.status == JobStatus.QUEUED)
-                          .order_by(JobRow.id).limit(1))
-    day: dict[str, int] = {str(status): 0 for status in STATUSES}
-    hour = dict(day)
-    for status, in_day, in_hour in recent:
-        day[status], hour[status] = in_day, int(in_hour or 0)
+    recent = activity(db, hour=HOUR, day=DAY)
+    hour_ago = recent.now - HOUR
     slots: list[dict[str, int]] = [{} for _ in range(SLOTS)]
     width = HOUR / SLOTS
-    for status, finished in ended:
-        at = aware(finished)
-        if at is None:
-            continue
+    for status, at in recent.ended:
         index = min(SLOTS - 1, max(0, int((at - hour_ago) / width)))
         slots[index][status] = slots[index].get(status, 0) + 1
     return Overview(
-        now=now, hour=hour, day=day, total=db.count_jobs(), finished_per_slot=slots,
+        now=recent.now, hour=recent.hour, day=recent.day, total=db.count_jobs(), finished_per_slot=slots,
         queues=queue_depths(service),
-        oldest_waiting=db.get_job(oldest) if oldest is not None else None,
+        oldest_waiting=db.get_job(recent.oldest_queued) if recent.oldest_queued is not None else None,
         failures=db.list_jobs(JobStatus.FAILED, 8),
         drift_by_bucket=recent_drift(service),
         passes=history(db, 10),

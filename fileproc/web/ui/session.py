@@ -5,6 +5,11 @@ every API process (``--workers N``, several hosts sharing the admin token)
 accepts the sessions any of them issued. Changing the admin token ends every
 session. The CSRF token of a session is a second signature over its nonce: a
 form posted without it (or with another session's) is refused.
+
+A route takes its session with :func:`session_of` (:class:`LoginNeeded`
+without one: the dashboard sends the browser to log in) and a posted form
+with :func:`form_of` (:class:`BadForm` without the session's CSRF token).
+The app's :class:`Sessions` are ``request.app.state.ui_sessions``.
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from urllib.parse import parse_qs
+
+from fastapi import Request
 
 COOKIE = "fileproc_session"
 MAX_AGE = 12 * 3600
@@ -66,4 +74,38 @@ class Sessions:
         return hmac.new(self._key, payload.encode(), hashlib.sha256).hexdigest()
 
 
-__all__ = ["COOKIE", "MAX_AGE", "Session", "Sessions"]
+class LoginNeeded(Exception):
+    """The request has no session: a page sends the browser to log in, anything else answers 401."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+
+
+class BadForm(Exception):
+    """A posted form without its session's CSRF token (403)."""
+
+
+def sessions_of(request: Request) -> Sessions:
+    sessions: Sessions = request.app.state.ui_sessions
+    return sessions
+
+
+def session_of(request: Request) -> Session:
+    """The request's session (its cookie); LoginNeeded without a valid one."""
+    found = sessions_of(request).check(request.cookies.get(COOKIE))
+    if found is None:
+        raise LoginNeeded(request)
+    return found
+
+
+async def form_of(request: Request, session: Session | None) -> dict[str, str]:
+    """The posted form's fields; BadForm unless it carries ``session``'s CSRF token (None: not asked)."""
+    body = (await request.body()).decode("utf-8", "replace")
+    fields = {name: values[0] for name, values in parse_qs(body, keep_blank_values=True).items()}
+    if session is not None and not hmac.compare_digest(fields.get("csrf", "").encode(), session.csrf.encode()):
+        raise BadForm()
+    return fields
+
+
+__all__ = ["COOKIE", "MAX_AGE", "BadForm", "LoginNeeded", "Session", "Sessions", "form_of", "session_of",
+           "sessions_of"]

@@ -1,5 +1,10 @@
 """The words of a document's content as the index stores them, made by the step that extracts it.
 
+Part of the function interface: what a function that writes a search
+document (the built-in ``index``, or a user's) may add to it. It uses
+Whoosh's analyzers, the index's own; ``import fileproc.functions`` alone
+does not load them.
+
 Analyzing a text (splitting it into words, dropping stop words, stemming)
 is about a third of what indexing it costs, and the index has one writer.
 So the ``index`` step analyzes the text it extracts, on whatever worker runs

@@ -1,0 +1,153 @@
+"""Commands that run fileproc or set it up: ``serve``, ``api``, ``worker``, ``init``, ``doctor``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from fileproc.cli.base import State, cli, pass_state
+from fileproc.errors import FileprocError
+
+if TYPE_CHECKING:  # the heavy parts are imported when a command needs them: `--version` stays fast
+    pass
+
+
+@cli.command()
+@click.option("--host", default=None, help="Address to listen on (default: api.host, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port to listen on (default: api.port, 8080).")
+@pass_state
+def serve(state: State, host: str | None, port: int | None) -> None:
+    """Run everything on this machine: broker, API, worker, folder watcher.
+
+    With no config: buckets are folders under ./fileproc-data/buckets, and
+    images dropped into `uploads` get thumbnails in `derived`.
+
+    \b
+    Example:
+        fileproc serve --port 8080
+    """
+    from fileproc.serve import serve as run
+
+    settings = state.settings
+    run(state.service, host or settings.api.host, settings.api.port if port is None else port, state.config_argv())
+
+
+@cli.command()
+@click.option("--host", default=None, help="Address to listen on (default: api.host).")
+@click.option("--port", type=int, default=None, help="Port to listen on (default: api.port).")
+@click.option("--workers", type=click.IntRange(min=1), default=1,
+              help="API processes sharing the port (default 1); 2 on two cores takes about twice the notifications.")
+@pass_state
+def api(state: State, host: str | None, port: int | None, workers: int) -> None:
+    """Run the HTTP API alone: webhook receiver and admin endpoints.
+
+    \b
+    Example:
+        fileproc --config prod.toml api --host 0.0.0.0 --port 8080 --workers 2
+    """
+    import uvicorn
+
+    from fileproc.tokens import load_tokens
+    from fileproc.web import create_app
+
+    settings = state.settings
+    tokens = load_tokens(settings)  # generated ones are written once, before the workers read them
+    options: dict[str, Any] = {"host": host or settings.api.host, "port": settings.api.port if port is None else port,
+                               "access_log": False, "log_level": settings.log_level.lower()}
+    if workers == 1:
+        uvicorn.run(create_app(state.service, tokens), **options)
+        return
+    if state.config:  # each worker process reads the settings itself
+        os.environ["FILEPROC_CONFIG"] = str(state.config.resolve())
+    from fileproc.metrics import MULTIPROCESS_ENV
+
+    if os.environ.get(MULTIPROCESS_ENV):
+        uvicorn.run("fileproc.app:app_from_settings", factory=True, workers=workers, **options)
+        return
+    import tempfile
+
+    # /metrics sums the receiver counters of every process (prometheus-client's multiprocess mode).
+    with tempfile.TemporaryDirectory(prefix="fileproc-metrics-") as folder:
+        os.environ[MULTIPROCESS_ENV] = folder
+        uvicorn.run("fileproc.app:app_from_settings", factory=True, workers=workers, **options)
+
+
+@cli.command()
+@click.option("--queues", "-Q", default=None, help="Comma-separated queues (default: every function's queue).")
+@click.option("--concurrency", type=int, default=None, help="Steps run at once (default: worker.concurrency).")
+@pass_state
+def worker(state: State, queues: str | None, concurrency: int | None) -> None:
+    """Run a worker: takes steps from the broker and runs them.
+
+    \b
+    Example:
+        fileproc --config prod.toml worker --queues thumbnail --concurrency 4
+    """
+    from fileproc.runtime.app import run_worker
+    from fileproc.runtime.runner import clean_scratch
+    from fileproc.runtime.tasks import bind_service
+    from fileproc.service import setup_worker_logging
+
+    service = state.service
+    try:
+        _ = service.db  # opened (and its schema checked) once, here: the pool's processes inherit it
+    except FileprocError as exc:  # the database is down: each step opens it (and waits for it) as before
+        click.echo(f"warning: {exc}; starting anyway", err=True)
+    service.prepare_buckets()
+    clean_scratch(service)
+    bind_service(service)
+    chosen = queues or ",".join(state.settings.worker.queues or service.queues())
+    setup_worker_logging(state.settings)
+    sys.exit(run_worker(chosen, concurrency or state.settings.worker.concurrency, state.settings.log_level))
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default="fileproc.toml")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(path: Path, force: bool) -> None:
+    """Write a commented starter config to PATH (default: fileproc.toml).
+
+    A PATH ending in .yaml or .yml gets YAML, any other TOML; missing folders
+    are created.
+
+    \b
+    Example:
+        fileproc init && fileproc --config fileproc.toml serve
+    """
+    from fileproc.config import load_settings
+    from fileproc.starter import starter_config
+
+    if path.exists() and not force:
+        raise click.ClickException(f"{path} exists; use --force to overwrite it")
+    text = starter_config(path)  # TOML or YAML, as the name says
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror}") from exc
+    load_settings(path, env={})  # the starter must itself be valid
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+@pass_state
+def doctor(state: State) -> None:
+    """Check the config, storage, broker and database, in plain words.
+
+    \b
+    Example:
+        fileproc --config prod.toml doctor
+    """
+    from fileproc.doctor import run_checks
+
+    problems = 0
+    for check in run_checks(state.settings):
+        mark = "ok " if check.ok else "off" if check.advisory else "ERR"
+        click.echo(f"[{mark}] {check.name}: {check.detail}")
+        problems += not check.ok and not check.advisory
+    if problems:
+        raise click.ClickException(f"{problems} problem(s) found")
