@@ -22,9 +22,11 @@ serve: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The architecture's contracts are in pyproject.toml ([tool.importlinter]).
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy fileproc
+	$(BIN)/mypy fileproc workers
+	$(BIN)/lint-imports --no-cache
 
 bench: install
 	$(BIN)/python -m bench.thumbnail_bench

@@ -3,9 +3,13 @@
 The public surface a function author needs::
 
     from fileproc import function, Context, InvalidInput
+
+The exceptions a function raises (InvalidInput, PermanentError, TransientError)
+or catches (ObjectNotFound: what ``context.storage`` raises for an object that
+is gone) are here too; the whole tree is drawn in :mod:`fileproc.errors`.
 """
 
-from fileproc.errors import FileprocError, InvalidInput, PermanentError, TransientError
+from fileproc.errors import FileprocError, InvalidInput, ObjectNotFound, PermanentError, TransientError
 from fileproc.functions import Context, InputObject, OutputRef, OutputWriter, function
 
 __version__ = "0.1.0"
@@ -15,6 +19,7 @@ __all__ = [
     "FileprocError",
     "InputObject",
     "InvalidInput",
+    "ObjectNotFound",
     "OutputRef",
     "OutputWriter",
     "PermanentError",

@@ -1,27 +1,37 @@
 """fileproc's exceptions.
 
-The tree::
+The tree (every subclass of FileprocError, wherever it is defined: those
+defined elsewhere name the module to import them from)::
 
     FileprocError
     ├── ConfigError            a setting or pipeline is invalid (names the field)
     ├── StorageError           the object store said no
-    │   ├── ObjectNotFound
+    │   ├── ObjectNotFound     the object does not exist (also ``from fileproc import ObjectNotFound``)
     │   ├── BucketNotFound
     │   ├── InvalidName        permanent: a bucket name or key no store may hold
     │   ├── InvalidMetadata    permanent: metadata or content type every store cannot carry
     │   └── StorageUnavailable transient: the store cannot be reached (retried)
     ├── BrokerUnavailable      transient: the Celery broker cannot be reached
+    ├── DatabaseUnavailable    the state database cannot be reached or written (fileproc.state)
     ├── FunctionNotFound       a pipeline names a function nobody registered
+    ├── BadJSON                a body from outside is not JSON, or nests too deep: 400 (fileproc.jsonbody)
+    ├── BadNotification        not a bucket notification we understand: 400 (fileproc.intake.notifications)
+    │   ├── BadKey             a record names an object no store may hold (fileproc.intake.notifications)
+    │   └── TooManyRecords     more records than the receiver takes at once: 413 (fileproc.intake.notifications)
+    ├── Busy                   events not recorded in time, the sender should retry: 503 (fileproc.intake.webhook)
+    ├── IndexCorrupt           the search index on disk cannot be read (fileproc.search)
     └── StepError              raised by (or on behalf of) a function
         ├── InvalidInput       permanent: the input itself is bad (corrupt, wrong type)
         ├── PermanentError     permanent: fail the job at once, do not retry
+        │   └── InitError      a deployed function's module did not import (fileproc.serverless.errorformat)
         └── TransientError     retry with backoff
 
 A step that runs past its time limit or whose process dies raises nothing:
-the worker sees it from outside (``runtime.sandbox``) and records it.
+the worker sees it from outside (its ``ChildResult``) and records it.
 
 Foreign exceptions (minio, SQLAlchemy, kombu, Pillow) are translated at the
 boundary with ``raise ... from``, so callers only ever catch these.
+tests/test_public_surface.py checks that this tree names every subclass.
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ from pathlib import Path
 import click
 import pytest
 
-import fileproc
 from fileproc import dispatch
 from fileproc.app import build
 from fileproc.cli import cli
@@ -31,14 +30,6 @@ def test_every_command_is_documented_with_an_example(name: str) -> None:
 @pytest.mark.parametrize(("dotted", "env"), [(d, e) for d, e, _ in setting_names()])
 def test_every_setting_is_documented(dotted: str, env: str) -> None:
     assert f"`{dotted}`" in README and f"`{env}`" in README
-
-
-def test_public_surface() -> None:
-    assert sorted(fileproc.__all__) == sorted([
-        "Context", "FileprocError", "InputObject", "InvalidInput", "ObjectNotFound", "OutputRef", "OutputWriter",
-        "PermanentError", "TransientError", "__version__", "function"])
-    for name in fileproc.__all__:
-        assert hasattr(fileproc, name)
 
 
 def test_init_writes_a_valid_commented_config(tmp_path: Path) -> None:
