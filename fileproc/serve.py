@@ -28,7 +28,7 @@ from fileproc.errors import FileprocError
 from fileproc.intake.reconcile import Reconciler
 from fileproc.intake.watcher import WatcherSource
 from fileproc.processes import spawn
-from fileproc.runtime.app import embedded_socket
+from fileproc.runtime.app import configure, embedded_socket
 from fileproc.service import Service
 from fileproc.tokens import load_tokens
 from fileproc.web import create_app
@@ -127,6 +127,9 @@ def serve(service: Service, host: str, port: int, config_argv: list[str]) -> Non
     if settings.embedded_broker:
         broker = EmbeddedBroker(settings.data_dir / "broker", embedded_socket(settings))
         broker.start()
+        # Its password is made as it first starts: this process's sends (the watcher's, the
+        # webhook's) must use it too, not the address the service was built with before.
+        configure(settings)
     service.prepare_buckets()
     worker = SupervisedWorker([sys.executable, "-m", "fileproc", *config_argv, "worker"])
     watcher = None

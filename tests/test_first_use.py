@@ -125,6 +125,29 @@ def test_serve_stops_quickly_when_idle(tmp_path: Path) -> None:
     assert took < 5, f"serve took {took:.1f} s to stop:\n{serve.tail()}"
 
 
+def test_a_first_serve_sends_the_first_file_itself(tmp_path: Path) -> None:
+    """On a data folder no serve has used, the embedded broker's password is made as it starts.
+
+    serve's own sends (the folder watcher's, the webhook's) must use it: they went
+    without it, failed, and waited for the worker's relay (about 2 s a file, and a
+    "stay queued until the broker is back" warning for each).
+    """
+    port = free_port()
+    serve = Process(None, ["serve", "--port", str(port)], tmp_path / "serve.log", cwd=tmp_path)
+    try:
+        wait_healthy(port, serve, timeout=60)
+        wait_for(lambda: WORKER_READY.search(serve.log.read_text(errors="replace")), 60, "the worker", serve)
+        uploads = tmp_path / "fileproc-data" / "buckets" / "uploads"
+        (tmp_path / "cat.jpg").write_bytes(image_bytes())
+        os.replace(tmp_path / "cat.jpg", uploads / "cat.jpg")  # dropped in whole, as a user's mv does
+        thumbnail = tmp_path / "fileproc-data" / "buckets" / "derived" / "thumbnails" / "cat.jpg" / "thumb-256.webp"
+        wait_for(thumbnail.exists, 60, "the thumbnail", serve)
+    finally:
+        serve.stop()
+    log = serve.log.read_text(errors="replace")
+    assert "until the broker is back" not in log and "relayed" not in log, log
+
+
 def test_the_cli_imports_nothing_heavy_to_start() -> None:
     code = ("import sys, fileproc.cli; "
             "print(sorted(m for m in ('celery', 'sqlalchemy', 'fastapi', 'pydantic', 'uvicorn', 'PIL', 'yaml') "
