@@ -13,7 +13,7 @@ pipeline is made up by one). Both are filled by the composition root
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fileproc.errors import FunctionNotFound
 
@@ -22,9 +22,6 @@ if TYPE_CHECKING:
     from fileproc.functions.kinds import FunctionKind
     from fileproc.functions.registry import Registry
     from fileproc.rules import Pipeline, Step
-
-T = TypeVar("T")
-
 
 class FunctionSource(Protocol):
     """Functions found outside the registry, by a reference a step names (``NAME[:QUALIFIER]``).
@@ -63,13 +60,6 @@ class Functions:
 
     def add_kind(self, kind: FunctionKind) -> None:
         self._kinds[kind.name] = kind
-
-    def source(self, of_type: type[T]) -> T:
-        """The source of type ``of_type`` (LookupError if the service has none)."""
-        for source in self._sources:
-            if isinstance(source, of_type):
-                return source
-        raise LookupError(f"this service has no {of_type.__name__}")
 
     def kind(self, spec: FunctionSpec) -> FunctionKind:
         """The kind ``spec`` is of."""

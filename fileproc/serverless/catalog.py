@@ -105,9 +105,4 @@ class Catalog:
             self._prepared = True
 
 
-def catalog_of(service: Service) -> Catalog:
-    """The deployed functions ``service`` runs (LookupError if it was built without them)."""
-    return service.functions.source(Catalog)
-
-
-__all__ = ["USER_QUEUE", "Catalog", "catalog_of"]
+__all__ = ["USER_QUEUE", "Catalog"]
