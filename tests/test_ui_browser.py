@@ -29,6 +29,7 @@ if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
 
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service as DriverService  # noqa: E402
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support import expected_conditions as seen  # noqa: E402
@@ -45,10 +46,15 @@ class Site:
 
     def wait(self, condition, timeout: float = 30):  # type: ignore[no-untyped-def]
         try:
-            return WebDriverWait(self.browser, timeout, poll_frequency=0.2).until(condition)
-        except Exception:
+            # The live refresh swaps parts of the page every few seconds: an element found a moment
+            # before may be gone, which is a reason to look again, not a failure.
+            return WebDriverWait(self.browser, timeout, poll_frequency=0.2,
+                                 ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+                                 ).until(condition)
+        except Exception as error:
             self.screenshot("failure")
-            raise AssertionError(f"the page never showed it; serve's log:\n{self.server.tail()}") from None
+            raise AssertionError(f"the page never showed it ({type(error).__name__}); "
+                                 f"serve's log:\n{self.server.tail()}") from None
 
     def text(self) -> str:
         return self.browser.find_element(By.TAG_NAME, "body").text
