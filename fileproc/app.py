@@ -23,15 +23,18 @@ from typing import Any
 
 from fileproc import dispatch
 from fileproc.config import Settings
+from fileproc.errors import ConfigError
 from fileproc.functions.registry import Registry
 from fileproc.functions.resolver import Functions, Pipelines
 from fileproc.runtime import app as celery
+from fileproc.runtime.direct import EventInvocations
 from fileproc.runtime.kinds import RegisteredKind
 from fileproc.serverless.catalog import Catalog
 from fileproc.serverless.destinations import REDELIVERY
 from fileproc.serverless.invocations import DirectInvocations
 from fileproc.serverless.stepping import DeployedKind
 from fileproc.service import Service
+from fileproc.streams.filtering import compile_filters
 
 
 def build(settings: Settings) -> Service:
@@ -45,9 +48,11 @@ def build(settings: Settings) -> Service:
     functions = Functions(registry)
     routes = Pipelines(settings.pipelines)
     routes.add_source(DirectInvocations(settings.functions.bucket))
+    routes.add_source(EventInvocations(settings.functions.bucket))
     service = Service(settings, functions, routes)
     functions.add_source(Catalog(service))
     registry.check(settings.pipelines, deployed=functions.exists)  # a step may name a deployed function
+    check_filters(settings)
     functions.add_kind(RegisteredKind(service))
     functions.add_kind(DeployedKind(service))
     service.submit = partial(dispatch.submit_many, service)
@@ -55,6 +60,15 @@ def build(settings: Settings) -> Service:
     celery.configure(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return service
+
+
+def check_filters(settings: Settings) -> None:
+    """ConfigError naming the first ``[[streams]]`` filter pattern Lambda's syntax refuses."""
+    for index, mapping in enumerate(settings.streams):
+        try:
+            compile_filters(mapping.filter)
+        except ValueError as exc:
+            raise ConfigError(f"streams.{index}.filter: {exc}") from None
 
 
 def app_from_settings() -> Any:

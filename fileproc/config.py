@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from fileproc.errors import ConfigError
+from fileproc.mappings import Schedule, StreamMapping
 from fileproc.rules import Pipeline
 
 
@@ -262,6 +263,12 @@ class Settings(Section):
     pipelines: list[Pipeline] = Field(
         default_factory=list, description="Which objects go through which functions (config file only)."
     )
+    streams: list[StreamMapping] = Field(
+        default_factory=list, description="Streams of records mapped to functions (config file only)."
+    )
+    schedules: list[Schedule] = Field(
+        default_factory=list, description="Functions run on a schedule (config file only)."
+    )
     config_file: Path | None = Field(None, description="The file these settings were read from (set by the loader).")
 
     @field_validator("log_level", mode="before")
@@ -305,7 +312,7 @@ def setting_names() -> list[tuple[str, str, str]]:
     """(dotted name, environment variable, description) of every setting."""
     rows = []
     for name, info in Settings.model_fields.items():
-        if name in {"pipelines", "config_file"}:
+        if name in {"pipelines", "streams", "schedules", "config_file"}:
             continue
         annotation = info.annotation
         if isinstance(annotation, type) and issubclass(annotation, Section):
@@ -397,7 +404,9 @@ def _check(settings: Settings) -> None:
     webhook, admin = settings.api.webhook_token.get_secret_value(), settings.api.admin_token.get_secret_value()
     if webhook and webhook == admin:
         raise ConfigError("api.admin_token: must differ from api.webhook_token")
-    names = [pipeline.name for pipeline in settings.pipelines]
-    duplicated = sorted({name for name in names if names.count(name) > 1})
-    if duplicated:
-        raise ConfigError(f"pipelines: duplicate name {duplicated[0]!r}")
+    for what, items in (("pipelines", settings.pipelines), ("streams", settings.streams),
+                        ("schedules", settings.schedules)):
+        names = [item.name for item in items]
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        if duplicated:
+            raise ConfigError(f"{what}: duplicate name {duplicated[0]!r}")

@@ -14,6 +14,7 @@ defined elsewhere name the module to import them from)::
     ├── BrokerUnavailable      transient: the Celery broker cannot be reached
     ├── DatabaseUnavailable    the state database cannot be reached or written (fileproc.state)
     ├── FunctionNotFound       a pipeline names a function nobody registered
+    ├── StreamError            a stream's engine (Kafka, Redis, NATS) refused or cannot be reached
     ├── BadJSON                a body from outside is not JSON, or nests too deep: 400 (fileproc.jsonbody)
     ├── BadNotification        not a bucket notification we understand: 400 (fileproc.intake.notifications)
     │   ├── BadKey             a record names an object no store may hold (fileproc.intake.notifications)
@@ -75,6 +76,10 @@ class BrokerUnavailable(FileprocError):
 
 class FunctionNotFound(FileprocError):
     """No function is registered under the requested name."""
+
+
+class StreamError(FileprocError):
+    """A stream's engine (Kafka, Redis Streams, NATS JetStream) refused an operation or cannot be reached."""
 
 
 class StepError(FileprocError):

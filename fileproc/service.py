@@ -77,8 +77,10 @@ class Service:
         self.__dict__.pop("storage", None)
 
     def prepare_buckets(self) -> None:
-        """Create every pipeline's output bucket (and, on local storage, its source bucket)."""
+        """Create every pipeline's output bucket (and, on local storage, its source bucket), and the functions'."""
         names = {p.output.bucket for p in self.pipelines.values() if "{" not in p.output.bucket}
+        if self.settings.streams or self.settings.schedules:  # where their invocations' outputs go
+            names.add(self.settings.functions.bucket)
         if self.settings.storage.backend == "local":
             names |= {p.match.bucket for p in self.pipelines.values() if not set("*?[") & set(p.match.bucket)}
         for name in sorted(names):

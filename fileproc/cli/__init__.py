@@ -4,8 +4,9 @@ Every command's help ends with an example. Errors become one line on stderr
 (``error: ...``) and exit status 1.
 
 Commands live in one module per area (:mod:`.running`, :mod:`.jobs`,
-:mod:`.search`; the deployed functions' in :mod:`fileproc.serverless.commands`),
-each adding itself to the one group in :mod:`.base`.
+:mod:`.search`, :mod:`.streams`, :mod:`.schedules`; the deployed functions'
+in :mod:`fileproc.serverless.commands`), each adding itself to the one group
+in :mod:`.base`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 
 import click
 
-from fileproc.cli import jobs, running, search
+from fileproc.cli import jobs, running, schedules, search, streams
 from fileproc.cli.base import cli, one_line
 from fileproc.errors import FileprocError
 
@@ -45,4 +46,4 @@ def main() -> None:
         gc.freeze()
 
 
-__all__ = ["cli", "jobs", "main", "one_line", "running", "search"]
+__all__ = ["cli", "jobs", "main", "one_line", "running", "schedules", "search", "streams"]

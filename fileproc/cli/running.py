@@ -79,18 +79,23 @@ def api(state: State, host: str | None, port: int | None, workers: int) -> None:
 @cli.command()
 @click.option("--queues", "-Q", default=None, help="Comma-separated queues (default: every function's queue).")
 @click.option("--concurrency", type=int, default=None, help="Steps run at once (default: worker.concurrency).")
+@click.option("--streams", default=None,
+              help="Comma-separated [[streams]] this worker consumes (default: all; '' for none).")
 @pass_state
-def worker(state: State, queues: str | None, concurrency: int | None) -> None:
-    """Run a worker: takes steps from the broker and runs them.
+def worker(state: State, queues: str | None, concurrency: int | None, streams: str | None) -> None:
+    """Run a worker: takes steps from the broker and runs them, consumes the streams, runs the schedules.
 
     \b
     Example:
         fileproc --config prod.toml worker --queues thumbnail --concurrency 4
+        fileproc --config prod.toml worker --streams clicks,orders
     """
     from fileproc.runtime.app import run_worker
     from fileproc.runtime.runner import clean_scratch
     from fileproc.runtime.tasks import bind_service
+    from fileproc.schedules.scheduler import Scheduler
     from fileproc.service import setup_worker_logging
+    from fileproc.streams.consumers import Consumers, chosen
 
     service = state.service
     try:
@@ -100,9 +105,23 @@ def worker(state: State, queues: str | None, concurrency: int | None) -> None:
     service.prepare_buckets()
     clean_scratch(service)
     bind_service(service)
-    chosen = queues or ",".join(state.settings.worker.queues or service.queues())
+    names = None if streams is None else [n.strip() for n in streams.split(",") if n.strip()]
+    chosen(state.settings, names)  # a name no mapping has stops the start
+    consumers, scheduler = Consumers(service, names), Scheduler(service)
+    queue_names = queues or ",".join(state.settings.worker.queues or service.queues())
     setup_worker_logging(state.settings)
-    sys.exit(run_worker(chosen, concurrency or state.settings.worker.concurrency, state.settings.log_level))
+
+    def ready() -> None:  # in this process, once Celery's pool is forked: the threads are in none of its processes
+        consumers.start()
+        scheduler.start()
+
+    try:
+        code = run_worker(queue_names, concurrency or state.settings.worker.concurrency, state.settings.log_level,
+                          on_ready=ready)
+    finally:
+        scheduler.stop()
+        consumers.stop()
+    sys.exit(code)
 
 
 @cli.command()

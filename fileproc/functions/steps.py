@@ -27,6 +27,7 @@ class StepRequest:
     timeout: float
     memory_mb: int
     scratch_dir: str  # the step's private folder, removed when it ends
+    payload: dict[str, Any] | None = None  # the handler's event when it is not an object's (a stream's batch...)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@
 - :mod:`.receiver`: the receiver's counters (notifications received,
   recorded, unmatched, rejected ...), per API process, or summed over all of
   them in prometheus-client's multiprocess mode (``fileproc api --workers N``);
+- :mod:`.streams`: each stream mapping's lag and counts, per partition;
 - :class:`Metrics`: the page itself, both rendered in Prometheus's text format.
 """
 
@@ -23,6 +24,7 @@ from fileproc.metrics.receiver import (
     SharedCounters,
     multiprocess_dir,
 )
+from fileproc.metrics.streams import StreamCollector
 from fileproc.service import Service
 
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -39,11 +41,14 @@ class Metrics:
 
     def __init__(self, service: Service, counters: Counters) -> None:
         self.state = StateCollector(service)
+        self.streams = StreamCollector(service) if service.settings.streams else None
         self.counters = counters
 
     def render(self) -> bytes:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(self.state)
+        if self.streams is not None:
+            registry.register(self.streams)
         folder = multiprocess_dir()
         if folder:
             MultiProcessCollector(registry, folder)

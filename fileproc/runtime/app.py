@@ -14,9 +14,11 @@ import hashlib
 import os
 import socket
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_ready
 from kombu.exceptions import KombuError, OperationalError
 
 from fileproc.config import Settings
@@ -89,13 +91,18 @@ def configure(settings: Settings) -> Celery:
     return celery_app
 
 
-def run_worker(queues: str, concurrency: int, log_level: str, **options: Any) -> int:
+def run_worker(queues: str, concurrency: int, log_level: str, *, on_ready: Callable[[], None] | None = None,
+               **options: Any) -> int:
     """Run Celery's worker on ``queues`` (comma-separated) in this process until it stops; its exit code.
 
     Without Celery's command line (its imports cost a third of a second), quiet
     (no banner), without gossip, mingle or heartbeat; ``options`` are more of
-    Celery's worker options (``pool_cls="solo"``).
+    Celery's worker options (``pool_cls="solo"``). ``on_ready`` runs in this
+    process once the worker is ready (its pool's processes forked already: a
+    thread started then is in none of them).
     """
+    if on_ready is not None:
+        worker_ready.connect(lambda **_: on_ready(), weak=False)
     worker = celery_app.Worker(
         queues=queues, concurrency=concurrency, hostname=f"fileproc-{os.getpid()}@{socket.gethostname()}",
         loglevel=log_level.upper(), without_gossip=True, without_mingle=True, without_heartbeat=True, quiet=True,

@@ -43,6 +43,7 @@ class StepPlan:
     params: dict[str, Any]
     output_bucket: str
     provenance: dict[str, str]  # metadata every output carries
+    payload: dict[str, Any] | None = None  # the event, when it is not an object's (runtime/direct.py)
 
     def output_key(self, name: str) -> str:
         """The key output ``name`` is written to."""
@@ -50,7 +51,9 @@ class StepPlan:
                           key=self.event.key, name=name)
 
     def lambda_event(self) -> dict[str, Any]:
-        """The event the handler gets: AWS's S3 event of the one object."""
+        """The event the handler gets: AWS's S3 event of the one object, or the payload it was invoked with."""
+        if self.payload is not None:
+            return self.payload
         return {"Records": [self.event.to_record(region=self.region, configuration_id=self.pipeline.name)]}
 
 
@@ -73,7 +76,8 @@ def plan_step(service: Service, request: StepRequest, spec: FunctionSpec) -> Ste
             "fileproc-source-key": quote(event.key, safe="/"),  # S3 metadata must be ASCII
             "fileproc-source-etag": source.etag,
             PROVENANCE_PIPELINE: pipeline.name,
-        })
+        },
+        payload=request.payload)
 
 
 _storage: Storage | None = None

@@ -58,6 +58,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,7 +139,8 @@ class RunnerPool:
                 self._stop(runner)
                 runner, cold = None, True
         if runner is None:
-            runner = self._spawned(key, owner, spawn) if spawn else _start(key, owner, work, warm, memory_mb)
+            runner = self._spawned(key, owner, spawn) if spawn else \
+                on_lasting_thread(_start, key, owner, work, warm, memory_mb)
             with contextlib.suppress(OSError):  # if it died at once, it is reported as a crash below
                 wire.send(runner.sock, message)
         runner.steps += 1
@@ -264,9 +266,9 @@ class RunnerPool:
             except OSError:  # it died while waiting (the OOM killer): start one now
                 self._stop(spare)
                 spare = None
-        runner = spare or _spawn(spawn)
+        runner = spare or on_lasting_thread(_spawn, spawn)
         runner.key, runner.owner, runner.spawn = key, owner, spawn
-        ahead = _spawn(Spawn(spawn.module, None, {}, path=spawn.path), setup=False)
+        ahead = on_lasting_thread(_spawn, Spawn(spawn.module, None, {}, path=spawn.path), setup=False)
         with self._lock:
             surplus = self._spares.pop(interpreter, None)  # (another thread's, started meanwhile)
             self._spares[interpreter] = ahead
@@ -292,6 +294,30 @@ class RunnerPool:
 
 
 # --- starting a runner: forked, or a fresh interpreter ---------------------------------------
+
+_starter: ThreadPoolExecutor | None = None
+_starter_pid = 0
+_starter_lock = threading.Lock()
+
+
+def on_lasting_thread(start: Callable[..., _Runner], *args: Any, **kwargs: Any) -> _Runner:
+    """``start(*args)`` on a thread that lives as long as this process: where every runner is started.
+
+    A runner dies with the *thread* that started it (``PR_SET_PDEATHSIG``
+    follows the thread, not the process): a runner started by a short-lived
+    thread (a web server's worker thread, a stream's lane that was stopped)
+    would be killed with it, however warm. The main thread starts its own;
+    any other hands the start to one thread kept for it.
+    """
+    global _starter, _starter_pid
+    if threading.current_thread() is threading.main_thread():
+        return start(*args, **kwargs)
+    with _starter_lock:
+        if _starter is None or _starter_pid != os.getpid():  # (a fork has no copy of the thread)
+            _starter, _starter_pid = ThreadPoolExecutor(1, thread_name_prefix="fileproc-runner-starter"), os.getpid()
+        starter = _starter
+    return starter.submit(start, *args, **kwargs).result()
+
 
 
 def _start(key: Hashable, owner: object, work: Work | None, warm: Callable[[], None] | None,

@@ -113,7 +113,8 @@ def run(handler: LoadedHandler, storage: Storage, call: dict[str, Any]) -> dict[
         qualifier=call["qualifier"],
     )
     try:
-        ran, written = invoke_lambda(handler, {"Records": [call["record"]]}, context, storage, provenance, kind_of)
+        lambda_event = call["payload"] if call.get("payload") is not None else {"Records": [call["record"]]}
+        ran, written = invoke_lambda(handler, lambda_event, context, storage, provenance, kind_of)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return step_outcome(ran, writer, reader, written)

@@ -188,11 +188,14 @@ def show(ctx: click.Context, name: str) -> None:
         fileproc functions show resize
     """
     from fileproc.state.deployments import LIVE, list_versions
+    from fileproc.state.function_urls import get_url
 
-    _, db, _ = parts(ctx)
+    settings, db, _ = parts(ctx)
     for version in list_versions(db, name):
         if LIVE in version.aliases:
-            click.echo(json.dumps(version.to_dict(), indent=2))
+            function_url = get_url(db, name)
+            url = {**function_url.to_dict(), "url": url_of(settings, name)} if function_url else None
+            click.echo(json.dumps({**version.to_dict(), "function_url": url}, indent=2))
             return
     raise FunctionNotFound(f"no deployed function {name!r}")
 
@@ -241,7 +244,7 @@ def rollback(ctx: click.Context, name: str, version: int) -> None:
 @click.argument("name")
 @click.pass_context
 def delete(ctx: click.Context, name: str) -> None:
-    """Forget NAME: its versions, aliases and packages (steps naming it then fail).
+    """Forget NAME: its versions, aliases, packages and URL (steps naming it then fail).
 
     \b
     Example:
@@ -249,11 +252,13 @@ def delete(ctx: click.Context, name: str) -> None:
     """
     from fileproc.errors import StorageError
     from fileproc.state.deployments import delete_function
+    from fileproc.state.function_urls import delete_url
 
     settings, db, storage = parts(ctx)
     gone = delete_function(db, name)
     if not gone:
         raise FunctionNotFound(f"no deployed function {name!r}")
+    delete_url(db, name)
     for key in {v.package_key for v in gone}:
         try:
             storage.delete(settings.functions.bucket, key)
@@ -280,6 +285,71 @@ def token(ctx: click.Context, name: str) -> None:
     if not list_versions(db, name):
         raise FunctionNotFound(f"no deployed function {name!r}")
     click.echo(new_token(db, name))
+
+
+@functions.command()
+@click.argument("name")
+@click.option("--auth", type=click.Choice(["none", "token"]), default=None,
+              help="none: anyone may call it; token: the admin token or NAME's own (`fileproc functions token`) "
+                   "as `Authorization: Bearer T`. A new URL's default: token.")
+@click.option("--cors", default=None, metavar="ORIGINS",
+              help="Origins browsers may call it from, comma-separated (`*`: any; \"\": none).")
+@click.option("--delete", "remove", is_flag=True, help="Remove NAME's URL.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def url(ctx: click.Context, name: str, auth: str | None, cors: str | None, remove: bool, as_json: bool) -> None:
+    """Give NAME an HTTP endpoint, /fn/NAME/..., as Lambda's function URLs: any method and sub-path.
+
+    The handler gets Lambda's function URL event (rawPath, headers,
+    queryStringParameters, body...) and its return value is the answer
+    (statusCode, headers, cookies, body). Run again to change the auth or
+    CORS (what is not given stays): API hosts follow within functions.alias_seconds.
+
+    \b
+    Example:
+        fileproc functions url hello --auth none --cors https://example.com
+        curl -X POST 'http://127.0.0.1:8080/fn/hello/greet?name=Jane' -d 'hi'
+    """
+    from fileproc.state.deployments import list_versions
+    from fileproc.state.function_urls import delete_url, get_url, set_url
+
+    settings, db, _ = parts(ctx)
+    if remove:
+        if not delete_url(db, name):
+            raise FunctionNotFound(f"{name!r} has no function URL")
+        click.echo(json.dumps({"function": name, "deleted": True}) if as_json else f"deleted the URL of {name}")
+        return
+    if not list_versions(db, name):
+        raise FunctionNotFound(f"no deployed function {name!r}")
+    before = get_url(db, name)
+    origins = _origins(cors) if cors is not None else (before.cors if before else [])
+    done = set_url(db, name, auth=auth or (before.auth if before else "token"), cors=origins)
+    address = url_of(settings, name)
+    if as_json:
+        click.echo(json.dumps({**done.to_dict(), "url": address}))
+        return
+    click.echo(address)
+    access = "anyone may call it" if done.auth == "none" else "Authorization: Bearer <admin or function token>"
+    click.echo(f"auth {done.auth} ({access}); CORS: {', '.join(done.cors) or 'none'}", err=True)
+
+
+def url_of(settings: Settings, name: str) -> str:
+    """The address of ``name``'s function URL on this host's API."""
+    host = settings.api.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.api.port}/fn/{name}/"
+
+
+def _origins(given: str) -> list[str]:
+    """``--cors``' origins: ``*`` or scheme://host[:port] each."""
+    origins = [o.strip().rstrip("/") for o in given.split(",") if o.strip()]
+    for origin in origins:
+        if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
+            raise ConfigError(f"--cors {origin!r}: give * or an origin, e.g. https://example.com")
+    return origins
 
 
 def replay_dead_letters(service: Any, function: str | None) -> None:
@@ -411,4 +481,4 @@ def invoke(ctx: click.Context, name: str, event_file: Path | None, bucket: str |
         raise click.ClickException(f"{name} failed: {error.get('message')}")
 
 
-__all__ = ["functions", "invoke"]
+__all__ = ["functions", "invoke", "url_of"]

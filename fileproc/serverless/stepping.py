@@ -98,7 +98,8 @@ def invocation(service: Service, request: StepRequest, spec: FunctionSpec) -> di
     plan = plan_step(service, request, spec)
     return {
         "request_id": request.request_id, "pipeline": plan.pipeline.name, "event": request.event,
-        "source": plan.source, "record": plan.lambda_event()["Records"][0],
+        "source": plan.source, "payload": request.payload,
+        "record": None if request.payload is not None else plan.lambda_event()["Records"][0],
         "timeout": request.timeout, "memory_mb": request.memory_mb, "region": plan.region,
         "scratch_dir": str(Path(request.scratch_dir).resolve()), "params": plan.params,
         "qualifier": plan.qualifier, "output_bucket": plan.output_bucket,

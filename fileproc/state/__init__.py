@@ -35,7 +35,16 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from fileproc.errors import FileprocError
 from fileproc.events import ObjectEvent
-from fileproc.state import creating, logtotals, metrictotals, steps  # noqa: F401 (metrictotals: its tables)
+from fileproc.state import (  # noqa: F401 (their tables)
+    creating,
+    function_urls,
+    invocations,
+    logtotals,
+    metrictotals,
+    schedules,
+    steps,
+    streams,
+)
 from fileproc.state.models import AttemptRow, AttemptStatus, Base, JobRow, JobStatus, OutputRow, utcnow
 from fileproc.state.records import (
     STATUSES,
@@ -309,6 +318,10 @@ class Database:
             return logtotals.summarise(rows)
 
     # -- admin ----------------------------------------------------------
+
+    def record_invocation(self, done: invocations.Invoked) -> tuple[int, int]:
+        """An invocation on a non-object event, recorded once it ran (see :mod:`.invocations`); (job, attempt)."""
+        return invocations.record_invocation(self.transaction, done)
 
     def get_job(self, job_id: int) -> Job | None:
         with self.reading() as s:

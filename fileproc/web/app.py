@@ -15,6 +15,8 @@
 - ``GET /healthz``: open; 200 once the service can reach its database.
 - ``GET /metrics`` (:mod:`fileproc.web.metrics`): Prometheus metrics, for the admin token or ``metrics.token``.
 - ``/functions/...`` (:mod:`fileproc.web.functions`): deployed user functions invoked over HTTP.
+- ``/fn/NAME/...`` (:mod:`fileproc.web.function_urls`): function URLs, Lambda's, any method; a body up to
+  ``api.max_body_bytes``.
 - ``/ui``: the web dashboard (:mod:`fileproc.web.ui`), logged in with the admin token; the API's
   docs too (``/docs`` and ``/redoc`` lead there: a browser cannot send the header).
 
@@ -46,7 +48,7 @@ from fileproc.metrics import Metrics, SharedCounters
 from fileproc.runtime.outbox import Relay
 from fileproc.service import Service
 from fileproc.tokens import Tokens
-from fileproc.web import admin, events, functions, metrics, ui
+from fileproc.web import admin, events, function_urls, functions, metrics, streams, ui
 from fileproc.web.bounds import BodyLimit, JSONRoute, Limit
 from fileproc.web.functions import INVOKE_BODY
 from fileproc.web.responses import add_error_handlers, error_response
@@ -107,7 +109,7 @@ class RouteLimits:
 
     def limit_for(self, scope: Scope) -> Limit:
         path = scope["path"]
-        if path == "/events":
+        if path == "/events" or path.startswith(function_urls.PREFIX):  # a function URL: as large a body
             return self.events
         if path.startswith("/functions/"):
             return INVOKE_BODY
@@ -158,10 +160,11 @@ def create_app(service: Service, tokens: Tokens, *, committer: Committer | None 
     limits = RouteLimits(Limit(service.settings.api.max_body_bytes, "api.max_body_bytes"), counters)
     app.bounded = BodyLimit(app.answer, limits.limit_for, limits.refused)
     add_error_handlers(app)
-    for router in (admin.public, events.router, admin.router, metrics.router):
+    for router in (admin.public, events.router, admin.router, metrics.router, streams.router):
         app.include_router(router)
     ui.install(app, service, tokens)  # /ui: the web dashboard, behind the admin token
     app.include_router(functions.router)  # deployed user functions
+    app.include_router(function_urls.router)  # their URLs: /fn/NAME/...
     return app
 
 

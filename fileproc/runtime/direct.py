@@ -1,0 +1,170 @@
+"""A function run now on an event that is not an object's: Lambda's synchronous Invoke, for triggers.
+
+A stream's poller (:mod:`fileproc.streams`), a schedule's tick
+(:mod:`fileproc.schedules`) and a function URL's request call
+:func:`invoke_event` and get what the handler returned or why it failed,
+as Lambda's event source mappings, EventBridge and function URLs invoke a
+function synchronously. The step runs in a warm runner of its function like
+any other (limits, reserved concurrency, cold and warm starts, its log and
+REPORT line) and is recorded once it ended (:mod:`fileproc.state.invocations`)
+as a finished job of the one-step pipeline ``_event.FUNCTION`` (made up by
+:class:`EventInvocations`, a source of the service's pipelines), so logs,
+usage and the dashboard show it like any step. Retrying is the caller's
+business: an invocation is never retried here, nor sent again by the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fileproc.events import ObjectEvent
+from fileproc.functions.steps import ChildResult, StepRequest
+from fileproc.rules import Match, Output, Pipeline, Step
+from fileproc.runtime.metering import attempt_metering
+from fileproc.runtime.runner import execute, limits_for
+from fileproc.runtime.slots import ReservedSlot
+from fileproc.service import Service
+from fileproc.state import AttemptStatus, JobStatus
+from fileproc.state.invocations import Invoked
+
+log = logging.getLogger(__name__)
+
+PREFIX = "_event."
+
+
+def pipeline_name(function: str) -> str:
+    """The made-up pipeline whose jobs are ``function``'s invocations on events."""
+    return PREFIX + function
+
+
+class EventInvocations:
+    """The one-step pipeline ``_event.FUNCTION`` of each function, by name (a source of the service's pipelines).
+
+    What the handler writes through ``context.output`` goes to
+    ``functions.bucket`` under ``invocations/FUNCTION/TRIGGER/WHAT/``.
+    """
+
+    def __init__(self, invocation_bucket: str) -> None:
+        self._bucket = invocation_bucket
+        self._made: dict[str, Pipeline] = {}  # (a pipeline is immutable: each is made once)
+
+    def get(self, name: str) -> Pipeline | None:
+        function = name.removeprefix(PREFIX)
+        if not name.startswith(PREFIX) or not function:
+            return None
+        found = self._made.get(name)
+        if found is None:
+            found = self._made[name] = self._make(name, function)
+        return found
+
+    def _make(self, name: str, function: str) -> Pipeline:
+        # Built without validation: the name is one no configured pipeline may take.
+        return Pipeline.model_construct(
+            name=name, match=Match.model_construct(bucket="", events=[]), steps=[Step(function=function, retries=0)],
+            output=Output(bucket=self._bucket, key=f"invocations/{function}/{{bucket}}/{{key}}/{{name}}"))
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """How one invocation ended. ``error`` is Lambda's error object when the handler raised (or it timed out,
+    ran out of memory or died); ``throttled`` when the function's reserved concurrency was all in use."""
+
+    request_id: str
+    ok: bool
+    result: Any = None
+    error: dict[str, Any] | None = None
+    throttled: bool = False
+    duration_ms: int = 0
+    cold: bool | None = None
+    job_id: int | None = None
+    version: str | None = None
+
+
+def invoke_event(service: Service, function: str, event: dict[str, Any], *, trigger: str, what: str,
+                 worker: str = "", summary: dict[str, Any] | None = None, request_id: str | None = None
+                 ) -> Invocation:
+    """Run ``function`` (NAME[:QUALIFIER]) on ``event`` now, in this process's warm runners; record it.
+
+    ``trigger`` and ``what`` name it for people (the job's bucket and key:
+    ``stream:clicks`` and ``shardId-000000000000/5-104``); ``summary`` is
+    what the job keeps of the event (the default keeps nothing of it: a
+    batch of records is not copied into the state database); ``request_id``
+    is the invocation's (``context.aws_request_id``; a new UUID by default).
+    What the handler returned is recorded up to :data:`RESULT_KEPT` bytes of
+    JSON (past that, its size). FunctionNotFound if there is no such function.
+    """
+    step = Step(function=function, retries=0)
+    spec = service.spec(step)  # FunctionNotFound: the caller says where the name came from
+    limits = limits_for(spec, step)
+    request_id = request_id or str(uuid.uuid4())
+    slot = ReservedSlot(service.db, spec, request_id, limits.timeout + service.settings.runtime.lease_seconds)
+    if not slot.take():
+        return Invocation(request_id, False, throttled=True,
+                          error={"errorType": "TooManyRequestsException",
+                                 "errorMessage": f"all {spec.concurrency} of {spec.name!r}'s reserved concurrency "
+                                                 "in use"})
+    placeholder = ObjectEvent(bucket=trigger, key=what, event_name="s3:ObjectCreated:Put", size=0, etag="",
+                              source="event")
+    scratch = service.settings.data_dir / "scratch" / f"{os.getpid()}.{request_id}"
+    request = StepRequest(request_id, pipeline_name(function), 0, placeholder.to_dict(), None, limits.timeout,
+                          limits.memory_mb, str(scratch), payload=event)
+    started = datetime.now(UTC)
+    try:
+        result = execute(service, request, cancel=threading.Event(), spec=spec)
+    finally:
+        slot.give()
+    kind = service.functions.kind(spec)
+    value = result.value or {}
+    error, attempt_status, reason, traceback = _failure(spec.name, result, limits.memory_mb)
+    metering = attempt_metering(request_id, result, limits.memory_mb, value.get("log"), spec.name,
+                                level=kind.report_level)
+    version = None if spec.version == "$LATEST" else spec.version
+    done = Invoked(
+        pipeline=pipeline_name(function), bucket=trigger, key=what, version=request_id,
+        event=summary or {}, function=spec.name, worker=worker, started_at=started,
+        job_status=JobStatus.FAILED if error else JobStatus.SUCCEEDED, attempt_status=attempt_status,
+        error=reason, traceback=traceback, result=_kept(value.get("result")) if not error else None,
+        duration_ms=result.duration_ms, peak_memory_kb=result.peak_memory_kb, cold_start=result.cold,
+        recycled=result.recycled, version_ran=version, **metering)
+    job_id, _ = service.db.record_invocation(done)
+    return Invocation(request_id, error is None, value.get("result") if error is None else None, error,
+                      duration_ms=result.duration_ms, cold=result.cold, job_id=job_id, version=version)
+
+
+RESULT_KEPT = 64 * 1024
+"""The most of a handler's return value an invocation records (a function URL's answers can be large)."""
+
+
+def _kept(result: Any) -> Any:
+    import json
+
+    size = len(json.dumps(result, default=str))
+    return result if size <= RESULT_KEPT else {"fileproc": f"the result was {size} bytes of JSON: not kept"}
+
+
+def _failure(function: str, result: ChildResult, memory_mb: int
+             ) -> tuple[dict[str, Any] | None, str, str | None, str | None]:
+    """(Lambda's error object, the attempt's status, the reason recorded, the traceback); no error: (None, ...)."""
+    if result.timed_out:
+        message = f"step {function!r} {result.error or 'timed out'}"
+        return {"errorType": "Sandbox.Timedout", "errorMessage": message}, AttemptStatus.TIMED_OUT, message, None
+    if not result.ok:
+        memory = result.error_type == "MemoryError"
+        message = (f"needed more than its memory limit of {memory_mb} MB" if memory
+                   else result.error or "the step's process died")
+        return ({"errorType": "Runtime.OutOfMemory" if memory else "Runtime.ExitError", "errorMessage": message},
+                AttemptStatus.FAILED, f"step {function!r}: {message}", None)
+    raised = (result.value or {}).get("error")
+    if raised is not None:
+        error = {"errorType": raised["type"], "errorMessage": raised["message"]}
+        return error, AttemptStatus.FAILED, f"{raised['type']}: {raised['message']}", raised.get("traceback")
+    return None, AttemptStatus.SUCCEEDED, None, None
+
+
+__all__ = ["PREFIX", "EventInvocations", "Invocation", "invoke_event", "pipeline_name"]

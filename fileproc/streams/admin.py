@@ -1,0 +1,103 @@
+"""What the CLI and the API do with a mapping from outside its pollers: where it stands, put records, reset.
+
+:func:`status` joins the engine's positions (committed, newest, lag) with
+what the pollers recorded (batches, records, filtered, failed, in flight,
+the last error); :func:`put` writes records and returns once the engine
+holds them; :func:`reset` moves the consumer group.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from fileproc.errors import ConfigError, FileprocError
+from fileproc.state.streams import partitions
+from fileproc.streams.consumers import own_redis
+from fileproc.streams.engines import open_source
+from fileproc.streams.sources import Put, StreamSource
+
+if TYPE_CHECKING:
+    from fileproc.mappings import StreamMapping
+    from fileproc.service import Service
+
+
+def mapping(service: Service, name: str) -> StreamMapping:
+    """The mapping named ``name``; ConfigError naming the configured ones otherwise."""
+    for found in service.settings.streams:
+        if found.name == name:
+            return found
+    names = ", ".join(m.name for m in service.settings.streams) or "none configured"
+    raise ConfigError(f"no stream named {name!r} ({names})")
+
+
+def source_of(service: Service, found: StreamMapping) -> StreamSource:
+    return open_source(found, embedded_url=own_redis(service.settings), consumer="admin")
+
+
+def status(service: Service, name: str | None = None) -> list[dict[str, Any]]:
+    """Each mapping (or ``name``'s) with its partitions: positions, lag, IteratorAge, counts and the last error."""
+    chosen = [mapping(service, name)] if name else list(service.settings.streams)
+    recorded = {(r["mapping"], r["partition"]): r for r in partitions(service.db)}
+    out = []
+    for found in chosen:
+        entry: dict[str, Any] = {"name": found.name, "source": found.source, "function": found.function,
+                                 "enabled": found.enabled, "partitions": [], "error": None}
+        try:
+            source = source_of(service, found)
+            try:
+                engine = source.status()
+            finally:
+                source.close()
+        except FileprocError as exc:
+            engine, entry["error"] = [], str(exc)
+        now = time.time()
+        seen = set()
+        for p in engine:
+            seen.add(p.partition)
+            counts = recorded.get((found.name, p.partition), {})
+            entry["partitions"].append({
+                "partition": p.partition, "committed": p.committed, "newest": p.newest, "lag_records": p.lag,
+                "lag_seconds": round(now - p.oldest_unprocessed, 3) if p.oldest_unprocessed and p.lag else 0.0,
+                **_counts(counts)})
+        for (stream, partition), counts in recorded.items():
+            if stream == found.name and partition not in seen and partition:
+                entry["partitions"].append({"partition": partition, "committed": None, "newest": None,
+                                            "lag_records": None, "lag_seconds": None, **_counts(counts)})
+        out.append(entry)
+    return out
+
+
+def _counts(row: dict[str, Any]) -> dict[str, Any]:
+    return {name: row.get(name, 0) for name in ("batches", "records", "filtered", "failed", "errors", "in_flight")} \
+        | {"last_error": row.get("last_error"), "last_error_at": row.get("last_error_at")}
+
+
+def put(service: Service, name: str, records: Sequence[tuple[bytes | None, bytes]]) -> list[Put]:
+    """Append ``records`` (key, data) to stream ``name``; returns once they are in the stream."""
+    source = source_of(service, mapping(service, name))
+    try:
+        return source.put(records)
+    finally:
+        source.close()
+
+
+def reset(service: Service, name: str, to: str) -> None:
+    """Move the mapping's group to ``trim_horizon``, ``latest`` or an ISO time."""
+    target: str | datetime = to
+    if to not in ("trim_horizon", "latest"):
+        try:
+            target = datetime.fromisoformat(to)
+        except ValueError:
+            raise ConfigError(f"--to {to!r}: use trim_horizon, latest or an ISO time (2026-12-05T12:00:00+00:00)") \
+                from None
+    source = source_of(service, mapping(service, name))
+    try:
+        source.reset(target)
+    finally:
+        source.close()
+
+
+__all__ = ["mapping", "put", "reset", "status"]

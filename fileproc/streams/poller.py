@@ -1,0 +1,400 @@
+"""One mapping consumed: records polled, filtered, batched per partition, run, and committed after success.
+
+The poller's thread owns the engine's connection (:mod:`.sources`): it
+polls, hands each partition's records to that partition's lanes, and
+commits. A lane (:class:`Lane`, a thread) builds batches (``batch_size``
+records, or what came within ``batch_window`` seconds, never across a
+tumbling window) and runs them one after another, so a partition's records
+run in order; with ``parallelization_factor`` N a partition has N lanes and
+a record goes to the lane of its key, so each key keeps its order.
+
+A partition's committed position only moves past a record once it and every
+record before it is done (:class:`Positions`): run by a batch that
+succeeded, filtered out, or given up with its dead letter recorded
+(:mod:`.failures`). A worker killed mid-batch commits nothing of that batch:
+it runs again, and only it (at least once, as on Lambda).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from fileproc.errors import FileprocError
+from fileproc.functions.aws import aws_region
+from fileproc.intake.queued import submit_notifications
+from fileproc.runtime.direct import Invocation, invoke_event
+from fileproc.state.streams import PartitionCounts, save_lag, save_partitions
+from fileproc.streams import events
+from fileproc.streams.engines import open_source
+from fileproc.streams.failures import Failures
+from fileproc.streams.filtering import compile_filters, record_document
+from fileproc.streams.sources import Record, StreamSource
+
+if TYPE_CHECKING:
+    from fileproc.mappings import StreamMapping
+    from fileproc.service import Service
+
+log = logging.getLogger(__name__)
+
+SAVE_EVERY = 1.0  # seconds between writes of the partitions' counts
+LAG_EVERY = 30.0  # seconds between samples of the lag (the dashboard's chart)
+MAX_BUFFERED_BATCHES = 4  # per lane: the poller waits before reading more
+
+
+class Positions:
+    """One partition's records in order, and which are done: the position it may commit up to."""
+
+    def __init__(self) -> None:
+        self._order: deque[str] = deque()
+        self._done: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, position: str, *, done: bool = False) -> None:
+        with self._lock:
+            self._order.append(position)
+            if done:
+                self._done.add(position)
+
+    def done(self, positions: list[str]) -> None:
+        with self._lock:
+            self._done.update(positions)
+
+    def committable(self) -> str | None:
+        """The last position before the first record not yet done (None: nothing new to commit)."""
+        last = None
+        with self._lock:
+            while self._order and self._order[0] in self._done:
+                last = self._order.popleft()
+                self._done.discard(last)
+        return last
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+
+class Poller:
+    """Consumes one mapping until stopped (a thread of its own, plus one per lane)."""
+
+    def __init__(self, service: Service, mapping: StreamMapping, *, worker: str, embedded_url: str | None = None,
+                 source: StreamSource | None = None,
+                 invoke: Callable[..., Invocation] = invoke_event) -> None:
+        self.service, self.mapping, self.worker = service, mapping, worker
+        self.source = source or open_source(mapping, embedded_url=embedded_url, consumer=worker)
+        self.region = aws_region(service.settings)
+        self.arn = events.stream_arn(self.region, getattr(self.source, "stream_name", mapping.name))
+        self.filter = compile_filters(mapping.filter)
+        self.failures = Failures(service, mapping, self)
+        self.invoke = invoke
+        self.positions: dict[str, Positions] = {}
+        self.lanes: dict[str, list[Lane]] = {}
+        self.counts: dict[str, PartitionCounts] = {}
+        self.counts_lock = threading.Lock()
+        self.stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- life ---------------------------------------------------------------------------
+
+    def start(self) -> Poller:
+        self._thread = threading.Thread(target=self._run, name=f"stream-{self.mapping.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the batches in flight (no new retries), commit what is done, leave the group."""
+        self.stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            self.source.start(self.revoking)
+        except FileprocError as exc:
+            log.error("stream %s: cannot start: %s", self.mapping.name, exc)
+            self.note_error("", str(exc))
+            self._save()
+            return
+        log.info("stream %s: consuming it (%s) for %s", self.mapping.name, self.mapping.engine,
+                 self.mapping.function or "the pipelines its notifications match")
+        saved, sampled = time.monotonic(), 0.0
+        while not self.stopping.is_set():
+            self._commit()
+            if time.monotonic() - saved > SAVE_EVERY:
+                self._save()
+                saved = time.monotonic()
+            if time.monotonic() - sampled > LAG_EVERY:
+                self._sample_lag()
+                sampled = time.monotonic()
+            if self._backlogged():
+                time.sleep(0.005)
+                continue
+            try:
+                records = self.source.poll(self.mapping.batch_size, 0.1)
+            except FileprocError as exc:  # the engine went away: keep trying, say so
+                self.note_error("", str(exc))
+                log.warning("stream %s: %s; trying again", self.mapping.name, exc)
+                self.stopping.wait(1.0)
+                continue
+            self._take(records)
+        self.revoking(list(self.lanes))
+        self._save()
+        try:
+            self.source.close()
+        except FileprocError as exc:
+            log.warning("stream %s: closing: %s", self.mapping.name, exc)
+
+    # -- records in -------------------------------------------------------------------------
+
+    def _take(self, records: list[Record]) -> None:
+        """Hand polled records to their partitions' lanes (each lane gets its share at once)."""
+        shares: dict[Lane, list[Record]] = {}
+        for record in records:
+            positions = self.positions.get(record.partition)
+            if positions is None:
+                positions = self.positions[record.partition] = Positions()
+                self.lanes[record.partition] = [Lane(self, record.partition, i).start()
+                                                for i in range(self.mapping.parallelization_factor)]
+            if not self.filter.matches_all and not self.filter.matches(
+                    record_document(record, self.mapping.engine, topic=getattr(self.source, "topic", None))):
+                positions.add(record.position, done=True)
+                self.count(record.partition, filtered=1)
+                continue
+            positions.add(record.position)
+            lanes = self.lanes[record.partition]
+            shares.setdefault(lanes[hash(record.order_key) % len(lanes)], []).append(record)
+        for lane, share in shares.items():
+            lane.put(share)
+
+    def _backlogged(self) -> bool:
+        return any(lane.backlog() > MAX_BUFFERED_BATCHES * self.mapping.batch_size
+                   for lanes in self.lanes.values() for lane in lanes)
+
+    # -- commits ----------------------------------------------------------------------------
+
+    def _commit(self, partitions: list[str] | None = None) -> None:
+        for partition in partitions if partitions is not None else list(self.positions):
+            position = self.positions[partition].committable()
+            if position is None:
+                continue
+            try:
+                self.source.commit(partition, position)
+            except FileprocError as exc:  # committed later with the next ones (or run again: at least once)
+                self.note_error(partition, f"commit failed: {exc}")
+
+    def revoking(self, partitions: list[str]) -> None:
+        """The engine gives ``partitions`` up: let their batches in flight end, commit them, drop the rest."""
+        gone = [p for p in partitions if p in self.lanes]
+        for partition in gone:
+            for lane in self.lanes[partition]:
+                lane.stop()
+        for partition in gone:
+            for lane in self.lanes[partition]:
+                lane.join()
+        self._commit(gone)
+        for partition in gone:
+            del self.lanes[partition], self.positions[partition]
+
+    def done(self, partition: str, positions: list[str]) -> None:
+        """These records of ``partition`` are done (run, or given up): committed once those before them are."""
+        found = self.positions.get(partition)
+        if found is not None:
+            found.done(positions)
+
+    # -- counts -----------------------------------------------------------------------------
+
+    def count(self, partition: str, **deltas: int) -> None:
+        with self.counts_lock:
+            counts = self.counts.setdefault(partition, PartitionCounts())
+            for name, delta in deltas.items():
+                setattr(counts, name, getattr(counts, name) + delta)
+
+    def note_error(self, partition: str, error: str) -> None:
+        with self.counts_lock:
+            counts = self.counts.setdefault(partition, PartitionCounts())
+            counts.last_error = error
+
+    def _save(self) -> None:
+        with self.counts_lock:
+            counts, self.counts = self.counts, {}
+        for partition, lanes in self.lanes.items():
+            counts.setdefault(partition, PartitionCounts()).in_flight = sum(lane.in_flight for lane in lanes)
+        try:
+            save_partitions(self.service.db, self.mapping.name, self.worker, counts)
+        except FileprocError as exc:  # the counts are a courtesy: kept for the next save
+            log.debug("stream %s: counts not saved: %s", self.mapping.name, exc)
+            with self.counts_lock:
+                for partition, c in counts.items():
+                    mine = self.counts.setdefault(partition, PartitionCounts())
+                    for name in ("batches", "records", "filtered", "failed", "errors"):
+                        setattr(mine, name, getattr(mine, name) + getattr(c, name))
+
+    def _sample_lag(self) -> None:
+        """The partitions' lag now, for the dashboard's last hour (a courtesy: skipped if it cannot be had)."""
+        try:
+            found = self.source.status()
+            now = time.time()
+            save_lag(self.service.db, self.mapping.name, [
+                (p.partition, p.lag or 0, round(now - p.oldest_unprocessed, 3) if p.oldest_unprocessed and p.lag
+                 else 0.0) for p in found])
+        except FileprocError as exc:
+            log.debug("stream %s: lag not sampled: %s", self.mapping.name, exc)
+
+    # -- one batch --------------------------------------------------------------------------
+
+    def event_of(self, records: list[Record]) -> dict[str, Any]:
+        """Lambda's event of one partition's batch."""
+        if self.mapping.engine == "kafka":
+            return events.kafka_event(records, topic=getattr(self.source, "topic", ""),
+                                      bootstrap_servers=getattr(self.source, "bootstrap_servers", ""))
+        return events.kinesis_event(records, region=self.region, arn=self.arn)
+
+    def run_batch(self, partition: str, records: list[Record], event: dict[str, Any]) -> Invocation:
+        """Run the function on one batch (its event built already) and count it."""
+        if self.mapping.kind == "notifications":
+            return self._submit(partition, records)
+        first, last = records[0].position if records else "-", records[-1].position if records else "-"
+        try:
+            invocation = self.invoke(
+                self.service, self.mapping.function, event, trigger=f"stream:{self.mapping.name}",
+                what=f"{events.shard_id(partition)}/{first}-{last}", worker=self.worker,
+                summary={"stream": self.mapping.name, "partition": partition, "first": first, "last": last,
+                         "records": len(records)})
+        except FileprocError as exc:  # no such function (yet), the database away: a failure like any, retried
+            invocation = Invocation("", False, error={"errorType": type(exc).__name__, "errorMessage": str(exc)})
+        self.count(partition, batches=1, records=len(records) if invocation.ok else 0,
+                   errors=0 if invocation.ok else 1)
+        if not invocation.ok and invocation.error:
+            self.note_error(partition, f"{invocation.error.get('errorType')}: {invocation.error.get('errorMessage')}")
+        return invocation
+
+
+    def _submit(self, partition: str, records: list[Record]) -> Invocation:
+        """A batch of bucket notifications: recorded as jobs through the one intake path (no function runs)."""
+        try:
+            done = submit_notifications(self.service, [r.data for r in records], source=f"stream:{self.mapping.name}")
+        except FileprocError as exc:  # the database or the store away: retried like a failed batch
+            self.count(partition, errors=1)
+            self.note_error(partition, str(exc))
+            return Invocation("", False, error={"errorType": type(exc).__name__, "errorMessage": str(exc)})
+        self.count(partition, batches=1, records=len(records))
+        if done.rejected:
+            self.note_error(partition, f"not a notification: {done.rejected[-1]}")
+        return Invocation("", True, result={"events": done.events, "jobs": done.jobs, "rejected": done.rejected})
+
+
+class Lane(threading.Thread):
+    """Runs one share of a partition's records (all of them, with a parallelization factor of 1), in order."""
+
+    def __init__(self, poller: Poller, partition: str, index: int) -> None:
+        super().__init__(name=f"stream-{poller.mapping.name}-{partition}-{index}", daemon=True)
+        self.poller, self.partition = poller, partition
+        self.mapping = poller.mapping
+        self.records: deque[Record] = deque()
+        self.arrived = threading.Condition()
+        self.stopping = threading.Event()
+        self.in_flight = 0
+        self.window = Window(poller, partition) if self.mapping.tumbling_window else None
+
+    def start(self) -> Lane:  # type: ignore[override]
+        super().start()
+        return self
+
+    def put(self, records: list[Record]) -> None:
+        with self.arrived:
+            self.records.extend(records)
+            self.arrived.notify()
+
+    def backlog(self) -> int:
+        return len(self.records)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        with self.arrived:
+            self.arrived.notify()
+
+    def run(self) -> None:
+        held: Record | None = None  # a record of the next tumbling window, kept for the next batch
+        while not self.stopping.is_set():
+            batch, held = self._next_batch(held)
+            if self.window is not None:
+                self.window.maybe_close(batch[0] if batch else held)
+            if not batch:
+                continue
+            self.in_flight = len(batch)
+            try:
+                done = self.poller.failures.process(self.partition, batch, self.window, self.stopping)
+            except Exception:
+                log.exception("stream %s: batch of %s failed unexpectedly", self.mapping.name, self.partition)
+                done = False
+            self.in_flight = 0
+            if not done:  # stopped mid-retry: nothing of this batch is committed, it runs again elsewhere
+                return
+            self.poller.done(self.partition, [r.position for r in batch])
+
+    def _next_batch(self, held: Record | None) -> tuple[list[Record], Record | None]:
+        """Up to batch_size records: what came within batch_window of the first (never two windows' records)."""
+        batch: list[Record] = [held] if held is not None else []
+        deadline = time.monotonic() + self.mapping.batch_window
+        window = self.window.of(held) if self.window is not None and held is not None else None
+        with self.arrived:
+            while len(batch) < self.mapping.batch_size and not self.stopping.is_set():
+                if not self.records:
+                    left = deadline - time.monotonic() if batch else 0.2
+                    if left <= 0 or (not self.arrived.wait(left) and not batch):
+                        break
+                    continue
+                record = self.records.popleft()
+                if self.window is not None:
+                    if window is None:
+                        window = self.window.of(record)
+                    elif self.window.of(record) != window:
+                        return batch, record
+                batch.append(record)
+        return batch, None
+
+
+class Window:
+    """Lambda's tumbling windows on one lane: the state carried between a window's invocations."""
+
+    def __init__(self, poller: Poller, partition: str) -> None:
+        self.poller, self.partition = poller, partition
+        self.seconds = poller.mapping.tumbling_window
+        self.start: float | None = None
+        self.state: dict[str, Any] = {}
+
+    def of(self, record: Record) -> float:
+        return record.timestamp - record.timestamp % self.seconds
+
+    def event(self, records: list[Record], *, final: bool = False) -> dict[str, Any]:
+        """The batch's event with the window's fields (the window of its records, or the one closing)."""
+        start = self.of(records[0]) if records else (self.start or 0.0)
+        if self.start is None or start != self.start:
+            self.start, self.state = start, {}
+        return events.with_window(self.poller.event_of(records), start=start, end=start + self.seconds,
+                                  state=self.state, partition=self.partition, arn=self.poller.arn, final=final)
+
+    def carry(self, result: Any) -> None:
+        """What the handler returned: its ``state`` goes to the window's next invocation."""
+        if isinstance(result, dict) and isinstance(result.get("state"), dict):
+            self.state = result["state"]
+
+    def maybe_close(self, upcoming: Record | None) -> None:
+        """The final invocation of the open window, once a later record came or the window's end passed."""
+        if self.start is None:
+            return
+        end = self.start + self.seconds
+        later = upcoming is not None and self.of(upcoming) >= end
+        if not later and (upcoming is not None or time.time() < end + self.poller.mapping.batch_window):
+            return
+        invocation = self.poller.run_batch(self.partition, [], self.event([], final=True))
+        if not invocation.ok:
+            log.warning("stream %s: the final invocation of a window failed: %s", self.poller.mapping.name,
+                        invocation.error)
+        self.start, self.state = None, {}
+
+
+__all__ = ["Lane", "Poller", "Positions", "Window"]

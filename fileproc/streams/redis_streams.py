@@ -1,0 +1,290 @@
+"""Redis Streams as a stream engine: a Redis of your own (``redis://``) or fileproc's broker (``embedded:NAME``).
+
+A Redis stream is one shard (partition ``0``, Kinesis' ``shardId-000000000000``),
+so its order is total. Consumption goes through a consumer group (the
+mapping's), read by one holder at a time: a lease key (``SET NX PX``,
+renewed by a thread of its own while the source is open) says which
+consumer holds the stream, so two workers never run its batches at once.
+Every holder reads as the group's one consumer, so a new holder (after a
+worker was killed) first reads that consumer's pending entries (delivered,
+never acknowledged) and then new ones: nothing is lost, and only what was
+in flight runs again. A commit is ``XACK`` of what was delivered up to the
+position.
+
+Records put through fileproc (``fileproc streams put``, ``POST
+/streams/NAME/records``) are entries ``{data, key}``; an entry written by
+another producer with other fields is given as their JSON. Entries older
+than a day are trimmed as new ones are added (Kinesis' default retention).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+import redis
+
+from fileproc.errors import StreamError
+from fileproc.streams.sources import PartitionStatus, Put, Record, Revoking
+
+if TYPE_CHECKING:
+    from fileproc.mappings import StreamMapping
+
+PARTITION = "0"
+CONSUMER = "fileproc"  # every holder reads as this one consumer (see the module's docstring)
+LEASE_MS = 10_000
+RETENTION_MS = 24 * 3600 * 1000
+LAG_COUNT_CAP = 100_000  # status counts records after the committed position up to this many (Redis 6)
+STREAM_PREFIX = "fileproc:stream:"  # an embedded:NAME stream's key
+
+
+def _id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class RedisStreamSource:
+    """One mapping's Redis stream."""
+
+    engine = "redis"
+
+    def __init__(self, mapping: StreamMapping, *, embedded_url: str | None = None, consumer: str = "") -> None:
+        self.mapping = mapping
+        self.group = mapping.consumer_group
+        self.holder = consumer or f"{id(self):x}"
+        if mapping.engine == "embedded":
+            if not embedded_url:
+                raise StreamError(f"stream {mapping.name!r}: embedded:{mapping.source.partition(':')[2]} needs "
+                                  "fileproc's own Redis broker (the embedded default, or broker.url = redis://...)")
+            self.key = STREAM_PREFIX + mapping.source.partition(":")[2]
+            self.client: Any = redis.Redis.from_url(_redis_py_url(embedded_url))  # (redis-py's types: too loose)
+            self.stream_name = mapping.source.partition(":")[2]
+        else:
+            parts = urlsplit(mapping.source)
+            db, stream = [p for p in parts.path.split("/") if p]
+            self.key = unquote(stream)
+            self.stream_name = self.key
+            self.client = redis.Redis(host=parts.hostname or "127.0.0.1", port=parts.port or 6379, db=int(db),
+                                      password=unquote(parts.password) if parts.password else None,
+                                      ssl=parts.scheme == "rediss", socket_connect_timeout=5)
+        self.event_source_arn = self.stream_name  # the poller makes it an ARN with the region
+        self.lease_key = f"fileproc:stream-lease:{self.group}:{self.key}"
+        self._delivered: deque[str] = deque()
+        self._holding = False
+        self._pending_from: str | None = "0"  # where this holding's read of pending entries is (None: done)
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+        self._revoking: Revoking | None = None
+
+    # -- consuming --------------------------------------------------------------------------
+
+    def start(self, revoking: Revoking) -> None:
+        self._revoking = revoking
+        self._ensure_group()
+        self._renewer = threading.Thread(target=self._keep_lease, name=f"lease-{self.mapping.name}", daemon=True)
+        self._renewer.start()
+
+    def _ensure_group(self) -> None:
+        start = {"trim_horizon": "0", "latest": "$"}.get(self.mapping.starting_position)
+        if start is None:
+            stamp = self.mapping.starting_timestamp
+            start = f"{int(stamp.timestamp() * 1000) if stamp else 0}-0"
+        try:
+            self.client.xgroup_create(self.key, self.group, id=start, mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise StreamError(f"stream {self.mapping.name!r}: {exc}") from exc
+        except redis.RedisError as exc:
+            raise StreamError(f"stream {self.mapping.name!r}: Redis unreachable: {exc}") from exc
+
+    def _take_lease(self) -> bool:
+        """Whether this consumer holds the stream now (taking it if it is free)."""
+        try:
+            if self.client.set(self.lease_key, self.holder, nx=True, px=LEASE_MS):
+                return True
+            return bool(self.client.get(self.lease_key) == self.holder.encode())
+        except redis.RedisError:
+            return False
+
+    def _keep_lease(self) -> None:
+        while not self._stop.wait(LEASE_MS / 3000):
+            if not self._holding:
+                continue
+            try:
+                kept = self.client.eval(_RENEW, 1, self.lease_key, self.holder, LEASE_MS)
+            except redis.RedisError:
+                continue  # still ours until it runs out; poll finds out then
+            if not kept:
+                self._lost()
+
+    def _lost(self) -> None:
+        """Another consumer took the stream (this one was cut off past its lease): stop using it."""
+        if self._holding and self._revoking is not None:
+            self._holding = False
+            self._revoking([PARTITION])
+            self._delivered.clear()
+
+    def poll(self, max_records: int, timeout: float) -> list[Record]:
+        if not self._holding:
+            if not self._take_lease():
+                time.sleep(min(timeout, 0.5) if timeout else 0.05)
+                return []
+            self._holding, self._pending_from = True, "0"
+        try:
+            if self._pending_from is not None:  # what a holder before this one took and never acknowledged
+                found = self.client.xreadgroup(self.group, CONSUMER, {self.key: self._pending_from},
+                                               count=max_records)
+                entries = found[0][1] if found else []
+                self._pending_from = entries[-1][0].decode() if len(entries) == max_records else None
+                if entries:
+                    return self._records(entries)
+            block = int(timeout * 1000) if timeout > 0 else None
+            found = self.client.xreadgroup(self.group, CONSUMER, {self.key: ">"}, count=max_records, block=block)
+        except redis.ResponseError as exc:
+            if "NOGROUP" in str(exc):  # the group was reset (or the stream deleted) under us
+                self._ensure_group()
+                self._pending_from = "0"
+                return []
+            raise StreamError(f"stream {self.mapping.name!r}: {exc}") from exc
+        except redis.RedisError as exc:
+            raise StreamError(f"stream {self.mapping.name!r}: Redis unreachable: {exc}") from exc
+        return self._records(found[0][1] if found else [])
+
+    def _records(self, entries: list[tuple[bytes, dict[bytes, bytes] | None]]) -> list[Record]:
+        out = []
+        for raw_id, fields in entries:
+            entry_id = raw_id.decode()
+            self._delivered.append(entry_id)
+            if fields is None:  # trimmed since it was delivered: nothing to give
+                continue
+            out.append(record_of(entry_id, fields))
+        return out
+
+    def commit(self, partition: str, position: str) -> None:
+        upto = _id(position)
+        done = []
+        while self._delivered and _id(self._delivered[0]) <= upto:
+            done.append(self._delivered.popleft())
+        if not done:
+            return
+        try:
+            self.client.xack(self.key, self.group, *done)
+        except redis.RedisError as exc:
+            self._delivered.extendleft(reversed(done))
+            raise StreamError(f"stream {self.mapping.name!r}: cannot commit: {exc}") from exc
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join(timeout=2)
+        if self._holding:
+            with contextlib.suppress(redis.RedisError):
+                self.client.eval(_RELEASE, 1, self.lease_key, self.holder)
+            self._holding = False
+        self.client.close()
+
+    # -- reading and writing from anywhere --------------------------------------------------
+
+    def status(self) -> list[PartitionStatus]:
+        try:
+            groups = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"]: g
+                      for g in self.client.xinfo_groups(self.key)}
+            last = self.client.xrevrange(self.key, count=1)
+        except redis.ResponseError:  # no stream yet
+            return [PartitionStatus(PARTITION, None, None, 0)]
+        except redis.RedisError as exc:
+            raise StreamError(f"stream {self.mapping.name!r}: Redis unreachable: {exc}") from exc
+        newest = last[0][0].decode() if last else None
+        group = groups.get(self.group)
+        if group is None:  # nothing consumed it yet: it starts at its starting position
+            waiting = int(self.client.xlen(self.key)) if self.mapping.starting_position == "trim_horizon" else None
+            first = self.client.xrange(self.key, count=1) if waiting else []
+            return [PartitionStatus(PARTITION, None, newest, waiting,
+                                    oldest_unprocessed=_id(first[0][0].decode())[0] / 1000 if first else None)]
+        delivered = _text(group["last-delivered-id"])
+        pending = int(group["pending"])
+        committed: str | None = delivered
+        first_open: str | None = None
+        if pending:
+            oldest = self.client.xpending(self.key, self.group).get("min")  # (None if acknowledged meanwhile)
+            if oldest:
+                first_open = _text(oldest)
+                ms, seq = _id(first_open)
+                committed = f"{ms}-{seq - 1}" if seq else f"{ms - 1}-{2**64 - 1}" if ms else None
+        after = self.client.xrange(self.key, min=f"({delivered}", count=LAG_COUNT_CAP)
+        lag = pending + len(after)
+        if first_open is None and after:
+            first_open = after[0][0].decode()
+        if committed == "0-0":
+            committed = None
+        return [PartitionStatus(PARTITION, committed, newest, lag,
+                                oldest_unprocessed=_id(first_open)[0] / 1000 if first_open else None)]
+
+    def put(self, records: Sequence[tuple[bytes | None, bytes]]) -> list[Put]:
+        floor = int(time.time() * 1000) - RETENTION_MS
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for key, data in records:
+                    fields: dict[str, bytes] = {"data": data}
+                    if key is not None:
+                        fields["key"] = key
+                    pipe.execute_command("XADD", self.key, "MINID", "~", floor, "*",
+                                         *[part for item in fields.items() for part in item])
+                ids = pipe.execute()
+        except redis.RedisError as exc:
+            raise StreamError(f"stream {self.mapping.name!r}: cannot put: {exc}") from exc
+        return [Put(PARTITION, _text(entry_id)) for entry_id in ids]
+
+    def reset(self, to: str | datetime) -> None:
+        start = {"trim_horizon": "0", "latest": "$"}.get(to) if isinstance(to, str) else \
+            f"{int(to.timestamp() * 1000)}-0"
+        if start is None:
+            raise StreamError(f"reset to what? {to!r} (trim_horizon, latest or a time)")
+        try:
+            self.client.xgroup_destroy(self.key, self.group)  # with its pending entries: they are not owed now
+            self.client.xgroup_create(self.key, self.group, id=start, mkstream=True)
+        except redis.RedisError as exc:
+            raise StreamError(f"stream {self.mapping.name!r}: cannot reset: {exc}") from exc
+
+
+def record_of(entry_id: str, fields: dict[bytes, bytes]) -> Record:
+    """The record of one stream entry."""
+    if b"data" in fields and set(fields) <= {b"data", b"key"}:
+        data, key = fields[b"data"], fields.get(b"key")
+    else:
+        data = json.dumps({k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
+                           for k, v in fields.items()}).encode()
+        key = None
+    return Record(PARTITION, entry_id, data, key, timestamp=_id(entry_id)[0] / 1000)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _redis_py_url(url: str) -> str:
+    """redis-py's URL of a Celery/kombu broker URL (``redis+socket://:PASSWORD@/path`` is ``unix://``)."""
+    if url.startswith("redis+socket://"):
+        parts = urlsplit(url.replace("redis+socket://", "unix://", 1))
+        auth = f":{parts.password}@" if parts.password else ""
+        return f"unix://{auth}{parts.path}"
+    return url
+
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+__all__ = ["RedisStreamSource", "record_of"]

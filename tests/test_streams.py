@@ -1,0 +1,284 @@
+"""Streams on Redis: Lambda's event source mapping semantics, with real Redis and real deployed handlers.
+
+Each test deploys a Lambda handler with the real CLI, maps a Redis stream
+to it and runs a real poller (warm runners, metering, the state database):
+the event shape, order per key, checkpoints after success, retries,
+bisection, partial batch failures, filters, tumbling windows, dead letters.
+Killing a worker mid-batch is in test_streams_kill.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from fileproc.cli import cli
+from fileproc.config import load_settings
+from fileproc.service import Service
+from fileproc.streams import admin
+from fileproc.streams.poller import Poller
+from tests.procs import wait_for, write_config
+from tests.test_lambda import deploy, service_for
+
+HANDLERS = '''
+import base64, json, os
+
+def _values(event):
+    if "records" in event:  # Kafka
+        return [json.loads(base64.b64decode(r["value"])) for rs in event["records"].values() for r in rs]
+    return [json.loads(base64.b64decode(r["kinesis"]["data"])) for r in event["Records"]]
+
+def record(event, context):
+    """Returns each batch's values (recorded on its invocation: the test reads them)."""
+    return {"values": _values(event)}
+
+def shape(event, context):
+    return event
+
+def poison(event, context):
+    """Fails any batch holding a value with "poison"."""
+    values = _values(event)
+    if any(v.get("poison") for v in values):
+        raise ValueError("poison record in batch")
+    return {"values": values}
+
+def partial(event, context):
+    """Reports the records with "bad" as failed the first time this runner sees them (its /tmp remembers)."""
+    failures, done = [], []
+    for r in event["Records"]:
+        value = json.loads(base64.b64decode(r["kinesis"]["data"]))
+        marker = f"/tmp/seen-{value['n']}"
+        if value.get("bad") and not os.path.exists(marker):
+            open(marker, "w").close()
+            failures.append({"itemIdentifier": r["kinesis"]["sequenceNumber"]})
+        elif not failures:
+            done.append(value["n"])
+    return {"done": done, "failed": len(failures), "batchItemFailures": failures}
+
+def window(event, context):
+    """Sums values per tumbling window; the final invocation returns the total."""
+    state = dict(event.get("state") or {})
+    state["sum"] = state.get("sum", 0) + sum(v["n"] for v in _values(event))
+    if event.get("isFinalInvokeForWindow"):
+        return {"state": state, "window": event["window"], "sum": state["sum"]}
+    return {"state": state}
+'''
+
+
+@pytest.fixture
+def stream_env(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., tuple[Service, str]]]:
+    """Deploys HANDLERS' ``handler`` and maps a fresh Redis stream to it; (service, mapping name)."""
+    pollers: list[Poller] = []
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "app.py").write_text(HANDLERS)
+
+    def make(handler: str, **mapping: Any) -> tuple[Service, Path, str]:
+        name = f"s{uuid.uuid4().hex[:8]}"
+        host = redis_url.rsplit("/", 1)[0]
+        streams = [{"name": name, "source": f"{host}/0/{name}", "function": handler, **mapping}]
+        config = write_config(tmp_path / "fileproc.toml", {
+            "data_dir": str(tmp_path / "data"), "functions": {"alias_seconds": 0}, "pipelines": [],
+            "streams": streams})
+        deploy(config, code, handler, f"app.{handler}")
+        service = service_for(config)
+        return service, name
+
+    def start(service: Service, name: str) -> Poller:
+        poller = Poller(service, admin.mapping(service, name), worker="test").start()
+        pollers.append(poller)
+        return poller
+
+    make.start = start  # type: ignore[attr-defined]
+    yield make
+    for poller in pollers:
+        poller.stop()
+
+
+def put(service: Service, name: str, values: list[dict[str, Any]], key: str | None = None) -> None:
+    admin.put(service, name, [(key.encode() if key else None, json.dumps(v).encode()) for v in values])
+
+
+def lines(service: Service, name: str) -> list[Any]:
+    """What the handler returned from each successful invocation on stream ``name``, in order."""
+    jobs = sorted(service.db.list_jobs(bucket=f"stream:{name}", limit=1000), key=lambda job: job.id)
+    return [job.attempts[0].result for job in jobs if job.status == "succeeded"]
+
+
+def test_a_batch_reaches_the_handler_as_kinesis_event_and_is_committed_after_it_ran(stream_env: Any) -> None:
+    service, name = stream_env("shape", batch_size=10)
+    put(service, name, [{"n": i} for i in range(3)], key="user-1")
+    poller = stream_env.start(service, name)
+    wait_for(lambda: lines(service, name), timeout=30)
+    (event,) = lines(service, name)
+    records = event["Records"]
+    assert [json.loads(base64.b64decode(r["kinesis"]["data"])) for r in records] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    first = records[0]
+    assert first["eventSource"] == "aws:kinesis" and first["eventName"] == "aws:kinesis:record"
+    assert first["kinesis"]["partitionKey"] == "user-1" and first["kinesis"]["kinesisSchemaVersion"] == "1.0"
+    assert first["eventID"] == f"shardId-000000000000:{first['kinesis']['sequenceNumber']}"
+    assert first["eventSourceARN"] == f"arn:aws:kinesis:us-east-1:000000000000:stream/{name}"
+    assert first["awsRegion"] == "us-east-1"
+    wait_for(lambda: admin.status(service, name)[0]["partitions"][0]["lag_records"] == 0, timeout=10)
+    poller.stop()
+    (status,) = admin.status(service, name)
+    (partition,) = status["partitions"]
+    assert partition["committed"] == records[-1]["kinesis"]["sequenceNumber"]
+    assert partition["batches"] == 1 and partition["records"] == 3
+    # The batch is an invocation like any other: its job, log and REPORT line.
+    (job,) = service.db.list_jobs(bucket=f"stream:{name}")
+    assert job.status == "succeeded" and job.pipeline == "_event.shape"
+    full = service.db.get_job(job.id)
+    assert full is not None and "REPORT RequestId:" in (full.attempts[0].log or "")
+
+
+def test_records_run_in_order_in_batches_and_a_restart_resumes_after_the_last_commit(stream_env: Any) -> None:
+    service, name = stream_env("record", batch_size=50)
+    put(service, name, [{"n": i} for i in range(120)])
+    poller = stream_env.start(service, name)
+    wait_for(lambda: sum(len(x["values"]) for x in lines(service, name)) >= 120, timeout=30)
+    poller.stop()
+    batches = [x["values"] for x in lines(service, name)]
+    assert [v["n"] for batch in batches for v in batch] == list(range(120))
+    assert max(len(b) for b in batches) <= 50
+    put(service, name, [{"n": i} for i in range(120, 130)])
+    stream_env.start(service, name)
+    wait_for(lambda: sum(len(x["values"]) for x in lines(service, name)) >= 130, timeout=30)
+    time.sleep(0.5)
+    assert [v["n"] for x in lines(service, name) for v in x["values"]] == list(range(130))  # nothing twice
+
+
+def test_a_poison_record_is_isolated_by_bisection_and_given_up_alone(stream_env: Any) -> None:
+    service, name = stream_env("poison", batch_size=8, bisect_on_error=True, max_retries=1)
+    values = [{"n": i} for i in range(8)]
+    values[5]["poison"] = True
+    put(service, name, values)
+    stream_env.start(service, name)
+    wait_for(lambda: admin.status(service, name)[0]["partitions"][0]["failed"] == 1, timeout=60)
+    done = sorted(v["n"] for x in lines(service, name) for v in x["values"])
+    assert done == [0, 1, 2, 3, 4, 6, 7]
+    (letter,) = __import__("fileproc.state.streams", fromlist=["dead_letters"]).dead_letters(service.db, name)
+    info = letter["record"]["KinesisBatchInfo"]
+    assert info["batchSize"] == 1 and letter["condition"] == "RetryAttemptsExhausted"
+    assert letter["record"]["requestContext"]["functionArn"].endswith(":function:poison")
+    assert "poison record" in letter["error"]
+
+
+def test_partial_batch_failures_retry_from_the_first_failed_record(stream_env: Any) -> None:
+    service, name = stream_env("partial", batch_size=10, report_batch_item_failures=True)
+    values = [{"n": i} for i in range(10)]
+    values[6]["bad"] = True
+    put(service, name, values)
+    stream_env.start(service, name)
+    wait_for(lambda: sum(len(x["done"]) for x in lines(service, name)) >= 10, timeout=30)
+    runs = lines(service, name)
+    assert (runs[0]["done"], runs[0]["failed"]) == ([0, 1, 2, 3, 4, 5], 1)
+    assert runs[1]["done"] == [6, 7, 8, 9]  # from the failed record on, once more; nothing before it again
+
+
+def test_a_filter_skips_records_and_counts_them(stream_env: Any) -> None:
+    service, name = stream_env("record", batch_size=100, filter=[{"data": {"kind": ["click"]}}])
+    put(service, name, [{"n": i, "kind": "click" if i % 3 == 0 else "view"} for i in range(30)])
+    stream_env.start(service, name)
+    wait_for(lambda: admin.status(service, name)[0]["partitions"][0]["lag_records"] == 0, timeout=30)
+    wait_for(lambda: admin.status(service, name)[0]["partitions"][0]["filtered"] == 20, timeout=10)
+    assert sorted(v["n"] for x in lines(service, name) for v in x["values"]) == list(range(0, 30, 3))
+
+
+def test_tumbling_windows_carry_state_and_their_sums_equal_the_records(stream_env: Any) -> None:
+    service, name = stream_env("window", batch_size=3, tumbling_window=1)
+    put(service, name, [{"n": i} for i in range(10)])
+    time.sleep(1.1)
+    put(service, name, [{"n": 100 + i} for i in range(5)])
+    stream_env.start(service, name)
+    expected = sum(range(10)) + sum(range(100, 105))
+    wait_for(lambda: sum(x.get("sum", 0) for x in lines(service, name)) == expected, timeout=30)
+    assert len([x for x in lines(service, name) if "sum" in x]) >= 2  # one final invocation per window
+
+
+def test_put_status_and_reset_from_the_cli(stream_env: Any) -> None:
+    service, name = stream_env("record")
+    config = str(service.settings.config_file)
+    runner = CliRunner()
+    for value in ('{"n": 1}', '{"n": 2}'):
+        result = runner.invoke(cli, ["--config", config, "streams", "put", name, value, "--key", "k"])
+        assert result.exit_code == 0, result.output
+        assert "position" in result.output
+    status = json.loads(runner.invoke(cli, ["--config", config, "streams", "status", name, "--json"]).output)
+    assert status[0]["partitions"][0]["lag_records"] == 2
+    result = runner.invoke(cli, ["--config", config, "streams", "reset", name, "--to", "latest"])
+    assert result.exit_code == 0, result.output
+    status = json.loads(runner.invoke(cli, ["--config", config, "streams", "status", name, "--json"]).output)
+    assert status[0]["partitions"][0]["lag_records"] == 0
+    listed = json.loads(runner.invoke(cli, ["--config", config, "streams", "list", "--json"]).output)
+    assert listed[0]["name"] == name and listed[0]["batch_size"] == 100
+    bad = runner.invoke(cli, ["--config", config, "streams", "put", "nope", "x"])
+    assert bad.exit_code != 0 and "no stream named 'nope'" in str(bad.exception or bad.output)
+
+
+def test_a_bad_mapping_is_refused_at_start_naming_the_field(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "fileproc.toml", {"pipelines": [], "streams": [
+        {"name": "x", "source": "kafka://127.0.0.1:9092", "function": "f"}]})
+    with pytest.raises(Exception, match=r"streams\.0\.source"):
+        load_settings(config, env={})
+
+
+def test_bucket_notifications_through_a_stream_become_jobs_once(tmp_path: Path, redis_url: str) -> None:
+    """kind = "notifications": MinIO's notification bodies from a stream, through the webhook's one path."""
+    name = f"n{uuid.uuid4().hex[:8]}"
+    host = redis_url.rsplit("/", 1)[0]
+    config = write_config(tmp_path / "fileproc.toml", {
+        "data_dir": str(tmp_path / "data"), "watcher": {"enabled": False},
+        "pipelines": [{"name": "probed", "match": {"bucket": "inbox"}, "steps": [{"function": "probe"}],
+                       "output": {"bucket": "out", "key": "{key}/{name}"}}],
+        "streams": [{"name": name, "source": f"{host}/0/{name}", "kind": "notifications"}]})
+    service = service_for(config)
+    info = service.storage.put("inbox", "a.txt", b"hello")
+    body = {"EventName": "s3:ObjectCreated:Put", "Key": "inbox/a.txt", "Records": [{
+        "eventName": "s3:ObjectCreated:Put", "eventTime": "2026-12-05T12:00:00Z",
+        "s3": {"bucket": {"name": "inbox"}, "object": {"key": "a.txt", "size": info.size, "eTag": info.etag}}}]}
+    admin.put(service, name, [(None, json.dumps(body).encode()), (None, json.dumps(body).encode()),
+                              (None, b"not a notification")])
+    poller = Poller(service, admin.mapping(service, name), worker="test").start()
+    try:
+        wait_for(lambda: admin.status(service, name)[0]["partitions"][0]["lag_records"] == 0, timeout=30)
+    finally:
+        poller.stop()
+    jobs = service.db.list_jobs(pipeline="probed")
+    assert [(j.bucket, j.key) for j in jobs] == [("inbox", "a.txt")]  # twice notified, one job
+    (partition,) = admin.status(service, name)[0]["partitions"]
+    assert "not a notification" in (partition["last_error"] or "")
+
+
+def test_a_runner_started_by_a_thread_that_ended_stays_warm(tmp_path: Path) -> None:
+    """A forked runner dies with the thread that forked it: every one is started by a thread that lasts."""
+    import threading
+
+    from fileproc.runtime.direct import invoke_event
+    from tests.procs import FUNCTIONS_DIR
+
+    config = write_config(tmp_path / "fileproc.toml", {
+        "data_dir": str(tmp_path / "data"), "functions": {"paths": [str(FUNCTIONS_DIR)]}, "pipelines": []})
+    service = service_for(config)
+    service.storage.ensure_bucket(service.settings.functions.bucket)
+    found = []
+
+    def once() -> None:
+        found.append(invoke_event(service, "tiny", {"Records": []}, trigger="thread", what="x"))
+
+    for _ in range(2):  # each time from a thread that ends right after (a stream's lane, a web server's thread)
+        thread = threading.Thread(target=once)
+        thread.start()
+        thread.join()
+        time.sleep(0.3)  # (a runner tied to the ended thread is dead by now)
+    first, second = found
+    assert first.ok and second.ok, (first.error, second.error)
+    assert first.cold and second.cold is False
