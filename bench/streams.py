@@ -130,8 +130,9 @@ def run(settings: Any, handler_file: Path, args: argparse.Namespace) -> None:
     poller = Poller(service, admin.mapping(service, "bench"), worker="bench", embedded_url=broker_url(settings))
     start = time.perf_counter()
     poller.start()
-    while admin.status(service, "bench")[0]["partitions"][0]["lag_records"] != 0:
-        time.sleep(0.01)
+    newest = client.xrevrange(STREAM_PREFIX + "bench", count=1)[0][0]
+    while not _caught_up(client, STREAM_PREFIX + "bench", "fileproc-bench", newest):
+        time.sleep(0.005)
     ours = time.perf_counter() - start
 
     for i in range(args.latency):  # latency: one record at a time, batch_window 0
@@ -150,6 +151,12 @@ def run(settings: Any, handler_file: Path, args: argparse.Namespace) -> None:
     if waited:
         print(f"put -> handler started: p50 {statistics.median(waited):.1f} ms, "
               f"p99 {waited[min(len(waited) - 1, int(len(waited) * .99))]:.1f} ms ({len(waited)} records)")
+
+
+def _caught_up(client: Any, key: str, group: str, newest: bytes) -> bool:
+    """Every record up to ``newest`` delivered and acknowledged (cheap: two small commands)."""
+    found = {g["name"]: g for g in client.xinfo_groups(key)}.get(group.encode())
+    return bool(found) and found["last-delivered-id"] == newest and not found["pending"]
 
 
 if __name__ == "__main__":

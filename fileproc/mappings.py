@@ -11,6 +11,7 @@ A stream's ``source`` is one of::
 
     kafka://HOST:PORT[,HOST:PORT...]/TOPIC
     redis://[:PASSWORD@]HOST:PORT/DB/STREAM   (rediss:// with TLS)
+    redis-list://[:PASSWORD@]HOST:PORT/DB/KEY (a Redis list used as a queue, e.g. MinIO's notify_redis; rediss-list://)
     nats://HOST:PORT/SUBJECT                  (a JetStream stream holding SUBJECT)
     embedded:NAME                             (a Redis stream in fileproc serve's embedded broker)
 """
@@ -27,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from fileproc.cron import parse as parse_schedule
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-ENGINES = ("kafka", "redis", "rediss", "nats", "embedded")
+ENGINES = ("kafka", "redis", "rediss", "redis-list", "rediss-list", "nats", "embedded")
 
 
 class StreamMapping(BaseModel):
@@ -37,7 +38,7 @@ class StreamMapping(BaseModel):
 
     name: str = Field(description="The mapping's name: letters, digits, '.', '_', '-'.")
     source: str = Field(description="kafka://BROKERS/TOPIC | redis://HOST:PORT/DB/STREAM | nats://HOST:PORT/SUBJECT "
-                                    "| embedded:NAME")
+                                    "| redis-list://HOST:PORT/DB/KEY | embedded:NAME")
     function: str = Field("", description="The function each batch runs (registered or deployed; NAME[:QUALIFIER]); "
                                          "none for kind = notifications.")
     kind: Literal["records", "notifications"] = Field(
@@ -85,8 +86,8 @@ class StreamMapping(BaseModel):
         path = [p for p in parts.path.split("/") if p]
         if not parts.hostname:
             raise ValueError(f"{value!r} names no host")
-        if engine in ("redis", "rediss") and (len(path) != 2 or not path[0].isdigit()):
-            raise ValueError(f"{value!r}: use redis://HOST:PORT/DB/STREAM")
+        if engine.startswith("redis") and (len(path) != 2 or not path[0].isdigit()):
+            raise ValueError(f"{value!r}: use {engine}://HOST:PORT/DB/{'KEY' if 'list' in engine else 'STREAM'}")
         if engine in ("kafka", "nats") and len(path) != 1:
             raise ValueError(f"{value!r}: use {engine}://HOST:PORT/{'TOPIC' if engine == 'kafka' else 'SUBJECT'}")
         return value
@@ -103,9 +104,9 @@ class StreamMapping(BaseModel):
 
     @property
     def engine(self) -> str:
-        """kafka, redis, nats or embedded (rediss counts as redis)."""
+        """kafka, redis, nats or embedded (rediss and the redis-list schemes count as redis)."""
         engine = self.source.partition(":")[0]
-        return "redis" if engine == "rediss" else engine
+        return "redis" if engine.startswith("redis") else engine
 
     @property
     def consumer_group(self) -> str:

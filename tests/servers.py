@@ -368,8 +368,11 @@ def _minio_ready(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def minio_server() -> Iterator[MinioServer]:
-    """A throwaway single-drive MinIO over a fresh temporary directory, on a free port (no console)."""
+def minio_server(env: dict[str, str] | None = None) -> Iterator[MinioServer]:
+    """A throwaway single-drive MinIO over a fresh temporary directory, on a free port (no console).
+
+    ``env``: more of MinIO's environment, e.g. ``MINIO_NOTIFY_NATS_*`` for its bucket notification targets.
+    """
     binary = minio_binary()
     access_key = "fileproc-root"
     secret_key = "fileproc-root-" + os.urandom(6).hex()
@@ -380,6 +383,7 @@ def minio_server() -> Iterator[MinioServer]:
         def command(port: int) -> list[str]:
             return ["env", f"MINIO_ROOT_USER={access_key}", f"MINIO_ROOT_PASSWORD={secret_key}",
                     "MINIO_BROWSER=off", "MINIO_UPDATE=off", f"HOME={tmp}",
+                    *[f"{name}={value}" for name, value in (env or {}).items()],
                     binary, "server", "--quiet", "--address", f"127.0.0.1:{port}", str(data)]
 
         with _serve("minio", command, Path(tmp) / "minio.log", ready=_minio_ready) as port:

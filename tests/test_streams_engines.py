@@ -84,3 +84,33 @@ def test_nats_records_reach_a_kinesis_handler_each_once_and_each_subject_in_orde
     engine = [p for p in status["partitions"] if p["newest"] is not None]  # (the others: counts per subject)
     assert engine and all(p["lag_records"] == 0 for p in engine)
     assert sum(p["records"] for p in status["partitions"]) == 60
+
+
+@pytest.fixture(scope="module")
+def kafka() -> Iterator[Any]:
+    from tests.kafka_server import kafka_server
+
+    with kafka_server(partitions=3) as broker:
+        yield broker
+
+
+def test_kafka_records_reach_a_self_managed_kafka_handler_each_once_and_each_key_in_order(
+        tmp_path: Path, kafka: Any) -> None:
+    kafka.create_topic("clicks", partitions=3)
+    service = mapped(tmp_path, f"kafka://{kafka.bootstrap}/clicks", "kafka", batch_size=10)
+    admin.put(service, "s", [(f"user{i % 5}".encode(), json.dumps({"user": i % 5, "n": i}).encode())
+                             for i in range(90)])
+    found = consume(service, 90)
+    values = [v for r in found for v in r["values"]]
+    assert sorted(v["n"] for v in values) == list(range(90))
+    for user in range(5):
+        assert [v["n"] for v in values if v["user"] == user] == list(range(user, 90, 5))
+    event = found[0]["event"]
+    assert event["eventSource"] == "SelfManagedKafka" and event["bootstrapServers"] == kafka.bootstrap
+    (topic_partition, records), = event["records"].items()
+    assert topic_partition.startswith("clicks-")
+    first = records[0]
+    assert first["topic"] == "clicks" and isinstance(first["offset"], int) and first["timestampType"] == "CREATE_TIME"
+    assert base64.b64decode(first["key"]).startswith(b"user") and first["headers"] == []
+    (status,) = admin.status(service)
+    assert [p["lag_records"] for p in status["partitions"] if p["newest"] is not None] == [0, 0, 0]

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from fileproc.events import ObjectEvent
+from fileproc.functions.batches import ACCOUNT_ID
 from fileproc.storage import ObjectInfo, PutSource, Storage
 
 if TYPE_CHECKING:  # pydantic is imported by whoever declares a params model, not here
@@ -232,8 +233,6 @@ class CognitoIdentity:
     cognito_identity_pool_id: str | None = None
 
 
-ACCOUNT_ID = "000000000000"
-"""The account fileproc names in ARNs (a self-hosted service has no AWS account)."""
 
 
 @dataclass

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fileproc.functions.batches import RecordBatch
 from fileproc.storage import ObjectInfo
 
 
@@ -27,7 +28,7 @@ class StepRequest:
     timeout: float
     memory_mb: int
     scratch_dir: str  # the step's private folder, removed when it ends
-    payload: dict[str, Any] | None = None  # the handler's event when it is not an object's (a stream's batch...)
+    payload: dict[str, Any] | RecordBatch | None = None  # the handler's event when it is not an object's
 
 
 @dataclass(frozen=True)

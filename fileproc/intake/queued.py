@@ -8,6 +8,12 @@ keeps them while fileproc is away: for many deployments the durable path. A
 completed from a HEAD where the notification left out the size or eTag,
 and recorded through the one intake path (``service.submit``), with the
 same deduplication. Only then is the batch committed.
+
+A body is MinIO's notification as it publishes it to Kafka, NATS and AMQP
+(``{"EventName": ..., "Key": ..., "Records": [...]}``, the webhook's), or
+an entry of its ``notify_redis`` list with ``format=access``: a JSON array
+``[{"Event": [records...], "EventTime": ...}]``, whose records are taken as
+``Records``.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from fileproc.events import ObjectEvent
 from fileproc.intake.notifications import BadNotification, parse_body
+from fileproc.jsonbody import BadJSON, loads
 from fileproc.objects import candidates, complete, needs_head
 from fileproc.service import Service
 
@@ -45,7 +53,7 @@ def submit_notifications(service: Service, bodies: Iterable[bytes], *, source: s
     incomplete: list[ObjectEvent] = []
     for body in bodies:
         try:
-            parsed = parse_body(body, source)
+            parsed = parse_body(_notification(body), source)
         except BadNotification as exc:
             done.rejected.append(str(exc))
             continue
@@ -62,6 +70,21 @@ def submit_notifications(service: Service, bodies: Iterable[bytes], *, source: s
     if wanted:
         done.jobs = sum(1 for item in service.submit(wanted, completed=True) if item.created)
     return done
+
+
+def _notification(body: bytes) -> dict[str, Any]:
+    """``body`` parsed, MinIO's access-format Redis entry made a notification with ``Records``."""
+    try:
+        data = loads(body)
+    except BadJSON as exc:
+        raise BadNotification(str(exc)) from exc
+    if isinstance(data, list) and data and all(isinstance(item, dict) and "Event" in item for item in data):
+        records = [record for item in data for record in
+                   (item["Event"] if isinstance(item["Event"], list) else [item["Event"]])]
+        return {"Records": records}
+    if not isinstance(data, dict):
+        raise BadNotification("body is not a JSON object (nor MinIO's access-format list)")
+    return data
 
 
 __all__ = ["Submitted", "submit_notifications"]

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fileproc.events import ObjectEvent
+from fileproc.functions.batches import RecordBatch
 from fileproc.functions.steps import ChildResult, StepRequest
 from fileproc.rules import Match, Output, Pipeline, Step
 from fileproc.runtime.metering import attempt_metering
@@ -86,10 +87,13 @@ class Invocation:
     version: str | None = None
 
 
-def invoke_event(service: Service, function: str, event: dict[str, Any], *, trigger: str, what: str,
+def invoke_event(service: Service, function: str, event: dict[str, Any] | RecordBatch, *, trigger: str, what: str,
                  worker: str = "", summary: dict[str, Any] | None = None, request_id: str | None = None
                  ) -> Invocation:
     """Run ``function`` (NAME[:QUALIFIER]) on ``event`` now, in this process's warm runners; record it.
+
+    ``event`` is the handler's event, or a stream's :class:`RecordBatch` (its
+    event is built in the runner).
 
     ``trigger`` and ``what`` name it for people (the job's bucket and key:
     ``stream:clicks`` and ``shardId-000000000000/5-104``); ``summary`` is

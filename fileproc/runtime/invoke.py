@@ -24,6 +24,7 @@ from fileproc.errors import ConfigError, kind_of
 from fileproc.events import ObjectEvent
 from fileproc.functions import Context, FunctionSpec, InputObject, OutputWriter, step_outcome
 from fileproc.functions.aws import aws_region
+from fileproc.functions.batches import RecordBatch, lambda_event
 from fileproc.functions.steps import StepRequest
 from fileproc.rules import PROVENANCE_PIPELINE, Pipeline, Step, render_key
 from fileproc.service import Service
@@ -43,7 +44,7 @@ class StepPlan:
     params: dict[str, Any]
     output_bucket: str
     provenance: dict[str, str]  # metadata every output carries
-    payload: dict[str, Any] | None = None  # the event, when it is not an object's (runtime/direct.py)
+    payload: dict[str, Any] | RecordBatch | None = None  # the event, when it is not an object's (runtime/direct.py)
 
     def output_key(self, name: str) -> str:
         """The key output ``name`` is written to."""
@@ -53,7 +54,7 @@ class StepPlan:
     def lambda_event(self) -> dict[str, Any]:
         """The event the handler gets: AWS's S3 event of the one object, or the payload it was invoked with."""
         if self.payload is not None:
-            return self.payload
+            return lambda_event(self.payload)
         return {"Records": [self.event.to_record(region=self.region, configuration_id=self.pipeline.name)]}
 
 

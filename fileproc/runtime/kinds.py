@@ -9,9 +9,11 @@ outcome. (The ``deployed`` kind is :mod:`fileproc.serverless.stepping`.)
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fileproc.functions.aws import key_variables, store_variables
@@ -84,8 +86,14 @@ def runner_store(settings: Settings) -> dict[str, Any]:
         return {"backend": "s3", "endpoint": settings.storage.endpoint, "secure": settings.storage.secure,
                 "access_key": settings.storage.access_key.get_secret_value(),
                 "secret_key": settings.storage.secret_key.get_secret_value(), "region": settings.storage.region or None}
-    return {"backend": "local", "buckets": str(settings.buckets_dir.resolve()),
-            "tmp": str(runner_tmp(settings.buckets_dir.resolve()))}
+    return dict(_local_store(str(settings.buckets_dir), os.getcwd()))
+
+
+@functools.lru_cache(maxsize=16)
+def _local_store(buckets_dir: str, cwd: str) -> tuple[tuple[str, str], ...]:
+    # Resolved once per folder (and working directory): a stream's batches ask for it hundreds of times a second.
+    buckets = Path(buckets_dir).resolve()
+    return (("backend", "local"), ("buckets", str(buckets)), ("tmp", str(runner_tmp(buckets))))
 
 
 __all__ = ["REGISTERED", "RegisteredKind", "runner_store", "warm_up"]

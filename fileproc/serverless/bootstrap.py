@@ -43,6 +43,7 @@ from typing import Any, cast
 from fileproc.errors import kind_of
 from fileproc.events import ObjectEvent
 from fileproc.functions import Context, InputObject, OutputWriter, step_outcome
+from fileproc.functions.batches import lambda_event
 from fileproc.processes import die_with_parent
 from fileproc.runtime.runner_loop import Retire, serve, spawned_setup
 from fileproc.serverless.capture import output_to_stdout
@@ -113,8 +114,8 @@ def run(handler: LoadedHandler, storage: Storage, call: dict[str, Any]) -> dict[
         qualifier=call["qualifier"],
     )
     try:
-        lambda_event = call["payload"] if call.get("payload") is not None else {"Records": [call["record"]]}
-        ran, written = invoke_lambda(handler, lambda_event, context, storage, provenance, kind_of)
+        given = lambda_event(call["payload"]) if call.get("payload") is not None else {"Records": [call["record"]]}
+        ran, written = invoke_lambda(handler, given, context, storage, provenance, kind_of)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return step_outcome(ran, writer, reader, written)

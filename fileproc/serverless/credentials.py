@@ -127,12 +127,14 @@ def _fixed_start(template: str, pipeline: str) -> str:
 
 
 def scope_for(settings: Settings, pipelines: list[Pipeline], function: str, *,
-              invoked_bucket: str | None = None) -> Scope:
+              invoked_bucket: str | None = None, outputs: bool = False) -> Scope:
     """The scope of ``function``: what the pipelines naming it read and write (its execution role).
 
     For a direct invocation (``invoked_bucket``: the bucket of the object it
     was given) also that bucket, read, and its outputs folder
-    ``functions.bucket/invocations/NAME/``, written.
+    ``functions.bucket/invocations/NAME/``, written; for an invocation on
+    an event (a stream's batch, a schedule's tick, a URL's request:
+    ``outputs``) that folder, written.
     """
     from fileproc.serverless.names import split
 
@@ -145,10 +147,11 @@ def scope_for(settings: Settings, pipelines: list[Pipeline], function: str, *,
         reads.add((pipeline.match.bucket, pipeline.match.prefix))
         writes.add((pipeline.output.bucket.replace("{bucket}", pipeline.match.bucket),
                     _fixed_start(pipeline.output.key, pipeline.name)))
+    folder = f"invocations/{function}/"
     if invoked_bucket is not None:
-        outputs = f"invocations/{function}/"
-        reads.add((invoked_bucket, outputs if invoked_bucket == guarded else ""))
-        writes.add((guarded, outputs))
+        reads.add((invoked_bucket, folder if invoked_bucket == guarded else ""))
+    if invoked_bucket is not None or outputs:
+        writes.add((guarded, folder))
     # A grant in functions.bucket is its invocations folder, never more (a pipeline naming it reads packages).
     reads = {(b, p) for b, p in reads if b != guarded or p.startswith(f"invocations/{function}/")}
     writes = {(b, p) for b, p in writes if b != guarded or p.startswith(f"invocations/{function}/")}

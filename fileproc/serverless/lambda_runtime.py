@@ -81,13 +81,17 @@ class LambdaHandler:
         self.env = env
         self.tmp_root = tmp_root
         self._spawns: dict[int, Spawn] = {}
+        self._prepared = False
 
     def prepare(self, storage: Storage) -> None:
-        """In the worker, before a runner starts: the version's package and requirements on this host."""
+        """In the worker, before a runner starts: the version's package and requirements on this host (once)."""
+        if self._prepared and self.folder.is_dir():
+            return
         from fileproc.serverless import packages
 
         packages.install(storage, self.package_bucket, self.version.package_key, self.folder,
                          self.version.requirements, sha256=self.version.package_sha256)
+        self._prepared = True
 
     def spawn(self, memory_mb: int, storage: dict[str, Any]) -> Spawn:
         """How a new runner of this version starts: a fresh interpreter, Lambda's environment, its setup.

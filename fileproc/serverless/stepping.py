@@ -85,7 +85,8 @@ def runner_for(service: Service, spec: FunctionSpec, request: StepRequest) -> Sp
     storage = runner_store(settings)
     if settings.storage.backend == "s3":
         invoked = ObjectEvent.from_dict(request.event).bucket if is_direct(request.pipeline) else None
-        scope = credentials.scope_for(settings, list(service.pipelines.values()), spec.name, invoked_bucket=invoked)
+        scope = credentials.scope_for(settings, list(service.pipelines.values()), spec.name, invoked_bucket=invoked,
+                                      outputs=request.payload is not None)
         own = credentials.grant(settings, spec.name, scope, request.timeout + credentials.MARGIN_SECONDS)
         storage |= {"access_key": own.access_key, "secret_key": own.secret_key, "session_token": own.session_token}
     return handler_of(spec).spawn(request.memory_mb, storage)

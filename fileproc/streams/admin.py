@@ -8,6 +8,8 @@ holds them; :func:`reset` moves the consumer group.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -75,13 +77,34 @@ def _counts(row: dict[str, Any]) -> dict[str, Any]:
         | {"last_error": row.get("last_error"), "last_error_at": row.get("last_error_at")}
 
 
+_writers: dict[tuple[int, str], tuple[StreamSource, threading.Lock]] = {}
+_writers_lock = threading.Lock()
+
+
 def put(service: Service, name: str, records: Sequence[tuple[bytes | None, bytes]]) -> list[Put]:
-    """Append ``records`` (key, data) to stream ``name``; returns once they are in the stream."""
-    source = source_of(service, mapping(service, name))
+    """Append ``records`` (key, data) to stream ``name``; returns once they are in the stream.
+
+    The connection is kept for the next put of this process (a Kafka
+    producer takes a second to start: ``POST /streams/NAME/records`` must
+    not pay it per request).
+    """
+    found = mapping(service, name)
+    key = (id(service), name)
+    with _writers_lock:
+        kept = _writers.get(key)
+        if kept is None:
+            kept = _writers[key] = (source_of(service, found), threading.Lock())
+    source, lock = kept
     try:
-        return source.put(records)
-    finally:
-        source.close()
+        with lock:
+            return source.put(records)
+    except FileprocError:  # a connection gone bad: the next put opens another
+        with _writers_lock:
+            if _writers.get(key) is kept:
+                del _writers[key]
+        with contextlib.suppress(FileprocError):
+            source.close()
+        raise
 
 
 def reset(service: Service, name: str, to: str) -> None:

@@ -12,6 +12,10 @@ if TYPE_CHECKING:
 def open_source(mapping: StreamMapping, *, embedded_url: str | None = None, consumer: str = "") -> StreamSource:
     """The source of ``mapping``: ``embedded_url`` is fileproc's own Redis (where embedded:NAME streams live)."""
     engine = mapping.engine
+    if mapping.source.startswith(("redis-list:", "rediss-list:")):  # a list, not a stream: a queue others fill
+        from fileproc.streams.redis_lists import RedisListSource
+
+        return RedisListSource(mapping, consumer=consumer)
     if engine in ("redis", "embedded"):
         from fileproc.streams.redis_streams import RedisStreamSource
 

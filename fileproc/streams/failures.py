@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fileproc.functions import ACCOUNT_ID
+from fileproc.functions.batches import RecordBatch
 from fileproc.functions.kinds import backoff
 from fileproc.state.streams import give_up
 from fileproc.streams import events
@@ -47,9 +48,9 @@ class Batches(Protocol):
     arn: str
     source: Any
 
-    def event_of(self, records: list[Record]) -> dict[str, Any]: ...
+    def event_of(self, records: list[Record]) -> RecordBatch: ...
 
-    def run_batch(self, partition: str, records: list[Record], event: dict[str, Any]) -> Invocation: ...
+    def run_batch(self, partition: str, records: list[Record], event: RecordBatch) -> Invocation: ...
 
     def done(self, partition: str, positions: list[str]) -> None: ...
 
@@ -59,7 +60,7 @@ class Batches(Protocol):
 class Windowed(Protocol):
     """A lane's tumbling window (:class:`fileproc.streams.poller.Window`)."""
 
-    def event(self, records: list[Record], *, final: bool = False) -> dict[str, Any]: ...
+    def event(self, records: list[Record], *, final: bool = False) -> RecordBatch: ...
 
     def carry(self, result: Any) -> None: ...
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from fileproc.errors import FileprocError
 from fileproc.functions.aws import aws_region
+from fileproc.functions.batches import RecordBatch
 from fileproc.intake.queued import submit_notifications
 from fileproc.runtime.direct import Invocation, invoke_event
 from fileproc.state.streams import PartitionCounts, save_lag, save_partitions
@@ -245,14 +246,13 @@ class Poller:
 
     # -- one batch --------------------------------------------------------------------------
 
-    def event_of(self, records: list[Record]) -> dict[str, Any]:
-        """Lambda's event of one partition's batch."""
-        if self.mapping.engine == "kafka":
-            return events.kafka_event(records, topic=getattr(self.source, "topic", ""),
-                                      bootstrap_servers=getattr(self.source, "bootstrap_servers", ""))
-        return events.kinesis_event(records, region=self.region, arn=self.arn)
+    def event_of(self, records: list[Record]) -> RecordBatch:
+        """One partition's batch, to become Lambda's event of it in the runner."""
+        return events.batch_of(records, kafka=self.mapping.engine == "kafka", region=self.region, arn=self.arn,
+                               topic=getattr(self.source, "topic", ""),
+                               bootstrap_servers=getattr(self.source, "bootstrap_servers", ""))
 
-    def run_batch(self, partition: str, records: list[Record], event: dict[str, Any]) -> Invocation:
+    def run_batch(self, partition: str, records: list[Record], event: RecordBatch) -> Invocation:
         """Run the function on one batch (its event built already) and count it."""
         if self.mapping.kind == "notifications":
             return self._submit(partition, records)
@@ -369,13 +369,13 @@ class Window:
     def of(self, record: Record) -> float:
         return record.timestamp - record.timestamp % self.seconds
 
-    def event(self, records: list[Record], *, final: bool = False) -> dict[str, Any]:
-        """The batch's event with the window's fields (the window of its records, or the one closing)."""
+    def event(self, records: list[Record], *, final: bool = False) -> RecordBatch:
+        """The batch with the window's fields (the window of its records, or the one closing)."""
         start = self.of(records[0]) if records else (self.start or 0.0)
         if self.start is None or start != self.start:
             self.start, self.state = start, {}
         return events.with_window(self.poller.event_of(records), start=start, end=start + self.seconds,
-                                  state=self.state, partition=self.partition, arn=self.poller.arn, final=final)
+                                  state=self.state, partition=self.partition, final=final)
 
     def carry(self, result: Any) -> None:
         """What the handler returned: its ``state`` goes to the window's next invocation."""

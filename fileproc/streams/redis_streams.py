@@ -41,7 +41,7 @@ PARTITION = "0"
 CONSUMER = "fileproc"  # every holder reads as this one consumer (see the module's docstring)
 LEASE_MS = 10_000
 RETENTION_MS = 24 * 3600 * 1000
-LAG_COUNT_CAP = 100_000  # status counts records after the committed position up to this many (Redis 6)
+LAG_COUNT_CAP = 10_000  # Redis 6 (the embedded broker's) has no lag: status counts up to this many records
 STREAM_PREFIX = "fileproc:stream:"  # an embedded:NAME stream's key
 
 
@@ -218,10 +218,15 @@ class RedisStreamSource:
                 first_open = _text(oldest)
                 ms, seq = _id(first_open)
                 committed = f"{ms}-{seq - 1}" if seq else f"{ms - 1}-{2**64 - 1}" if ms else None
-        after = self.client.xrange(self.key, min=f"({delivered}", count=LAG_COUNT_CAP)
-        lag = pending + len(after)
-        if first_open is None and after:
-            first_open = after[0][0].decode()
+        if group.get("lag") is not None:  # Redis 7+ keeps it
+            undelivered = int(group["lag"])
+            nxt = self.client.xrange(self.key, min=f"({delivered}", count=1) if first_open is None else []
+        else:
+            nxt = self.client.xrange(self.key, min=f"({delivered}", count=LAG_COUNT_CAP)
+            undelivered = len(nxt)
+        lag = pending + undelivered
+        if first_open is None and nxt:
+            first_open = nxt[0][0].decode()
         if committed == "0-0":
             committed = None
         return [PartitionStatus(PARTITION, committed, newest, lag,

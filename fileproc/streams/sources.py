@@ -4,7 +4,8 @@ A :class:`StreamSource` is one mapping's connection to its engine, used by
 one poller (:mod:`fileproc.streams.poller`) from one thread, plus the
 read-only and writing calls the CLI and the API make (``status``, ``put``,
 ``reset``) from any process. Engines: :mod:`.redis_streams` (Redis Streams,
-also the embedded broker's), :mod:`.kafka` (Apache Kafka),
+also the embedded broker's), :mod:`.redis_lists` (a Redis list as a
+reliable queue: MinIO's ``notify_redis``), :mod:`.kafka` (Apache Kafka),
 :mod:`.nats` (NATS JetStream); :func:`fileproc.streams.engines.open_source`
 picks one by the mapping's ``source``.
 
