@@ -1,24 +1,27 @@
-"""Records/s and end-to-end latency of a stream mapping, against a plain consumer loop on the same stream engine.
+"""Records/s and latency of stream mappings, against a plain consumer loop on the same engine and client.
 
-The handler is a deployed Lambda handler that sums a JSON field of a Kinesis
-batch (``def handler(event, context)``). On the embedded default's Redis
-(a real ``redis-server`` started as ``fileproc serve`` starts it):
+The handler is a deployed Lambda handler that sums a JSON field of its batch
+(Kinesis' event, or self-managed Kafka's). Each part runs fileproc's poller
+(warm runner, metering, the invocation recorded, commit after success) and
+the minimal loop a user would write with the same client library (read 100,
+build the event, call the same handler in-process, commit), on the same
+records, one after the other:
 
-- throughput: N records put ahead, then consumed in batches of 100, to the
-  last commit; fileproc's poller (warm runner, metering, the invocation
-  recorded, commit after success) against the minimal loop a user would
-  write with the same client (redis-py: ``XREADGROUP`` 100, build the
-  Kinesis event, call the handler in-process, ``XACK``);
-- latency: a record put every 20 ms with ``batch_window = 0``; the handler
-  returns how long ago its record was put (produced -> handler started),
-  p50 and p99;
-- ``POST /streams/NAME/records``-equivalent ingest: records/s through
-  :func:`fileproc.streams.admin.put` in batches of 500.
+- ``embedded``: the embedded default's Redis (a real ``redis-server``, started
+  as ``fileproc serve`` starts it), redis-py; also records/s put in batches of
+  500 (``fileproc.streams.admin.put``, what the API does);
+- ``kafka``: a real Kafka broker (``FILEPROC_KAFKA_LIBS``, see .ci/kafka.sh),
+  one partition, confluent-kafka;
+- ``latency`` (both engines): a record put every 20 ms with ``batch_window =
+  0``; the handler returns how long ago its record was put (put -> handler
+  started), p50 and p99;
+- ``http``: ``POST /streams/NAME/records`` on a real ``fileproc serve``
+  (embedded default), batches of 500, records/s accepted;
+- ``memory``: the poller process's RSS (and its runners') while three
+  embedded streams are consumed, sampled every ``--records`` records.
 
-With ``FILEPROC_KAFKA_LIBS`` set (``.ci/kafka.sh``), the same on a real
-Kafka broker against a plain confluent-kafka consumer loop.
-
-    python -m bench.streams [--records 50000] [--latency 200]
+    python -m bench.streams [--records 50000] [--latency 200] [--parts embedded,kafka,http]
+    python -m bench.streams --parts memory --records 1000000 --rounds 10    # 10 million records
 """
 
 from __future__ import annotations
@@ -28,12 +31,16 @@ import base64
 import contextlib
 import importlib.util
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis
 from click.testing import CliRunner
 
@@ -43,23 +50,67 @@ from fileproc.cli import cli
 from fileproc.config import load_settings
 from fileproc.runtime.app import broker_url, embedded_socket
 from fileproc.runtime.pool import pool
+from fileproc.service import Service
 from fileproc.streams import admin
 from fileproc.streams.poller import Poller
 from fileproc.streams.redis_streams import STREAM_PREFIX, _redis_py_url
 
-HANDLER = '''
+HANDLERS = '''
 import base64, json, time
 
-def handler(event, context):
-    records = event["Records"]
-    total = sum(json.loads(base64.b64decode(r["kinesis"]["data"]))["v"] for r in records)
-    sent = json.loads(base64.b64decode(records[0]["kinesis"]["data"])).get("sent") if records else None
-    return {"sum": total, "waited": time.time() - sent if sent else None}
+def _summed(values):
+    sent = values[0].get("sent") if values else None
+    return {"sum": sum(v["v"] for v in values), "waited": time.time() - sent if sent else None}
+
+def kinesis(event, context):
+    return _summed([json.loads(base64.b64decode(r["kinesis"]["data"])) for r in event["Records"]])
+
+def kafka(event, context):
+    return _summed([json.loads(base64.b64decode(r["value"])) for rs in event["records"].values() for r in rs])
 '''
 
 
-def plain_loop(client: Any, key: str, records: int, handler: Any) -> float:
-    """The minimal consumer a user writes: read 100, call the handler, acknowledge; seconds for ``records``."""
+def _handlers(path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location("bench_handlers", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _percentiles(ms: list[float]) -> str:
+    ms = sorted(ms)
+    return f"p50 {statistics.median(ms):.1f} ms, p99 {ms[min(len(ms) - 1, int(len(ms) * .99))]:.1f} ms ({len(ms)})"
+
+
+def _waited(service: Service, name: str, count: int) -> list[float]:
+    return [job.attempts[0].result["waited"] * 1000
+            for job in service.db.list_jobs(bucket=f"stream:{name}", limit=count + 50)
+            if job.attempts and (job.attempts[0].result or {}).get("waited") is not None]
+
+
+def _latency(service: Service, name: str, count: int) -> str:
+    poller = Poller(service, admin.mapping(service, name), worker="bench", embedded_url=_own(service)).start()
+    time.sleep(1.0)
+    try:
+        for i in range(count):
+            admin.put(service, name, [(None, json.dumps({"v": i, "sent": time.time()}).encode())])
+            time.sleep(0.02)
+        time.sleep(1.0)
+    finally:
+        poller.stop()
+    return _percentiles(_waited(service, name, count))
+
+
+def _own(service: Service) -> str:
+    return broker_url(service.settings)
+
+
+# --- embedded Redis ------------------------------------------------------------------------------
+
+
+def plain_redis_loop(client: Any, key: str, records: int, handler: Any) -> float:
+    """The minimal Redis Streams consumer: read 100, call the handler, acknowledge; seconds for ``records``."""
     with contextlib.suppress(redis.ResponseError):
         client.xgroup_create(key, "plain", id="0")
     done = 0
@@ -77,86 +128,221 @@ def plain_loop(client: Any, key: str, records: int, handler: Any) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=50_000)
-    parser.add_argument("--latency", type=int, default=200, help="records put one by one for the latency figure")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        code = root / "summer"
-        code.mkdir()
-        (code / "app.py").write_text(HANDLER)
-        config = root / "fileproc.toml"
-        config.write_text(f'data_dir = "{root / "data"}"\npipelines = []\n'
-                          '[[streams]]\nname = "bench"\nsource = "embedded:bench"\nfunction = "summer"\n')
-        deployed = CliRunner().invoke(cli, ["--config", str(config), "functions", "deploy", str(code),
-                                            "--name", "summer", "--handler", "app.handler"])
-        assert deployed.exit_code == 0, deployed.output
-        settings = load_settings(config, env={})
-        broker = EmbeddedBroker(settings.data_dir / "broker", embedded_socket(settings))  # as `fileproc serve`
-        broker.start()
-        try:
-            run(settings, code / "app.py", args)
-        finally:
-            pool().close()
-            broker.stop()
+def _caught_up(client: Any, key: str, group: str) -> bool:
+    """Every record of ``key`` delivered to ``group`` and acknowledged (two small commands)."""
+    newest = client.xrevrange(key, count=1)
+    found = {g["name"]: g for g in client.xinfo_groups(key)}.get(group.encode())
+    return bool(found and newest) and found["last-delivered-id"] == newest[0][0] and not found["pending"]
 
 
-def _handler(path: Path) -> Any:
-    spec = importlib.util.spec_from_file_location("summer_app", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.handler
-
-
-def run(settings: Any, handler_file: Path, args: argparse.Namespace) -> None:
-    service = build(settings)
-    client = redis.Redis.from_url(_redis_py_url(broker_url(settings)))
+def embedded(service: Service, handlers: Any, args: argparse.Namespace) -> None:
+    client = redis.Redis.from_url(_redis_py_url(_own(service)))
     payloads = [(None, json.dumps({"v": i}).encode()) for i in range(args.records)]
-
-    start = time.perf_counter()  # ingest, as POST /streams/NAME/records does it: batches of 500
+    start = time.perf_counter()
     for i in range(0, len(payloads), 500):
-        admin.put(service, "bench", payloads[i:i + 500])
+        admin.put(service, "redis", payloads[i:i + 500])
     ingest = len(payloads) / (time.perf_counter() - start)
-
     with client.pipeline(transaction=False) as pipe:  # the plain loop's own copy of the records
         for _, data in payloads:
             pipe.xadd(STREAM_PREFIX + "plain", {"data": data})
         pipe.execute()
-    plain = plain_loop(client, STREAM_PREFIX + "plain", args.records, _handler(handler_file))
-
-    poller = Poller(service, admin.mapping(service, "bench"), worker="bench", embedded_url=broker_url(settings))
+    plain = plain_redis_loop(client, STREAM_PREFIX + "plain", args.records, handlers.kinesis)
+    poller = Poller(service, admin.mapping(service, "redis"), worker="bench", embedded_url=_own(service))
     start = time.perf_counter()
     poller.start()
-    newest = client.xrevrange(STREAM_PREFIX + "bench", count=1)[0][0]
-    while not _caught_up(client, STREAM_PREFIX + "bench", "fileproc-bench", newest):
+    while not _caught_up(client, STREAM_PREFIX + "redis", "fileproc-redis"):
         time.sleep(0.005)
     ours = time.perf_counter() - start
-
-    for i in range(args.latency):  # latency: one record at a time, batch_window 0
-        admin.put(service, "bench", [(None, json.dumps({"v": i, "sent": time.time()}).encode())])
-        time.sleep(0.02)
-    time.sleep(1.0)
     poller.stop()
-    waited = sorted(job.attempts[0].result["waited"] * 1000
-                    for job in service.db.list_jobs(bucket="stream:bench", limit=args.latency + 50)
-                    if job.attempts and (job.attempts[0].result or {}).get("waited") is not None)
-    print(f"{'':44}{'records/s':>12}")
-    print(f"{'plain redis-py loop, handler in-process':44}{args.records / plain:>12,.0f}")
-    print(f"{'fileproc poller, deployed handler':44}{args.records / ours:>12,.0f}")
-    print(f"ratio fileproc / plain: {plain / ours:.2f}")
-    print(f"ingest (admin.put, batches of 500): {ingest:,.0f} records/s")
-    if waited:
-        print(f"put -> handler started: p50 {statistics.median(waited):.1f} ms, "
-              f"p99 {waited[min(len(waited) - 1, int(len(waited) * .99))]:.1f} ms ({len(waited)} records)")
+    print(f"embedded Redis, {args.records:,} records, batches of 100:")
+    print(f"  plain redis-py loop, handler in-process   {args.records / plain:>10,.0f} records/s")
+    print(f"  fileproc poller, deployed handler         {args.records / ours:>10,.0f} records/s"
+          f"   ratio {plain / ours:.2f}")
+    print(f"  put in batches of 500 (admin.put)         {ingest:>10,.0f} records/s")
+    print(f"  put -> handler started: {_latency(service, 'redis', args.latency)}")
 
 
-def _caught_up(client: Any, key: str, group: str, newest: bytes) -> bool:
-    """Every record up to ``newest`` delivered and acknowledged (cheap: two small commands)."""
-    found = {g["name"]: g for g in client.xinfo_groups(key)}.get(group.encode())
-    return bool(found) and found["last-delivered-id"] == newest and not found["pending"]
+# --- Kafka ---------------------------------------------------------------------------------------
+
+
+def plain_kafka_loop(bootstrap: str, topic: str, records: int, handler: Any) -> float:
+    """The minimal confluent-kafka consumer: consume 100, call the handler, commit; seconds for ``records``."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "plain", "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest", "group.protocol": "consumer"})
+    consumer.subscribe([topic])
+    done, start = 0, None
+    while done < records:
+        messages = [m for m in consumer.consume(100, timeout=1.0) if m.error() is None]
+        if not messages:
+            continue
+        start = start or time.perf_counter()
+        event = {"eventSource": "SelfManagedKafka", "records": {f"{topic}-0": [
+            {"offset": m.offset(), "value": base64.b64encode(m.value() or b"").decode()} for m in messages]}}
+        handler(event, None)
+        consumer.commit(asynchronous=False)
+        done += len(messages)
+    elapsed = time.perf_counter() - (start or time.perf_counter())
+    consumer.close()
+    return elapsed
+
+
+def kafka(service: Service, handlers: Any, args: argparse.Namespace, broker: Any) -> None:
+    payloads = [(None, json.dumps({"v": i}).encode()) for i in range(args.records)]
+    for i in range(0, len(payloads), 5000):
+        admin.put(service, "kafka", payloads[i:i + 5000])
+    plain = plain_kafka_loop(broker.bootstrap, "bench", args.records, handlers.kafka)
+    poller = Poller(service, admin.mapping(service, "kafka"), worker="bench")
+    poller.start()
+    start = None
+    try:
+        while True:  # from the first batch run to the last record committed, as the plain loop is timed
+            status = admin.status(service, "kafka")[0]["partitions"]
+            if start is None and any(p["batches"] for p in status):
+                start = time.perf_counter()
+            if status and status[0]["lag_records"] == 0:
+                break
+            time.sleep(0.05)
+    finally:
+        ours = time.perf_counter() - (start or time.perf_counter())
+        poller.stop()
+    print(f"Kafka (one partition), {args.records:,} records, batches of 100:")
+    print(f"  plain confluent-kafka loop, in-process    {args.records / plain:>10,.0f} records/s")
+    print(f"  fileproc poller, deployed handler         {args.records / ours:>10,.0f} records/s"
+          f"   ratio {plain / ours:.2f}  (within ~0.05 s: the status is polled)")
+    print(f"  put -> handler started: {_latency(service, 'kafka', args.latency)}")
+
+
+# --- HTTP ingest -------------------------------------------------------------------------------
+
+
+def http(root: Path, config: Path, args: argparse.Namespace) -> None:
+    from tests.servers import free_port
+
+    port = free_port()
+    served = config.with_name("served.toml")
+    served.write_text(config.read_text() + f'\n[api]\nport = {port}\nwebhook_token = "bench-webhook"\n'
+                                           'admin_token = "bench-admin"\n')
+    log = (root / "serve.log").open("wb")
+    server = subprocess.Popen([sys.executable, "-m", "fileproc", "--config", str(served), "serve"], stdout=log,
+                              stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base, headers={"Authorization": "Bearer bench-webhook"}, timeout=30) as client:
+            for _ in range(100):
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get("/healthz").status_code == 200:
+                        break
+                time.sleep(0.1)
+            body = {"Records": [{"Data": base64.b64encode(json.dumps({"v": i}).encode()).decode(),
+                                 "PartitionKey": f"k{i % 10}"} for i in range(500)]}
+            client.post("/streams/ingest/records", json=body).raise_for_status()  # (the connection opened)
+            requests = max(1, args.records // 500)
+            start = time.perf_counter()
+            for _ in range(requests):
+                client.post("/streams/ingest/records", json=body).raise_for_status()
+            elapsed = time.perf_counter() - start
+        print(f"POST /streams/NAME/records on fileproc serve, {requests} requests of 500 records: "
+              f"{requests * 500 / elapsed:,.0f} records/s accepted")
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+# --- memory --------------------------------------------------------------------------------------
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+
+def _tree_rss_mb() -> float:
+    """This process's RSS and its children's (the runners)."""
+    total = _rss_mb(os.getpid())
+    children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
+    for child in children:
+        with contextlib.suppress(OSError, StopIteration):
+            total += _rss_mb(int(child))
+    return total
+
+
+def memory(service: Service, args: argparse.Namespace) -> None:
+    client = redis.Redis.from_url(_redis_py_url(_own(service)))
+    names = ["m1", "m2", "m3"]
+    pollers = [Poller(service, admin.mapping(service, n), worker="bench", embedded_url=_own(service)).start()
+               for n in names]
+    per_stream = args.records // len(names)
+    samples = []
+    try:
+        for round_ in range(args.rounds):
+            for name in names:
+                for i in range(0, per_stream, 2000):
+                    admin.put(service, name, [(None, b'{"v": 1}')] * min(2000, per_stream - i))
+            for name in names:
+                while not _caught_up(client, STREAM_PREFIX + name, f"fileproc-{name}"):
+                    time.sleep(0.05)
+                client.xtrim(STREAM_PREFIX + name, maxlen=0)  # (the bench's own memory: Redis's)
+            samples.append(_tree_rss_mb())
+            print(f"  after {(round_ + 1) * per_stream * len(names):>12,} records: {samples[-1]:7.1f} MB RSS "
+                  "(poller process and its runners)", flush=True)
+    finally:
+        for poller in pollers:
+            poller.stop()
+    print(f"memory: first {samples[0]:.1f} MB, last {samples[-1]:.1f} MB, highest {max(samples):.1f} MB")
+
+
+# --- setup ---------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=50_000)
+    parser.add_argument("--latency", type=int, default=200, help="records put one by one for the latency figures")
+    parser.add_argument("--parts", default="embedded,kafka,http")
+    parser.add_argument("--rounds", type=int, default=10, help="memory: rounds of --records records")
+    args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        root = Path(tmp)
+        code = root / "handlers"
+        code.mkdir()
+        (code / "app.py").write_text(HANDLERS)
+        broker = None
+        streams = [("redis", "embedded:redis", "kinesis"), ("ingest", "embedded:ingest", "kinesis"),
+                   *((n, f"embedded:{n}", "kinesis") for n in ("m1", "m2", "m3"))]
+        if "kafka" in parts and os.environ.get("FILEPROC_KAFKA_LIBS"):
+            from tests.kafka_server import kafka_server
+
+            broker = stack.enter_context(kafka_server())
+            broker.create_topic("bench", partitions=1)
+            streams.append(("kafka", f"kafka://{broker.bootstrap}/bench", "kafka"))
+        elif "kafka" in parts:
+            print("kafka: skipped (set FILEPROC_KAFKA_LIBS: .ci/kafka.sh)")
+        config = root / "fileproc.toml"
+        config.write_text(f'data_dir = "{root / "data"}"\n' + "".join(
+            f'[[streams]]\nname = "{n}"\nsource = "{s}"\nfunction = "{f}"\n' for n, s, f in streams))
+        for function in ("kinesis", "kafka"):
+            deployed = CliRunner().invoke(cli, ["--config", str(config), "functions", "deploy", str(code),
+                                                "--name", function, "--handler", f"app.{function}"])
+            assert deployed.exit_code == 0, deployed.output
+        if "http" in parts:
+            http(root, config, args)
+        settings = load_settings(config, env={})
+        redis_server = EmbeddedBroker(settings.data_dir / "broker", embedded_socket(settings))  # as `fileproc serve`
+        redis_server.start()
+        stack.callback(redis_server.stop)
+        stack.callback(pool().close)
+        service = build(settings)
+        service.prepare_buckets()
+        handlers = _handlers(code / "app.py")
+        if "embedded" in parts:
+            embedded(service, handlers, args)
+        if broker is not None:
+            kafka(service, handlers, args, broker)
+        if "memory" in parts:
+            memory(service, args)
 
 
 if __name__ == "__main__":

@@ -91,7 +91,8 @@ class ApiSettings(Section):
         "Empty: made and kept like webhook_token.",
     )
     max_body_bytes: int = Field(
-        1_048_576, ge=1024, description="Largest notification body `POST /events` takes; larger ones get 413."
+        1_048_576, ge=1024, description="Largest body `POST /events`, `POST /streams/NAME/records` and a function "
+                                        "URL take; larger ones get 413."
     )
     max_records: int = Field(
         1000, ge=1, description="Most records one notification body may carry; more get 413."

@@ -282,3 +282,96 @@ def test_a_runner_started_by_a_thread_that_ended_stays_warm(tmp_path: Path) -> N
     first, second = found
     assert first.ok and second.ok, (first.error, second.error)
     assert first.cold and second.cold is False
+
+
+def test_a_dead_letter_replays_its_records_from_the_stream_once_the_function_is_fixed(
+        stream_env: Any, tmp_path: Path) -> None:
+    service, name = stream_env("poison", batch_size=4, max_retries=0)
+    put(service, name, [{"n": 0}, {"n": 1, "poison": True}, {"n": 2}, {"n": 3}])
+    poller = stream_env.start(service, name)
+    wait_for(lambda: admin.status(service, name)[0]["partitions"][0]["failed"] == 4, timeout=30)
+    poller.stop()
+    from fileproc.state.streams import dead_letters
+
+    (letter,) = dead_letters(service.db, name)
+    config = str(service.settings.config_file)
+    refused = CliRunner().invoke(cli, ["--config", config, "streams", "dead-letters", "--replay", str(letter["id"])])
+    assert refused.exit_code == 1 and "poison record in batch" in refused.output  # still broken: still failing
+    fixed = tmp_path / "fixed"
+    fixed.mkdir()
+    (fixed / "app.py").write_text("import base64, json\n\ndef poison(event, context):\n"
+                                  "    return {'values': [json.loads(base64.b64decode(r['kinesis']['data']))"
+                                  " for r in event['Records']]}\n")
+    deploy(service.settings.config_file, fixed, "poison", "app.poison")  # version 2, live
+    replayed = CliRunner().invoke(cli, ["--config", config, "streams", "dead-letters", "--replay", str(letter["id"])])
+    assert replayed.exit_code == 0, replayed.output
+    assert "4 of its 4 records ran" in replayed.output
+    assert [v["n"] for v in lines(service, name)[-1]["values"]] == [0, 1, 2, 3]
+    (again,) = dead_letters(service.db, name)
+    assert again["replayed_at"] is not None
+
+
+PARALLEL = '''
+import base64, json, time
+
+def handler(event, context):
+    started = time.time()
+    time.sleep(0.3)
+    return {"values": [json.loads(base64.b64decode(r["kinesis"]["data"])) for r in event["Records"]],
+            "started": started, "ended": time.time()}
+'''
+
+
+def test_a_parallelization_factor_runs_batches_of_one_partition_at_once_each_key_in_order(
+        tmp_path: Path, redis_url: str) -> None:
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "app.py").write_text(PARALLEL)
+    host = redis_url.rsplit("/", 1)[0]
+    name = f"p{uuid.uuid4().hex[:8]}"
+    config = write_config(tmp_path / "fileproc.toml", {
+        "data_dir": str(tmp_path / "data"), "functions": {"alias_seconds": 0}, "pipelines": [],
+        "streams": [{"name": name, "source": f"{host}/0/{name}", "function": "par", "batch_size": 5,
+                     "parallelization_factor": 3}]})
+    deploy(config, code, "par", "app.handler")
+    service = service_for(config)
+    keys = [f"key{i}" for i in range(6)]
+    for i in range(60):
+        put(service, name, [{"key": keys[i % 6], "i": i // 6}], key=keys[i % 6])
+    poller = Poller(service, admin.mapping(service, name), worker="test").start()
+    try:
+        wait_for(lambda: sum(len(r["values"]) for r in lines(service, name)) >= 60, timeout=60)
+    finally:
+        poller.stop()
+    runs = lines(service, name)
+    values = [v for r in runs for v in r["values"]]
+    assert len(values) == 60
+    for key in keys:
+        assert [v["i"] for v in values if v["key"] == key] == list(range(10))  # each key in order, once
+    spans = sorted((r["started"], r["ended"]) for r in runs)
+    overlapping = sum(1 for (_, end), (start, _) in zip(spans, spans[1:], strict=False) if start < end)
+    assert overlapping >= len(runs) // 2  # batches of the one partition ran at the same time
+
+
+def test_records_past_their_maximum_age_are_given_up_and_delivered_to_on_failure(
+        stream_env: Any, tmp_path: Path) -> None:
+    from fileproc.serverless.destinations import redeliver
+    from tests.servers import free_port
+    from tests.test_lambda_destinations import receiver
+
+    port = free_port()
+    server, received = receiver(port)
+    try:
+        service, name = stream_env("poison", batch_size=10, max_record_age=1,
+                                   on_failure=f"http://127.0.0.1:{port}/failed")
+        put(service, name, [{"n": 1, "poison": True}])
+        stream_env.start(service, name)
+        wait_for(lambda: admin.status(service, name)[0]["partitions"][0]["failed"] == 1, timeout=30)
+        wait_for(lambda: redeliver(service.db) or received, timeout=10)
+    finally:
+        server.shutdown()
+    (posted,) = received
+    record = posted["body"]
+    assert record["requestContext"]["condition"] == "RecordAgeExceeded"
+    assert record["KinesisBatchInfo"]["batchSize"] == 1
+    assert record["KinesisBatchInfo"]["streamArn"].endswith(f":stream/{name}")

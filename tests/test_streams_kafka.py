@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Producer, TopicPartition
 
 from fileproc.errors import StreamError
 from fileproc.mappings import StreamMapping
@@ -256,6 +256,42 @@ def test_reset_moves_the_group_and_refuses_while_it_has_consumers(kafka: KafkaBr
     assert sorted(data(worker.take(3, within=3))) == [b"c0", b"c1", b"c2"]
     worker.close()
     out.close()
+
+
+# -- reading a range (a dead letter's replay) -------------------------------------------------
+
+
+def test_read_gives_a_range_of_a_partition_as_poll_did_and_consumes_nothing(kafka: KafkaBroker) -> None:
+    m = mapping(kafka, partitions=2)
+    out = writer(m)
+    put(out, 20, keys=1)  # one key: every record in one partition
+    worker = Worker(m)
+    given = worker.take(20)
+    partition = given[0].partition
+    worker.source.commit(partition, given[3].position)
+    before = [(s.partition, s.committed, s.lag) for s in out.status()]
+    assert (partition, "3", 16) in before
+
+    reader = writer(m)  # as the replay's: not in the group
+    got = reader.read(partition, "2", "7")
+    assert got == given[2:8], "the records as poll gave them (data, key, position, headers, time)"
+    assert [(r.data, r.key, r.position) for r in got] == [(f"r{i}".encode(), b"k0", str(i)) for i in range(2, 8)]
+    assert [(s.partition, s.committed, s.lag) for s in out.status()] == before, "the group did not move"
+    assert reader.read(partition, "18", "40") == given[18:], "up to the newest"
+    assert reader.read(partition, "20", "30") == []
+    assert reader.read(str(1 - int(partition)), "0", "5") == [], "an empty partition"
+
+    topic = m.source.rsplit("/", 1)[1]
+    deleted = reader._admin_client().delete_records([TopicPartition(topic, int(partition), 5)])
+    for future in deleted.values():
+        future.result(10)  # retention took 0..4: those are missing
+    assert reader.read(partition, "2", "7") == given[5:8]
+    with pytest.raises(StreamError, match="are numbers"):
+        reader.read(partition, "first", "7")
+    with pytest.raises(StreamError, match="cannot read partition 9"):
+        reader.read("9", "0", "1")
+    for source in (worker, reader, out):
+        source.close()
 
 
 # -- rebalances -------------------------------------------------------------------------------

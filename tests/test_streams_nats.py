@@ -243,6 +243,38 @@ def test_reset_moves_the_consumer(nats: NatsServer) -> None:
         worker.source.close()
 
 
+def test_read_gives_a_subjects_range_as_poll_did_and_consumes_nothing(nats: NatsServer) -> None:
+    m = mapping(nats, "reads.>")
+    worker = Worker(m)
+    put(worker, *[(k, b"%s%d" % (k, i)) for i in range(1, 6) for k in (b"a", b"b")])  # a1 b1 a2 b2 ...: seqs 1..10
+    given = worker.take(10)
+    worker.source.commit("reads.a", "3")
+    worker.source.commit("reads.b", "4")  # 1..4 done, 5..10 handed out, not acked
+    before = worker.source.status()
+    assert [(s.committed, s.newest, s.lag) for s in before] == [("4", "10", 6)]
+
+    reader = NatsSource(m)  # as the replay's: not the consumer's holder
+    got = reader.read("reads.a", "2", "9")  # the other subject's sequences skipped
+    assert got == [r for r in given if r.partition == "reads.a" and 2 <= int(r.position) <= 9], \
+        "the records as poll gave them (data, key, position, headers, time)"
+    assert [(r.data, r.key, r.position) for r in got] == [(b"a2", b"a", "3"), (b"a3", b"a", "5"),
+                                                         (b"a4", b"a", "7"), (b"a5", b"a", "9")]
+    assert reader.status() == before, "the consumer did not move"
+    assert worker.source.poll(10, 0.3) == [], "nothing given again"
+    assert reader.read("reads.b", "9", "40") == [given[9]], "up to the newest"
+    assert reader.read("reads.c", "1", "10") == []
+
+    reader._run(reader._api(f"STREAM.MSG.DELETE.{reader.stream}", {"seq": 5}))  # deleted (or expired) since
+    assert [r.position for r in reader.read("reads.a", "1", "10")] == ["1", "3", "7", "9"]
+    with pytest.raises(StreamError, match="stream sequence"):
+        reader.read("reads.a", "first", "9")
+    nowhere = NatsSource(mapping(nats))
+    with pytest.raises(StreamError, match="no JetStream stream holds"):
+        nowhere.read(nowhere.subject, "1", "2")
+    for source in (worker.source, reader, nowhere):
+        source.close()
+
+
 def test_a_server_restarted_mid_stream_loses_nothing(quick: None) -> None:
     with nats_server() as server:
         m = mapping(server)

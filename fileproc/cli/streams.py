@@ -119,17 +119,23 @@ def reset(state: State, name: str, to: str) -> None:
 
 @streams.command("dead-letters")
 @click.argument("name", required=False)
+@click.option("--replay", "replay_id", type=int, default=None,
+              help="Run dead letter ID's records (read again from the stream) through its function now.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @pass_state
-def dead_letters(state: State, name: str | None, as_json: bool) -> None:
-    """Batches given up (retries exhausted, too old): their positions and why, newest first.
+def dead_letters(state: State, name: str | None, replay_id: int | None, as_json: bool) -> None:
+    """Batches given up (retries exhausted, too old): their positions and why, newest first; --replay ID runs one again.
 
     \b
     Example:
         fileproc streams dead-letters clicks --json
+        fileproc streams dead-letters --replay 7
     """
     from fileproc.state.streams import dead_letters as letters
 
+    if replay_id is not None:
+        _replay(state, replay_id, as_json)
+        return
     found = letters(state.service.db, name)
     if as_json:
         click.echo(json.dumps(found, indent=2))
@@ -138,5 +144,22 @@ def dead_letters(state: State, name: str | None, as_json: bool) -> None:
         info = letter["record"].get("KinesisBatchInfo") or letter["record"].get("KafkaBatchInfo") or {}
         first = info.get("startSequenceNumber", info.get("startOffset"))
         last = info.get("endSequenceNumber", info.get("endOffset"))
+        replayed = f", replayed {letter['replayed_at']}" if letter["replayed_at"] else ""
         click.echo(one_line(f"#{letter['id']} {letter['stream']} {first}..{last} ({info.get('batchSize')} records) "
-                            f"{letter['condition']}: {letter['error']} (job {letter['job']})"))
+                            f"{letter['condition']}: {letter['error']} (job {letter['job']}{replayed})"))
+
+
+def _replay(state: State, letter_id: int, as_json: bool) -> None:
+    from fileproc.streams.admin import replay
+
+    done = replay(state.service, letter_id)
+    if as_json:
+        click.echo(json.dumps({"records": done.records, "batch_size": done.batch_size, "ok": done.ok,
+                               "error": done.error, "job": done.job_id}))
+    elif done.ok:
+        click.echo(f"replayed #{letter_id}: {done.records} of its {done.batch_size} records ran (job {done.job_id})")
+    else:
+        click.echo(one_line(f"replay of #{letter_id} failed ({done.records} of {done.batch_size} records found): "
+                            f"{(done.error or {}).get('errorType')}: {(done.error or {}).get('errorMessage')}"))
+    if not done.ok:
+        sys.exit(1)

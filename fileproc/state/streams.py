@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Float, Index, Integer, String, Text, delete, insert, select
+from sqlalchemy import Float, Index, Integer, String, Text, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -160,10 +160,28 @@ def dead_letters(db: Database, mapping: str | None = None, limit: int = 100) -> 
                 continue
             found.append({"id": row.id, "stream": stream, "function": row.function, "condition": row.condition,
                           "error": row.error, "job": row.job_id, "created_at": _iso(row.created_at),
-                          "record": row.record})
+                          "replayed_at": _iso(row.replayed_at), "record": row.record})
             if len(found) >= limit:
                 break
         return found
+
+
+def dead_letter(db: Database, letter_id: int) -> dict[str, Any] | None:
+    """One batch given up by a stream poller, by its id (None: no such stream dead letter)."""
+    with db.reading() as r:
+        row = r.get(DeadLetterRow, letter_id)
+        stream = (row.record or {}).get("fileproc", {}).get("stream") if row is not None else None
+        if row is None or stream is None:
+            return None
+        return {"id": row.id, "stream": stream, "function": row.function, "condition": row.condition,
+                "error": row.error, "job": row.job_id, "created_at": _iso(row.created_at),
+                "replayed_at": _iso(row.replayed_at), "record": row.record}
+
+
+def mark_replayed(db: Database, letter_id: int) -> None:
+    """The dead letter's records ran again successfully."""
+    with db.session() as s:
+        s.execute(update(DeadLetterRow).where(DeadLetterRow.id == letter_id).values(replayed_at=db.now(s)))
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -171,5 +189,5 @@ def _iso(value: datetime | None) -> str | None:
     return found.isoformat() if found else None
 
 
-__all__ = ["PartitionCounts", "StreamLagRow", "StreamPartitionRow", "dead_letters", "give_up", "lag_history",
-           "partitions", "save_lag", "save_partitions"]
+__all__ = ["PartitionCounts", "StreamLagRow", "StreamPartitionRow", "dead_letter", "dead_letters", "give_up",
+           "lag_history", "mark_replayed", "partitions", "save_lag", "save_partitions"]

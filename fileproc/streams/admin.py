@@ -3,7 +3,8 @@
 :func:`status` joins the engine's positions (committed, newest, lag) with
 what the pollers recorded (batches, records, filtered, failed, in flight,
 the last error); :func:`put` writes records and returns once the engine
-holds them; :func:`reset` moves the consumer group.
+holds them; :func:`reset` moves the consumer group; :func:`replay` runs a
+dead letter's records again.
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ import contextlib
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from fileproc.errors import ConfigError, FileprocError
-from fileproc.state.streams import partitions
+from fileproc.functions.aws import aws_region
+from fileproc.runtime.direct import invoke_event
+from fileproc.state.streams import dead_letter, mark_replayed, partitions
+from fileproc.streams import events
 from fileproc.streams.consumers import own_redis
 from fileproc.streams.engines import open_source
 from fileproc.streams.sources import Put, StreamSource
@@ -107,6 +112,55 @@ def put(service: Service, name: str, records: Sequence[tuple[bytes | None, bytes
         raise
 
 
+@dataclass(frozen=True)
+class Replayed:
+    """What came of running a dead letter's records again."""
+
+    records: int  # found in the stream (fewer than the batch's if some expired)
+    batch_size: int
+    ok: bool
+    error: dict[str, Any] | None = None
+    job_id: int | None = None
+
+
+def replay(service: Service, letter_id: int) -> Replayed:
+    """Run the records of stream dead letter ``letter_id`` through its mapping's function again, now.
+
+    The records are read from the stream by their positions (a dead letter
+    keeps positions, not data, as Lambda's does), so only those still in the
+    stream run; ConfigError if there is no such dead letter or its mapping is
+    gone. Marked replayed when the function succeeds.
+    """
+    letter = dead_letter(service.db, letter_id)
+    if letter is None:
+        raise ConfigError(f"no stream dead letter #{letter_id} (fileproc streams dead-letters lists them)")
+    found = mapping(service, letter["stream"])
+    info = letter["record"].get("KinesisBatchInfo") or letter["record"].get("KafkaBatchInfo") or {}
+    first = str(info.get("startSequenceNumber", info.get("startOffset")))
+    last = str(info.get("endSequenceNumber", info.get("endOffset")))
+    partition = str(letter["record"]["fileproc"]["partition"])
+    source = source_of(service, found)
+    try:
+        records = source.read(partition, first, last)
+    finally:
+        source.close()
+    if not records:
+        return Replayed(0, int(info.get("batchSize") or 0), False,
+                        {"errorType": "RecordsExpired", "errorMessage": "none of its records is in the stream now"})
+    region = aws_region(service.settings)
+    batch = events.batch_of(records, kafka=found.engine == "kafka", region=region,
+                            arn=events.stream_arn(region, getattr(source, "stream_name", found.name)),
+                            topic=getattr(source, "topic", ""),
+                            bootstrap_servers=getattr(source, "bootstrap_servers", ""))
+    done = invoke_event(service, found.function, batch, trigger=f"stream:{found.name}",
+                        what=f"{events.shard_id(partition)}/{first}-{last} (replay of #{letter_id})",
+                        summary={"stream": found.name, "partition": partition, "first": first, "last": last,
+                                 "records": len(records), "replay_of": letter_id})
+    if done.ok:
+        mark_replayed(service.db, letter_id)
+    return Replayed(len(records), int(info.get("batchSize") or len(records)), done.ok, done.error, done.job_id)
+
+
 def reset(service: Service, name: str, to: str) -> None:
     """Move the mapping's group to ``trim_horizon``, ``latest`` or an ISO time."""
     target: str | datetime = to
@@ -123,4 +177,4 @@ def reset(service: Service, name: str, to: str) -> None:
         source.close()
 
 
-__all__ = ["mapping", "put", "reset", "status"]
+__all__ = ["Replayed", "mapping", "put", "replay", "reset", "status"]

@@ -488,6 +488,54 @@ class KafkaSource:
             reader.close()
         return found
 
+    def read(self, partition: str, first: str, last: str) -> list[Record]:
+        """Offsets ``first`` to ``last`` of ``partition``, by a reader of its own (assigned, never in a group,
+        never committing); offsets deleted by retention or compaction are missing."""
+        try:
+            number, start, end = int(partition), int(first), int(last)
+        except ValueError:
+            raise StreamError(f"{self._where()}: a Kafka partition and its offsets are numbers, not "
+                              f"{partition!r} {first!r}..{last!r}") from None
+        reader = Consumer({**COMMON, "bootstrap.servers": self.bootstrap_servers,
+                           "group.id": f"{self.group}.read",  # a Consumer needs one; it never joins or commits
+                           "client.id": self.client_id, "enable.auto.commit": False,
+                           "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
+                           "error_cb": self._on_error})
+        try:
+            return self._read(reader, number, start, end)
+        except KafkaException as exc:
+            raise self._failed(f"cannot read partition {partition} at {first}..{last}", exc) from exc
+        finally:
+            reader.close()
+
+    def _read(self, reader: Consumer, number: int, start: int, end: int) -> list[Record]:
+        low, high = reader.get_watermark_offsets(TopicPartition(self.topic, number), TIMEOUT, cached=False)
+        start, end = max(start, low), min(end, high - 1)
+        if start > end:
+            return []
+        partition = TopicPartition(self.topic, number, start)
+        reader.assign([partition])
+        records: list[Record] = []
+        deadline = time.monotonic() + TIMEOUT
+        # Done when the reader's position passes ``end``: gaps (compaction, transaction markers) give no message.
+        while reader.position([partition])[0].offset <= end:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StreamError(f"{self._where()}: partition {number} not read up to offset {end} in "
+                                  f"{TIMEOUT:.0f}s ({len(records)} records read)"
+                                  + (f": {self._unreachable}" if self._unreachable else ""))
+            for message in reader.consume(min(500, end - start + 1), min(left, 0.5)):
+                error = message.error()
+                if error is not None:
+                    if error.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC,
+                                        KafkaError._UNKNOWN_PARTITION):
+                        raise StreamError(f"{self._where()}: no partition {number}: {error.str()}")
+                    continue  # transient (librdkafka retries): the deadline ends it
+                offset = message.offset()
+                if offset is not None and start <= offset <= end:
+                    records.append(self._record(message))
+        return records
+
     def put(self, records: Sequence[tuple[bytes | None, bytes]]) -> list[Put]:
         producer = self._producer
         if producer is None:

@@ -93,6 +93,8 @@ API_TIMEOUT = 10.0
 COMMIT_TIMEOUT = 60.0
 """Seconds a commit keeps trying while the server is away (being restarted): its acks must land."""
 MAX_ACK_PENDING = 1_000_000
+READ_TIME_PER_RECORD = 0.01
+"""Seconds a ``read`` may take per sequence of its range, beyond API_TIMEOUT (one message get per record)."""
 KEY_HEADER = "Fileproc-Key"
 PIN_HEADER = "Nats-Pin-Id"  # the server's, on each message to the pinned puller (not the record's)
 
@@ -228,6 +230,19 @@ class NatsSource:
     def status(self) -> list[PartitionStatus]:
         """One row for the mapping's subject: the consumer's ack floor, the stream's last sequence, the lag."""
         return self._run(self._status())
+
+    def read(self, partition: str, first: str, last: str) -> list[Record]:
+        """The messages of subject ``partition`` from stream sequence ``first`` to ``last``, got one by one from the
+        stream (``STREAM.MSG.GET``: the consumer, its acks and FILEPROC_COMMITS untouched); sequences of other
+        subjects, deleted or expired, are skipped."""
+        try:
+            start, end = int(first), int(last)
+        except ValueError:
+            raise StreamError(f"{self.mapping.name}: a JetStream position is a stream sequence, not "
+                              f"{first!r}..{last!r}") from None
+        # One request per record found: a dead letter's batch (up to 10,000) takes seconds, not API_TIMEOUT.
+        return self._run(self._read(partition, start, end),
+                         API_TIMEOUT + CONNECT_TIMEOUT + max(0, end - start + 1) * READ_TIME_PER_RECORD)
 
     def put(self, records: Sequence[tuple[bytes | None, bytes]]) -> list[Put]:
         """Publish (key, data) records to JetStream; returns once it acknowledged each (stored durably)."""
@@ -508,12 +523,7 @@ class NatsSource:
         return records
 
     def _record(self, msg: Msg) -> Record:
-        headers = msg.headers or {}
-        key = headers.get(KEY_HEADER)
-        return Record(partition=msg.subject, position=str(msg.metadata.sequence.stream), data=msg.data,
-                      key=key.encode() if key is not None else None,
-                      timestamp=msg.metadata.timestamp.timestamp(),
-                      headers=tuple((name, value.encode()) for name, value in headers.items() if name != PIN_HEADER))
+        return _record_of(msg.subject, msg.metadata.sequence.stream, msg.data, msg.headers, msg.metadata.timestamp)
 
     async def _keep_alive(self) -> None:
         """Every HEARTBEAT s: +WPI for each held message, and a pull if none went out since (keeps the pin)."""
@@ -600,16 +610,33 @@ class NatsSource:
         oldest = await self._time_after(floor) if lag else None
         return [PartitionStatus(self.subject, str(floor) if floor else None, newest, lag, oldest)]
 
+    async def _read(self, subject: str, start: int, end: int) -> list[Record]:
+        if not await self._find_stream():
+            raise StreamError(f"{self.where}: no JetStream stream holds {self.subject}")
+        client = await self._connected()
+        records: list[Record] = []
+        seq = max(start, 1)
+        while seq <= end:  # the next message of the subject from seq on: gaps cost nothing
+            reply = await self._api(f"STREAM.MSG.GET.{self.stream}", {"seq": seq, "next_by_subj": subject},
+                                    missing_ok=True)
+            message = (reply or {}).get("message")
+            if not message or int(message["seq"]) > end:
+                break
+            seq = int(message["seq"])
+            raw_headers = message.get("hdrs")
+            # The client's own parser: headers come out as a delivered message's do.
+            headers = await client._process_headers(base64.b64decode(raw_headers)) if raw_headers else None
+            records.append(_record_of(message["subject"], seq, base64.b64decode(message.get("data") or ""),
+                                      headers, _stored_at(message["time"])))
+            seq += 1
+        return records
+
     async def _time_after(self, seq: int) -> float | None:
         """When the first message of the subject after ``seq`` arrived (Unix s), for the lag in seconds."""
         reply = await self._api(f"STREAM.MSG.GET.{self.stream}",
                                 {"seq": seq + 1, "next_by_subj": self.subject}, missing_ok=True)
         stamp = ((reply or {}).get("message") or {}).get("time")
-        if not stamp:
-            return None
-        # RFC 3339 with nanoseconds: Python takes microseconds.
-        whole, _, fraction = stamp.rstrip("Z").partition(".")
-        return datetime.fromisoformat(f"{whole}.{(fraction + '000000')[:6]}+00:00").timestamp()
+        return _stored_at(stamp).timestamp() if stamp else None
 
     def _subject_for(self, key: bytes | None) -> str:
         """Where a put record goes: the subject, its wildcards replaced by the key (one subject per key)."""
@@ -666,6 +693,24 @@ class NatsSource:
         if "error" in answer:
             raise StreamError(f"{self.where}: put to {subject}: {answer['error'].get('description')}")
         return Put(partition=subject, position=str(answer["seq"]))
+
+
+def _record_of(subject: str, seq: int, data: bytes, headers: dict[str, str] | None, stored: datetime) -> Record:
+    """The record of a JetStream message, delivered to the consumer or got from the stream."""
+    headers = headers or {}
+    key = headers.get(KEY_HEADER)
+    return Record(partition=subject, position=str(seq), data=data, key=key.encode() if key is not None else None,
+                  timestamp=stored.timestamp(),
+                  headers=tuple((name, value.encode()) for name, value in headers.items() if name != PIN_HEADER))
+
+
+def _stored_at(stamp: str) -> datetime:
+    """When JetStream stored a message, from the RFC 3339 time (nanoseconds) of a message get: the same
+    datetime as a delivered message's ``metadata.timestamp``, which nats-py makes of the nanoseconds in its ack
+    subject (as a float first: computed otherwise, the microseconds may differ by one)."""
+    whole, _, fraction = stamp.removesuffix("Z").partition(".")
+    nanos = int(datetime.fromisoformat(f"{whole}+00:00").timestamp()) * 1_000_000_000 + int((fraction + "0" * 9)[:9])
+    return datetime.fromtimestamp(nanos / 1_000_000_000.0, UTC)
 
 
 __all__ = ["NatsSource", "stream_name_for"]

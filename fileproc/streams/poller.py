@@ -112,12 +112,7 @@ class Poller:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        try:
-            self.source.start(self.revoking)
-        except FileprocError as exc:
-            log.error("stream %s: cannot start: %s", self.mapping.name, exc)
-            self.note_error("", str(exc))
-            self._save()
+        if not self._started():
             return
         log.info("stream %s: consuming it (%s) for %s", self.mapping.name, self.mapping.engine,
                  self.mapping.function or "the pipelines its notifications match")
@@ -147,6 +142,21 @@ class Poller:
             self.source.close()
         except FileprocError as exc:
             log.warning("stream %s: closing: %s", self.mapping.name, exc)
+
+    def _started(self) -> bool:
+        """Join the engine's group, trying again while it is unreachable (False: stopped first)."""
+        pause = 1.0
+        while not self.stopping.is_set():
+            try:
+                self.source.start(self.revoking)
+                return True
+            except FileprocError as exc:
+                log.warning("stream %s: cannot start yet: %s; trying again in %.0f s", self.mapping.name, exc, pause)
+                self.note_error("", str(exc))
+                self._save()
+                self.stopping.wait(pause)
+                pause = min(pause * 2, 30.0)
+        return False
 
     # -- records in -------------------------------------------------------------------------
 

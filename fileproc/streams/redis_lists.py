@@ -256,6 +256,10 @@ class RedisListSource:
         return [PartitionStatus(PARTITION, committed.decode() if committed else None,
                                 given.decode() if given else None, int(waiting) + int(taken))]
 
+    def read(self, partition: str, first: str, last: str) -> list[Record]:
+        """Nothing to read: a committed entry left the list, and positions are numbers given, not places in it."""
+        raise StreamError("a Redis list keeps no records once taken: nothing to replay")
+
     def put(self, records: Sequence[tuple[bytes | None, bytes]]) -> list[Put]:
         """Append entries to the list (a list keeps no keys); each Put's position is its place in the queue."""
         if any(key is not None for key, _ in records):

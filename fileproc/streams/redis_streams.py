@@ -80,6 +80,7 @@ class RedisStreamSource:
         self._holding = False
         self._pending_from: str | None = "0"  # where this holding's read of pending entries is (None: done)
         self._stop = threading.Event()
+        self._lease_lost = threading.Event()  # (set by the renewer; acted on by the next poll, in the poller's thread)
         self._renewer: threading.Thread | None = None
         self._revoking: Revoking | None = None
 
@@ -122,16 +123,16 @@ class RedisStreamSource:
             except redis.RedisError:
                 continue  # still ours until it runs out; poll finds out then
             if not kept:
-                self._lost()
-
-    def _lost(self) -> None:
-        """Another consumer took the stream (this one was cut off past its lease): stop using it."""
-        if self._holding and self._revoking is not None:
-            self._holding = False
-            self._revoking([PARTITION])
-            self._delivered.clear()
+                self._lease_lost.set()
 
     def poll(self, max_records: int, timeout: float) -> list[Record]:
+        if self._lease_lost.is_set():  # another consumer took the stream (this one was cut off past its lease)
+            self._lease_lost.clear()
+            if self._holding and self._revoking is not None:
+                self._revoking([PARTITION])  # its batches in flight end and are committed (they ran)
+            self._holding = False
+            self._delivered.clear()
+            return []
         if not self._holding:
             if not self._take_lease():
                 time.sleep(min(timeout, 0.5) if timeout else 0.05)
@@ -231,6 +232,19 @@ class RedisStreamSource:
             committed = None
         return [PartitionStatus(PARTITION, committed, newest, lag,
                                 oldest_unprocessed=_id(first_open)[0] / 1000 if first_open else None)]
+
+    def read(self, partition: str, first: str, last: str) -> list[Record]:
+        """The entries from id ``first`` to ``last`` (``XRANGE``: the group and its pending entries untouched)."""
+        if partition != PARTITION:
+            raise StreamError(f"stream {self.mapping.name!r}: a Redis stream has one partition, {PARTITION!r}, "
+                              f"not {partition!r}")
+        try:
+            entries = self.client.xrange(self.key, min=first, max=last)
+        except redis.ResponseError as exc:  # not an entry id
+            raise StreamError(f"stream {self.mapping.name!r}: cannot read {first}..{last}: {exc}") from exc
+        except redis.RedisError as exc:
+            raise StreamError(f"stream {self.mapping.name!r}: Redis unreachable: {exc}") from exc
+        return [record_of(raw_id.decode(), fields) for raw_id, fields in entries]
 
     def put(self, records: Sequence[tuple[bytes | None, bytes]]) -> list[Put]:
         floor = int(time.time() * 1000) - RETENTION_MS

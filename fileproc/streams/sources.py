@@ -2,8 +2,8 @@
 
 A :class:`StreamSource` is one mapping's connection to its engine, used by
 one poller (:mod:`fileproc.streams.poller`) from one thread, plus the
-read-only and writing calls the CLI and the API make (``status``, ``put``,
-``reset``) from any process. Engines: :mod:`.redis_streams` (Redis Streams,
+read-only and writing calls the CLI and the API make (``status``, ``read``,
+``put``, ``reset``) from any process. Engines: :mod:`.redis_streams` (Redis Streams,
 also the embedded broker's), :mod:`.redis_lists` (a Redis list as a
 reliable queue: MinIO's ``notify_redis``), :mod:`.kafka` (Apache Kafka),
 :mod:`.nats` (NATS JetStream); :func:`fileproc.streams.engines.open_source`
@@ -91,6 +91,16 @@ class StreamSource(Protocol):
 
     def status(self) -> list[PartitionStatus]:
         """Per partition: committed and newest positions, and the lag."""
+        ...
+
+    def read(self, partition: str, first: str, last: str) -> list[Record]:
+        """The records of ``partition`` from position ``first`` to ``last`` (both included), still in the stream,
+        in order, without consuming them (no group, no commit).
+
+        What a dead letter points at, for a replay: records trimmed or expired since are missing from the
+        result (the caller says how many it found); an engine that keeps no records once taken raises
+        :class:`~fileproc.errors.StreamError`.
+        """
         ...
 
     def put(self, records: Sequence[tuple[bytes | None, bytes]]) -> list[Put]:

@@ -109,7 +109,7 @@ class RouteLimits:
 
     def limit_for(self, scope: Scope) -> Limit:
         path = scope["path"]
-        if path == "/events" or path.startswith(function_urls.PREFIX):  # a function URL: as large a body
+        if path == "/events" or path.startswith((function_urls.PREFIX, "/streams/")):  # URLs, records: as large
             return self.events
         if path.startswith("/functions/"):
             return INVOKE_BODY
