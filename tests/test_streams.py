@@ -10,6 +10,7 @@ Killing a worker mid-batch is in test_streams_kill.py.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import time
 import uuid
@@ -349,7 +350,7 @@ def test_a_parallelization_factor_runs_batches_of_one_partition_at_once_each_key
     for key in keys:
         assert [v["i"] for v in values if v["key"] == key] == list(range(10))  # each key in order, once
     spans = sorted((r["started"], r["ended"]) for r in runs)
-    overlapping = sum(1 for (_, end), (start, _) in zip(spans, spans[1:], strict=False) if start < end)
+    overlapping = sum(1 for (_, end), (start, _) in itertools.pairwise(spans) if start < end)
     assert overlapping >= len(runs) // 2  # batches of the one partition ran at the same time
 
 
