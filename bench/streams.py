@@ -31,6 +31,7 @@ import base64
 import contextlib
 import importlib.util
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -258,19 +259,24 @@ def _rss_mb(pid: int) -> float:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
 
 
-def _tree_rss_mb() -> float:
-    """This process's RSS and its children's (the runners)."""
-    total = _rss_mb(os.getpid())
-    children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
+def _rss_by_part() -> tuple[float, float]:
+    """(this process's RSS, its runners'), in MB: the embedded broker, also a child here, is not counted."""
+    runners = 0.0
+    children = [c for task in Path(f"/proc/{os.getpid()}/task").iterdir()
+                for c in (task / "children").read_text().split()]  # (runners are started by a thread of their own)
     for child in children:
         with contextlib.suppress(OSError, StopIteration):
-            total += _rss_mb(int(child))
-    return total
+            if b"redis-server" not in Path(f"/proc/{child}/cmdline").read_bytes():
+                runners += _rss_mb(int(child))
+    return _rss_mb(os.getpid()), runners
 
 
 def memory(service: Service, args: argparse.Namespace) -> None:
+    from fileproc.runtime.outbox import Relay
+
     client = redis.Redis.from_url(_redis_py_url(_own(service)))
     names = ["m1", "m2", "m3"]
+    relay = Relay(service).start()  # as in a worker: it also checkpoints SQLite's write-ahead log
     pollers = [Poller(service, admin.mapping(service, n), worker="bench", embedded_url=_own(service)).start()
                for n in names]
     per_stream = args.records // len(names)
@@ -284,12 +290,14 @@ def memory(service: Service, args: argparse.Namespace) -> None:
                 while not _caught_up(client, STREAM_PREFIX + name, f"fileproc-{name}"):
                     time.sleep(0.05)
                 client.xtrim(STREAM_PREFIX + name, maxlen=0)  # (the bench's own memory: Redis's)
-            samples.append(_tree_rss_mb())
-            print(f"  after {(round_ + 1) * per_stream * len(names):>12,} records: {samples[-1]:7.1f} MB RSS "
-                  "(poller process and its runners)", flush=True)
+            poller_mb, runners_mb = _rss_by_part()
+            samples.append(poller_mb + runners_mb)
+            print(f"  after {(round_ + 1) * per_stream * len(names):>12,} records: poller process {poller_mb:6.1f} MB"
+                  f", its runners {runners_mb:6.1f} MB RSS", flush=True)
     finally:
         for poller in pollers:
             poller.stop()
+        relay.stop()
     print(f"memory: first {samples[0]:.1f} MB, last {samples[-1]:.1f} MB, highest {max(samples):.1f} MB")
 
 
@@ -327,6 +335,9 @@ def main() -> None:
             deployed = CliRunner().invoke(cli, ["--config", str(config), "functions", "deploy", str(code),
                                                 "--name", function, "--handler", f"app.{function}"])
             assert deployed.exit_code == 0, deployed.output
+        # The deploys set logging up inside CliRunner, whose buffer would keep every later line (each batch's
+        # REPORT): log to a file instead, as a worker logs to its own.
+        logging.getLogger().handlers = [logging.FileHandler(root / "worker.log")]
         if "http" in parts:
             http(root, config, args)
         settings = load_settings(config, env={})
