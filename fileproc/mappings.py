@@ -13,6 +13,8 @@ A stream's ``source`` is one of::
     redis://[:PASSWORD@]HOST:PORT/DB/STREAM   (rediss:// with TLS)
     redis-list://[:PASSWORD@]HOST:PORT/DB/KEY (a Redis list used as a queue, e.g. MinIO's notify_redis; rediss-list://)
     nats://HOST:PORT/SUBJECT                  (a JetStream stream holding SUBJECT)
+    amqp://USER:PASS@HOST:PORT/[VHOST/]QUEUE  (a RabbitMQ queue, e.g. MinIO's notify_amqp; amqps://; optional
+                                              ?exchange=NAME&exchange_type=TYPE&routing_key=KEY binds it)
     embedded:NAME                             (a Redis stream in fileproc serve's embedded broker)
 """
 
@@ -21,14 +23,15 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fileproc.cron import parse as parse_schedule
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-ENGINES = ("kafka", "redis", "rediss", "redis-list", "rediss-list", "nats", "embedded")
+ENGINES = ("kafka", "redis", "rediss", "redis-list", "rediss-list", "nats", "amqp", "amqps", "embedded")
+AMQP_OPTIONS = ("exchange", "exchange_type", "routing_key")  # what an amqp:// source's query may say
 
 
 class StreamMapping(BaseModel):
@@ -38,7 +41,8 @@ class StreamMapping(BaseModel):
 
     name: str = Field(description="The mapping's name: letters, digits, '.', '_', '-'.")
     source: str = Field(description="kafka://BROKERS/TOPIC | redis://HOST:PORT/DB/STREAM | nats://HOST:PORT/SUBJECT "
-                                    "| redis-list://HOST:PORT/DB/KEY | embedded:NAME")
+                                    "| redis-list://HOST:PORT/DB/KEY | amqp://USER:PASS@HOST:PORT/VHOST/QUEUE "
+                                    "| embedded:NAME")
     function: str = Field("", description="The function each batch runs (registered or deployed; NAME[:QUALIFIER]); "
                                          "none for kind = notifications.")
     kind: Literal["records", "notifications"] = Field(
@@ -90,6 +94,10 @@ class StreamMapping(BaseModel):
             raise ValueError(f"{value!r}: use {engine}://HOST:PORT/DB/{'KEY' if 'list' in engine else 'STREAM'}")
         if engine in ("kafka", "nats") and len(path) != 1:
             raise ValueError(f"{value!r}: use {engine}://HOST:PORT/{'TOPIC' if engine == 'kafka' else 'SUBJECT'}")
+        if engine.startswith("amqp") and (not 1 <= len(path) <= 2
+                                          or set(parse_qs(parts.query)) - set(AMQP_OPTIONS)):
+            raise ValueError(f"{value!r}: use {engine}://USER:PASS@HOST:PORT/[VHOST/]QUEUE, optionally with "
+                             f"?{'&'.join(o + '=...' for o in AMQP_OPTIONS)}")
         return value
 
     @model_validator(mode="after")
@@ -104,9 +112,18 @@ class StreamMapping(BaseModel):
 
     @property
     def engine(self) -> str:
-        """kafka, redis, nats or embedded (rediss and the redis-list schemes count as redis)."""
+        """kafka, redis, nats, amqp or embedded (rediss and the redis-list schemes count as redis, amqps as amqp)."""
         engine = self.source.partition(":")[0]
-        return "redis" if engine.startswith("redis") else engine
+        return "redis" if engine.startswith("redis") else "amqp" if engine == "amqps" else engine
+
+    @property
+    def shown_source(self) -> str:
+        """``source`` with its password masked: what commands, the API and logs show."""
+        parts = urlsplit(self.source)
+        if not parts.password:
+            return self.source
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return parts._replace(netloc=netloc).geturl()
 
     @property
     def consumer_group(self) -> str:
@@ -138,4 +155,4 @@ class Schedule(BaseModel):
         return value.strip()
 
 
-__all__ = ["ENGINES", "Schedule", "StreamMapping"]
+__all__ = ["AMQP_OPTIONS", "ENGINES", "Schedule", "StreamMapping"]

@@ -11,8 +11,8 @@ configuration naming a target, starts a real poller on a ``kind =
 at the jobs fileproc recorded: one per upload, never two, none lost while
 the broker was stopped. The Redis list engine's reliable-queue promises (a
 killed consumer's entries taken by the next one, in order; one consumer at a
-time) are tested on the engine itself, on the same Redis. (``notify_amqp``
-is not: fileproc has no AMQP engine yet.)
+time) are tested on the engine itself, on the same Redis. (``notify_amqp``:
+tests/test_streams_amqp.py, with RabbitMQ.)
 """
 
 from __future__ import annotations

@@ -376,3 +376,14 @@ def test_records_past_their_maximum_age_are_given_up_and_delivered_to_on_failure
     assert record["requestContext"]["condition"] == "RecordAgeExceeded"
     assert record["KinesisBatchInfo"]["batchSize"] == 1
     assert record["KinesisBatchInfo"]["streamArn"].endswith(f":stream/{name}")
+
+
+def test_a_sources_password_is_never_shown(stream_env: Any) -> None:
+    service, name = stream_env("record")
+    config = str(service.settings.config_file)
+    password = admin.mapping(service, name).source.split("@")[0].rsplit(":", 1)[1]
+    assert password  # (the test Redis has one)
+    for args in (["streams", "list"], ["streams", "list", "--json"], ["streams", "status"],
+                 ["streams", "status", "--json"]):
+        shown = CliRunner().invoke(cli, ["--config", config, *args]).output
+        assert name in shown and password not in shown and ":***@" in shown

@@ -31,13 +31,13 @@ def list_streams(state: State, as_json: bool) -> None:
     Example:
         fileproc streams list --json
     """
-    rows = [m.model_dump(mode="json", exclude_none=True) for m in state.settings.streams]
+    rows = [m.model_dump(mode="json", exclude_none=True) | {"source": m.shown_source} for m in state.settings.streams]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     for m in state.settings.streams:
         off = "" if m.enabled else "\t(disabled)"
-        click.echo(one_line(f"{m.name}\t{m.source}\t-> {m.function}\tbatch {m.batch_size}, window "
+        click.echo(one_line(f"{m.name}\t{m.shown_source}\t-> {m.function}\tbatch {m.batch_size}, window "
                             f"{m.batch_window:g} s, from {m.starting_position}{off}"))
 
 

@@ -1,4 +1,4 @@
-"""Bucket notifications that arrive through a queue (Kafka, NATS JetStream, Redis) rather than the webhook.
+"""Bucket notifications that arrive through a queue (Kafka, NATS JetStream, Redis, RabbitMQ), not the webhook.
 
 MinIO, Ceph and AWS can publish bucket notifications to a broker, which
 keeps them while fileproc is away: for many deployments the durable path. A

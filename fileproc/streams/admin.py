@@ -50,7 +50,7 @@ def status(service: Service, name: str | None = None) -> list[dict[str, Any]]:
     recorded = {(r["mapping"], r["partition"]): r for r in partitions(service.db)}
     out = []
     for found in chosen:
-        entry: dict[str, Any] = {"name": found.name, "source": found.source, "function": found.function,
+        entry: dict[str, Any] = {"name": found.name, "source": found.shown_source, "function": found.function,
                                  "enabled": found.enabled, "partitions": [], "error": None}
         try:
             source = source_of(service, found)

@@ -24,6 +24,10 @@ def open_source(mapping: StreamMapping, *, embedded_url: str | None = None, cons
         from fileproc.streams.kafka import KafkaSource
 
         return KafkaSource(mapping, consumer=consumer)
+    if engine == "amqp":
+        from fileproc.streams.amqp import AmqpSource
+
+        return AmqpSource(mapping, consumer=consumer)
     from fileproc.streams.nats import NatsSource
 
     return NatsSource(mapping, consumer=consumer)

@@ -66,7 +66,7 @@ Test = Callable[[Any], bool]
 MISSING: Any = object()
 """What a test is given for a field the document does not have."""
 
-KINESIS_ENGINES = ("redis", "nats", "embedded")
+KINESIS_ENGINES = ("redis", "nats", "amqp", "embedded")
 """Engines whose records Lambda would show as Kinesis records (``data``, ``partitionKey``)."""
 
 MATCHERS = ("prefix", "suffix", "equals-ignore-case", "anything-but", "numeric", "exists", "cidr", "wildcard")

@@ -116,7 +116,7 @@ class Poller:
             return
         log.info("stream %s: consuming it (%s) for %s", self.mapping.name, self.mapping.engine,
                  self.mapping.function or "the pipelines its notifications match")
-        saved, sampled = time.monotonic(), 0.0
+        saved, sampled, pause = time.monotonic(), 0.0, 1.0
         while not self.stopping.is_set():
             self._commit()
             if time.monotonic() - saved > SAVE_EVERY:
@@ -130,11 +130,13 @@ class Poller:
                 continue
             try:
                 records = self.source.poll(self.mapping.batch_size, 0.1)
-            except FileprocError as exc:  # the engine went away: keep trying, say so
+            except FileprocError as exc:  # the engine went away: keep trying (less and less often), say so
                 self.note_error("", str(exc))
-                log.warning("stream %s: %s; trying again", self.mapping.name, exc)
-                self.stopping.wait(1.0)
+                log.warning("stream %s: %s; trying again in %.0f s", self.mapping.name, exc, pause)
+                self.stopping.wait(pause)
+                pause = min(pause * 2, 30.0)
                 continue
+            pause = 1.0
             self._take(records)
         self.revoking(list(self.lanes))
         self._save()

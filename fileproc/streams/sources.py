@@ -6,8 +6,9 @@ read-only and writing calls the CLI and the API make (``status``, ``read``,
 ``put``, ``reset``) from any process. Engines: :mod:`.redis_streams` (Redis Streams,
 also the embedded broker's), :mod:`.redis_lists` (a Redis list as a
 reliable queue: MinIO's ``notify_redis``), :mod:`.kafka` (Apache Kafka),
-:mod:`.nats` (NATS JetStream); :func:`fileproc.streams.engines.open_source`
-picks one by the mapping's ``source``.
+:mod:`.nats` (NATS JetStream), :mod:`.amqp` (a RabbitMQ queue: MinIO's
+``notify_amqp``); :func:`fileproc.streams.engines.open_source` picks one by
+the mapping's ``source``.
 
 The contract every engine keeps, which the poller's promises rest on:
 
