@@ -15,12 +15,14 @@ business: an invocation is never retried here, nor sent again by the outbox.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from fileproc.events import ObjectEvent
@@ -115,7 +117,7 @@ def invoke_event(service: Service, function: str, event: dict[str, Any] | Record
                                                  "in use"})
     placeholder = ObjectEvent(bucket=trigger, key=what, event_name="s3:ObjectCreated:Put", size=0, etag="",
                               source="event")
-    scratch = service.settings.data_dir / "scratch" / f"{os.getpid()}.{request_id}"
+    scratch = _scratch_root(str(service.settings.data_dir), os.getcwd()) / f"{os.getpid()}.{request_id}"
     request = StepRequest(request_id, pipeline_name(function), 0, placeholder.to_dict(), None, limits.timeout,
                           limits.memory_mb, str(scratch), payload=event)
     started = datetime.now(UTC)
@@ -139,6 +141,13 @@ def invoke_event(service: Service, function: str, event: dict[str, Any] | Record
     job_id, _ = service.db.record_invocation(done)
     return Invocation(request_id, error is None, value.get("result") if error is None else None, error,
                       duration_ms=result.duration_ms, cold=result.cold, job_id=job_id, version=version)
+
+
+@functools.lru_cache(maxsize=16)
+def _scratch_root(data_dir: str, cwd: str) -> Path:
+    # Resolved once (a path resolved is a system call per part, and a stream runs hundreds of batches a second);
+    # what is made inside it then has no link to resolve.
+    return (Path(data_dir) / "scratch").resolve()
 
 
 RESULT_KEPT = 64 * 1024

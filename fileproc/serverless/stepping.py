@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fileproc.functions.kinds import StepPolicy, backoff
@@ -102,7 +101,7 @@ def invocation(service: Service, request: StepRequest, spec: FunctionSpec) -> di
         "source": plan.source, "payload": request.payload,
         "record": None if request.payload is not None else plan.lambda_event()["Records"][0],
         "timeout": request.timeout, "memory_mb": request.memory_mb, "region": plan.region,
-        "scratch_dir": str(Path(request.scratch_dir).resolve()), "params": plan.params,
+        "params": plan.params,
         "qualifier": plan.qualifier, "output_bucket": plan.output_bucket,
         "output_key": plan.output_key(NAME_SLOT), "provenance": plan.provenance,
     }
