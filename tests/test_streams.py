@@ -387,3 +387,18 @@ def test_a_sources_password_is_never_shown(stream_env: Any) -> None:
                  ["streams", "status", "--json"]):
         shown = CliRunner().invoke(cli, ["--config", config, *args]).output
         assert name in shown and password not in shown and ":***@" in shown
+
+
+def test_logs_of_one_batch_by_its_request_id(stream_env: Any) -> None:
+    service, name = stream_env("shape")
+    stream_env.start(service, name)
+    for n in (1, 2):  # two batches, one after the other
+        put(service, name, [{"n": n}])
+        wait_for(lambda n=n: len(lines(service, name)) == n, timeout=30)
+    config = str(service.settings.config_file)
+    everything = CliRunner().invoke(cli, ["--config", config, "logs", "shape"]).output
+    request_ids = [line.split()[2] for line in everything.splitlines() if line.startswith("START RequestId:")]
+    assert len(request_ids) == 2
+    one = CliRunner().invoke(cli, ["--config", config, "logs", "shape", "--request", request_ids[1]])
+    assert one.exit_code == 0, one.output
+    assert request_ids[1] in one.output and request_ids[0] not in one.output

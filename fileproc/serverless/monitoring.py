@@ -16,6 +16,9 @@ import click
 from fileproc.errors import FunctionNotFound
 from fileproc.serverless.commands import parts
 
+UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+"""An invocation on an event's RequestId (Lambda's form); a step's is JOB-STEP-ATTEMPT."""
+
 
 def _since(value: str | None) -> datetime | None:
     """``7d``, ``12h``, ``30m`` ago, or an ISO date."""
@@ -69,7 +72,8 @@ def usage(ctx: click.Context, function: str | None, pipeline: str | None, since:
 
 @click.command()
 @click.argument("name")
-@click.option("--request", "request_id", default=None, help="Only this invocation (its RequestId).")
+@click.option("--request", "request_id", default=None,
+              help="Only this invocation: its RequestId (JOB-STEP-ATTEMPT, or an event invocation's UUID).")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new invocations as they finish.")
 @click.option("--limit", type=int, default=20, show_default=True, help="The last this many invocations.")
 @click.pass_context
@@ -83,15 +87,17 @@ def logs(ctx: click.Context, name: str, request_id: str | None, follow: bool, li
     from fileproc.state.attempt_logs import AttemptLog, attempt_logs
 
     _, db, _ = parts(ctx)
-    attempt_id = None
-    if request_id:
+    attempt_id, invocation = None, None
+    if request_id and UUID.match(request_id):  # an invocation on an event (a stream's batch, a tick, a request)
+        invocation = request_id.lower()
+    elif request_id:
         job, step, attempt = [*request_id.split("-"), "", "", ""][:3]
         if not (job.isdigit() and step.isdigit() and attempt.isdigit()):
-            raise click.BadParameter(f"{request_id!r} is not a fileproc RequestId (JOB-STEP-ATTEMPT)")
+            raise click.BadParameter(f"{request_id!r} is not a fileproc RequestId (JOB-STEP-ATTEMPT, or a UUID)")
         attempt_id = int(attempt)
 
     def query(after: int) -> list[AttemptLog]:
-        return attempt_logs(db, name, after=after, attempt_id=attempt_id, limit=limit)
+        return attempt_logs(db, name, after=after, attempt_id=attempt_id, request_id=invocation, limit=limit)
 
     last = 0
     rows = query(last)
