@@ -16,6 +16,7 @@ business: an invocation is never retried here, nor sent again by the outbox.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import threading
@@ -155,8 +156,6 @@ RESULT_KEPT = 64 * 1024
 
 
 def _kept(result: Any) -> Any:
-    import json
-
     size = len(json.dumps(result, default=str))
     return result if size <= RESULT_KEPT else {"fileproc": f"the result was {size} bytes of JSON: not kept"}
 
