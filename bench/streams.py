@@ -54,7 +54,8 @@ from fileproc.runtime.pool import pool
 from fileproc.service import Service
 from fileproc.streams import admin
 from fileproc.streams.poller import Poller
-from fileproc.streams.redis_streams import STREAM_PREFIX, _redis_py_url
+from fileproc.streams.redis_lease import redis_py_url
+from fileproc.streams.redis_streams import STREAM_PREFIX
 
 HANDLERS = '''
 import base64, json, time
@@ -137,7 +138,7 @@ def _caught_up(client: Any, key: str, group: str) -> bool:
 
 
 def embedded(service: Service, handlers: Any, args: argparse.Namespace) -> None:
-    client = redis.Redis.from_url(_redis_py_url(_own(service)))
+    client = redis.Redis.from_url(redis_py_url(_own(service)))
     payloads = [(None, json.dumps({"v": i}).encode()) for i in range(args.records)]
     start = time.perf_counter()
     for i in range(0, len(payloads), 500):
@@ -274,7 +275,7 @@ def _rss_by_part() -> tuple[float, float]:
 def memory(service: Service, args: argparse.Namespace) -> None:
     from fileproc.runtime.outbox import Relay
 
-    client = redis.Redis.from_url(_redis_py_url(_own(service)))
+    client = redis.Redis.from_url(redis_py_url(_own(service)))
     names = ["m1", "m2", "m3"]
     relay = Relay(service).start()  # as in a worker: it also checkpoints SQLite's write-ahead log
     pollers = [Poller(service, admin.mapping(service, n), worker="bench", embedded_url=_own(service)).start()

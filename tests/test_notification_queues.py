@@ -33,7 +33,7 @@ from minio.notificationconfig import NotificationConfig, QueueConfig
 from fileproc.errors import StreamError
 from fileproc.mappings import StreamMapping
 from fileproc.service import Service
-from fileproc.streams import admin
+from fileproc.streams import admin, redis_lease
 from fileproc.streams import redis_lists as engine
 from fileproc.streams.poller import Poller
 from fileproc.streams.redis_lists import RedisListSource
@@ -255,7 +255,7 @@ def test_nothing_is_lost_while_kafka_is_down(consume: Any, kafka_minio: MinioSer
 @pytest.fixture
 def quick_lease(monkeypatch: pytest.MonkeyPatch) -> None:
     """A lease of 0.6 s: a killed consumer's list is taken over in about a second."""
-    monkeypatch.setattr(engine, "LEASE_MS", 600)
+    monkeypatch.setattr(redis_lease, "LEASE_MS", 600)
 
 
 def list_mapping(redis_url: str, key: str, **settings: Any) -> StreamMapping:
@@ -282,9 +282,9 @@ def test_a_killed_consumers_entries_go_to_the_next_one_first_in_order(redis_url:
     given = take(first, 4)
     assert [json.loads(d)["n"] for d in given] == [0, 1, 2, 3]
     first.commit("0", "2")  # 0 and 1 done; 2 and 3 in flight when it dies
-    first._stop.set()  # killed: its lease is no longer renewed, nothing is released
-    assert first._renewer is not None
-    first._renewer.join()
+    first.lease._stop.set()  # killed: its lease is no longer renewed, nothing is released
+    assert first.lease._renewer is not None
+    first.lease._renewer.join()
 
     second = RedisListSource(mapping, consumer="second")
     second.start(lambda partitions: None)

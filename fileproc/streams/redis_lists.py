@@ -44,7 +44,6 @@ taken, to begin with what comes next; a time is refused (no times kept).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -57,6 +56,7 @@ from urllib.parse import unquote, urlsplit
 import redis
 
 from fileproc.errors import StreamError, network_reason
+from fileproc.streams.redis_lease import Lease, client_of
 from fileproc.streams.sources import PartitionStatus, Put, Record, Revoking
 
 if TYPE_CHECKING:
@@ -65,7 +65,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PARTITION = "0"
-LEASE_MS = 10_000
 PROCESSING = ":fileproc-processing"  # KEY + this: entries taken, not yet committed
 POSITIONS = ":fileproc-positions"  # KEY + this: a hash of the counters (given, committed, started)
 LEASE_PREFIX = "fileproc:list-lease:"  # + KEY: which consumer holds the list
@@ -83,21 +82,17 @@ class RedisListSource:
         self.key = unquote(key)
         self.processing = self.key + PROCESSING
         self.positions = self.key + POSITIONS
-        self.lease_key = LEASE_PREFIX + self.key
         self.stream_name = self.key  # the poller makes it an ARN with the region
         self.event_source_arn = self.key
         self.holder = consumer or f"{id(self):x}"
         self.where = f"Redis at {parts.hostname}:{parts.port or 6379}"
-        self.client: Any = redis.Redis(host=parts.hostname or "127.0.0.1", port=parts.port or 6379, db=int(db),
-                                       password=unquote(parts.password) if parts.password else None,
-                                       ssl=parts.scheme == "rediss-list", socket_connect_timeout=5)
+        self.client: Any = client_of(parts, db, tls=parts.scheme == "rediss-list")
+        self.lease = Lease(self.client, LEASE_PREFIX + self.key, self.holder)
         self._delivered: deque[tuple[int, bytes]] = deque()  # (position, entry) given in this holding
         self._retaken: deque[bytes] = deque()  # the last holder's uncommitted entries, still to give
         self._holding = False
         self._revoke = False  # a holding ended (the lease was lost): the next poll tells the poller
         self._lock = threading.Lock()  # _delivered and _holding: the lease renewer may end a holding
-        self._stop = threading.Event()
-        self._renewer: threading.Thread | None = None
         self._revoking: Revoking | None = None
 
     # -- consuming --------------------------------------------------------------------------
@@ -119,28 +114,7 @@ class RedisListSource:
                 self.client.delete(self.key, self.processing)
         except redis.RedisError as exc:
             raise self._error(exc) from exc
-        self._renewer = threading.Thread(target=self._keep_lease, name=f"lease-{self.mapping.name}", daemon=True)
-        self._renewer.start()
-
-    def _take_lease(self) -> bool:
-        """Whether this consumer holds the list now (taking it if it is free)."""
-        try:
-            if self.client.set(self.lease_key, self.holder, nx=True, px=LEASE_MS):
-                return True
-            return bool(self.client.get(self.lease_key) == self.holder.encode())
-        except redis.RedisError:
-            return False
-
-    def _keep_lease(self) -> None:
-        while not self._stop.wait(LEASE_MS / 3000):
-            if not self._holding:
-                continue
-            try:
-                kept = self.client.eval(_RENEW, 1, self.lease_key, self.holder, LEASE_MS)
-            except redis.RedisError:
-                continue  # still ours until it runs out; the scripts find out then
-            if not kept:
-                self._lost()
+        self.lease.keep(lambda: self._holding, self._lost, f"lease-{self.mapping.name}")
 
     def _lost(self) -> None:
         """The lease ran out (another consumer may hold the list): stop using it; the next poll revokes."""
@@ -171,7 +145,7 @@ class RedisListSource:
                 self._revoking([PARTITION])
         try:
             if not self._holding:
-                if not self._take_lease():
+                if not self.lease.take():
                     time.sleep(min(timeout, 0.5) if timeout else 0.05)
                     return []
                 self._begin_holding()
@@ -179,7 +153,7 @@ class RedisListSource:
                 entries = [self._retaken.popleft() for _ in range(min(max_records, len(self._retaken)))]
                 first = int(self.client.hincrby(self.positions, "given", len(entries))) - len(entries) + 1
                 return self._records(first, entries)
-            moved = self.client.eval(_MOVE, 4, self.lease_key, self.key, self.processing, self.positions,
+            moved = self.client.eval(_MOVE, 4, self.lease.key, self.key, self.processing, self.positions,
                                      self.holder, max_records)
             if moved[0] == -1:
                 self._lost()
@@ -195,7 +169,7 @@ class RedisListSource:
         entry = self.client.blmove(self.key, self.processing, timeout, "LEFT", "RIGHT")
         if entry is None:
             return []
-        position = int(self.client.eval(_CLAIM, 4, self.lease_key, self.key, self.processing, self.positions,
+        position = int(self.client.eval(_CLAIM, 4, self.lease.key, self.key, self.processing, self.positions,
                                         self.holder, entry))
         if position == -1:
             self._lost()
@@ -220,7 +194,7 @@ class RedisListSource:
         if not done:
             return
         try:
-            kept = self.client.eval(_COMMIT, 3, self.lease_key, self.processing, self.positions, self.holder,
+            kept = self.client.eval(_COMMIT, 3, self.lease.key, self.processing, self.positions, self.holder,
                                     done[-1][0], *[entry for _, entry in done])
         except redis.RedisError as exc:
             with self._lock:
@@ -232,13 +206,8 @@ class RedisListSource:
                               f"entries up to {position} run again there")
 
     def close(self) -> None:
-        self._stop.set()
-        if self._renewer is not None:
-            self._renewer.join(timeout=2)
-        if self._holding:
-            with contextlib.suppress(redis.RedisError):
-                self.client.eval(_RELEASE, 1, self.lease_key, self.holder)
-            self._holding = False
+        self.lease.release(self._holding)
+        self._holding = False
         self.client.close()
 
     # -- reading and writing from anywhere --------------------------------------------------
@@ -319,13 +288,6 @@ for i = 3, #ARGV do redis.call('LREM', KEYS[2], 1, ARGV[i]) end
 redis.call('HSET', KEYS[3], 'committed', ARGV[2])
 return 1
 """
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+
 
 __all__ = ["RedisListSource"]

@@ -19,7 +19,6 @@ than a day are trimmed as new ones are added (Kinesis' default retention).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
@@ -32,6 +31,7 @@ from urllib.parse import unquote, urlsplit
 import redis
 
 from fileproc.errors import StreamError
+from fileproc.streams.redis_lease import Lease, client_of, redis_py_url
 from fileproc.streams.sources import PartitionStatus, Put, Record, Revoking
 
 if TYPE_CHECKING:
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 
 PARTITION = "0"
 CONSUMER = "fileproc"  # every holder reads as this one consumer (see the module's docstring)
-LEASE_MS = 10_000
 RETENTION_MS = 24 * 3600 * 1000
 LAG_COUNT_CAP = 10_000  # Redis 6 (the embedded broker's) has no lag: status counts up to this many records
 STREAM_PREFIX = "fileproc:stream:"  # an embedded:NAME stream's key
@@ -64,24 +63,20 @@ class RedisStreamSource:
                 raise StreamError(f"stream {mapping.name!r}: embedded:{mapping.source.partition(':')[2]} needs "
                                   "fileproc's own Redis broker (the embedded default, or broker.url = redis://...)")
             self.key = STREAM_PREFIX + mapping.source.partition(":")[2]
-            self.client: Any = redis.Redis.from_url(_redis_py_url(embedded_url))  # (redis-py's types: too loose)
+            self.client: Any = redis.Redis.from_url(redis_py_url(embedded_url))  # (redis-py's types: too loose)
             self.stream_name = mapping.source.partition(":")[2]
         else:
             parts = urlsplit(mapping.source)
             db, stream = [p for p in parts.path.split("/") if p]
             self.key = unquote(stream)
             self.stream_name = self.key
-            self.client = redis.Redis(host=parts.hostname or "127.0.0.1", port=parts.port or 6379, db=int(db),
-                                      password=unquote(parts.password) if parts.password else None,
-                                      ssl=parts.scheme == "rediss", socket_connect_timeout=5)
+            self.client = client_of(parts, db, tls=parts.scheme == "rediss")
         self.event_source_arn = self.stream_name  # the poller makes it an ARN with the region
-        self.lease_key = f"fileproc:stream-lease:{self.group}:{self.key}"
+        self.lease = Lease(self.client, f"fileproc:stream-lease:{self.group}:{self.key}", self.holder)
         self._delivered: deque[str] = deque()
         self._holding = False
         self._pending_from: str | None = "0"  # where this holding's read of pending entries is (None: done)
-        self._stop = threading.Event()
         self._lease_lost = threading.Event()  # (set by the renewer; acted on by the next poll, in the poller's thread)
-        self._renewer: threading.Thread | None = None
         self._revoking: Revoking | None = None
 
     # -- consuming --------------------------------------------------------------------------
@@ -89,8 +84,7 @@ class RedisStreamSource:
     def start(self, revoking: Revoking) -> None:
         self._revoking = revoking
         self._ensure_group()
-        self._renewer = threading.Thread(target=self._keep_lease, name=f"lease-{self.mapping.name}", daemon=True)
-        self._renewer.start()
+        self.lease.keep(lambda: self._holding, self._lease_lost.set, f"lease-{self.mapping.name}")
 
     def _ensure_group(self) -> None:
         start = {"trim_horizon": "0", "latest": "$"}.get(self.mapping.starting_position)
@@ -105,26 +99,6 @@ class RedisStreamSource:
         except redis.RedisError as exc:
             raise StreamError(f"stream {self.mapping.name!r}: Redis unreachable: {exc}") from exc
 
-    def _take_lease(self) -> bool:
-        """Whether this consumer holds the stream now (taking it if it is free)."""
-        try:
-            if self.client.set(self.lease_key, self.holder, nx=True, px=LEASE_MS):
-                return True
-            return bool(self.client.get(self.lease_key) == self.holder.encode())
-        except redis.RedisError:
-            return False
-
-    def _keep_lease(self) -> None:
-        while not self._stop.wait(LEASE_MS / 3000):
-            if not self._holding:
-                continue
-            try:
-                kept = self.client.eval(_RENEW, 1, self.lease_key, self.holder, LEASE_MS)
-            except redis.RedisError:
-                continue  # still ours until it runs out; poll finds out then
-            if not kept:
-                self._lease_lost.set()
-
     def poll(self, max_records: int, timeout: float) -> list[Record]:
         if self._lease_lost.is_set():  # another consumer took the stream (this one was cut off past its lease)
             self._lease_lost.clear()
@@ -134,7 +108,7 @@ class RedisStreamSource:
             self._delivered.clear()
             return []
         if not self._holding:
-            if not self._take_lease():
+            if not self.lease.take():
                 time.sleep(min(timeout, 0.5) if timeout else 0.05)
                 return []
             self._holding, self._pending_from = True, "0"
@@ -182,13 +156,8 @@ class RedisStreamSource:
             raise StreamError(f"stream {self.mapping.name!r}: cannot commit: {exc}") from exc
 
     def close(self) -> None:
-        self._stop.set()
-        if self._renewer is not None:
-            self._renewer.join(timeout=2)
-        if self._holding:
-            with contextlib.suppress(redis.RedisError):
-                self.client.eval(_RELEASE, 1, self.lease_key, self.holder)
-            self._holding = False
+        self.lease.release(self._holding)
+        self._holding = False
         self.client.close()
 
     # -- reading and writing from anywhere --------------------------------------------------
@@ -287,23 +256,5 @@ def record_of(entry_id: str, fields: dict[bytes, bytes]) -> Record:
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
-
-def _redis_py_url(url: str) -> str:
-    """redis-py's URL of a Celery/kombu broker URL (``redis+socket://:PASSWORD@/path`` is ``unix://``)."""
-    if url.startswith("redis+socket://"):
-        parts = urlsplit(url.replace("redis+socket://", "unix://", 1))
-        auth = f":{parts.password}@" if parts.password else ""
-        return f"unix://{auth}{parts.path}"
-    return url
-
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 __all__ = ["RedisStreamSource", "record_of"]
