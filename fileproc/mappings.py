@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fileproc.cron import parse as parse_schedule
 
@@ -34,12 +34,22 @@ ENGINES = ("kafka", "redis", "rediss", "redis-list", "rediss-list", "nats", "amq
 AMQP_OPTIONS = ("exchange", "exchange_type", "routing_key")  # what an amqp:// source's query may say
 
 
+def _named(value: str) -> str:
+    if not NAME.match(value):
+        raise ValueError("use letters, digits, '.', '_' and '-' (up to 64), starting with a letter or digit")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_named)]
+"""A mapping's or a schedule's name."""
+
+
 class StreamMapping(BaseModel):
     """One ``[[streams]]`` entry: a stream's records, in batches, to one function (Lambda's event source mapping)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(description="The mapping's name: letters, digits, '.', '_', '-'.")
+    name: Name = Field(description="The mapping's name: letters, digits, '.', '_', '-'.")
     source: str = Field(description="kafka://BROKERS/TOPIC | redis://HOST:PORT/DB/STREAM | nats://HOST:PORT/SUBJECT "
                                     "| redis-list://HOST:PORT/DB/KEY | amqp://USER:PASS@HOST:PORT/VHOST/QUEUE "
                                     "| embedded:NAME")
@@ -67,13 +77,6 @@ class StreamMapping(BaseModel):
                                                                            "record matching none is skipped.")
     tumbling_window: float = Field(0, ge=0, le=900, description="Seconds of Lambda's tumbling windows (0: none).")
     group: str | None = Field(None, description="The consumer group (default: fileproc-NAME).")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not NAME.match(value):
-            raise ValueError("use letters, digits, '.', '_' and '-' (up to 64), starting with a letter or digit")
-        return value
 
     @field_validator("source")
     @classmethod
@@ -135,18 +138,11 @@ class Schedule(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(description="The schedule's name (EventBridge's rule name).")
+    name: Name = Field(description="The schedule's name (EventBridge's rule name).")
     function: str = Field(description="The function each tick runs (NAME[:QUALIFIER]).")
     expression: str = Field(description="rate(5 minutes) or cron(0 12 * * ? *), in EventBridge's syntax (UTC).")
     input: dict[str, Any] | None = Field(None, description="The event instead of EventBridge's Scheduled Event.")
     enabled: bool = True
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not NAME.match(value):
-            raise ValueError("use letters, digits, '.', '_' and '-' (up to 64), starting with a letter or digit")
-        return value
 
     @field_validator("expression")
     @classmethod
