@@ -20,12 +20,15 @@ import json
 import logging
 import os
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from fileproc.errors import FileprocError
 from fileproc.events import ObjectEvent
 from fileproc.functions.batches import RecordBatch
 from fileproc.functions.steps import ChildResult, StepRequest
@@ -91,8 +94,8 @@ class Invocation:
 
 
 def invoke_event(service: Service, function: str, event: dict[str, Any] | RecordBatch, *, trigger: str, what: str,
-                 worker: str = "", summary: dict[str, Any] | None = None, request_id: str | None = None
-                 ) -> Invocation:
+                 worker: str = "", summary: dict[str, Any] | None = None, request_id: str | None = None,
+                 recorder: Recorder | None = None) -> Invocation:
     """Run ``function`` (NAME[:QUALIFIER]) on ``event`` now, in this process's warm runners; record it.
 
     ``event`` is the handler's event, or a stream's :class:`RecordBatch` (its
@@ -104,7 +107,9 @@ def invoke_event(service: Service, function: str, event: dict[str, Any] | Record
     batch of records is not copied into the state database); ``request_id``
     is the invocation's (``context.aws_request_id``; a new UUID by default).
     What the handler returned is recorded up to :data:`RESULT_KEPT` bytes of
-    JSON (past that, its size). FunctionNotFound if there is no such function.
+    JSON (past that, its size). With ``recorder``, an invocation that
+    succeeded is recorded behind the caller (its ``job_id`` is then None);
+    one that failed always now. FunctionNotFound if there is no such function.
     """
     step = Step(function=function, retries=0)
     spec = service.spec(step)  # FunctionNotFound: the caller says where the name came from
@@ -139,9 +144,95 @@ def invoke_event(service: Service, function: str, event: dict[str, Any] | Record
         error=reason, traceback=traceback, result=_kept(value.get("result")) if not error else None,
         duration_ms=result.duration_ms, peak_memory_kb=result.peak_memory_kb, cold_start=result.cold,
         recycled=result.recycled, version_ran=version, **metering)
-    job_id, _ = service.db.record_invocation(done)
+    if recorder is not None and error is None:
+        recorder.put(done)
+        job_id = None
+    else:
+        job_id, _ = service.db.record_invocation(done)
     return Invocation(request_id, error is None, value.get("result") if error is None else None, error,
                       duration_ms=result.duration_ms, cold=result.cold, job_id=job_id, version=version)
+
+
+class Recorder:
+    """Invocations recorded behind their caller, many per transaction, in the order they were put.
+
+    A stream's lane runs hundreds of batches a second, and a transaction of
+    its own for each one's record cost it a quarter of its time. The caller
+    commits what an invocation consumed only once it is recorded
+    (:meth:`after`), so a worker lost with records not yet written runs those
+    batches again: nothing is committed unrecorded. A write that fails (the
+    database away) is tried again until it succeeds or the recorder closes.
+    """
+
+    def __init__(self, service: Service, *, name: str) -> None:
+        self._db = service.db
+        self._queued: list[Invoked | Callable[[], None]] = []
+        self._changed = threading.Condition()
+        self._writing = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def put(self, done: Invoked) -> None:
+        with self._changed:
+            self._queued.append(done)
+            self._changed.notify_all()
+
+    def after(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once every invocation put before it is recorded (at once if none is waiting)."""
+        with self._changed:
+            if self._queued or self._writing:
+                self._queued.append(callback)
+                self._changed.notify_all()
+                return
+        callback()
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until everything put so far is recorded (False: not within ``timeout``)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: not self._queued and not self._writing, timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Record what is waiting (within ``timeout``), then stop."""
+        self.flush(timeout)
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._queued or self._closed)
+                if self._closed:
+                    if self._queued:
+                        log.warning("%d invocation(s) not recorded: the recorder closed first (what they consumed "
+                                    "is not committed)", sum(isinstance(i, Invoked) for i in self._queued))
+                    return
+                taken, self._queued, self._writing = self._queued, [], True
+            if self._record([item for item in taken if isinstance(item, Invoked)]):
+                for item in taken:
+                    if not isinstance(item, Invoked):
+                        item()
+            with self._changed:
+                self._writing = False
+                self._changed.notify_all()
+
+    def _record(self, invoked: list[Invoked]) -> bool:
+        """Write ``invoked`` in one transaction, trying again while the database is away (False: closed first)."""
+        pause = 0.1
+        while invoked:
+            try:
+                self._db.record_invocations(invoked)
+                return True
+            except FileprocError as exc:
+                if self._closed:
+                    return False
+                log.warning("%d invocation(s) not recorded yet: %s; trying again in %.1f s", len(invoked), exc,
+                            pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
+        return True
 
 
 @functools.lru_cache(maxsize=16)
@@ -179,4 +270,4 @@ def _failure(function: str, result: ChildResult, memory_mb: int
     return None, AttemptStatus.SUCCEEDED, None, None
 
 
-__all__ = ["PREFIX", "EventInvocations", "Invocation", "invoke_event", "pipeline_name"]
+__all__ = ["PREFIX", "EventInvocations", "Invocation", "Recorder", "invoke_event", "pipeline_name"]

@@ -323,6 +323,10 @@ class Database:
         """An invocation on a non-object event, recorded once it ran (see :mod:`.invocations`); (job, attempt)."""
         return invocations.record_invocation(self.transaction, done)
 
+    def record_invocations(self, many: list[invocations.Invoked]) -> list[tuple[int, int]]:
+        """Many invocations recorded in one transaction (a stream's, written behind it); their (job, attempt)."""
+        return invocations.record_invocations(self.transaction, many)
+
     def get_job(self, job_id: int) -> Job | None:
         with self.reading() as s:
             row = s.get(JobRow, job_id, options=[selectinload(JobRow.attempts), selectinload(JobRow.outputs)])

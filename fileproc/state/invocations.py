@@ -66,19 +66,28 @@ _ATTEMPT = Prepared(insert(attempts).values(
 
 def record_invocation(connect: Callable[[], Any], done: Invoked) -> tuple[int, int]:
     """Insert the finished job and its attempt, in one transaction; (job id, attempt id)."""
+    return record_invocations(connect, [done])[0]
+
+
+def record_invocations(connect: Callable[[], Any], many: list[Invoked]) -> list[tuple[int, int]]:
+    """Insert each finished job and its attempt, all in one transaction; their (job id, attempt id)."""
+    ids = []
     with connect() as tx:
         at = now(tx)
-        job_id = _JOB.rows(tx, {
-            "p_pipeline": done.pipeline, "p_bucket": done.bucket, "p_key": done.key, "p_version": done.version,
-            "p_event": done.event, "p_status": done.job_status, "p_error": done.error, "p_started": done.started_at,
-            "p_now": at})[0].id
-        attempt_id = _ATTEMPT.rows(tx, {
-            "p_job": job_id, "p_function": done.function, "p_status": done.attempt_status, "p_worker": done.worker,
-            "p_started": done.started_at, "p_now": at, "p_duration": done.duration_ms, "p_peak": done.peak_memory_kb,
-            "p_cold": done.cold_start, "p_recycled": done.recycled, "p_error": done.error,
-            "p_traceback": done.traceback, "p_result": done.result, "p_version": done.version_ran,
-            "p_memory": done.memory_mb, "p_billed": done.billed_ms, "p_log": done.log})[0].id
-        return job_id, attempt_id
+        for done in many:
+            job_id = _JOB.rows(tx, {
+                "p_pipeline": done.pipeline, "p_bucket": done.bucket, "p_key": done.key, "p_version": done.version,
+                "p_event": done.event, "p_status": done.job_status, "p_error": done.error,
+                "p_started": done.started_at, "p_now": at})[0].id
+            attempt_id = _ATTEMPT.rows(tx, {
+                "p_job": job_id, "p_function": done.function, "p_status": done.attempt_status,
+                "p_worker": done.worker, "p_started": done.started_at, "p_now": at, "p_duration": done.duration_ms,
+                "p_peak": done.peak_memory_kb, "p_cold": done.cold_start, "p_recycled": done.recycled,
+                "p_error": done.error, "p_traceback": done.traceback, "p_result": done.result,
+                "p_version": done.version_ran, "p_memory": done.memory_mb, "p_billed": done.billed_ms,
+                "p_log": done.log})[0].id
+            ids.append((job_id, attempt_id))
+    return ids
 
 
-__all__ = ["Invoked", "record_invocation"]
+__all__ = ["Invoked", "record_invocation", "record_invocations"]

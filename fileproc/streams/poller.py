@@ -28,7 +28,7 @@ from fileproc.errors import FileprocError
 from fileproc.functions.aws import aws_region
 from fileproc.functions.batches import RecordBatch
 from fileproc.intake.queued import submit_notifications
-from fileproc.runtime.direct import Invocation, invoke_event
+from fileproc.runtime.direct import Invocation, Recorder, invoke_event
 from fileproc.state.streams import PartitionCounts, save_lag, save_partitions
 from fileproc.streams import events
 from fileproc.streams.engines import open_source
@@ -91,6 +91,7 @@ class Poller:
         self.filter = compile_filters(mapping.filter)
         self.failures = Failures(service, mapping, self)
         self.invoke = invoke
+        self.recorder: Recorder | None = None  # while running: the invocations' records, written behind the lanes
         self.positions: dict[str, Positions] = {}
         self.lanes: dict[str, list[Lane]] = {}
         self.counts: dict[str, PartitionCounts] = {}
@@ -114,6 +115,7 @@ class Poller:
     def _run(self) -> None:
         if not self._started():
             return
+        recorder = self.recorder = Recorder(self.service, name=f"stream-{self.mapping.name}-records")
         log.info("stream %s: consuming it (%s) for %s", self.mapping.name, self.mapping.engine,
                  self.mapping.function or "the pipelines its notifications match")
         saved, sampled, pause = time.monotonic(), 0.0, 1.0
@@ -139,6 +141,7 @@ class Poller:
             pause = 1.0
             self._take(records)
         self.revoking(list(self.lanes))
+        recorder.close()
         self._save()
         try:
             self.source.close()
@@ -207,12 +210,21 @@ class Poller:
         for partition in gone:
             for lane in self.lanes[partition]:
                 lane.join()
+        if self.recorder is not None:  # what the lanes ran is done once recorded
+            self.recorder.flush()
         self._commit(gone)
         for partition in gone:
             del self.lanes[partition], self.positions[partition]
 
     def done(self, partition: str, positions: list[str]) -> None:
-        """These records of ``partition`` are done (run, or given up): committed once those before them are."""
+        """These records of ``partition`` are done (run, or given up): committed once those before them are,
+        and once every invocation before now is recorded (never a record committed that ran unrecorded)."""
+        if self.recorder is None:
+            self._done(partition, positions)
+        else:
+            self.recorder.after(lambda: self._done(partition, positions))
+
+    def _done(self, partition: str, positions: list[str]) -> None:
         found = self.positions.get(partition)
         if found is not None:
             found.done(positions)
@@ -274,7 +286,7 @@ class Poller:
                 self.service, self.mapping.function, event, trigger=f"stream:{self.mapping.name}",
                 what=f"{events.shard_id(partition)}/{first}-{last}", worker=self.worker,
                 summary={"stream": self.mapping.name, "partition": partition, "first": first, "last": last,
-                         "records": len(records)})
+                         "records": len(records)}, recorder=self.recorder)
         except FileprocError as exc:  # no such function (yet), the database away: a failure like any, retried
             invocation = Invocation("", False, error={"errorType": type(exc).__name__, "errorMessage": str(exc)})
         self.count(partition, batches=1, records=len(records) if invocation.ok else 0,
