@@ -184,8 +184,13 @@ def seconds_between(start: datetime, end: datetime) -> float:
 
 
 def upload_in_threads(d: Deployment, bucket: str, keys: list[str], threads: int,
-                      progress: list[int] | None = None) -> None:
-    """Upload a small text object per key from ``threads`` client threads; ``progress[0]`` counts them."""
+                      progress: list[int] | None = None, hold: tuple[int, threading.Event] | None = None) -> None:
+    """Upload a small text object per key from ``threads`` client threads; ``progress[0]`` counts them.
+
+    With ``hold`` (N, event), no upload starts past the N-th until ``event``
+    is set: a test that kills something mid-burst does it before the burst
+    is over, however fast the uploads go.
+    """
     assert d.gw is not None
     lock = threading.Lock()
     queue: Iterator[str] = iter(keys)
@@ -194,6 +199,8 @@ def upload_in_threads(d: Deployment, bucket: str, keys: list[str], threads: int,
     def run() -> None:
         client = Minio(d.gw.endpoint, d.gw.access_key, d.gw.secret_key, secure=False)
         while True:
+            if hold is not None and progress is not None and progress[0] >= hold[0]:
+                hold[1].wait(600)
             with lock:
                 key = next(queue, None)
             if key is None:

@@ -150,12 +150,14 @@ def test_api_killed_mid_burst_and_started_again_loses_nothing(tmp_path: Path, re
         d.worker(concurrency=2)
         d.start("reconcile", ["reconcile"])
         api = d.processes[0]
-        progress = [0]
-        uploader = threading.Thread(target=upload_in_threads, args=(d, "texts", before, 8, progress), daemon=True)
+        progress, resume = [0], threading.Event()
+        uploader = threading.Thread(target=upload_in_threads, daemon=True,
+                                    args=(d, "texts", before, 8, progress, (len(before) // 4, resume)))
         uploader.start()
         d.wait_for(lambda: progress[0] >= len(before) // 4, 120, "the burst to be under way", interval=0.02)
         api.kill_group(signal.SIGKILL)
         killed_at = progress[0]
+        resume.set()  # the rest of the burst goes up while the API is dead
         assert killed_at < len(before), "the burst was over before the API was killed"
         uploader.join(timeout=300)
         assert progress[0] == len(before), "the uploads stopped with the API"
