@@ -82,6 +82,16 @@ class Site:
         self.wait(seen.url_to_be(self.base + "/ui"))
 
 
+def chrome() -> WebDriver:
+    """Debian's headless Chromium at 1440x900, driven by its chromedriver."""
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--window-size=1440,900", "--no-first-run", "--disable-extensions"):
+        options.add_argument(argument)
+    return webdriver.Chrome(service=DriverService(str(CHROMEDRIVER)), options=options)
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     root = tmp_path_factory.mktemp("ui")
@@ -103,15 +113,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         ],
     })
     server = Process(config, ["serve"], root / "serve.log")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                     "--window-size=1440,900", "--no-first-run", "--disable-extensions"):
-        options.add_argument(argument)
     browser = None
     try:
         wait_healthy(port, server)
-        browser = webdriver.Chrome(service=DriverService(str(CHROMEDRIVER)), options=options)
+        browser = chrome()
         yield Site(root, port, server, browser)
     finally:
         if browser is not None:

@@ -139,9 +139,23 @@ def redeliver(db: Database) -> int:
     return done
 
 
+def redrive(service: Any, letters: list[dict[str, Any]]) -> list[tuple[dict[str, Any], Any]]:
+    """Run each dead letter's job again, once, and mark the letter replayed; each letter with its job as it is
+    now (None: the job is gone). What ``fileproc retry --dead-letters`` and the dashboard's Redrive do."""
+    from fileproc import dispatch
+    from fileproc.state.deployments import mark_replayed
+
+    done = []
+    for letter in letters:
+        job = dispatch.retry(service, letter["job"])
+        mark_replayed(service.db, letter["id"])
+        done.append((letter, job))
+    return done
+
+
 REDELIVERY = PeriodicTask("deliveries", lambda service: redeliver(service.db), "delivered %d destination record(s)")
 """The relay's part: destination records due again (registered with each service by :mod:`fileproc.app`)."""
 
 
 __all__ = ["REDELIVERY", "deliver_claimed", "deliver_soon", "destination_record", "owed", "post", "redeliver",
-           "retry_delay"]
+           "redrive", "retry_delay"]

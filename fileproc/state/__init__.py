@@ -38,9 +38,11 @@ from fileproc.events import ObjectEvent
 from fileproc.state import (  # noqa: F401 (their tables)
     creating,
     function_urls,
+    heartbeats,
     invocations,
     logtotals,
     metrictotals,
+    saved_events,
     schedules,
     steps,
     streams,

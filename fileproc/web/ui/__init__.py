@@ -5,7 +5,8 @@ for retries, :class:`~fileproc.state.Database` for jobs, :mod:`fileproc.rules`
 for matching, :mod:`fileproc.why` and :mod:`fileproc.metrics` for the rest.
 Its CSS and script are served from ``/ui/static``; nothing comes from the internet.
 One router per part: :mod:`~fileproc.web.ui.login`, :mod:`~fileproc.web.ui.pages`
-(overview, pipelines, search, usage, why), :mod:`~fileproc.web.ui.jobs`,
+(overview with health first, pipelines, search, usage, why), :mod:`~fileproc.web.ui.jobs`,
+:mod:`~fileproc.web.ui.functions` (a function's monitoring, versions, test events, logs, dead letters),
 :mod:`~fileproc.web.ui.streams` and
 :mod:`~fileproc.web.ui.docs`; each page takes the service and the session
 from the request, so it can be called on its own.
@@ -33,7 +34,7 @@ from fastapi.staticfiles import StaticFiles
 from fileproc.service import Service
 from fileproc.tokens import Tokens
 from fileproc.web.bounds import Throttle
-from fileproc.web.ui import docs, jobs, login, pages, streams
+from fileproc.web.ui import docs, functions, jobs, login, pages, streams
 from fileproc.web.ui.login import LOGIN_ATTEMPTS, LOGIN_WINDOW
 from fileproc.web.ui.render import CSP, templates_for
 from fileproc.web.ui.session import BadForm, LoginNeeded, Sessions
@@ -48,7 +49,7 @@ def install(app: FastAPI, service: Service, tokens: Tokens) -> None:
     app.state.ui_templates = templates_for(service)
     app.add_exception_handler(LoginNeeded, login.to_login)
     app.add_exception_handler(BadForm, login.form_refused)
-    for part in (login, pages, jobs, streams, docs):
+    for part in (login, pages, jobs, functions, streams, docs):
         app.include_router(part.router)
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="ui-static")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -40,7 +41,8 @@ def jobs(request: Request, service: ServiceDep, status: str = "", pipeline: str 
 
     return page(request, "jobs.html", session, jobs=found[:PAGE_SIZE], filters=filters,
                 counts=service.db.count_jobs(), page_number=page_number, more=len(found) > PAGE_SIZE,
-                link=link, refresh=3, retried=request.query_params.get("retried"))
+                link=link, refresh=3, retried=request.query_params.get("retried"),
+                progress=lambda job: progress(service, job))
 
 
 @router.post("/jobs/retry-failed")
@@ -104,6 +106,41 @@ def steps(service: Service, job: Job) -> list[dict[str, Any]]:
             for n, step in enumerate(pipeline.steps)]
 
 
+NOT_TRIES = ("throttled", "skipped")
+"""Attempts that never ran the handler: not tries."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a job is, as the jobs list shows it: steps done of all, and the tries of each step."""
+
+    done: int
+    total: int
+    tries: str
+    title: str
+    tries_title: str
+
+
+def progress(service: Service, job: Job) -> Progress | None:
+    """Steps done (all of them once it succeeded; before the current one otherwise) and tries per step."""
+    pipeline = service.pipeline(job.pipeline)
+    if pipeline is None:
+        return None
+    total = len(pipeline.steps)
+    done = total if job.status == JobStatus.SUCCEEDED else min(job.step_index, total)
+    per_step: dict[int, int] = {}
+    for attempt in job.attempts:
+        if attempt.status not in NOT_TRIES:
+            per_step[attempt.step_index] = per_step.get(attempt.step_index, 0) + 1
+    if job.status == JobStatus.SUCCEEDED:
+        title = f"all {total} step(s) done"
+    else:
+        title = f"{done} of {total} step(s) done; step {min(job.step_index, total - 1) + 1} {job.status}"
+    tries = " · ".join(str(per_step.get(n, 0)) for n in range(total)) if total > 1 else str(per_step.get(0, 0))
+    tries_title = "; ".join(f"step {n + 1}: {per_step.get(n, 0)} tries" for n in range(total))
+    return Progress(done, total, tries, title, tries_title)
+
+
 def chunks(stream: Any, size: int = 256 * 1024) -> Iterator[bytes]:
     try:
         while chunk := stream.read(size):
@@ -112,4 +149,5 @@ def chunks(stream: Any, size: int = 256 * 1024) -> Iterator[bytes]:
         stream.close()
 
 
-__all__ = ["PAGE_SIZE", "PREVIEWED", "job", "jobs", "output", "retry", "retry_failed", "router", "steps"]
+__all__ = ["PAGE_SIZE", "PREVIEWED", "Progress", "job", "jobs", "output", "progress", "retry", "retry_failed", "router",
+           "steps"]

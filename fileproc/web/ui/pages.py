@@ -14,6 +14,8 @@ from fileproc.rules import Pipeline, render_key, verdicts
 from fileproc.service import Service
 from fileproc.web.context import ServiceDep
 from fileproc.web.search import search_index
+from fileproc.web.ui.charts import bars
+from fileproc.web.ui.health import health
 from fileproc.web.ui.overview import chart, overview
 from fileproc.web.ui.render import page
 from fileproc.web.ui.session import session_of
@@ -31,7 +33,7 @@ router = APIRouter(prefix="/ui", include_in_schema=False)
 def home(request: Request, service: ServiceDep) -> Response:
     session = session_of(request)
     found = overview(service)
-    return page(request, "overview.html", session, o=found, bars=chart(found), refresh=5)
+    return page(request, "overview.html", session, o=found, bars=chart(found), h=health(service), refresh=5)
 
 
 @router.get("/pipelines")
@@ -90,16 +92,30 @@ def search(request: Request, q: str = "", bucket: str = "", type: str = "",
 
 @router.get("/usage")
 def usage(request: Request, service: ServiceDep, by: str = "function", since: str = "7d") -> Response:
-    from fileproc.state.usage import GROUPINGS
-    from fileproc.state.usage import usage as measure
+    from fileproc.state.usage import GROUPINGS, Usage, billed_attempts, summarise
 
     session = session_of(request)
     by = by if by in GROUPINGS else "function"
     since = since if since in WINDOWS else "7d"
     window = WINDOWS[since]
-    groups = measure(service.db, service.settings, by=by, since=datetime.now(UTC) - window if window else None)
+    prices = {"price_per_request": service.settings.usage.price_per_request,
+              "price_per_gb_second": service.settings.usage.price_per_gb_second}
+    rows = billed_attempts(service.db, since=datetime.now(UTC) - window if window else None)
+    groups = summarise(rows, by, **prices)
+    days = summarise(rows, "day", **prices)
+    total = Usage("total")
+    for g in groups:
+        total.requests, total.cold_starts, total.errors = (total.requests + g.requests,
+                                                           total.cold_starts + g.cold_starts, total.errors + g.errors)
+        total.billed_ms, total.gb_seconds, total.cost = (total.billed_ms + g.billed_ms, total.gb_seconds + g.gb_seconds,
+                                                         total.cost + g.cost)
+    graph = bars([float(d.requests) for d in days], [d.group for d in days], label="requests by day (UTC)",
+                 unit="requests", css="bar-succeeded") if days else None
+    cost_graph = bars([d.cost for d in days], [d.group for d in days], label="cost by day (UTC), $",
+                      unit="$", css="bar-run") if days else None
     return page(request, "usage.html", session, groups=groups, by=by, since=since, groupings=GROUPINGS,
-                windows=list(WINDOWS), settings=service.settings.usage)
+                windows=list(WINDOWS), settings=service.settings.usage, total=total, days=days, graph=graph,
+                cost_graph=cost_graph)
 
 
 @router.get("/why")

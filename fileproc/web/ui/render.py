@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import Response
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup, escape
 
 from fileproc.service import Service
 from fileproc.state import STATUSES
@@ -27,7 +28,8 @@ CSP = ("default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self';
 def templates_for(service: Service) -> Jinja2Templates:
     """The dashboard's templates, with its filters and ``service``'s pipelines."""
     templates = Jinja2Templates(directory=TEMPLATES)
-    templates.env.filters.update(ago=ago, clock=clock, duration=duration, size=size, kb=kb)
+    templates.env.filters.update(ago=ago, clock=clock, duration=duration, size=size, kb=kb, when=when,
+                                 job_name=job_name, percent=percent)
     # pipelines: the configured ones; pipeline_of: the one a job follows (a direct invocation's too).
     templates.env.globals.update(STATUSES=[str(s) for s in STATUSES], pipelines=service.pipelines,
                                  pipeline_of=service.pipeline)
@@ -74,6 +76,42 @@ def clock(when: datetime | None) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if when else ""
 
 
+def when(moment: datetime | str | None, now: datetime | None = None) -> Markup:
+    """The one way a moment is shown: how long ago, with the exact UTC time on hover (and for machines).
+
+    ``<time datetime="2026-12-05T14:05:03+00:00" title="2026-12-05 14:05:03 UTC">3 min ago</time>``
+    """
+    if isinstance(moment, str):
+        try:
+            moment = datetime.fromisoformat(moment)
+        except ValueError:
+            return Markup(escape(moment))
+    if moment is None:
+        return Markup("")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    exact = moment.astimezone(UTC)
+    return Markup(f'<time datetime="{exact.isoformat(timespec="seconds")}" title="{clock(exact)}">'
+                  f"{escape(ago(exact, now))}</time>")
+
+
+def job_name(pipeline: str) -> str:
+    """A job's pipeline as people read it: a direct invocation ``_invoke.async.resize.3f2a...`` is
+    ``invoke (async) resize``, an invocation on an event ``_event.resize`` is ``event → resize``."""
+    if pipeline.startswith("_invoke."):
+        mode, _, rest = pipeline.removeprefix("_invoke.").partition(".")
+        return f"invoke ({mode}) {rest.rpartition('.')[0] or rest}"
+    if pipeline.startswith("_event."):
+        return f"event → {pipeline.removeprefix('_event.')}"
+    return pipeline
+
+
+def percent(fraction: float | None) -> str:
+    if fraction is None:
+        return "–"
+    return f"{fraction * 100:.1f} %" if fraction else "0 %"
+
+
 def duration(ms: float | None) -> str:
     if ms is None:
         return ""
@@ -98,4 +136,5 @@ def kb(n: int | None) -> str:
     return size(n * 1024) if n else ""
 
 
-__all__ = ["CSP", "ago", "clock", "duration", "harden", "kb", "page", "size", "templates_for"]
+__all__ = ["CSP", "ago", "clock", "duration", "harden", "job_name", "kb", "page", "percent", "size", "templates_for",
+           "when"]
