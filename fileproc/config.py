@@ -1,7 +1,8 @@
 """Settings: every knob defined once, read from a file and the environment.
 
 Sources, later ones winning: the defaults below, the config file (TOML or
-YAML, from ``--config`` or ``FILEPROC_CONFIG``), then ``FILEPROC_*``
+YAML, from ``--config`` or ``FILEPROC_CONFIG``; the CLI also finds
+``./fileproc.toml``, :func:`find_config`), then ``FILEPROC_*``
 environment variables. A setting ``[section] name`` is read from
 ``FILEPROC_SECTION_NAME`` (``data_dir`` from ``FILEPROC_DATA_DIR``). This
 module is the only one that reads the environment.
@@ -124,6 +125,34 @@ class RuntimeSettings(Section):
         "write them, at a twelfth of Celery's CPU per message. Off: every message goes through Celery's "
         "own send (for a Celery or kombu whose messages differ, or to rule the shortcut out).",
     )
+    idle_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="A function's warm runner that ran nothing for this many seconds is stopped (scale to zero; "
+        "Lambda keeps an idle environment about as long): its next step is a cold start.",
+    )
+    provisioned: dict[str, int] = Field(
+        default_factory=dict,
+        description="Runners kept warm for built-in and `functions.paths` functions, by name "
+        "(`provisioned = { thumbnail = 1 }`; environment: `thumbnail=1,index=1`): started with each of a "
+        "worker's step processes, never stopped for idleness. Deployed functions: `functions deploy --provisioned`.",
+    )
+
+    @field_validator("provisioned", mode="before")
+    @classmethod
+    def _provisioned_from_text(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        pairs = [item.partition("=") for item in value.split(",") if item.strip()]
+        return {name.strip(): count.strip() for name, _, count in pairs}
+
+    @field_validator("provisioned")
+    @classmethod
+    def _provisioned_counts(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, count in value.items():
+            if count < 0:
+                raise ValueError(f"{name}: a count of runners is 0 or more, not {count}")
+        return value
 
 
 class ReconcileSettings(Section):
@@ -153,7 +182,13 @@ class ReconcileSettings(Section):
 class WorkerSettings(Section):
     concurrency: int = Field(2, ge=1, description="Steps one `fileproc worker` runs at once.")
     queues: list[str] = Field(
-        default_factory=list, description="Queues a worker consumes; empty: every registered function's queue."
+        default_factory=list, description="Queues a worker consumes; empty: every registered function's queue. "
+        "`user-functions` stands for every deployed function's queue (`fn.NAME`), those deployed later too."
+    )
+    queue_refresh: float = Field(
+        1.0, ge=0.1,
+        description="Seconds between a worker's looks at the deployed functions, to consume the queue of one "
+        "deployed since it started.",
     )
 
 
@@ -368,6 +403,27 @@ def _describe(error: ValidationError) -> str:
         where = ".".join(str(part) for part in item["loc"]) or "(top level)"
         lines.append(f"{where}: {item['msg']}")
     return "; ".join(lines)
+
+
+LOCAL_CONFIG = Path("fileproc.toml")
+"""The config file a command reads from the folder it runs in, when neither --config nor FILEPROC_CONFIG names one."""
+
+
+def find_config(given: Path | str | None = None, env: Mapping[str, str] | None = None,
+                folder: Path | None = None) -> Path | None:
+    """The config file a command uses: ``given`` (--config), else ``FILEPROC_CONFIG``, else ``./fileproc.toml``.
+
+    None when there is none (the embedded demo). The local file is what
+    ``fileproc init`` writes, so a user who made one and edited it gets it
+    without repeating ``--config`` on every command.
+    """
+    env = os.environ if env is None else env
+    if given:
+        return Path(given)
+    if env.get("FILEPROC_CONFIG"):
+        return Path(env["FILEPROC_CONFIG"])
+    local = (folder or Path()) / LOCAL_CONFIG
+    return local if local.is_file() else None
 
 
 def load_settings(config: Path | str | None = None, env: Mapping[str, str] | None = None) -> Settings:

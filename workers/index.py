@@ -33,7 +33,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fileproc import Context, InvalidInput, function
 from fileproc.errors import ObjectNotFound  # what context.storage raises for a missing object
-from fileproc.functions.analysis import terms
 from workers.extract import extract, kind_of
 
 DOCUMENT_CONTENT_TYPE = "application/vnd.fileproc.document+json"
@@ -64,6 +63,8 @@ def handler(event: dict[str, Any], context: Context) -> dict[str, Any]:
         head = stream.read(8192)
     kind = kind_of(head, key, info.content_type)
     extracted = extract(kind, context.input.open, lambda: context.input.path, params.max_chars)
+    from fileproc.functions.analysis import terms  # (Whoosh's analyzers: 4 MB, in the runner only)
+
     modified = info.last_modified or datetime.now(UTC)
     document = {
         "fileproc_document": 1, "bucket": bucket, "key": key, "etag": info.etag, "size": info.size,
@@ -94,5 +95,7 @@ def warm() -> None:
     """Import the PDF and DOCX readers and set up the analyzer before the first event (a few hundred ms otherwise)."""
     import docx  # noqa: F401
     import pypdf  # noqa: F401
+
+    from fileproc.functions.analysis import terms
 
     terms("warm")

@@ -30,9 +30,16 @@ def serve(state: State, host: str | None, port: int | None) -> None:
     Example:
         fileproc serve --port 8080
     """
+    import logging
+
     from fileproc.serve import serve as run
 
     settings = state.settings
+    # Which file (if any) is in force: `fileproc match` and `why` answer from the same one.
+    logging.getLogger("fileproc.serve").info(
+        "config: %s (%d pipeline(s))", state.config.resolve() if state.config else
+        "none: the embedded demo (./fileproc.toml, --config or FILEPROC_CONFIG would give one)",
+        len(settings.pipelines))
     run(state.service, host or settings.api.host, settings.api.port if port is None else port, state.config_argv())
 
 
@@ -77,12 +84,18 @@ def api(state: State, host: str | None, port: int | None, workers: int) -> None:
 
 
 @cli.command()
-@click.option("--queues", "-Q", default=None, help="Comma-separated queues (default: every function's queue).")
+@click.option("--queues", "-Q", default=None,
+              help="Comma-separated queues (default: every function's queue); `user-functions`: every deployed "
+              "function's queue (fn.NAME), those deployed later too.")
 @click.option("--concurrency", type=int, default=None, help="Steps run at once (default: worker.concurrency).")
 @click.option("--streams", default=None,
               help="Comma-separated [[streams]] this worker consumes (default: all; '' for none).")
+@click.option("--pool", "pool_kind", type=click.Choice(["prefork", "threads"]), default="prefork", show_default=True,
+              help="How the worker runs its steps at once: a process each (prefork), or threads of this one "
+              "(threads: one process, less memory; each step still runs in its function's runner). "
+              "`fileproc serve`'s worker uses threads.")
 @pass_state
-def worker(state: State, queues: str | None, concurrency: int | None, streams: str | None) -> None:
+def worker(state: State, queues: str | None, concurrency: int | None, streams: str | None, pool_kind: str) -> None:
     """Run a worker: takes steps from the broker and runs them, consumes the streams, runs the schedules.
 
     \b
@@ -91,10 +104,14 @@ def worker(state: State, queues: str | None, concurrency: int | None, streams: s
         fileproc --config prod.toml worker --streams clicks,orders
     """
     from fileproc.runtime.app import run_worker
+    from fileproc.runtime.lanes import Lanes
+    from fileproc.runtime.pool import share_memory_with_pool
     from fileproc.runtime.runner import clean_scratch
+    from fileproc.runtime.slots import keep_provisioned
     from fileproc.runtime.tasks import bind_service
     from fileproc.schedules.scheduler import Scheduler
     from fileproc.service import setup_worker_logging
+    from fileproc.state.heartbeats import Heartbeat
     from fileproc.streams.consumers import Consumers, chosen
 
     service = state.service
@@ -108,8 +125,17 @@ def worker(state: State, queues: str | None, concurrency: int | None, streams: s
     names = None if streams is None else [n.strip() for n in streams.split(",") if n.strip()]
     chosen(state.settings, names)  # a name no mapping has stops the start
     consumers, scheduler = Consumers(service, names), Scheduler(service)
-    queue_names = queues or ",".join(state.settings.worker.queues or service.queues())
+    given = [n.strip() for n in (queues or ",".join(state.settings.worker.queues or service.queues())).split(",")
+             if n.strip()]
+    try:  # `user-functions`: every deployed function's queue, and (Lanes) each one deployed later
+        queue_names = ",".join(service.functions.expand(given))
+    except FileprocError as exc:
+        click.echo(f"warning: {exc}; the deployed functions' queues are consumed once it answers", err=True)
+        queue_names = ",".join(given)
+    lanes = Lanes(lambda: service.functions.expand(given), state.settings.worker.queue_refresh)
     setup_worker_logging(state.settings)
+    share_memory_with_pool()
+    keep_provisioned(service, here=pool_kind == "threads")  # where steps run: each pool process, or this one
 
     def ready() -> None:  # in this process, once Celery's pool is forked: the threads are in none of its processes
         consumers.start()
@@ -117,7 +143,8 @@ def worker(state: State, queues: str | None, concurrency: int | None, streams: s
 
     try:
         code = run_worker(queue_names, concurrency or state.settings.worker.concurrency, state.settings.log_level,
-                          on_ready=ready)
+                          on_ready=ready, lanes=lanes, pool_cls=pool_kind,
+                          heartbeat=Heartbeat(state.settings.database_url, timeout=state.settings.database.timeout))
     finally:
         scheduler.stop()
         consumers.stop()
@@ -153,20 +180,29 @@ def init(path: Path, force: bool) -> None:
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON array of the checks: name, ok, detail, advisory (exit status as without).")
 @pass_state
-def doctor(state: State) -> None:
+def doctor(state: State, as_json: bool) -> None:
     """Check the config, storage, broker and database, in plain words.
 
     \b
     Example:
         fileproc --config prod.toml doctor
     """
+    import dataclasses
+    import json
+
     from fileproc.doctor import run_checks
 
-    problems = 0
+    problems, found = 0, []
     for check in run_checks(state.settings):
-        mark = "ok " if check.ok else "off" if check.advisory else "ERR"
-        click.echo(f"[{mark}] {check.name}: {check.detail}")
+        found.append(dataclasses.asdict(check))
         problems += not check.ok and not check.advisory
+        if not as_json:  # each line as soon as its check is done: a slow one shows which
+            mark = "ok " if check.ok else "off" if check.advisory else "ERR"
+            click.echo(f"[{mark}] {check.name}: {check.detail}")
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
     if problems:
         raise click.ClickException(f"{problems} problem(s) found")

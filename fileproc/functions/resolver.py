@@ -26,13 +26,24 @@ if TYPE_CHECKING:
 class FunctionSource(Protocol):
     """Functions found outside the registry, by a reference a step names (``NAME[:QUALIFIER]``).
 
-    An implementation SHALL answer :meth:`claims` without I/O (it decides
-    the queue a step is sent to) and SHALL raise FunctionNotFound from
-    :meth:`spec` for a reference it does not know now.
+    An implementation SHALL answer :meth:`claims` and :meth:`queue_for`
+    without I/O (they decide the queue a step is sent to) and SHALL raise
+    FunctionNotFound from :meth:`spec` for a reference it does not know now.
+    Each of its functions MAY have a queue of its own (a burst of one then
+    never waits behind another): :meth:`queues` lists them as they are now.
     """
 
     queue: str
-    """The queue every function of this source is sent to."""
+    """The name that stands for all of this source's queues in a worker's queue list (those of functions
+    added later too); a worker given it also drains a queue of that name."""
+
+    def queue_for(self, reference: str) -> str:
+        """The queue of the function ``reference`` names (no I/O)."""
+        ...
+
+    def queues(self) -> list[str]:
+        """The queues of its functions now (may ask the database)."""
+        ...
 
     def claims(self, reference: str) -> bool:
         """Whether ``reference`` can name one of this source's functions (no I/O)."""
@@ -104,15 +115,29 @@ class Functions:
         if step.function not in self.registry:
             for source in self._sources:
                 if source.claims(step.function):
-                    return source.queue
+                    return source.queue_for(step.function)
         return self.registry.get(step.function).queue
 
     def queues(self, pipelines: Iterable[Pipeline]) -> list[str]:
-        """Every queue a worker may need: each function's, each source's, and each step's override."""
+        """Every queue a worker may need: each function's, each step's override, and each source's name
+        (which stands for its functions' queues: :meth:`expand`). No I/O."""
         names = {spec.queue for spec in self.registry.specs().values()}
         names |= {s.queue for p in pipelines for s in p.steps if s.queue}
-        names |= {source.queue for source in self._sources}
-        return sorted(names)
+        return sorted(names | {source.queue for source in self._sources})
+
+    def lanes(self) -> dict[str, list[str]]:
+        """Each source's name (``user-functions``), and the queues of the functions it has now (may ask the
+        database)."""
+        return {source.queue: source.queues() for source in self._sources}
+
+    def expand(self, names: Iterable[str]) -> list[str]:
+        """The queues a worker given ``names`` consumes now: each name, and for a source's name
+        (``user-functions``) each of that source's functions' queues too (may ask the database)."""
+        found = set(names)
+        for source in self._sources:
+            if source.queue in found:
+                found.update(source.queues())
+        return sorted(found)
 
 
 class PipelineSource(Protocol):

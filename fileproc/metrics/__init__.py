@@ -24,6 +24,7 @@ from fileproc.metrics.receiver import (
     SharedCounters,
     multiprocess_dir,
 )
+from fileproc.metrics.runners import RunnerCollector
 from fileproc.metrics.streams import StreamCollector
 from fileproc.service import Service
 
@@ -42,11 +43,13 @@ class Metrics:
     def __init__(self, service: Service, counters: Counters) -> None:
         self.state = StateCollector(service)
         self.streams = StreamCollector(service) if service.settings.streams else None
+        self.runners = RunnerCollector(service)
         self.counters = counters
 
     def render(self) -> bytes:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(self.state)
+        registry.register(self.runners)
         if self.streams is not None:
             registry.register(self.streams)
         folder = multiprocess_dir()

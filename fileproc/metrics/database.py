@@ -183,7 +183,8 @@ class StateCollector(Collector):
 
     def _queues(self) -> Iterable[Metric]:
         waiting = queue_depths(self.service)
-        depth_family = GaugeMetricFamily("fileproc_queue_depth", "Queued steps waiting for a worker, by queue.",
+        depth_family = GaugeMetricFamily("fileproc_queue_depth", "Queued steps waiting for a worker, by queue "
+                                         "(user-functions: the deployed functions' queues together).",
                                          labels=["queue"])
         oldest_family = GaugeMetricFamily("fileproc_queue_oldest_seconds",
                                           "Age of the oldest queued job, by queue (0 when none waits).",
@@ -240,13 +241,25 @@ def recent_drift(service: Service) -> list[BucketDrift]:
 
 
 def queue_depths(service: Service) -> dict[str, tuple[int, float]]:
-    """Each queue (all of :meth:`Service.queues`, sorted): queued steps waiting, and the oldest one's age in seconds."""
+    """Each queue, sorted: queued steps waiting, and the oldest one's age in seconds.
+
+    The queues are those of :meth:`Service.queues` and each deployed
+    function's own (``fn.NAME``), zero included. A name that stands for a
+    group of queues in a worker's queue list (``user-functions``: every
+    deployed function's) counts what its queues hold together: what a worker
+    given that name has waiting (a queue-depth autoscaler reads it so).
+    """
+    lanes = service.functions.lanes()
     depth: dict[str, int] = {queue: 0 for queue in service.queues()}
+    depth.update((queue, 0) for queues in lanes.values() for queue in queues)
     oldest: dict[str, float] = {}
     for waiting in waiting_steps(service.db):
         queue = _queue(service, waiting.pipeline, waiting.step_index)
         depth[queue] = depth.get(queue, 0) + waiting.count
         oldest[queue] = max(oldest.get(queue, 0.0), waiting.oldest_seconds)
+    for group, queues in lanes.items():
+        depth[group] += sum(depth[queue] for queue in queues)
+        oldest[group] = max([oldest.get(group, 0.0), *(oldest.get(queue, 0.0) for queue in queues)])
     return {queue: (depth[queue], oldest.get(queue, 0.0)) for queue in sorted(depth)}
 
 

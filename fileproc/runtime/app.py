@@ -18,13 +18,15 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutdown
 from kombu.exceptions import KombuError, OperationalError
 
 from fileproc.config import Settings
 from fileproc.errors import BrokerUnavailable
 from fileproc.runtime import fastpath
 from fileproc.runtime.fastpath import Step
+from fileproc.runtime.lanes import Lanes
+from fileproc.state.heartbeats import Heartbeat
 
 celery_app = Celery("fileproc")
 celery_app.conf.update(
@@ -92,19 +94,31 @@ def configure(settings: Settings) -> Celery:
 
 
 def run_worker(queues: str, concurrency: int, log_level: str, *, on_ready: Callable[[], None] | None = None,
-               **options: Any) -> int:
+               lanes: Lanes | None = None, heartbeat: Heartbeat | None = None, **options: Any) -> int:
     """Run Celery's worker on ``queues`` (comma-separated) in this process until it stops; its exit code.
 
     Without Celery's command line (its imports cost a third of a second), quiet
     (no banner), without gossip, mingle or heartbeat; ``options`` are more of
     Celery's worker options (``pool_cls="solo"``). ``on_ready`` runs in this
     process once the worker is ready (its pool's processes forked already: a
-    thread started then is in none of them).
+    thread started then is in none of them); ``lanes`` then adds the queues
+    that appear later (functions deployed since). The worker holds at most
+    ``concurrency`` messages, each while its step runs, and takes its queues
+    in turn.
     """
     if on_ready is not None:
         worker_ready.connect(lambda **_: on_ready(), weak=False)
+    consumed = [name for name in queues.split(",") if name]
+    if lanes is not None:
+        worker_ready.connect(lambda sender, **_: lanes.start(sender, consumed), weak=False)
+        worker_shutdown.connect(lambda **_: lanes.stop(), weak=False)
+    hostname = f"fileproc-{os.getpid()}@{socket.gethostname()}"
+    if heartbeat is not None:
+        consuming = lanes.consumed if lanes is not None else lambda: consumed
+        worker_ready.connect(lambda **_: heartbeat.start(hostname, consuming, concurrency), weak=False)
+        worker_shutdown.connect(lambda **_: heartbeat.stop(), weak=False)
     worker = celery_app.Worker(
-        queues=queues, concurrency=concurrency, hostname=f"fileproc-{os.getpid()}@{socket.gethostname()}",
+        queues=queues, concurrency=concurrency, hostname=hostname,
         loglevel=log_level.upper(), without_gossip=True, without_mingle=True, without_heartbeat=True, quiet=True,
         **options)
     worker.start()

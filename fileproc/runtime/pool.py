@@ -36,6 +36,13 @@ the pool keeps one such interpreter started ahead (a *spare*, per runner
 module), not yet given to any function: the next new runner of any
 deployed version takes it, and another is started at once.
 
+A runner idle for ``idle_seconds`` (``runtime.idle_seconds``) is stopped by
+the pool's reaper thread, so a function no longer busy holds no memory
+(scale to zero); the reaper and a step taking a runner both go through the
+pool's lock, so a runner is either handed to a step or reaped, never both.
+*Provisioned* runners (:meth:`RunnerPool.provision`: Lambda's provisioned
+concurrency) are started ahead of any step and never reaped.
+
 A runner is replaced (killed; the next step gets a new, cold one) when its
 step timed out, ran out of memory, crashed, was cancelled, or when it holds
 more than its memory limit beyond what it held when it was new (a leak:
@@ -70,8 +77,11 @@ from fileproc.sandbox.procfs import high_water_mark
 MAX_IDLE = 4
 """Idle runners one worker process keeps (the least recently used beyond this are stopped)."""
 
-IDLE_SECONDS = 600.0
-"""A runner idle this long is stopped: it holds memory for a function no longer busy."""
+IDLE_SECONDS = 300.0
+"""A runner idle this long is stopped: it holds memory for a function no longer busy (``runtime.idle_seconds``)."""
+
+PROVISIONED, WARM = "provisioned", "warm"
+"""The states :meth:`RunnerPool.counts` reports a live runner in."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,17 @@ class _Runner:
     idle_since: float = field(default_factory=time.monotonic)
     output: int | None = None  # a spawned runner's stdout and stderr: a memory file, read if it dies mid-step
     unreported: str | None = None  # what it had written there when it was stopped
+    idle_seconds: float = IDLE_SECONDS  # stopped once idle this long (unless provisioned)
+    provisioned: bool = False  # kept warm on purpose: never reaped, never a surplus
+
+    def expired(self, now: float) -> bool:
+        return not self.provisioned and now - self.idle_since > self.idle_seconds
+
+    @property
+    def function(self) -> str:
+        """The function's name, for counts (the first part of a ``(name, version, memory)`` key)."""
+        key = self.key
+        return str(key[0] if isinstance(key, tuple) and key else key)
 
 
 class RunnerPool:
@@ -114,19 +135,24 @@ class RunnerPool:
     def __init__(self) -> None:
         self._idle: list[_Runner] = []  # least recently used first
         self._spares: dict[Hashable, _Runner] = {}  # interpreters started ahead, by module and path
+        self._live: dict[int, _Runner] = {}  # every runner given to a function and not stopped, idle or busy
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        self._reaper: threading.Thread | None = None
+        self._wake = threading.Event()  # set when the next expiry may have moved earlier
+        self._spare_seconds = IDLE_SECONDS  # an interpreter started ahead lives this long unused
 
     def run(self, key: Hashable, owner: object, work: Work | None, request: Any, *, timeout: float,
             memory_mb: int, cancel: threading.Event | None = None, warm: Callable[[], None] | None = None,
-            spawn: Spawn | None = None) -> ChildResult:
+            spawn: Spawn | None = None, idle_seconds: float = IDLE_SECONDS) -> ChildResult:
         """Run ``work(request)`` in a runner for ``key`` and say how it ended.
 
         ``work`` and ``warm`` are used only when a new runner is forked (they
         are what it runs); ``request`` and what ``work`` returns must pickle.
         With ``spawn``, a new runner is a fresh interpreter instead, and what
         it runs is its module's. Setting ``cancel`` stops the step (and its
-        runner) at once.
+        runner) at once. The runner is stopped once idle for ``idle_seconds``
+        after it (unless it is provisioned).
         """
         started = time.monotonic()
         message = pickle.dumps(request)
@@ -139,10 +165,11 @@ class RunnerPool:
                 self._stop(runner)
                 runner, cold = None, True
         if runner is None:
-            runner = self._spawned(key, owner, spawn) if spawn else \
-                on_lasting_thread(_start, key, owner, work, warm, memory_mb)
+            runner = self._new(key, owner, work, warm, memory_mb, spawn)
             with contextlib.suppress(OSError):  # if it died at once, it is reported as a crash below
                 wire.send(runner.sock, message)
+        runner.idle_seconds = idle_seconds  # (once no longer provisioned, if it is)
+        self._spare_seconds = idle_seconds  # an interpreter started ahead lives as long as an idle runner
         runner.steps += 1
         try:
             reply = wire.receive(runner.sock, started + timeout, cancel)
@@ -197,6 +224,107 @@ class RunnerPool:
         with self._lock:
             return len(self._idle)
 
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Live runners (idle or running a step) by (function, ``provisioned`` or ``warm``)."""
+        found: dict[tuple[str, str], int] = {}
+        with self._lock:
+            self._forget_if_forked()
+            for runner in self._live.values():
+                state = (runner.function, PROVISIONED if runner.provisioned else WARM)
+                found[state] = found.get(state, 0) + 1
+        return found
+
+    def provision(self, key: Hashable, owner: object, count: int, *, work: Work | None = None,
+                  warm: Callable[[], None] | None = None, memory_mb: int = 128, spawn: Spawn | None = None,
+                  idle_seconds: float = IDLE_SECONDS) -> int:
+        """Keep ``count`` runners for ``key`` warm on purpose (started now if missing, never reaped); how many started.
+
+        Runners that were provisioned beyond ``count`` become ordinary warm
+        ones (stopped once idle). A provisioned runner replaced after a step
+        (it crashed, timed out, leaked) is started again at the next call.
+        ``idle_seconds``: how long one lives idle once no longer provisioned.
+        """
+        with self._lock:
+            self._forget_if_forked()
+            mine = [r for r in self._live.values() if r.key == key and r.owner is owner and r.spawn == spawn]
+            kept = [r for r in mine if r.provisioned]
+            for runner in kept[count:]:
+                runner.provisioned, runner.idle_since = False, time.monotonic()
+            for runner in [r for r in mine if not r.provisioned][:max(0, count - len(kept))]:
+                runner.provisioned = True  # a warm one already there counts
+            missing = count - sum(1 for r in mine if r.provisioned)
+        for _ in range(max(0, missing)):
+            runner = self._new(key, owner, work, warm, memory_mb, spawn)
+            runner.provisioned, runner.idle_seconds = True, idle_seconds
+            self._keep(runner)
+        return max(0, missing)
+
+    def unprovision(self, keep: Callable[[Hashable, object], bool]) -> None:
+        """Provisioned runners whose key and owner ``keep`` refuses become ordinary warm ones (a version replaced)."""
+        with self._lock:
+            for runner in self._live.values():
+                if runner.provisioned and not keep(runner.key, runner.owner):
+                    runner.provisioned, runner.idle_since = False, time.monotonic()
+        self._wake.set()
+
+    def reap(self) -> int:
+        """Stop the runners (and interpreters started ahead) idle too long now; how many."""
+        expired: list[_Runner] = []
+        with self._lock:
+            self._forget_if_forked()
+            now = time.monotonic()
+            for runner in list(self._idle):
+                if runner.expired(now):
+                    self._idle.remove(runner)
+                    expired.append(runner)
+            for interpreter, spare in list(self._spares.items()):  # no deployed function ran here lately
+                if now - spare.idle_since > self._spare_seconds:
+                    expired.append(self._spares.pop(interpreter))
+        for runner in expired:
+            self._stop(runner)
+        return len(expired)
+
+    def _next_expiry(self) -> float | None:
+        with self._lock:
+            ends = [r.idle_since + r.idle_seconds for r in self._idle if not r.provisioned]
+            ends += [s.idle_since + self._spare_seconds for s in self._spares.values()]
+        return min(ends) if ends else None
+
+    def _reap_forever(self) -> None:
+        """The reaper thread: sleeps until the next runner's idle time runs out, stops it, and so on."""
+        while True:
+            expiry = self._next_expiry()
+            wait = None if expiry is None else max(0.0, expiry - time.monotonic()) + 0.05
+            self._wake.wait(wait)
+            self._wake.clear()
+            if self._pid != os.getpid():  # (a copy of this thread never runs in a fork; belt and braces)
+                return
+            try:
+                self.reap()
+            except Exception:  # never let the reaper die: an idle runner would then live forever
+                import logging
+
+                logging.getLogger(__name__).exception("reaping idle runners failed")
+
+    def _watch_idle(self) -> None:
+        """Start the reaper thread if this process has none (the first runner kept idle), or wake it."""
+        if self._reaper is None or not self._reaper.is_alive():
+            with self._lock:
+                if self._reaper is None or not self._reaper.is_alive():
+                    self._reaper = threading.Thread(target=self._reap_forever, name="fileproc-runner-reaper",
+                                                    daemon=True)
+                    self._reaper.start()
+        self._wake.set()
+
+    def _new(self, key: Hashable, owner: object, work: Work | None, warm: Callable[[], None] | None,
+             memory_mb: int, spawn: Spawn | None) -> _Runner:
+        runner = self._spawned(key, owner, spawn) if spawn else \
+            on_lasting_thread(_start, key, owner, work, warm, memory_mb)
+        with self._lock:
+            self._forget_if_forked()
+            self._live[runner.pid] = runner
+        return runner
+
     # --- keeping runners ------------------------------------------------------------------
 
     def _take(self, key: Hashable, owner: object, spawn: Spawn | None = None) -> _Runner | None:
@@ -209,11 +337,11 @@ class RunnerPool:
                 # Idle too long, or started another way than this key's runners now are (credentials
                 # since renewed: it would never be used again, and should not hold them meanwhile).
                 replaced = spawn is not None and runner.key == key and runner.owner is owner and runner.spawn != spawn
-                if now - runner.idle_since > IDLE_SECONDS or replaced:
+                if runner.expired(now) or replaced:
                     self._idle.remove(runner)
                     expired.append(runner)
             for interpreter, spare in list(self._spares.items()):  # no deployed function ran here lately
-                if now - spare.idle_since > IDLE_SECONDS:
+                if now - spare.idle_since > self._spare_seconds:
                     expired.append(self._spares.pop(interpreter))
             for runner in reversed(self._idle):  # the most recently used: its caches are warmest
                 if runner.key == key and runner.owner is owner and runner.spawn == spawn:
@@ -229,9 +357,13 @@ class RunnerPool:
         with self._lock:
             self._forget_if_forked()
             self._idle.append(runner)
-            surplus, self._idle = self._idle[:-MAX_IDLE], self._idle[-MAX_IDLE:]
+            ordinary = [r for r in self._idle if not r.provisioned]  # provisioned ones are never a surplus
+            surplus = ordinary[:-MAX_IDLE]
+            for old in surplus:
+                self._idle.remove(old)
         for old in surplus:
             self._stop(old)  # (their wait status is of no interest)
+        self._watch_idle()
 
     def _stop(self, runner: _Runner) -> tuple[int | None, int]:
         """Kill the runner and its process group: its wait status (None if not ours to reap), its peak RSS in kB.
@@ -239,6 +371,9 @@ class RunnerPool:
         What a spawned runner had written to its output file, once it is
         dead, is left in ``runner.unreported`` (its output file is closed).
         """
+        with self._lock:
+            if self._live.get(runner.pid) is runner:
+                del self._live[runner.pid]
         with contextlib.suppress(ProcessLookupError):
             os.killpg(runner.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
@@ -274,10 +409,12 @@ class RunnerPool:
             self._spares[interpreter] = ahead
         if surplus is not None:
             self._stop(surplus)
+        self._watch_idle()
         return runner
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()  # another thread may have held it at the fork
+        self._reaper, self._wake = None, threading.Event()  # (threads are not forked)
         self._forget_if_forked()
 
     def _forget_if_forked(self) -> None:
@@ -289,7 +426,7 @@ class RunnerPool:
                 runner.sock.close()
                 if runner.output is not None:
                     os.close(runner.output)
-            self._idle, self._spares = [], {}
+            self._idle, self._spares, self._live = [], {}, {}
             self._pid = os.getpid()
 
 
@@ -428,6 +565,27 @@ def warm_hook(handler: Callable[..., Any]) -> Callable[[], None] | None:
     return hook if callable(hook) else None
 
 
+def share_memory_with_pool() -> None:
+    """Keep the pages a worker's pool processes inherit shared: freeze the heap just before each is forked.
+
+    A forked process shares its parent's pages until it writes one; Python's
+    cycle collector writes to every object it scans, so a pool process's
+    first collection used to copy most of the worker's heap (20-40 MB each).
+    Objects frozen before the fork (``gc.freeze``) are never scanned again.
+    Runners forked from a pool process inherit the same shared pages.
+    """
+    import gc
+
+    from celery.signals import worker_before_create_process
+
+    def freeze(**_: Any) -> None:
+        gc.collect()
+        gc.freeze()
+
+    worker_before_create_process.connect(freeze, weak=False)
+
+
 os.register_at_fork(after_in_child=_pool._after_fork_in_child)
 
-__all__ = ["IDLE_SECONDS", "MAX_IDLE", "Retire", "RunnerPool", "Spawn", "pool", "warm_hook"]
+__all__ = ["IDLE_SECONDS", "MAX_IDLE", "PROVISIONED", "WARM", "Retire", "RunnerPool", "Spawn", "pool",
+           "share_memory_with_pool", "warm_hook"]

@@ -176,7 +176,8 @@ def execute(service: Service, request: StepRequest, *, cancel: threading.Event,
     key = (spec.name, spec.version, request.memory_mb)
     try:
         result = pool().run(key, service, start.work, start.payload, warm=start.warm, spawn=start.spawn,
-                            timeout=request.timeout, memory_mb=request.memory_mb, cancel=cancel)
+                            timeout=request.timeout, memory_mb=request.memory_mb, cancel=cancel,
+                            idle_seconds=service.settings.runtime.idle_seconds)
     finally:
         # A step killed from outside (timeout, lost lease) cannot clean up after itself.
         shutil.rmtree(request.scratch_dir, ignore_errors=True)

@@ -6,6 +6,16 @@ reaches every worker without a restart; an alias is trusted for
 (versions never change). The spec of a version is built once per worker
 process: its handler (:class:`~.lambda_runtime.LambdaHandler`) says how its
 warm runners start.
+
+Each deployed function has a queue of its own, ``fn.NAME`` (:func:`queue_of`),
+so a burst of one never queues another behind it: a worker serving the
+deployed functions takes their queues in turn (kombu's Redis transport
+rotates the queues it asks for after each message; RabbitMQ delivers from
+each queue it consumes). ``user-functions`` in a worker's queue list stands
+for all of them, those deployed after it started included
+(:mod:`fileproc.runtime.lanes`), and is itself still drained: it is the queue
+every deployed function shared before, so a message an older fileproc left
+there still runs.
 """
 
 from __future__ import annotations
@@ -23,18 +33,36 @@ from fileproc.serverless.environment import environment
 from fileproc.serverless.lambda_runtime import LambdaHandler
 from fileproc.serverless.names import looks_deployed, split
 from fileproc.serverless.stepping import DEPLOYED
-from fileproc.state.deployments import FunctionVersion, resolve
+from fileproc.state.deployments import FunctionVersion, list_versions, resolve
 
 if TYPE_CHECKING:
     from fileproc.service import Service
 
 USER_QUEUE = "user-functions"
-"""The Celery queue of every deployed function (a worker started before a deploy already listens to it)."""
+"""In a worker's queue list, every deployed function's queue (now and later); also the queue all of them
+shared before each had its own, still drained so that messages left there by an older fileproc run."""
+
+QUEUE_PREFIX = "fn."
+
+
+def queue_of(function: str) -> str:
+    """The queue of the deployed function named ``function``: ``fn.NAME`` (a name is at most 64 letters,
+    digits, ``-`` and ``_``: a valid Redis key and RabbitMQ queue name)."""
+    return QUEUE_PREFIX + function
+
 
 class Catalog:
     """A worker's view of the deployed functions: a :class:`~fileproc.functions.resolver.FunctionSource`."""
 
     queue = USER_QUEUE
+
+    def queue_for(self, reference: str) -> str:
+        """The queue of the function ``reference`` names, whichever its version (no I/O)."""
+        return queue_of(split(reference)[0])
+
+    def queues(self) -> list[str]:
+        """The queue of every function deployed now (asks the database)."""
+        return sorted({queue_of(version.function) for version in list_versions(self.service.db)})
 
     def __init__(self, service: Service) -> None:
         self.service = service
@@ -90,8 +118,8 @@ class Catalog:
             hidden = [data_dir, Path.home(), *([settings.config_file.resolve()] if settings.config_file else [])]
             handler = LambdaHandler(version, folder, environment(settings, version, folder), data_dir / "scratch",
                                     settings.functions.bucket, shared, hidden)
-            spec = FunctionSpec(version.function, handler, queue=USER_QUEUE, kind=DEPLOYED, timeout=version.timeout,
-                                memory_mb=version.memory_mb, retries=version.retries,
+            spec = FunctionSpec(version.function, handler, queue=queue_of(version.function), kind=DEPLOYED,
+                                timeout=version.timeout, memory_mb=version.memory_mb, retries=version.retries,
                                 source=f"deployed {version.function}:{version.version}",
                                 version=str(version.version), concurrency=version.concurrency)
             with self._lock:
@@ -105,4 +133,4 @@ class Catalog:
             self._prepared = True
 
 
-__all__ = ["USER_QUEUE", "Catalog"]
+__all__ = ["QUEUE_PREFIX", "USER_QUEUE", "Catalog", "queue_of"]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import Table, and_, bindparam, delete, func, or_, select, update
 
 from fileproc.errors import FunctionNotFound
-from fileproc.state.models import FunctionAliasRow, FunctionSlotRow, FunctionVersionRow, utcnow
+from fileproc.state.models import FunctionAliasRow, FunctionSlotRow, FunctionVersionRow, RunnerCountRow, utcnow
 from fileproc.state.records import aware
 from fileproc.state.steps import Prepared
 
@@ -54,6 +54,7 @@ class FunctionVersion:
     max_event_age: float = 21600.0
     on_success: str | None = None
     on_failure: str | None = None
+    provisioned: int = 0  # runners kept warm per worker process, started ahead, never reaped
 
     def to_dict(self) -> dict[str, Any]:
         return {"function": self.function, "version": self.version, "handler": self.handler,
@@ -62,14 +63,14 @@ class FunctionVersion:
                 "package_sha256": self.package_sha256, "requirements": self.requirements,
                 "created_at": self.created_at.isoformat(), "aliases": list(self.aliases), "disk_mb": self.disk_mb,
                 "backoff": self.backoff, "max_event_age": self.max_event_age, "on_success": self.on_success,
-                "on_failure": self.on_failure}
+                "on_failure": self.on_failure, "provisioned": self.provisioned}
 
 
 def _version_of(row: Any, names: list[str] | None = None) -> FunctionVersion:
     return FunctionVersion(row.function, row.version, row.handler, row.timeout, row.memory_mb, row.concurrency,
                            row.retries, dict(row.env or {}), row.package_key, row.package_sha256,
                            row.requirements or "", aware(row.created_at) or utcnow(), names or [], row.disk_mb,
-                           row.backoff, row.max_event_age, row.on_success, row.on_failure)
+                           row.backoff, row.max_event_age, row.on_success, row.on_failure, row.provisioned or 0)
 
 
 _BY_VERSION = Prepared(select(versions).where(versions.c.function == bindparam("p_function"),
@@ -95,7 +96,7 @@ def add_version(db: Database, function: str, *, handler: str, timeout: float, me
                 concurrency: int | None, retries: int, env: dict[str, str], package_key: str,
                 package_sha256: str, requirements: str, disk_mb: int = 512, backoff: float = 2.0,
                 max_event_age: float = 21600.0, on_success: str | None = None,
-                on_failure: str | None = None) -> FunctionVersion:
+                on_failure: str | None = None, provisioned: int = 0) -> FunctionVersion:
     """Record the next version of ``function`` and point ``live`` at it, in one transaction."""
     with db.session() as s:
         number = (s.scalar(select(func.max(FunctionVersionRow.version))
@@ -103,7 +104,7 @@ def add_version(db: Database, function: str, *, handler: str, timeout: float, me
         row = FunctionVersionRow(function=function, version=number, handler=handler, timeout=timeout,
                                  memory_mb=memory_mb, concurrency=concurrency, retries=retries, env=dict(env),
                                  disk_mb=disk_mb, backoff=backoff, max_event_age=max_event_age,
-                                 on_success=on_success, on_failure=on_failure,
+                                 on_success=on_success, on_failure=on_failure, provisioned=provisioned or None,
                                  package_key=package_key, package_sha256=package_sha256,
                                  requirements=requirements, created_at=db.now(s))
         s.add(row)
@@ -262,5 +263,46 @@ def give_slot(db: Database, function: str, holder: str) -> None:
         _GIVE_SLOT.rowcount(tx, {"p_function": function, "p_holder": holder})
 
 
-__all__ = ["LIVE", "FunctionVersion", "add_version", "dead_letters", "delete_function", "give_slot", "list_versions",
-           "mark_replayed", "new_token", "resolve", "set_alias", "take_slot", "token_matches"]
+# --- provisioned and warm runners -----------------------------------------------------------------
+
+
+_PROVISIONED = Prepared(select(versions.c.function, versions.c.provisioned)
+                        .join(aliases, and_(aliases.c.function == versions.c.function,
+                                            aliases.c.version == versions.c.version))
+                        .where(aliases.c.alias == LIVE, versions.c.provisioned > 0))
+
+
+def provisioned_functions(db: Database) -> dict[str, int]:
+    """Deployed functions whose live version keeps runners warm: how many, by name."""
+    with db.transaction() as tx:
+        return {row.function: row.provisioned for row in _PROVISIONED.rows(tx, {})}
+
+
+def report_runners(db: Database, worker: str, counts: dict[tuple[str, str], int]) -> None:
+    """Say how many runners ``worker`` (a process) holds now, by (function, state); replaces what it said before."""
+    with db.session() as s:
+        s.execute(delete(RunnerCountRow).where(RunnerCountRow.worker == worker))
+        at = db.now(s)
+        for (function, state), count in sorted(counts.items()):
+            s.add(RunnerCountRow(worker=worker, function=function, state=state, count=count, updated_at=at))
+
+
+def forget_runners(db: Database, worker: str) -> None:
+    """``worker`` (a process) is stopping: it holds no runner any more."""
+    with db.session() as s:
+        s.execute(delete(RunnerCountRow).where(RunnerCountRow.worker == worker))
+
+
+def runner_counts(db: Database, fresh_seconds: float) -> dict[tuple[str, str], int]:
+    """Runners every live worker process holds, by (function, state): what each said within ``fresh_seconds``."""
+    with db.reading() as s:
+        since = db.now(s) - timedelta(seconds=fresh_seconds)
+        rows = s.execute(select(RunnerCountRow.function, RunnerCountRow.state, func.sum(RunnerCountRow.count))
+                         .where(RunnerCountRow.updated_at >= since)
+                         .group_by(RunnerCountRow.function, RunnerCountRow.state))
+        return {(function, state): int(total or 0) for function, state, total in rows}
+
+
+__all__ = ["LIVE", "FunctionVersion", "add_version", "dead_letters", "delete_function", "forget_runners", "give_slot",
+           "list_versions", "mark_replayed", "new_token", "provisioned_functions", "report_runners", "resolve",
+           "runner_counts", "set_alias", "take_slot", "token_matches"]

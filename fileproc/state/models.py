@@ -212,6 +212,7 @@ class FunctionVersionRow(Base):
     timeout: Mapped[float] = mapped_column(Seconds, default=60.0)
     memory_mb: Mapped[int] = mapped_column(Integer, default=128)
     concurrency: Mapped[int | None] = mapped_column(Integer, default=None)
+    provisioned: Mapped[int | None] = mapped_column(Integer, default=None)  # runners kept warm per worker
     disk_mb: Mapped[int] = mapped_column(Integer, default=512)  # largest file it may write (Lambda's /tmp: 512 MB)
     retries: Mapped[int] = mapped_column(Integer, default=2)
     backoff: Mapped[float] = mapped_column(Seconds, default=2.0)  # seconds before the first retry, doubling
@@ -251,6 +252,24 @@ class FunctionSlotRow(Base):
     slot: Mapped[int] = mapped_column(Integer, primary_key=True)
     holder: Mapped[str | None] = mapped_column(String(64), default=None)
     until: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class RunnerCountRow(Base):
+    """How many warm runners of a function one worker process holds, as it last said (for ``/metrics``).
+
+    ``worker`` is the process (host and pid); ``state`` is ``provisioned``
+    (kept warm on purpose) or ``warm`` (kept after a step, until idle). A
+    process rewrites its rows every few seconds; rows older than that are a
+    process that is gone.
+    """
+
+    __tablename__ = "runner_counts"
+
+    worker: Mapped[str] = mapped_column(String(128), primary_key=True)
+    function: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class DeadLetterRow(Base):
