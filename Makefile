@@ -1,5 +1,6 @@
 # The two commands a new user needs (see README):
-#   make serve   run fileproc on its embedded default (no servers to install)
+#   make serve   run fileproc on its embedded default (no servers to install);
+#                make serve CONFIG=my.toml runs it with a config file (./fileproc.toml is read by itself)
 #   make test    run the whole test suite
 PYTHON ?= python3
 # An active virtualenv (as .ci/run sets up) is used as it is; otherwise .venv/.
@@ -17,7 +18,7 @@ $(BIN)/fileproc: pyproject.toml
 install: $(BIN)/fileproc
 
 serve: install
-	$(BIN)/fileproc serve
+	$(BIN)/fileproc $(if $(CONFIG),--config $(CONFIG)) serve
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -51,6 +51,7 @@ def build(settings: Settings) -> Service:
     routes.add_source(EventInvocations(settings.functions.bucket))
     service = Service(settings, functions, routes)
     functions.add_source(Catalog(service))
+    registry.also_known(partial(deployed_names, service))  # "unknown function" messages name them too
     registry.check(settings.pipelines, deployed=functions.exists)  # a step may name a deployed function
     check_filters(settings)
     functions.add_kind(RegisteredKind(service))
@@ -60,6 +61,13 @@ def build(settings: Settings) -> Service:
     celery.configure(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return service
+
+
+def deployed_names(service: Service) -> list[str]:
+    """The names of the deployed functions (``fileproc functions list``)."""
+    from fileproc.state.deployments import list_versions
+
+    return sorted({version.function for version in list_versions(service.db)})
 
 
 def check_filters(settings: Settings) -> None:
@@ -89,4 +97,4 @@ def app_from_settings() -> Any:
     return create_app(build(settings), load_tokens(settings))
 
 
-__all__ = ["app_from_settings", "build"]
+__all__ = ["app_from_settings", "build", "deployed_names"]

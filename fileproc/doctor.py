@@ -24,15 +24,36 @@ class Check:
 
 
 def _functions(settings: Settings) -> Check:
-    # The registry alone, not a Service: building one would create the data dir.
+    # The registry alone, not a Service: building one would create the data dir. The deployed
+    # functions are asked of the state database only where it exists already (doctor makes none).
     from fileproc.functions.registry import Registry
 
+    deployed = _deployed(settings)
     try:
-        registry = Registry.for_settings(settings)
+        registry = Registry.loaded(settings)
+        registry.also_known(lambda: deployed)
+        registry.check(settings.pipelines, deployed=lambda name: name.partition(":")[0] in deployed)
     except FileprocError as exc:
         return Check("functions", False, str(exc))
     specs = registry.specs()
-    return Check("functions", True, f"{len(specs)} registered ({', '.join(sorted(specs))}); every step's params valid")
+    more = f"; {len(deployed)} deployed ({', '.join(sorted(deployed))})" if deployed else ""
+    return Check("functions", True, f"{len(specs)} registered ({', '.join(sorted(specs))}){more}; "
+                                    "every step's params valid")
+
+
+def _deployed(settings: Settings) -> set[str]:
+    """The deployed functions' names, from a state database that exists (none when there is none to ask)."""
+    from fileproc.state import Database, sqlite_file
+    from fileproc.state.deployments import list_versions
+
+    path = sqlite_file(settings.database_url)
+    if path is not None and not path.exists():
+        return set()
+    try:
+        return {version.function for version in list_versions(Database(settings.database_url,
+                                                                        timeout=settings.database.timeout))}
+    except FileprocError:  # the database check below says what is wrong with it
+        return set()
 
 
 def _not_yet_made(path: Path) -> str | None:

@@ -86,6 +86,6 @@ def test_the_aws_tutorial_handler_deployed_unchanged_makes_the_resized_copy(tmp_
         assert httpx.get(poll, headers=own, timeout=10).status_code == 200
         assert httpx.post(url.replace("CreateThumbnail", "Other"), json={"bucket": "uploads", "key": "direct.png"},
                           headers=own, timeout=10).status_code == 401  # ...for it alone
-        usage = {json.loads(line)["pipeline"]: json.loads(line)
-                 for line in fileproc(config, "usage", "--by", "pipeline", "--json").stdout.splitlines()}
+        usage = {group["pipeline"]: group for group in json.loads(fileproc(config, "usage", "--by", "pipeline",
+                                                                       "--json").stdout)}
         assert usage["(invoke)"]["requests"] == 3 and usage["resize"]["requests"] == 1

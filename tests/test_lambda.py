@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from fileproc import dispatch
 from fileproc.app import build
@@ -33,6 +34,7 @@ from fileproc.sandbox import isolation
 from fileproc.serverless import packages
 from fileproc.service import Service
 from fileproc.state import Job
+from tests.helpers import image_bytes
 from tests.procs import Process, wait_for, write_config
 
 SAMPLES = Path(__file__).parent / "lambda_functions"
@@ -274,18 +276,17 @@ def test_deploy_rollback_and_pinned_versions_reach_a_running_worker(tmp_path: Pa
     # Usage, checked against the attempts recorded: GB-seconds = billed seconds x configured GB, summed.
     attempts = [a for job in service.db.list_jobs() for a in job.attempts]
     assert len(attempts) == 5 and all(a.billed_ms and a.memory_mb == 128 for a in attempts)
-    (usage,) = [json.loads(line) for line in fileproc(config, "usage", "--json").splitlines()]
+    (usage,) = json.loads(fileproc(config, "usage", "--json"))  # one array (README, CLI conventions)
     billed = sum(a.billed_ms or 0 for a in attempts)
     gb_seconds = sum((a.billed_ms or 0) / 1000 * 128 / 1024 for a in attempts)
     assert usage["function"] == "peek" and usage["requests"] == 5 and usage["billed_ms"] == billed
     assert usage["gb_seconds"] == pytest.approx(gb_seconds)
     assert usage["cost"] == pytest.approx(5 * 0.0000002 + gb_seconds * 0.0000166667)
     assert usage["cold_starts"] == sum(1 for a in attempts if a.cold_start) >= 2  # one runner per version
-    by_pipeline = {json.loads(line)["pipeline"]: json.loads(line)["requests"]
-                   for line in fileproc(config, "usage", "--json", "--by", "pipeline").splitlines()}
+    by_pipeline = {group["pipeline"]: group["requests"]
+                   for group in json.loads(fileproc(config, "usage", "--json", "--by", "pipeline"))}
     assert by_pipeline == {"p": 4, "pinned": 1}
-    (today,) = [json.loads(line) for line in fileproc(config, "usage", "--by", "day", "--since", "1d", "--json")
-                .splitlines()]
+    (today,) = json.loads(fileproc(config, "usage", "--by", "day", "--since", "1d", "--json"))
     assert today["day"] == attempts[0].started_at.strftime("%Y-%m-%d") and today["requests"] == 5
     assert fileproc(config, "usage", "--since", "2999-01-01").strip() == "nothing ran"
     table = fileproc(config, "usage", "--pipeline", "pinned")
@@ -347,23 +348,29 @@ def test_functions_new_scaffolds_a_handler_that_deploys_and_runs(tmp_path: Path,
     fileproc(config, "functions", "new", "hello")
     event = json.loads((tmp_path / "hello" / "event.json").read_text())
     assert event["Records"][0]["s3"]["object"]["key"] == "photos/my+cat.jpg"
-    deploy(config, tmp_path / "hello", "hello", "lambda_function.lambda_handler")
+    deploy(config, tmp_path / "hello", "hello", "lambda_function.lambda_handler", "--env", "SIZE=64")
     service = service_for(config)
-    done = run(service, upload(service, "my file.txt"))
+    photo = image_bytes(300, 200)
+    done = run(service, upload(service, "my file.jpg", photo))
     assert done.status == "succeeded", done.attempts
-    assert json.loads(done.attempts[0].result["body"])["keys"] == ["my file.txt"]
-    assert "\tnew object s3://inbox/my file.txt (5 bytes)" in (done.attempts[0].log or "")
-    printed = fileproc(config, "invoke", "hello", "--bucket", "inbox", "--key", "my file.txt")
-    assert '"statusCode": 200' in printed and "REPORT RequestId: invoke-" in printed
+    (output,) = done.outputs  # the scaffold resizes, through context.output
+    assert done.attempts[0].result == {"bucket": output.bucket, "key": output.key, "size": output.size}
+    assert output.key.endswith("my file-64.jpg")
+    with Image.open(service.storage.open(output.bucket, output.key)) as made:
+        assert made.size == (64, 43)
+    assert "\tresized s3://inbox/my file.jpg to " in (done.attempts[0].log or "")
+    printed = fileproc(config, "invoke", "hello", "--bucket", "inbox", "--key", "my file.jpg")
+    # Under functions.bucket's invocations/, where no pipeline looks (not beside the object).
+    assert '"key": "invocations/hello/my file.jpg/my file-64.jpg"' in printed and "REPORT RequestId: invoke-" in printed
     event = tmp_path / "event.json"
-    event.write_text(json.dumps({"Records": [{"s3": {"bucket": {"name": "inbox"}, "object": {"key": "my+file.txt"}}}]}))
-    assert "my file.txt" in fileproc(config, "invoke", "hello", "--event", str(event))
+    event.write_text(json.dumps({"Records": [{"s3": {"bucket": {"name": "inbox"}, "object": {"key": "my+file.jpg"}}}]}))
+    assert "my file.jpg" in fileproc(config, "invoke", "hello", "--event", str(event))
     assert json.loads(fileproc(config, "functions", "show", "hello"))["handler"] == "lambda_function.lambda_handler"
 
     follow = Process(config, ["logs", "hello", "--follow"], tmp_path / "follow.log")
     try:
-        wait_for(lambda: "my file.txt" in follow.log.read_text(), 30, "the logged invocation", follow)
-        later = run(service, upload(service, "later.txt"))
+        wait_for(lambda: "my file.jpg" in follow.log.read_text(), 30, "the logged invocation", follow)
+        later = run(service, upload(service, "later.jpg", photo))
         request_id = f"{later.id}-0-{later.attempts[0].id}"
         wait_for(lambda: f"END RequestId: {request_id}" in follow.log.read_text(), 30, "the new invocation", follow)
     finally:

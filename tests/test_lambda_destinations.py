@@ -85,8 +85,7 @@ def test_retries_dead_letters_replay_and_destinations(tmp_path: Path,
     failed = run(service, job)
     assert failed.status == "failed" and [a.status for a in failed.attempts] == ["failed", "failed"]
 
-    (letter,) = [json.loads(line) for line in fileproc(config, "functions", "dead-letters", "peek", "--json")
-                 .splitlines()]
+    (letter,) = json.loads(fileproc(config, "functions", "dead-letters", "peek", "--json"))
     assert letter["job"] == job.id and letter["condition"] == "RetriesExhausted" and letter["version"] == "1"
     assert "asked to fail" in letter["error"]
     record = letter["record"]
@@ -101,7 +100,8 @@ def test_retries_dead_letters_replay_and_destinations(tmp_path: Path,
     assert received[0]["path"] == "/failed" and received[0]["body"] == record
 
     # Fixed in version 2, then the dead letter is replayed: it succeeds, and on-success hears of it.
-    deploy(config, tmp_path / "probe", "peek", "app.handler", "--on-success", f"{url}/ok")
+    # (A redeploy keeps the configuration no flag changes, as Lambda's update-function-code: MODE=fail goes.)
+    deploy(config, tmp_path / "probe", "peek", "app.handler", "--clear-env", "--on-success", f"{url}/ok")
     assert "job" in fileproc(config, "retry", "--dead-letters", "--function", "peek")
     assert "no dead letters to replay" in fileproc(config, "retry", "--dead-letters")
     replayed = run(service, job)
@@ -121,12 +121,13 @@ def test_an_event_past_its_maximum_age_is_dead_lettered_untried(tmp_path: Path) 
     done = run(service, job)
     assert done.status == "failed" and "past its maximum age of 60 s: not tried again" in (done.error or "")
     assert done.attempts[0].duration_ms is None  # the handler never ran
-    (letter,) = [json.loads(line) for line in fileproc(config, "functions", "dead-letters", "--json").splitlines()]
+    (letter,) = json.loads(fileproc(config, "functions", "dead-letters", "--json"))
     assert letter["condition"] == "EventAgeExceeded"
 
 
 def deliveries(config: Path, *options: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in fileproc(config, "functions", "deliveries", "--json", *options).splitlines()]
+    found: list[dict[str, Any]] = json.loads(fileproc(config, "functions", "deliveries", "--json", *options))
+    return found
 
 
 def test_a_record_the_destination_could_not_take_is_delivered_by_the_relay_once_it_is_up(tmp_path: Path) -> None:

@@ -190,11 +190,11 @@ def test_a_warm_runner_is_replaced_before_its_credentials_could_expire_mid_step(
     assert renewed.cold_start
 
     # Invoked on an object no pipeline of it reads: the bucket it names is readable for that run, and
-    # its outputs go where the invocation puts them (`fileproc invoke`: beside the object; over HTTP:
-    # functions.bucket's invocations folder, the one place of it a function may write).
+    # its outputs go to functions.bucket's invocations folder (`fileproc invoke` and over HTTP alike), the
+    # one place of it a function may write.
     out = fileproc(config, "invoke", "who", "--bucket", "other-c", "--key", "named.txt")
     assert "named by the invocation" in out
-    assert read_from_s3(client, "other-c", "invoke/who/named.txt/seen.txt") == b"seen"
+    assert read_from_s3(client, service.settings.functions.bucket, "invocations/who/named.txt/seen.txt") == b"seen"
     info = service.storage.head("other-c", "named.txt")
     ((job, _),) = service.db.create_jobs([("_invoke.sync.who.0123456789abcdef",
                                            event_for("other-c", "named.txt", info, source="invoke"))], sending=True)

@@ -16,10 +16,23 @@ if TYPE_CHECKING:  # the heavy parts are imported when a command needs them: `--
 
 
 class State:
+    """What the commands of one run share: the config file (found once), the settings and service (made on use)."""
+
     def __init__(self, config: Path | None) -> None:
-        self.config = config
+        self._given = config
+        self._config: Path | None = None
+        self._found = False
         self._settings: Settings | None = None
         self._service: Service | None = None
+
+    @property
+    def config(self) -> Path | None:
+        """--config, else $FILEPROC_CONFIG, else ./fileproc.toml when there is one (found on first use)."""
+        if not self._found:
+            from fileproc.config import find_config
+
+            self._config, self._found = find_config(self._given), True
+        return self._config
 
     @property
     def settings(self) -> Settings:
@@ -61,7 +74,8 @@ def one_line(text: str) -> str:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "-c", type=click.Path(path_type=Path, dir_okay=False),
-              help="Config file (TOML or YAML); default: $FILEPROC_CONFIG, else none (the embedded demo setup).")
+              help="Config file (TOML or YAML); default: $FILEPROC_CONFIG, else ./fileproc.toml if there is one, "
+                   "else none (the embedded demo setup).")
 @click.version_option(__version__, prog_name="fileproc")
 @click.pass_context
 def cli(ctx: click.Context, config: Path | None) -> None:
@@ -74,3 +88,33 @@ def cli(ctx: click.Context, config: Path | None) -> None:
         fileproc jobs
     """
     ctx.obj = State(config)
+
+
+def broker_answers(settings: Settings, timeout: float = 0.5) -> bool:
+    """Whether the broker accepts a connection now, asked in at most ``timeout`` seconds.
+
+    A command that queues work (``put``, ``backfill``) asks first: the
+    broker's client would otherwise retry for 7-8 s before giving up, when
+    `fileproc serve` (and its embedded broker) is simply not running. The
+    work is recorded either way, and the relay of the next fileproc to start
+    sends it. Schemes it cannot probe count as answering.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    from fileproc.runtime.app import embedded_socket
+
+    try:
+        if settings.embedded_broker:
+            with socket.socket(socket.AF_UNIX) as probe:
+                probe.settimeout(timeout)
+                probe.connect(embedded_socket(settings))
+            return True
+        url = urlsplit(settings.broker.url.get_secret_value())
+        ports = {"redis": 6379, "rediss": 6379, "amqp": 5672, "amqps": 5671, "pyamqp": 5672}
+        if url.scheme not in ports or not url.hostname:
+            return True
+        socket.create_connection((url.hostname, url.port or ports[url.scheme]), timeout=timeout).close()
+    except OSError:
+        return False
+    return True

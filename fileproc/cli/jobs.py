@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from fileproc.cli.base import State, cli, one_line, pass_state
+from fileproc.cli.base import State, broker_answers, cli, one_line, pass_state
 
 if TYPE_CHECKING:  # the heavy parts are imported when a command needs them: `--version` stays fast
     from fileproc.service import Service
@@ -31,13 +30,18 @@ def _split_target(target: str) -> tuple[str, str]:
 @click.option("--content-type", default=None, help="Content type (default: guessed from the name).")
 @click.option("--wait", is_flag=True, help="Wait for the upload's jobs to finish and show what they made.")
 @click.option("--timeout", type=float, default=300, show_default=True, help="Longest --wait, in seconds.")
+@click.option("--create-bucket", is_flag=True, help="Make BUCKET if it does not exist (else refused: a typo).")
 @pass_state
-def put(state: State, file: Path, target: str, content_type: str | None, wait: bool, timeout: float) -> None:
+def put(state: State, file: Path, target: str, content_type: str | None, wait: bool, timeout: float,
+        create_bucket: bool) -> None:
     """Upload FILE to BUCKET/KEY; it is processed like any other upload.
 
     Says which jobs it started, or which job already processed the same
     content. With --wait, waits for them (a running `fileproc serve` or
-    worker does the work) and exits with status 1 if one failed.
+    worker does the work) and exits with status 1 if one failed. A bucket
+    that does not exist is refused unless --create-bucket. With no broker
+    answering (serve not running), the jobs stay queued for the next start
+    and it says so at once (--wait: exit status 1).
 
     \b
     Example:
@@ -47,8 +51,15 @@ def put(state: State, file: Path, target: str, content_type: str | None, wait: b
 
     bucket, key = _split_target(target)
     service = state.service
-    service.storage.ensure_bucket(bucket)
+    if create_bucket or bucket in _pipeline_buckets(service):  # one serve would make: no typo
+        service.storage.ensure_bucket(bucket)
+    elif not _bucket_exists(service, bucket, key):
+        raise click.ClickException(one_line(f"no bucket {bucket!r} (of {', '.join(_buckets(service)) or 'none'}); "
+                                            "--create-bucket makes it"))
     info = service.storage.put(bucket, key, file, content_type=content_type)
+    answers = broker_answers(state.settings)
+    if not answers:
+        queue_only(service)
     # Described from a HEAD, as every other source describes it (metadata, version id, time).
     results = service.submit([event_for(bucket, key, service.storage.head(bucket, key, info.version_id),
                                         source="put")])
@@ -64,11 +75,74 @@ def put(state: State, file: Path, target: str, content_type: str | None, wait: b
                        + (f"; `fileproc retry {job.id}` runs it again" if job.status == "failed" else ""))
         else:
             click.echo(f"already under way as job {job.id} ({job.status}): {job.pipeline}")
+    waiting = [item.job.id for item in results if item.job.status not in FINISHED]
+    if waiting and not answers:
+        click.echo(NOT_RUNNING, err=True)
+        if wait:
+            raise click.ClickException(f"job(s) {', '.join(map(str, waiting))} cannot finish while nothing runs them")
     if wait and results:
+        if not _worker_heard(service):
+            click.echo("warning: no worker has reported in the last 30 s (is `fileproc serve` or `fileproc worker` "
+                       f"running?); waiting up to {timeout:g} s anyway", err=True)
         _wait_for(service, [item.job.id for item in results], timeout)
 
 
 FINISHED = ("succeeded", "failed", "skipped")
+NOT_RUNNING = ("the broker does not answer (is `fileproc serve` running?): the jobs stay queued until the broker is "
+               "back; the next fileproc to start (serve, api or worker) sends them")
+
+
+def _bucket_exists(service: Service, bucket: str, key: str) -> bool:
+    from fileproc.errors import BucketNotFound, ObjectNotFound
+
+    try:
+        service.storage.head(bucket, key)
+    except BucketNotFound:
+        return False
+    except ObjectNotFound:
+        pass
+    return True
+
+
+def _pipeline_buckets(service: Service) -> set[str]:
+    """The buckets the configured pipelines watch by name (`fileproc serve` makes them at start)."""
+    return {p.match.bucket for p in service.pipelines.values() if not any(c in p.match.bucket for c in "*?[")}
+
+
+def _buckets(service: Service) -> list[str]:
+    from fileproc.errors import StorageError
+
+    try:
+        return sorted(service.storage.list_buckets())[:10]
+    except StorageError:
+        return []
+
+
+def _worker_heard(service: Service) -> bool:
+    """Whether some worker beat recently (its heartbeat row), on any host."""
+    from fileproc.errors import FileprocError
+    from fileproc.state.heartbeats import workers
+
+    try:
+        return any(not worker.silent for worker in workers(service.db))
+    except FileprocError:
+        return True  # cannot tell: say nothing
+
+
+def queue_only(service: Service) -> None:
+    """Make ``service.submit`` record jobs without sending them (they are due at once for the next relay).
+
+    For a command run while the broker does not answer: its client would
+    retry for seconds per batch before giving up, to the same end.
+    """
+    submit = service.submit
+
+    def record(events: Any, *, send: bool = True, completed: bool = False) -> list[Any]:
+        results = submit(events, send=False, completed=completed)
+        service.db.unsend([item.job.id for item in results if item.created])
+        return results
+
+    service.submit = record
 
 
 def _wait_for(service: Service, job_ids: list[int], timeout: float) -> None:
@@ -98,8 +172,10 @@ def _wait_for(service: Service, job_ids: list[int], timeout: float) -> None:
 @click.argument("target")
 @click.option("--event", "event_name", default="s3:ObjectCreated:Put", show_default=True, help="Event type.")
 @click.option("--size", type=int, default=None, help="Object size to match against, in bytes.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON array: each pipeline with matched, reason (the rule that said no), steps, output.")
 @pass_state
-def match_cmd(state: State, target: str, event_name: str, size: int | None) -> None:
+def match_cmd(state: State, target: str, event_name: str, size: int | None, as_json: bool) -> None:
     """Show which pipelines (and steps) BUCKET/KEY would go through. Runs nothing.
 
     \b
@@ -112,6 +188,15 @@ def match_cmd(state: State, target: str, event_name: str, size: int | None) -> N
     bucket, key = _split_target(target)
     event = ObjectEvent(bucket=bucket, key=key, event_name=event_name, size=size, source="match")
     found = match(state.settings.pipelines, event)
+    if as_json:
+        rows = []
+        for pipeline, reason in verdicts(state.settings.pipelines, event):
+            example = render_key(pipeline.output.key, pipeline=pipeline.name, bucket=bucket, key=key, name="NAME")
+            rows.append({"pipeline": pipeline.name, "matched": reason is None, "reason": reason,
+                         "steps": [{"function": step.function, "params": step.params} for step in pipeline.steps],
+                         "output": {"bucket": pipeline.output.bucket.replace("{bucket}", bucket), "key": example}})
+        click.echo(json.dumps(rows, indent=2))
+        return
     if not found:
         click.echo(one_line(f"{bucket}/{key}: no pipeline matches"))
         for pipeline, reason in verdicts(state.settings.pipelines, event):
@@ -224,8 +309,23 @@ def retry(state: State, job_id: int | None, failed: bool, dead_letters: bool, fu
             raise click.ClickException(f"no job {job_id}")
         click.echo(f"job {job_id}: {found.status}")
         return
-    for job in dispatch.retry_failed(state.service):
+    from fileproc.progress import progress_bar
+
+    ids = state.service.db.failed_job_ids()
+    retried = []
+    with progress_bar(total=len(ids), unit=" jobs", desc="retry") as advance:
+        for start in range(0, len(ids), RETRY_BATCH):
+            chunk = ids[start:start + RETRY_BATCH]
+            retried += dispatch.retry_failed(state.service, chunk)
+            advance(len(chunk))
+    for job in retried:
         click.echo(f"job {job.id}: {job.status}")
+    if not retried:
+        click.echo("no failed jobs")
+
+
+RETRY_BATCH = 100
+"""Failed jobs reset per relay pass by `retry --failed` (the bar moves between passes)."""
 
 
 @cli.command()
@@ -241,14 +341,19 @@ def backfill(state: State, bucket: str, prefix: str) -> None:
     Example:
         fileproc backfill uploads --prefix 2026/
     """
-    from tqdm import tqdm
-
     from fileproc.intake.backfill import backfill as run
+    from fileproc.progress import progress_bar
 
-    with tqdm(unit=" objects", disable=not sys.stderr.isatty()) as bar:
-        report = run(state.service, bucket, prefix, progress=bar.update)
+    service = state.service
+    answers = broker_answers(state.settings)
+    if not answers:
+        queue_only(service)
+    with progress_bar(unit=" objects", desc=f"backfill {bucket}") as advance:
+        report = run(service, bucket, prefix, progress=advance)
     click.echo(f"listed {report.listed}, matched {report.matched}: {report.queued} queued, "
                f"{report.retried} retried, {report.already} already done or under way")
+    if report.queued and not answers:
+        click.echo(NOT_RUNNING, err=True)
 
 
 def _drift_line(drift: Any) -> str:
@@ -324,6 +429,11 @@ def why(state: State, target: str, as_json: bool) -> None:
     found = explain(state.service, bucket, key)
     if as_json:
         click.echo(json.dumps(found.to_dict(), indent=2))
-        return
-    for line in render(found):
-        click.echo(one_line(line))
+    else:
+        for line in render(found):
+            click.echo(one_line(line))
+    unreachable = found.storage_error or next(
+        (output["storage_error"] for job in found.jobs for output in job.get("outputs", [])
+         if output.get("storage_error")), None)
+    if unreachable:  # half an answer: what storage holds is unknown
+        raise click.ClickException(one_line(f"incomplete: {unreachable}"))

@@ -83,16 +83,23 @@ def reindex(state: State, check: bool, as_json: bool) -> None:
     Example:
         fileproc reindex --check && fileproc reindex
     """
+    from fileproc.progress import working
     from fileproc.search.indexer import Indexer
 
     indexer = Indexer(state.service)
-    with indexer.writing(wait=True):
+    with indexer.writing(wait=False) as writer:  # never a silent wait on a running indexer's lock
         if not check:
-            count = indexer.rebuild()
-            indexer.catch_up()
+            if not writer:
+                raise click.ClickException(BUSY + ": stop it first, then run `fileproc reindex` again")
+            with working("rebuilding the search index"):
+                count = indexer.rebuild()
+                indexer.catch_up()
             click.echo(json.dumps({"documents": count}) if as_json else f"rebuilt the index: {count} document(s)")
             return
-        indexer.catch_up()
+        if writer:
+            indexer.catch_up()
+        else:  # the running indexer keeps it up to date: compared as it stands
+            click.echo(f"note: {BUSY}; comparing the index as it stands", err=True)
         found = indexer.check()
     if as_json:
         click.echo(json.dumps(found.to_dict(), indent=2))
@@ -105,6 +112,10 @@ def reindex(state: State, check: bool, as_json: bool) -> None:
                 click.echo(one_line(f"{name}: {len(items)} ({', '.join(items[:5])}{more})"))
     if not found.agrees:
         raise click.ClickException("the index and storage disagree; `fileproc reindex` rebuilds it")
+
+
+BUSY = ("this host's search index is being written by a running fileproc (the indexer of `fileproc serve` or "
+        "`fileproc api`)")
 
 
 @cli.command("logs-summary")

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from fileproc.errors import ConfigError, FunctionNotFound
+from fileproc.errors import ConfigError, FileprocError, FunctionNotFound
 from fileproc.functions import FunctionSpec, declared_spec
 from fileproc.rules import Pipeline, Step
 
@@ -60,6 +60,7 @@ class Registry:
     def __init__(self) -> None:
         self._specs: dict[str, FunctionSpec] = {}
         self._modules: dict[Path, ModuleType] = {}  # functions.paths files this registry imported
+        self._elsewhere: Callable[[], Iterable[str]] = tuple  # names known outside it (deployed functions)
 
     # --- reading -----------------------------------------------------------------------
 
@@ -78,7 +79,17 @@ class Registry:
         return dict(self._specs)
 
     def known(self) -> str:
-        return ", ".join(sorted(self._specs)) or "none"
+        """The names an "unknown function" message lists: registered ones, then those known elsewhere."""
+        registered = ", ".join(sorted(self._specs)) or "none"
+        try:
+            others = sorted(set(self._elsewhere()) - set(self._specs))
+        except FileprocError:  # no database to ask: name what is known here
+            others = []
+        return registered + (f"; deployed: {', '.join(others)}" if others else "")
+
+    def also_known(self, names: Callable[[], Iterable[str]]) -> None:
+        """Name ``names()`` (the deployed functions, say) in "unknown function" messages too."""
+        self._elsewhere = names
 
     # --- filling -----------------------------------------------------------------------
 

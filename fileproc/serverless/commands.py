@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from fileproc.errors import ConfigError, FunctionNotFound
+from fileproc.serverless.configuration import configuration_options, given
 
 if TYPE_CHECKING:
     from fileproc.config import Settings
@@ -71,33 +72,20 @@ def new(name: str, force: bool) -> None:
 @functions.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--name", required=True, help="The function's name (letters, digits, '-', '_').")
-@click.option("--handler", required=True, help="MODULE.FUNCTION, Lambda's notation: lambda_function.lambda_handler.")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True, help="Seconds.")
-@click.option("--memory", type=click.IntRange(min=16), default=128, show_default=True, help="MB.")
-@click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Reserved concurrency (recorded).")
-@click.option("--disk", type=click.IntRange(min=1), default=512, show_default=True,
-              help="MB: the largest file the function may write (Lambda's /tmp default: 512).")
-@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Re-runs after a failure that may pass (Lambda's asynchronous default: 2).")
-@click.option("--backoff", type=click.FloatRange(min=0), default=2.0, show_default=True,
-              help="Seconds before the first retry; doubled for each next one.")
-@click.option("--max-event-age", type=click.FloatRange(min=1), default=21600, show_default=True,
-              help="Seconds: an event older than this is not tried again (dead-lettered). Lambda's default: 6 h.")
-@click.option("--on-success", default=None, help="URL POSTed Lambda's destination record after a success.")
-@click.option("--on-failure", default=None, help="URL POSTed Lambda's destination record after the last failure.")
-@click.option("--env", "env", multiple=True, help="KEY=VALUE for the function's environment (repeatable).")
-@click.option("--requirements", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="A requirements.txt installed for this version (pip install --target).")
+@click.option("--handler", default=None,
+              help="MODULE.FUNCTION, Lambda's notation: lambda_function.lambda_handler (kept unless given).")
+@configuration_options
 @click.pass_context
-def deploy(ctx: click.Context, path: Path, name: str, handler: str, timeout: float, memory: int,
-           concurrency: int | None, disk: int, retries: int, backoff: float, max_event_age: float,
-           on_success: str | None, on_failure: str | None, env: tuple[str, ...], requirements: Path | None) -> None:
+def deploy(ctx: click.Context, path: Path, name: str, handler: str | None, **flags: Any) -> None:
     """Deploy PATH (a file or a folder) as a new version of NAME and make it live.
 
     The package goes to storage (every host loads it from there), its
     requirements are installed on this host first (a bad one fails the
     deploy), and the `live` alias moves to the new version: running workers
-    pick it up within functions.alias_seconds.
+    pick it up within functions.alias_seconds. As Lambda's update-function-code,
+    a new version keeps the live one's configuration (handler, memory,
+    timeout, env, requirements...) except what a flag changes, and says what
+    changed; `fileproc functions update-config` changes configuration alone.
 
     \b
     Example:
@@ -106,21 +94,17 @@ def deploy(ctx: click.Context, path: Path, name: str, handler: str, timeout: flo
     """
     from fileproc.serverless import packages
     from fileproc.serverless.names import NAME
-    from fileproc.state.deployments import add_version
 
     if not NAME.match(name):
         raise ConfigError(f"--name {name!r}: letters, digits, '-' and '_' (at most 64)")
-    for url in (on_success, on_failure):
-        if url and not url.startswith(("http://", "https://")):
-            raise ConfigError(f"{url!r}: a destination is an http:// or https:// URL")
+    config = given(**flags)
+    settings, db, storage = parts(ctx)
+    live = _live(db, name)
+    handler = handler or (live.handler if live else None)
+    if handler is None:
+        raise click.UsageError("--handler is required for a function's first version (MODULE.FUNCTION)")
     if not HANDLER.match(handler):
         raise ConfigError(f"--handler {handler!r}: give MODULE.FUNCTION, e.g. lambda_function.lambda_handler")
-    variables = {}
-    for item in env:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--env {item!r}: give KEY=VALUE")
-        variables[key] = value
     module = handler.rpartition(".")[0]
     package = packages.build(path)
     files = _names(package)
@@ -128,16 +112,80 @@ def deploy(ctx: click.Context, path: Path, name: str, handler: str, timeout: flo
     if not wanted & files:
         raise ConfigError(f"--handler {handler!r}: the package has no module {module!r} "
                           f"(it holds {', '.join(sorted(files)[:5])})")
-    text = requirements.read_text() if requirements else ""
-    settings, db, storage = parts(ctx)
     key, digest = packages.store(storage, settings.functions.bucket, name, package)
-    packages.install(storage, settings.functions.bucket, key,
-                     packages.folder_for(settings.data_dir.resolve(), name, digest, text), text, sha256=digest)
-    version = add_version(db, name, handler=handler, timeout=timeout, memory_mb=memory, concurrency=concurrency,
-                          retries=retries, env=variables, package_key=key, package_sha256=digest, requirements=text,
-                          disk_mb=disk, backoff=backoff, max_event_age=max_event_age, on_success=on_success,
-                          on_failure=on_failure)
-    click.echo(f"deployed {name} version {version.version} (live): {handler}, {memory} MB, {timeout:g} s")
+    _publish(ctx, db, name, live, {"handler": handler, **config}, key, digest, code=True)
+
+
+def _live(db: Database, name: str) -> Any:
+    """NAME's live version, or None before its first deploy."""
+    from fileproc.state.deployments import LIVE, list_versions
+
+    return next((v for v in list_versions(db, name) if LIVE in v.aliases), None)
+
+
+def _publish(ctx: click.Context, db: Database, name: str, live: Any, flags: dict[str, Any], key: str, digest: str,
+             *, code: bool) -> None:
+    """Install and record the next version of NAME (``flags`` over the live one's configuration); say what changed."""
+    from fileproc.serverless import packages
+    from fileproc.serverless.configuration import changes, merged
+    from fileproc.state.deployments import add_version
+
+    settings, _, storage = parts(ctx)
+    handler = flags.pop("handler", None) or live.handler
+    config = merged(live, flags)
+    text = config["requirements"]
+    folder = packages.folder_for(settings.data_dir.resolve(), name, digest, text)
+    _install(storage, settings.functions.bucket, key, folder, text, digest)
+    version = add_version(db, name, handler=handler, package_key=key, package_sha256=digest, **config)
+    click.echo(f"deployed {name} version {version.version} (live): {handler}, {version.memory_mb} MB, "
+               f"{version.timeout:g} s")
+    if live is not None:
+        said = changes(live, config) + ([f"handler {live.handler} -> {handler}"] if handler != live.handler else [])
+        code_changed = code and digest != live.package_sha256
+        what = ([("code changed" if code_changed else "code unchanged")] if code else []) + said
+        click.echo(f"from version {live.version}: " + ("; ".join(what) if what else "nothing changed"))
+
+
+def _install(storage: Storage, bucket: str, key: str, folder: Path, text: str, digest: str) -> None:
+    """Install the version's package on this host; with requirements, under a progress indicator on a terminal."""
+    import sys
+
+    from fileproc.serverless import packages
+
+    if not text.strip() or folder.exists() or not sys.stderr.isatty():
+        packages.install(storage, bucket, key, folder, text, sha256=digest)
+        return
+    from fileproc.progress import working
+
+    with working("installing requirements"):
+        packages.install(storage, bucket, key, folder, text, sha256=digest)
+
+
+@functions.command("update-config")
+@click.argument("name")
+@click.option("--handler", default=None, help="MODULE.FUNCTION in the same package (kept unless given).")
+@configuration_options
+@click.pass_context
+def update_config(ctx: click.Context, name: str, handler: str | None, **flags: Any) -> None:
+    """Change NAME's configuration alone: a new version with the live one's package, made live.
+
+    As Lambda's update-function-configuration: what no flag names is kept.
+    Prints what changed.
+
+    \b
+    Example:
+        fileproc functions update-config resize --memory 512 --env SIZE=256
+    """
+    config = given(**flags)
+    if handler is not None and not HANDLER.match(handler):
+        raise ConfigError(f"--handler {handler!r}: give MODULE.FUNCTION, e.g. lambda_function.lambda_handler")
+    _, db, _ = parts(ctx)
+    live = _live(db, name)
+    if live is None:
+        raise FunctionNotFound(f"no deployed function {name!r} (see `fileproc functions list`)")
+    if not config and handler is None:
+        raise click.UsageError("give at least one setting to change (see --help)")
+    _publish(ctx, db, name, live, {"handler": handler, **config}, live.package_key, live.package_sha256, code=False)
 
 
 def _names(package: bytes) -> set[str]:
@@ -179,15 +227,17 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
 
 @functions.command()
 @click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (what it prints anyway: every show takes --json).")
 @click.pass_context
-def show(ctx: click.Context, name: str) -> None:
+def show(ctx: click.Context, name: str, as_json: bool) -> None:
     """Everything about NAME's live version, as JSON.
 
     \b
     Example:
         fileproc functions show resize
     """
-    from fileproc.state.deployments import LIVE, list_versions
+    from fileproc.runtime.slots import RUNNERS_FRESH_SECONDS
+    from fileproc.state.deployments import LIVE, list_versions, runner_counts
     from fileproc.state.function_urls import get_url
 
     settings, db, _ = parts(ctx)
@@ -195,15 +245,18 @@ def show(ctx: click.Context, name: str) -> None:
         if LIVE in version.aliases:
             function_url = get_url(db, name)
             url = {**function_url.to_dict(), "url": url_of(settings, name)} if function_url else None
-            click.echo(json.dumps({**version.to_dict(), "function_url": url}, indent=2))
+            counts = runner_counts(db, RUNNERS_FRESH_SECONDS)  # what the workers hold now, on every host
+            runners = {state: counts.get((name, state), 0) for state in ("provisioned", "warm")}
+            click.echo(json.dumps({**version.to_dict(), "function_url": url, "runners": runners}, indent=2))
             return
     raise FunctionNotFound(f"no deployed function {name!r}")
 
 
 @functions.command()
 @click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of the versions, oldest first.")
 @click.pass_context
-def versions(ctx: click.Context, name: str) -> None:
+def versions(ctx: click.Context, name: str, as_json: bool) -> None:
     """Every version of NAME, with the aliases pointing at each.
 
     \b
@@ -216,6 +269,9 @@ def versions(ctx: click.Context, name: str) -> None:
     found = list_versions(db, name)
     if not found:
         raise FunctionNotFound(f"no deployed function {name!r}")
+    if as_json:
+        click.echo(json.dumps([v.to_dict() for v in found], indent=2))
+        return
     for v in found:
         aliases = f"  [{', '.join(v.aliases)}]" if v.aliases else ""
         click.echo(f"v{v.version}  {v.created_at:%Y-%m-%d %H:%M:%S}  {v.handler}  {v.memory_mb} MB  "
@@ -354,15 +410,13 @@ def _origins(given: str) -> list[str]:
 
 def replay_dead_letters(service: Any, function: str | None) -> None:
     """``fileproc retry --dead-letters``: run each dead letter's job again, once."""
-    from fileproc import dispatch
-    from fileproc.state.deployments import dead_letters, mark_replayed
+    from fileproc.serverless.destinations import redrive
+    from fileproc.state.deployments import dead_letters
 
     letters = dead_letters(service.db, function)
     if not letters:
         click.echo("no dead letters to replay")
-    for letter in letters:
-        job = dispatch.retry(service, letter["job"])
-        mark_replayed(service.db, letter["id"])
+    for letter, job in redrive(service, letters):
         status = job.status if job is not None else "gone"
         click.echo(f"dead letter {letter['id']} ({letter['function']}, {letter['condition']}): job {letter['job']} "
                    f"{status}")
@@ -371,7 +425,7 @@ def replay_dead_letters(service: Any, function: str | None) -> None:
 @functions.command("dead-letters")
 @click.argument("name", required=False)
 @click.option("--all", "everything", is_flag=True, help="Those already replayed too.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line (with Lambda's destination record).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array (each with Lambda's destination record).")
 @click.pass_context
 def dead_letters_cmd(ctx: click.Context, name: str | None, everything: bool, as_json: bool) -> None:
     """Events deployed functions failed for good (retries exhausted or too old).
@@ -385,19 +439,20 @@ def dead_letters_cmd(ctx: click.Context, name: str | None, everything: bool, as_
     from fileproc.state.deployments import dead_letters
 
     _, db, _ = parts(ctx)
-    for letter in dead_letters(db, name, replayed=everything):
-        if as_json:
-            click.echo(json.dumps(letter))
-        else:
-            replayed = f" (replayed {letter['replayed_at']})" if letter["replayed_at"] else ""
-            click.echo(f"{letter['id']}  {letter['created_at']}  {letter['function']}:v{letter['version']}  "
-                       f"job {letter['job']}  {letter['condition']}: {letter['error']}{replayed}")
+    found = dead_letters(db, name, replayed=everything)
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    for letter in found:
+        replayed = f" (replayed {letter['replayed_at']})" if letter["replayed_at"] else ""
+        click.echo(f"{letter['id']}  {letter['created_at']}  {letter['function']}:v{letter['version']}  "
+                   f"job {letter['job']}  {letter['condition']}: {letter['error']}{replayed}")
 
 
 @functions.command("deliveries")
 @click.argument("name", required=False)
 @click.option("--all", "everything", is_flag=True, help="Those delivered too.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line (with Lambda's destination record).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array (each with Lambda's destination record).")
 @click.pass_context
 def deliveries_cmd(ctx: click.Context, name: str | None, everything: bool, as_json: bool) -> None:
     """Destination records not delivered yet (pending, or given up after 24 hours), with their last error.
@@ -409,10 +464,11 @@ def deliveries_cmd(ctx: click.Context, name: str | None, everything: bool, as_js
     from fileproc.state.deliveries import list_deliveries
 
     _, db, _ = parts(ctx)
-    for item in list_deliveries(db, name, delivered=everything):
-        if as_json:
-            click.echo(json.dumps(item))
-            continue
+    found = list_deliveries(db, name, delivered=everything)
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    for item in found:
         state = item["state"]
         if state == "pending":
             state += f", next try {item['next_at']}"
@@ -429,15 +485,18 @@ def deliveries_cmd(ctx: click.Context, name: str | None, everything: bool, as_js
               default=None, help="An S3 event JSON file (its first record's bucket and key are used).")
 @click.option("--bucket", default=None, help="The object's bucket (with --key).")
 @click.option("--key", default=None, help="The object's key (with --bucket).")
-@click.option("--output-bucket", default="{bucket}", show_default=True,
-              help="Where context.output writes (`{bucket}`: the object's).")
+@click.option("--output-bucket", default=None,
+              help="Where context.output writes, under invocations/NAME/ (default: functions.bucket, which no "
+                   "pipeline watches; `{bucket}`: the object's own, whose pipelines then see it).")
 @click.pass_context
 def invoke(ctx: click.Context, name: str, event_file: Path | None, bucket: str | None, key: str | None,
-           output_bucket: str) -> None:
+           output_bucket: str | None) -> None:
     """Run function NAME once on an object, here, and print its result and log.
 
     Runs in a runner of its own like any step, under the function's limits,
-    without a job (nothing is recorded). Exit status 1 if it failed.
+    without a job (nothing is recorded). What context.output writes goes to
+    functions.bucket under invocations/NAME/ (as a direct invocation's does),
+    so it never triggers the object's own pipelines. Exit status 1 if it failed.
 
     \b
     Example:
@@ -457,9 +516,12 @@ def invoke(ctx: click.Context, name: str, event_file: Path | None, bucket: str |
     if not bucket or not key:
         raise click.UsageError("give --event FILE, or --bucket and --key")
     service = ctx.obj.service
+    target = output_bucket or service.settings.functions.bucket
     pipeline = Pipeline.model_validate({"name": f"invoke-{name}", "match": {"bucket": bucket},
                                         "steps": [{"function": name}],
-                                        "output": {"bucket": output_bucket, "key": f"invoke/{name}/{{key}}/{{name}}"}})
+                                        "output": {"bucket": target, "key": f"invocations/{name}/{{key}}/{{name}}"}})
+    if "{" not in target:
+        service.storage.ensure_bucket(target)
     service.pipelines[pipeline.name] = pipeline
     spec = service.spec(pipeline.steps[0])
     limits = limits_for(spec, pipeline.steps[0])

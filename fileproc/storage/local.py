@@ -174,7 +174,9 @@ class LocalStorage(Storage):
 
     def _do_ensure_bucket(self, bucket: str) -> None:
         try:
-            (self.root / bucket).mkdir(parents=True, exist_ok=True)
+            # As writable to the runners' group as the buckets' folder: a bucket made after
+            # prepare_data_dir (a pipeline's output bucket, say) must take deployed functions' outputs.
+            _make_folders(self.root / bucket)
         except OSError as exc:
             raise StorageError(f"cannot create bucket {bucket!r} under {self.root}: {exc.strerror or exc}") from exc
 
