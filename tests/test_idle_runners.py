@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from fileproc.app import build
 from fileproc.config import load_settings
@@ -36,6 +38,14 @@ from tests.procs import (
     write_config,
 )
 from tests.test_warm_runners import step, upload
+
+
+@pytest.fixture(autouse=True)
+def empty_pool() -> Iterator[None]:
+    """This process's runner pool starts empty (earlier tests' runners would count) and is emptied after."""
+    pool().close()
+    yield
+    pool().close()
 
 
 def make_service(tmp_path: Path, runtime: dict[str, Any]) -> Service:
@@ -67,23 +77,20 @@ def runner_pid(service: Service, key: str) -> tuple[int, bool]:
 
 def test_a_runner_idle_for_idle_seconds_is_stopped_and_the_next_step_starts_cold(tmp_path: Path) -> None:
     service = make_service(tmp_path, {"idle_seconds": 1.0})
-    try:
-        first, cold = runner_pid(service, "a.bin")
-        assert cold
-        again, cold = runner_pid(service, "b.bin")
-        assert (again, cold) == (first, False)  # within idle_seconds: the same warm runner
-        Provisioner(service).look()  # what each worker process does every few seconds: say what it holds
-        assert metrics(service) == {("slow", "warm"): 1}
-        wait_for(lambda: not process_running(first), 15, "the idle runner to be stopped")
-        assert pool().counts() == {}
-        Provisioner(service).look()
-        assert metrics(service) == {}
-        job = upload(service, "inbox", "c.bin")  # the whole step, as a worker runs it
-        assert run_step(service, job.id, 0, "w").status == "succeeded"
-        done = service.db.get_job(job.id)
-        assert done is not None and [a.cold_start for a in done.attempts] == [True]
-    finally:
-        pool().close()
+    first, cold = runner_pid(service, "a.bin")
+    assert cold
+    again, cold = runner_pid(service, "b.bin")
+    assert (again, cold) == (first, False)  # within idle_seconds: the same warm runner
+    Provisioner(service).look()  # what each worker process does every few seconds: say what it holds
+    assert metrics(service) == {("slow", "warm"): 1}
+    wait_for(lambda: not process_running(first), 15, "the idle runner to be stopped")
+    assert pool().counts() == {}
+    Provisioner(service).look()
+    assert metrics(service) == {}
+    job = upload(service, "inbox", "c.bin")  # the whole step, as a worker runs it
+    assert run_step(service, job.id, 0, "w").status == "succeeded"
+    done = service.db.get_job(job.id)
+    assert done is not None and [a.cold_start for a in done.attempts] == [True]
 
 
 def test_reaping_never_takes_a_runner_being_handed_a_step(tmp_path: Path) -> None:
@@ -99,38 +106,32 @@ def test_reaping_never_takes_a_runner_being_handed_a_step(tmp_path: Path) -> Non
             colds.append(result.cold)
             threading.Event().wait(0.03 + 0.01 * (n % 5))  # around the idle time, either side
 
-    try:
-        lanes = [threading.Thread(target=steps, args=(lane,)) for lane in range(2)]
-        for lane in lanes:
-            lane.start()
-        for lane in lanes:
-            lane.join(120)
-        assert len(results) == 24 and all(results)
-        assert any(colds) and not all(colds)  # some runners were reaped, some reused
-    finally:
-        pool().close()
+    lanes = [threading.Thread(target=steps, args=(lane,)) for lane in range(2)]
+    for lane in lanes:
+        lane.start()
+    for lane in lanes:
+        lane.join(120)
+    assert len(results) == 24 and all(results)
+    assert any(colds) and not all(colds)  # some runners were reaped, some reused
 
 
 def test_a_provisioned_runner_is_started_ahead_and_never_reaped(tmp_path: Path) -> None:
     service = make_service(tmp_path, {"idle_seconds": 0.5, "provisioned": {"slow": 1}})
-    try:
-        provisioner = Provisioner(service)
-        provisioner.look()  # what a worker's pool process does as it starts
-        assert pool().counts() == {("slow", PROVISIONED): 1}
-        threading.Event().wait(1.5)  # three times idle_seconds
-        assert pool().counts() == {("slow", PROVISIONED): 1}
-        first, cold = runner_pid(service, "a.bin")
-        assert not cold  # the first step of the function found its runner warm
-        threading.Event().wait(1.5)
-        assert process_running(first)
-        provisioner.look()
-        assert pool().counts() == {("slow", PROVISIONED): 1}  # still that one: nothing more started
-        service.settings.runtime.provisioned = {}
-        provisioner.look()  # no longer provisioned: an ordinary warm runner, stopped once idle
-        wait_for(lambda: not process_running(first), 15, "the runner no longer provisioned to be stopped")
-        assert pool().counts().get(("slow", WARM), 0) == 0
-    finally:
-        pool().close()
+    provisioner = Provisioner(service)
+    provisioner.look()  # what a worker's pool process does as it starts
+    assert pool().counts() == {("slow", PROVISIONED): 1}
+    threading.Event().wait(1.5)  # three times idle_seconds
+    assert pool().counts() == {("slow", PROVISIONED): 1}
+    first, cold = runner_pid(service, "a.bin")
+    assert not cold  # the first step of the function found its runner warm
+    threading.Event().wait(1.5)
+    assert process_running(first)
+    provisioner.look()
+    assert pool().counts() == {("slow", PROVISIONED): 1}  # still that one: nothing more started
+    service.settings.runtime.provisioned = {}
+    provisioner.look()  # no longer provisioned: an ordinary warm runner, stopped once idle
+    wait_for(lambda: not process_running(first), 15, "the runner no longer provisioned to be stopped")
+    assert pool().counts().get(("slow", WARM), 0) == 0
 
 
 # --- through fileproc serve ----------------------------------------------------------------------
