@@ -9,7 +9,10 @@ the same files:
   against the ``thumbnail`` handler called directly on the same files;
 - **transcode time**: a ``--seconds`` (default 5) 1280x720 clip made into
   ``mp4-480p`` through ``run_step``, against the plain ffmpeg command doing
-  the same encode (same scale, codec, crf, speed, audio);
+  the same encode (same build: the ffmpeg the function finds; same scale,
+  codec, crf, speed, audio), ``--runs`` times each, alternated; with the CPU
+  seconds each side used (this process, its runners and every ffmpeg and
+  ffprobe they ran), steadier than the time on a shared machine;
 - **peak memory** of the step (its runner process, or ffmpeg if higher:
   the attempt's ``peak_memory_kb``) transcoding a raw-video source of
   ``--sizes`` MB (default 10 and 100; add 1000 for 1 GB): it must not grow
@@ -25,6 +28,9 @@ Run from the repository root (needs ffmpeg)::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -40,7 +46,7 @@ from fileproc.events import ObjectEvent
 from fileproc.runtime.runner import run_step
 from fileproc.service import Service
 from tests.helpers import invocation, local_service
-from workers import thumbnail
+from workers import media, thumbnail
 
 
 def service_for(tmp: Path, steps: list[dict[str, Any]]) -> Service:
@@ -101,25 +107,52 @@ def clip(path: Path, *, size: str, seconds: float, raw: bool = False) -> Path:
     return path
 
 
-def bench_transcode(tmp: Path, seconds: float, runs: int = 3) -> str:
+def bench_transcode(tmp: Path, seconds: float, runs: int = 5) -> str:
     source = clip(tmp / "hd.mp4", size="1280x720", seconds=seconds)
     service = service_for(tmp / "transcode", [{"function": "transcode", "params": {"preset": "mp4-480p"},
                                                "timeout": 600}])
-    plain_command = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(source), "-map", "0:v:0",
+    binary = media.ffmpeg_binary()  # the one the function runs: plain ffmpeg is the same build
+    through_runtime(service, "warm-up.mp4", source)  # the runner's cold start is not what is measured
+    plain_command = [binary, "-nostdin", "-loglevel", "error", "-y", "-i", str(source), "-map", "0:v:0",
                      "-map", "0:a:0", "-vf", "scale=854:480", "-c:v", "libx264", "-preset", "veryfast", "-crf", "23",
                      "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "96k", "-movflags", "+faststart",
                      str(tmp / "plain.mp4")]
-    through, plain = [], []
+    through, plain, through_cpu, plain_cpu = [], [], [], []
     for n in range(runs):  # alternated, so a busy moment on the machine hits both
-        started = time.perf_counter()
+        cpu, started = _cpu(), time.perf_counter()
         through_runtime(service, f"hd-{n}.mp4", source)
         through.append(time.perf_counter() - started)
-        started = time.perf_counter()
+        through_cpu.append(_cpu() - cpu)
+        cpu, started = _cpu(), time.perf_counter()
         subprocess.run(plain_command, check=True)
         plain.append(time.perf_counter() - started)
+        plain_cpu.append(_cpu() - cpu)
     t, p = statistics.median(through), statistics.median(plain)
+    tc, pc = statistics.median(through_cpu), statistics.median(plain_cpu)
     return (f"transcode {seconds:g} s 720p -> mp4-480p: {t:.2f} s through run_step, {p:.2f} s plain ffmpeg; "
-            f"ratio {t / p:.2f} (median of {runs})")
+            f"ratio {t / p:.2f} (median of {runs}; pairs {_spread(through, plain)}); CPU {tc:.2f} s against "
+            f"{pc:.2f} s, ratio {tc / pc:.2f}; {binary}")
+
+
+def _spread(through: list[float], plain: list[float]) -> str:
+    """The lowest and highest ratio of one run's pair: how noisy the machine was."""
+    ratios = sorted(t / p for t, p in zip(through, plain, strict=True))
+    return f"{ratios[0]:.2f}-{ratios[-1]:.2f}"
+
+
+def _cpu() -> float:
+    """CPU seconds of this process, its finished children (plain ffmpeg) and its live children (the warm
+    runners, with the ffmpeg and ffprobe runs they waited for); Linux only."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    ended = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = own.ru_utime + own.ru_stime + ended.ru_utime + ended.ru_stime
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path("/proc/self/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            with contextlib.suppress(OSError):  # a child that ended meanwhile
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+                total += sum(int(value) for value in fields[11:15]) / tick  # utime stime cutime cstime
+    return total
 
 
 def bench_memory(tmp: Path, sizes_mb: list[int]) -> str:
@@ -143,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=40)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--runs", type=int, default=5, help="Transcodes each way (alternated; medians).")
     parser.add_argument("--sizes", default="10,100", help="Source sizes in MB for the memory figure.")
     parser.add_argument("--only", default="thumbnails,transcode,memory")
     args = parser.parse_args(argv)
@@ -150,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="fileproc-bench-media-") as folder:
         tmp = Path(folder)
         for name, run in (("thumbnails", lambda: bench_thumbnails(tmp / "thumbnails", args.photos)),
-                          ("transcode", lambda: bench_transcode(tmp / "transcode", args.seconds)),
+                          ("transcode", lambda: bench_transcode(tmp / "transcode", args.seconds, args.runs)),
                           ("memory", lambda: bench_memory(tmp / "memory", [int(s) for s in args.sizes.split(",")]))):
             if name in wanted:
                 (tmp / name).mkdir()

@@ -17,7 +17,11 @@ Safety, in one place:
 - the demuxer is chosen by ffprobe from the file's own bytes, among
   :data:`DEMUXERS` only (``-format_whitelist``): playlists, lists and
   scripts (``hls``, ``concat``, ``image2`` patterns ...) are refused with
-  :class:`RefusedInput`, and ffmpeg then gets that demuxer with ``-f``;
+  :class:`RefusedInput`, and ffmpeg then gets that demuxer with ``-f``; or,
+  when ffmpeg starts while the probe runs (:func:`started_ffmpeg`), ffmpeg
+  picks it itself under the same whitelist (the mov demuxer's
+  ``enable_drefs`` then keeps its default, off), and the probe's refusal, if
+  any, still fails the step (ffmpeg killed, nothing uploaded);
 - outputs are written as absolute ``file:`` URLs under the scratch folder;
 - ``-nostdin``, no shell, and a time limit: the child is killed when the
   step's remaining time runs out (the runner's own limit kills its whole
@@ -83,12 +87,30 @@ def packaged(name: str) -> str | None:
 
 def find_ffmpeg() -> str | None:
     """The system's ffmpeg (on PATH), else the one of the ``ffmpeg`` extra."""
-    return shutil.which("ffmpeg") or packaged("ffmpeg")
+    return _on_path("ffmpeg") or packaged("ffmpeg")
 
 
 def find_ffprobe() -> str | None:
     """The system's ffprobe (on PATH), else the extra's: every media function probes its input first."""
-    return shutil.which("ffprobe") or packaged("ffprobe")
+    return _on_path("ffprobe") or packaged("ffprobe")
+
+
+def _on_path(name: str) -> str | None:
+    """``name`` on PATH, unless it is the ``ffmpeg`` extra's own launcher (then the extra's binary is used).
+
+    In a virtualenv whose ``bin`` is on PATH, ``ffmpeg`` is the extra's console
+    script: a Python start before each run (0.1-0.3 s), an exit status of 0
+    even when ffmpeg failed, and a kill that stops the launcher, not ffmpeg.
+    """
+    found = shutil.which(name)
+    if found is None:
+        return None
+    try:
+        with open(found, "rb") as head:
+            start = head.read(512)
+    except OSError:
+        return found
+    return None if start.startswith(b"#!") and PACKAGED.encode() in start else found
 
 
 def ffmpeg_binary() -> str:
@@ -307,6 +329,58 @@ def probe(path: Path, context: Context) -> MediaInfo:
     return media_info(data)
 
 
+MOV_FAMILY = "mov,mp4,m4a,3gp,3g2,mj2"
+"""ffprobe's ``format_name`` for an MP4 or M4A file (the one demuxer that reads them all)."""
+
+
+def movie_duration(path: Path) -> float | None:
+    """The duration an MP4/M4A file declares in its movie header (``moov/mvhd``), as ffprobe reports it.
+
+    For the files ffmpeg has just written (not for uploads), in place of a
+    second ffprobe run (60-90 ms, mostly the process start): ffprobe's format
+    duration for these files is this header's, in microseconds rounded to the
+    nearest, printed with six decimals. None when the header is not found.
+    """
+    with path.open("rb") as file:
+        end = os.fstat(file.fileno()).st_size
+        moov = _box(file, 0, end, b"moov")
+        mvhd = _box(file, moov[0], moov[1], b"mvhd") if moov else None
+        if mvhd is None:
+            return None
+        file.seek(mvhd[0])
+        header = file.read(32)
+    if len(header) < 32:
+        return None
+    if header[0] == 1:  # version 1: 64-bit times and duration
+        scale, duration = int.from_bytes(header[20:24], "big"), int.from_bytes(header[24:32], "big")
+    else:
+        scale, duration = int.from_bytes(header[12:16], "big"), int.from_bytes(header[16:20], "big")
+    if scale <= 0 or duration in (0, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF):
+        return None
+    micros = (duration * 1_000_000 + scale // 2) // scale  # av_rescale: to the nearest
+    return float(f"{micros * 1e-6:f}")
+
+
+def _box(file: Any, start: int, end: int, kind: bytes) -> tuple[int, int] | None:
+    """The (content start, end) of the first box of ``kind`` between ``start`` and ``end`` (ISO BMFF)."""
+    position = start
+    while position + 8 <= end:
+        file.seek(position)
+        header = file.read(16)
+        size, found = int.from_bytes(header[:4], "big"), header[4:8]
+        body = position + 8
+        if size == 1:  # a 64-bit size follows the type
+            size, body = int.from_bytes(header[8:16], "big"), position + 16
+        elif size == 0:  # to the end of the file
+            size = end - position
+        if size < body - position or position + size > end:
+            return None
+        if found == kind:
+            return body, position + size
+        position += size
+    return None
+
+
 _NOT_ON_WHITELIST = re.compile(r"^\[(?P<demuxer>[\w,]+) @ [^\]]*\] Format not on whitelist", re.MULTILINE)
 """ffprobe's words when the demuxer its probe picked is not one of ``-format_whitelist``."""
 
@@ -392,42 +466,79 @@ def run_ffmpeg(command: Sequence[str], context: Context, source: Path, *,
     lines become the reason if it fails: InvalidInput, since the same input
     would fail again.
     """
+    with started_ffmpeg(command, context, source) as running:
+        running.finish(on_progress)
+
+
+class FFmpegRun:
+    """An ffmpeg process started by :func:`started_ffmpeg`; :meth:`finish` waits for it and judges how it ended."""
+
+    def __init__(self, process: subprocess.Popen[bytes], context: Context, source: Path, log_path: Path) -> None:
+        self.process = process
+        self._context = context
+        self._source = source
+        self._log_path = log_path
+        self.timed_out = threading.Event()
+        self.timer = threading.Timer(_seconds_left(context), self._kill)
+        self.timer.daemon = True
+
+    def _kill(self) -> None:
+        self.timed_out.set()
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGKILL)
+
+    def finish(self, on_progress: Progress | None = None) -> None:
+        """Hand ffmpeg's progress reports to ``on_progress`` until it ends; raise as :func:`run_ffmpeg` does."""
+        assert self.process.stdout is not None
+        _read_progress(self.process.stdout, on_progress)
+        returncode = self.process.wait()
+        self.timer.cancel()
+        stderr = self._log_path.read_text(errors="replace")
+        if self.timed_out.is_set():
+            raise PermanentError("ffmpeg ran past the step's time limit and was killed")
+        if returncode != 0:
+            if returncode < 0:
+                raise TransientError(f"ffmpeg was killed by signal {-returncode}")
+            raise InvalidInput(f"ffmpeg failed: {stderr_reason(stderr, self._source, self._context.input.key)}")
+
+
+@contextlib.contextmanager
+def started_ffmpeg(command: Sequence[str], context: Context, source: Path) -> Iterator[FFmpegRun]:
+    """ffmpeg started (as :func:`run_ffmpeg` runs it) and left running while the caller does other work.
+
+    The caller ends with ``running.finish(...)``; leaving the block any other
+    way (the probe refused the input, an error on our side) kills ffmpeg and
+    waits for it, so no ffmpeg outlives the step's code. Used to probe the
+    input while ffmpeg reads it, instead of before: each process start of a
+    shared-library ffmpeg costs 60-90 ms. Example::
+
+        with started_ffmpeg(command, context, source) as running:
+            info = probe(source, context)     # raises: ffmpeg is killed
+            running.finish(progress_reporter(context, info.duration))
+    """
     argv = [command[0], "-nostdin", "-hide_banner", "-loglevel", "error", "-nostats",
             "-progress", "pipe:1", *command[1:]]
     log_path = context.scratch_dir.resolve() / "ffmpeg-stderr.log"
-    timed_out = threading.Event()
-    with log_path.open("wb") as log, source.open("rb") as stdin:
-        try:
-            process = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=log,
-                                       start_new_session=False)
-        except OSError as exc:
-            raise PermanentError(f"cannot start ffmpeg: {exc}") from exc
-
-        def kill() -> None:
-            timed_out.set()
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGKILL)
-
-        timer = threading.Timer(_seconds_left(context), kill)
-        timer.daemon = True
-        timer.start()
-        try:
-            assert process.stdout is not None
-            _read_progress(process.stdout, on_progress)
-            returncode = process.wait()
-        finally:
-            timer.cancel()
-            if process.poll() is None:  # an exception on our side: never leave ffmpeg running
-                process.kill()
-                process.wait()
-    stderr = log_path.read_text(errors="replace")
-    log_path.unlink(missing_ok=True)
-    if timed_out.is_set():
-        raise PermanentError("ffmpeg ran past the step's time limit and was killed")
-    if returncode != 0:
-        if returncode < 0:
-            raise TransientError(f"ffmpeg was killed by signal {-returncode}")
-        raise InvalidInput(f"ffmpeg failed: {stderr_reason(stderr, source, context.input.key)}")
+    try:
+        with log_path.open("wb") as log, source.open("rb") as stdin:
+            try:
+                process = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=log,
+                                           start_new_session=False)
+            except OSError as exc:
+                raise PermanentError(f"cannot start ffmpeg: {exc}") from exc
+            running = FFmpegRun(process, context, source, log_path)
+            running.timer.start()
+            try:
+                yield running
+            finally:
+                running.timer.cancel()
+                if process.poll() is None:  # not finished: never leave ffmpeg running
+                    process.kill()
+                    process.wait()
+                if process.stdout is not None:
+                    process.stdout.close()
+    finally:
+        log_path.unlink(missing_ok=True)
 
 
 def _read_progress(stream: Any, on_progress: Progress | None) -> None:
@@ -486,3 +597,22 @@ def fit_within(width: int, height: int, short_edge: int) -> tuple[int, int]:
     """(width, height) scaled so the shorter edge is at most ``short_edge``; never enlarged; even."""
     scale = min(1.0, short_edge / max(1, min(width, height)))
     return even(width * scale), even(height * scale)
+
+
+def fit_within_expressions(short_edge: int) -> tuple[str, str]:
+    """:func:`fit_within` as the ``scale`` filter's width and height expressions (of ``iw`` and ``ih``).
+
+    For an ffmpeg started before the probe has told the source's size: the
+    same arithmetic in doubles, rounding half to even as Python's ``round``
+    does, so the size ffmpeg makes is the one :func:`fit_within` reports
+    (``iw`` and ``ih`` are the size as displayed, after ffmpeg's autorotation,
+    as ``MediaInfo.video`` gives it).
+    """
+    scale = f"min(1,{short_edge}/max(1,min(iw,ih)))"
+
+    def even_expression(edge: str) -> str:
+        half = f"({edge}*{scale}/2)"
+        nearest = f"floor({half}+0.5)"
+        return f"max(2,2*({nearest}-eq({nearest},{half}+0.5)*mod({nearest},2)))"
+
+    return even_expression("iw"), even_expression("ih")

@@ -20,9 +20,14 @@ only the renditions no larger than the source (or one at the source's size).
 
 The command is built with ffmpeg-python and run by :mod:`workers.media`
 (no shell, under the step's time limit); the input is spooled to disk and
-given to ffmpeg as its stdin, read with the demuxer ``probe`` found and no
-protocol that could open another file (a playlist upload is refused, not
-followed); every output is written to scratch and uploaded from disk.
+given to ffmpeg as its stdin, read with a demuxer of
+:data:`~workers.media.DEMUXERS` and no protocol that could open another file
+(a playlist upload is refused, not followed); every output is written to
+scratch and uploaded from disk. A single-file preset starts ffmpeg at once
+and probes the input meanwhile, and reads an MP4's duration from its header
+rather than probing the output: each ffprobe run costs 60-90 ms of process
+start with a shared-library build (Debian's loads 215 libraries), which a
+step no longer waits for.
 """
 
 from __future__ import annotations
@@ -38,16 +43,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from fileproc import Context, InvalidInput, function
 from workers import media
 from workers.media import (
+    MOV_FAMILY,
     MediaInfo,
     ffmpeg_binary,
     fit_within,
+    fit_within_expressions,
     input_options,
     input_url,
+    movie_duration,
     probe,
     progress_reporter,
     run_ffmpeg,
     scratch_folder,
     spooled_input,
+    started_ffmpeg,
     url,
 )
 
@@ -127,50 +136,83 @@ def handler(event: dict[str, Any], context: Context) -> dict[str, Any]:
     """Write the preset's rendition(s); return what was written and the source's figures."""
     params = TranscodeParams.model_validate(context.params)
     preset = PRESETS[params.preset]
-    with spooled_input(context) as source:
-        info = probe(source, context)
-        if preset.video_codec and info.video is None:
-            raise InvalidInput(f"preset {preset.name} needs a video stream; this file has audio only")
-        if info.audio is None and preset.video_codec is None:
-            raise InvalidInput(f"preset {preset.name} needs an audio stream; this file has none")
-        with scratch_folder(context, "out") as folder:
-            if preset.name == "hls":
-                written = _hls(source, info, params, preset, folder, context)
-            else:
-                written = [_single(source, info, params, preset, folder, context)]
+    with spooled_input(context) as source, scratch_folder(context, "out") as folder:
+        if preset.name == "hls":  # how many renditions depends on the source's size: probe first
+            info = _probed(source, preset, context)
+            written = _hls(source, info, params, preset, folder, context)
+        else:
+            info, single = _single(source, params, preset, folder, context)
+            written = [single]
     context.report_progress(100.0, final=True)
     context.logger.info("transcode %s (%s): wrote %d objects", context.input.key, preset.name, len(written))
     return {"preset": preset.name, "outputs": written, "source": info.summary()}
 
 
-def _single(source: Path, info: MediaInfo, params: TranscodeParams, preset: Preset, folder: Path,
-            context: Context) -> dict[str, Any]:
+def _probed(source: Path, preset: Preset, context: Context) -> MediaInfo:
+    """The source's figures; InvalidInput if it lacks the stream the preset needs."""
+    info = probe(source, context)
+    if preset.video_codec and info.video is None:
+        raise InvalidInput(f"preset {preset.name} needs a video stream; this file has audio only")
+    if info.audio is None and preset.video_codec is None:
+        raise InvalidInput(f"preset {preset.name} needs an audio stream; this file has none")
+    return info
+
+
+def _single(source: Path, params: TranscodeParams, preset: Preset, folder: Path,
+            context: Context) -> tuple[MediaInfo, dict[str, Any]]:
+    """One output file. ffmpeg starts at once and the source is probed while it runs.
+
+    A process start of a shared-library ffmpeg or ffprobe costs 60-90 ms, so
+    the command does not wait for the probe's answers: ffmpeg picks the
+    demuxer itself, among the same :data:`~workers.media.DEMUXERS`; the size
+    is :func:`~workers.media.fit_within` as scale expressions; audio is mapped
+    if there is one. The probe's verdict still comes first: if it refuses the
+    input, ffmpeg is killed and the probe's reason is the step's.
+    """
     target = folder / Path(preset.output).name
     binary = ffmpeg_binary()
-    inp = ffmpeg.input(input_url(binary), **input_options(binary, info.demuxer))
+    # Frames that change size mid-stream are scaled to the first one's output size, once (as with a fixed size).
+    inp = ffmpeg.input(input_url(binary), **input_options(binary), **{"reinit_filter:v": 0})
     streams: list[Any] = []
     options: dict[str, Any] = {"f": preset.muxer, "map_metadata": -1, "map_chapters": -1,
                                "protocol_whitelist": "file"}
+    if preset.video_codec:
+        assert preset.short_edge is not None
+        streams.append(inp["v:0"].filter("scale", *fit_within_expressions(preset.short_edge)))
+        options |= _video_options(preset, params)
+        if preset.muxer == "mp4":
+            options["movflags"] = "+faststart"
+    streams.append(inp["a:0?"])  # the first audio stream, if there is one
+    options |= {"c:a": preset.audio_codec, "b:a": params.audio_bitrate or preset.audio_bitrate}
+    command = ffmpeg.output(*streams, url(target), **options).compile(cmd=binary)
+    with started_ffmpeg(command, context, source) as running:
+        info = _probed(source, preset, context)
+        running.finish(on_progress=progress_reporter(context, info.duration))
     size = None
     if preset.video_codec:
         assert info.video is not None and preset.short_edge is not None
         size = fit_within(info.video["width"], info.video["height"], preset.short_edge)
-        streams.append(inp["v:0"].filter("scale", *size))
-        options |= _video_options(preset, params)
-        if preset.muxer == "mp4":
-            options["movflags"] = "+faststart"
-    if info.audio:
-        streams.append(inp["a:0"])
-        options |= {"c:a": preset.audio_codec, "b:a": params.audio_bitrate or preset.audio_bitrate}
-    command = ffmpeg.output(*streams, url(target), **options).compile(cmd=binary)
-    run_ffmpeg(command, context, source, on_progress=progress_reporter(context, info.duration))
-    out = probe(target, context)
-    metadata = {"media-duration": f"{out.duration or 0:g}", "media-container": out.container}
+    container, out_duration = _written(target, preset, context)
+    metadata = {"media-duration": f"{out_duration or 0:g}", "media-container": container}
     if size:
         metadata |= {"media-width": str(size[0]), "media-height": str(size[1])}
     ref = context.output.put(preset.output, target, content_type=preset.content_type, metadata=metadata)
-    return {"key": ref.key, "bytes": ref.size, "duration": out.duration,
-            "width": size[0] if size else None, "height": size[1] if size else None}
+    return info, {"key": ref.key, "bytes": ref.size, "duration": out_duration,
+                  "width": size[0] if size else None, "height": size[1] if size else None}
+
+
+def _written(target: Path, preset: Preset, context: Context) -> tuple[str, float | None]:
+    """The container and duration of a file ffmpeg wrote, as ffprobe reports them.
+
+    MP4 and M4A: read from the movie header, without a second ffprobe run;
+    other formats (and an MP4 without that header) are probed.
+    """
+    if preset.muxer in ("mp4", "ipod"):
+        found = movie_duration(target)
+        if found is not None:
+            return MOV_FAMILY, found
+    out = probe(target, context)
+    return out.container, out.duration
 
 
 def _video_options(preset: Preset, params: TranscodeParams) -> dict[str, Any]:
