@@ -104,7 +104,7 @@ class RuntimeSettings(Section):
     lease_seconds: float = Field(
         10.0,
         ge=2,
-        description="A running step holds a lease this long, renewed by its worker every third of it; a step whose "
+        description="A running step holds a lease this long, renewed by its worker every fifth of it; a step whose "
         "worker died or was cut off runs again elsewhere once its lease ran out.",
     )
     relay_interval: float = Field(

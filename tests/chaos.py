@@ -16,7 +16,10 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
+import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -240,6 +243,115 @@ def check_each_once(d: Deployment, bucket: str, keys: list[str]) -> None:
     assert not bad_outputs, f"{len(bad_outputs)} jobs without exactly one output, e.g. {bad_outputs[:3]}"
 
 
+class Restartable:
+    """A running server a test stops and starts again, with the same command line (same port, same data).
+
+    ``pid`` is the server's main process (PostgreSQL's postmaster, redis-server);
+    ``as_user``: a prefix the command runs under again (``runuser -u postgres --``).
+    Call :meth:`close` before the server's own fixture ends (it stops the first run only).
+    """
+
+    def __init__(self, pid: int, argv: Sequence[str] | None = None, as_user: Sequence[str] = ()) -> None:
+        self.pid = pid
+        self.argv = list(argv) if argv is not None else [
+            a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+        self.cwd = os.readlink(f"/proc/{pid}/cwd")
+        self.as_user = list(as_user)
+        self.again: subprocess.Popen[bytes] | None = None
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the server (``sig``: SIGINT is PostgreSQL's fast shutdown); returns once it is gone."""
+        pid = self.again.pid if self.again is not None else self.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        wait_for(lambda: not _running(pid), 30, f"the server (pid {pid}) to stop")
+
+    def start(self, ready: Callable[[], bool]) -> None:
+        """Start it again; returns once ``ready()``."""
+        self.again = subprocess.Popen([*self.as_user, *self.argv], cwd=self.cwd, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_for(ready, 60, "the server to start again")
+
+    def close(self) -> None:
+        if self.again is not None and self.again.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.again.pid, signal.SIGINT)
+            try:
+                self.again.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.again.pid, signal.SIGKILL)
+                self.again.wait(timeout=30)
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def restartable_redis(url: str) -> Restartable:
+    """The Redis at ``url``, to stop (its data is lost: the test servers keep none) and start again."""
+    client = redis.Redis.from_url(url)
+    info = client.info("server")
+    config = {name: str(value) for name, value in client.config_get("*").items()}
+    # (Redis rewrites its own command line: it is made again from what the server says.)
+    argv = [info["executable"], "--port", str(info["tcp_port"]), "--bind", *config["bind"].split(),
+            "--protected-mode", config["protected-mode"], "--save", "", "--appendonly", "no",
+            "--dir", config["dir"], "--requirepass", config["requirepass"]]
+    return Restartable(int(info["process_id"]), argv)
+
+
+def restartable_postgres(url: str) -> Restartable:
+    """The PostgreSQL at ``url`` (its postmaster), to stop and start again."""
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as connection:
+        backend = connection.execute("SELECT pg_backend_pid()").fetchone()
+    assert backend is not None
+    postmaster = int(Path(f"/proc/{backend[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return Restartable(postmaster, as_user=["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else [])
+
+
+def postgres_answers(url: str) -> Callable[[], bool]:
+    """Whether PostgreSQL at ``url`` takes a query now."""
+    import psycopg
+
+    def answers() -> bool:
+        try:
+            with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), connect_timeout=2) as c:
+                c.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            return False
+
+    return answers
+
+
+def redis_answers(url: str) -> Callable[[], bool]:
+    """Whether Redis at ``url`` answers now."""
+    def answers() -> bool:
+        try:
+            return bool(redis.Redis.from_url(url, socket_timeout=2).ping())
+        except redis.RedisError:
+            return False
+
+    return answers
+
+
+def pool_processes(worker_pid: int) -> list[int]:
+    """The step processes of a prefork `fileproc worker` (its main process's children)."""
+    children = Path(f"/proc/{worker_pid}/task/{worker_pid}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+def stopwatch() -> Callable[[], float]:
+    """Seconds since this call, on a monotonic clock (for the figures a test prints)."""
+    started = time.monotonic()
+    return lambda: time.monotonic() - started
+
+
 @contextlib.contextmanager
 def deployment(tmp: Path, *, redis_url: str, database_url: str, pipelines: list[dict[str, Any]],
                address: str = "127.0.0.1", also_listen: Sequence[str] = (), buckets: Sequence[str] = (),
@@ -282,5 +394,7 @@ def deployment(tmp: Path, *, redis_url: str, database_url: str, pipelines: list[
         yield found
 
 
-__all__ = ["ADMIN_TOKEN", "TINY_PIPELINE", "WEBHOOK_TOKEN", "Deployment", "check_each_once", "deployment", "runs_of",
-           "seconds_between", "sqlite_url", "stall_pipeline", "upload_in_threads", "worker_pid"]
+__all__ = ["ADMIN_TOKEN", "TINY_PIPELINE", "WEBHOOK_TOKEN", "Deployment", "Restartable", "check_each_once",
+           "deployment", "pool_processes", "postgres_answers", "redis_answers", "restartable_postgres",
+           "restartable_redis", "runs_of", "seconds_between", "sqlite_url", "stall_pipeline", "stopwatch",
+           "upload_in_threads", "worker_pid"]

@@ -131,14 +131,17 @@ def run_step(service: Service, job_id: int, step_index: int, worker: str) -> Out
     slot = ReservedSlot(service.db, spec, request_id, limits.timeout + lease)
     if not slot.take():
         return end.throttle(spec.concurrency or 0)
-    try:
-        with leases.held(progress.renew, job_id, attempt_id, lease, asked_at=asked_at) as held:
+    with leases.held(progress.renew, job_id, attempt_id, lease, asked_at=asked_at) as held:
+        try:
             result = execute(service, request, cancel=held.lost, spec=spec)
-    finally:
-        slot.give()
-    if held.lost.is_set():
-        return end.late(result)
-    return end.from_result(result)
+        finally:
+            slot.give()
+        if not held.lost.is_set():
+            # The lease is kept until the end is recorded: a result that finds the database away
+            # waits for it without its step being taken over meanwhile (the end lets go of it).
+            end.lease = held
+            return end.from_result(result)
+    return end.late(result)
 
 
 def _submit_current(service: Service, event: ObjectEvent, info: ObjectInfo) -> None:
@@ -200,6 +203,8 @@ class _Ender:
         self.service, self.job, self.step_index, self.attempt_id = service, job, step_index, attempt_id
         self.function, self.limits, self.failures, self.version = function, limits, failures, version
         self.policy, self.report_level = policy, report_level  # what the function's kind does at the end
+        self.lease: leases.Lease | None = None  # held until the end is recorded, then let go
+        self.patient = True  # wait for a database that does not answer (else record the end in the background)
 
     def _finish(self, attempt_status: str, outcome: str, reason: str | None, result: ChildResult | None,
                 **extra: Any) -> Outcome:
@@ -217,7 +222,19 @@ class _Ender:
             bytes_read=value.get("bytes_read", 0), bytes_written=value.get("bytes_written", 0),
             cold_start=result.cold if result else None, recycled=result.recycled if result else None,
             result=value.get("result"), version=self.version, **metering, **extra)
-        if not _record(self.service, end):
+        try:
+            recorded = _record(self.service, end, FINISH_PATIENCE_SECONDS if self.patient else 0)
+        except DatabaseUnavailable as exc:
+            if self.patient:
+                raise
+            log.warning("job %s: cannot record the end of step %d now (%s); recorded in the background",
+                        self.job.id, self.step_index, exc)
+            _record_later(self.service, end)
+            return Outcome("late", reason or "")
+        finally:
+            if self.lease is not None:
+                leases.let_go(self.lease)
+        if not recorded:
             log.warning("job %s: step %d finished after losing its lease; result refused", self.job.id,
                         self.step_index)
             return Outcome("late", "this attempt lost its lease; another took the step over")
@@ -298,6 +315,7 @@ class _Ender:
         to run again at once (the lost attempt counts against its retries).
         """
         why = "stopped: this worker could not keep the step's lease (cut off from the database?)"
+        self.patient = False  # the worker takes its next message at once rather than wait for the database
         return self._finish(AttemptStatus.LOST, "retry", why, result, error=why)
 
     def from_result(self, result: ChildResult) -> Outcome:
@@ -318,15 +336,15 @@ FINISH_PATIENCE_SECONDS = 120.0
 """How long a worker keeps trying to record a step's end while the database is unreachable."""
 
 
-def _record(service: Service, end: StepEnd) -> bool:
+def _record(service: Service, end: StepEnd, patience: float = FINISH_PATIENCE_SECONDS) -> bool:
     """The step's second transaction, tried again while the database is unreachable.
 
     Safe to repeat: it is fenced to the attempt, so a try that did commit
     before its answer was lost makes the next one a refused no-op. Past
-    :data:`FINISH_PATIENCE_SECONDS` the worker gives up; the lease runs out
-    and the step runs again elsewhere.
+    ``patience`` seconds the worker gives up; the lease runs out and the
+    step runs again elsewhere.
     """
-    deadline = time.monotonic() + FINISH_PATIENCE_SECONDS
+    deadline = time.monotonic() + patience
     pause = 0.5
     while True:
         try:
@@ -338,6 +356,21 @@ def _record(service: Service, end: StepEnd) -> bool:
                         end.job_id, end.step_index, exc, pause)
             time.sleep(pause)
             pause = min(pause * 2, 8.0)
+
+
+def _record_later(service: Service, end: StepEnd) -> None:
+    """Record a stopped attempt's end from a thread, while the worker goes on with its next message.
+
+    Nothing waits for it: if it never gets through, the attempt is marked
+    ``lost`` when another takes the step over.
+    """
+    def record() -> None:
+        try:
+            _record(service, end)
+        except DatabaseUnavailable as exc:
+            log.warning("job %s: gave up recording the end of step %d: %s", end.job_id, end.step_index, exc)
+
+    threading.Thread(target=record, name=f"fileproc-end-{end.job_id}", daemon=True).start()
 
 
 class _Progress:

@@ -7,8 +7,9 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_process_init, worker_ready
 
+from fileproc.runtime import leases
 from fileproc.runtime.app import RUN_STEP, celery_app
-from fileproc.runtime.outbox import Relay
+from fileproc.runtime.outbox import Relay, database_down_everywhere
 from fileproc.runtime.runner import run_step
 from fileproc.service import Service
 
@@ -20,6 +21,8 @@ def bind_service(service: Service) -> None:
     """Give the task the service it runs in (the worker does this at start)."""
     global _service
     _service = service
+    # Steps go on through an outage of the database that nobody can reach (see runtime/leases.py).
+    leases.watch_outages(database_down_everywhere)
 
 
 @worker_process_init.connect

@@ -182,9 +182,11 @@ _BAD_COUNTS = Prepared(select(attempts.c.status, func.count()).where(
     or_(*(attempts.c.status == status for status in BAD_ATTEMPTS)),  # (Prepared takes no IN lists)
 ).group_by(attempts.c.status))
 
+# A lease that ran out is still renewed while nobody took the step over: after an outage of the
+# database (nobody could take anything over then) the step goes on where it was.
 _RENEW = Prepared(update(jobs).where(
     jobs.c.id == bindparam("p_job"), jobs.c.attempt_id == bindparam("p_attempt"),
-    jobs.c.status == JobStatus.RUNNING, jobs.c.lease_until >= bindparam("p_now"),
+    jobs.c.status == JobStatus.RUNNING,
 ).values(lease_until=bindparam("p_lease_until")))
 
 # Every write of a step's end is fenced to the attempt that owns the step.
@@ -353,3 +355,36 @@ def _record_log_totals(tx: Tx, totals: Any) -> None:
 def _late_reason(end: StepEnd) -> str:
     what = end.error or end.attempt_status
     return f"result refused: this attempt lost its lease and another attempt took the step over ({what})"
+
+
+# --- the outbox's rarer questions (Session, not Prepared: they run every few seconds at most) ----------
+
+
+def waiting(s: Any, at: datetime, wanted: Iterable[tuple[int, int]]) -> set[tuple[int, int]]:
+    """Of ``wanted`` (job id, step index), those whose step is queued and due: not started by anyone."""
+    pairs = set(wanted)
+    if not pairs:
+        return set()
+    rows = s.execute(select(jobs.c.id, jobs.c.step_index).where(
+        jobs.c.id.in_(sorted({job for job, _ in pairs})), jobs.c.status == JobStatus.QUEUED,
+        or_(jobs.c.send_after.is_(None), jobs.c.send_after <= at)))
+    return {(row.id, row.step_index) for row in rows} & pairs
+
+
+def spare_leases(s: Any, at: datetime, lease_seconds: float, expired_after: datetime) -> int:
+    """Renew, on their holders' behalf, the leases that ran out since ``expired_after`` and were not taken over.
+
+    Called once the database answers again after an outage: while it was
+    away no holder could renew, and nobody could take a step over either.
+    """
+    return int(s.execute(update(jobs).where(
+        jobs.c.status == JobStatus.RUNNING, jobs.c.lease_until < at, jobs.c.lease_until >= expired_after,
+    ).values(lease_until=at + timedelta(seconds=lease_seconds)).execution_options(
+        synchronize_session=False)).rowcount or 0)
+
+
+def unsend_sent_before(s: Any, before: datetime) -> int:
+    """Steps queued, sent before ``before`` and never started: due again at once (the broker lost them)."""
+    return int(s.execute(update(jobs).where(
+        jobs.c.status == JobStatus.QUEUED, jobs.c.sent_at.is_not(None), jobs.c.sent_at < before,
+    ).values(sent_at=None).execution_options(synchronize_session=False)).rowcount or 0)
