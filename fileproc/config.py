@@ -169,7 +169,8 @@ class ReconcileSettings(Section):
     min_interval: float = Field(
         60.0,
         gt=0,
-        description="The shortest time between two listings of one bucket (a small bucket is listed this often).",
+        description="The shortest time between two listings of one bucket (a small bucket is listed this often). "
+        "Listings asked for by a job skipped as superseded come besides, at most one per `min_interval` per bucket.",
     )
     cpu_budget: float = Field(
         0.03,

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -136,13 +137,20 @@ def declared_spec(obj: object) -> FunctionSpec | None:
 
 
 class InputObject:
-    """The object that triggered the step: stream it, or ask for a local path."""
+    """The object that triggered the step: stream it, or ask for a local path.
 
-    def __init__(self, storage: Storage, info: ObjectInfo, scratch: Path) -> None:
+    ``opened``: a stream of the object the runtime already has (the answer
+    to its one conditional read, :func:`fileproc.runtime.invoke.open_source`);
+    the first ``open()`` or ``path`` uses it instead of asking the store again,
+    and :meth:`close` drops it if the handler never read its input.
+    """
+
+    def __init__(self, storage: Storage, info: ObjectInfo, scratch: Path, opened: IO[bytes] | None = None) -> None:
         self._storage = storage
         self.info = info
         self._scratch = scratch
         self._path: Path | None = None
+        self._opened = opened
         self.bytes_read = 0
 
     @property
@@ -164,6 +172,9 @@ class InputObject:
     def open(self) -> IO[bytes]:
         """A streaming reader of the object."""
         self.bytes_read += self.info.size
+        opened, self._opened = self._opened, None
+        if opened is not None:
+            return opened
         return self._storage.open(self.info.bucket, self.info.key)
 
     @property
@@ -173,10 +184,21 @@ class InputObject:
             suffix = Path(self.info.key).suffix
             self._scratch.mkdir(parents=True, exist_ok=True)
             target = self._scratch / f"input{suffix}"
-            self._storage.download(self.info.bucket, self.info.key, target)
+            opened, self._opened = self._opened, None
+            if opened is None:
+                self._storage.download(self.info.bucket, self.info.key, target)
+            else:
+                with opened, open(target, "wb") as out:
+                    shutil.copyfileobj(opened, out, 1024 * 1024)
             self.bytes_read += self.info.size
             self._path = target
         return self._path
+
+    def close(self) -> None:
+        """Drop the stream the runtime opened, if the handler never used it (called when the step ends)."""
+        opened, self._opened = self._opened, None
+        if opened is not None:
+            opened.close()
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,10 @@ class StepRequest:
     memory_mb: int
     scratch_dir: str  # the step's private folder, removed when it ends
     payload: dict[str, Any] | RecordBatch | None = None  # the handler's event when it is not an object's
+    # The object is to be checked before the handler runs (still there, still the notified version, not
+    # the pipeline's own output): with the runner's one conditional read, or a HEAD by the worker for a
+    # runner that reads through its own client (fileproc.runtime.invoke.open_source / head_source).
+    check_source: bool = False
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,13 @@ watched buckets (:func:`next_interval`). A small bucket is listed about once
 a minute; a big one less often, so listing stays within its share of a core.
 Memory stays bounded: the listing streams, and is compared in batches.
 
+Sooner when asked: a worker that skips a job as superseded leaves a nudge
+for its bucket (:mod:`fileproc.state.nudges`: the store may have named the
+wrong key, so another object's notification is lost). The reconciler looks
+for nudges every second and lists a nudged bucket at once, or, if a nudge
+already made it list that bucket less than ``min_interval`` ago, then; if
+that pass left objects too recent to judge, once more when they no longer are.
+
 Example::
 
     from fileproc.intake.reconcile import reconcile_all
@@ -40,6 +47,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -54,6 +62,7 @@ from fileproc.rules import PROVENANCE_PIPELINE, Pipeline, event_matches, match
 from fileproc.service import Service
 from fileproc.state import drift as drift_db
 from fileproc.state.drift import Drift
+from fileproc.state.nudges import take_nudges
 from fileproc.storage import ObjectInfo, Storage
 
 log = logging.getLogger(__name__)
@@ -280,10 +289,17 @@ def next_interval(cpu_seconds: float, settings: ReconcileSettings, buckets: int 
     return min(settings.interval, max(settings.min_interval, cpu_seconds / share))
 
 
+NUDGE_POLL_SECONDS = 1.0
+"""How often the reconciler looks for nudges (a read of one small table)."""
+
+
 class Reconciler:
     """Lists every watched bucket at start, then each on its own adaptive interval, in a daemon thread.
 
-    ``on_pass(drift)`` is called after each bucket's pass (the CLI prints it).
+    A nudged bucket (:mod:`fileproc.state.nudges`) is listed sooner: at
+    most once per ``min_interval`` for nudges (and once more if that pass
+    left objects too recent to judge). ``on_pass(drift)`` is called after
+    each bucket's pass (the CLI prints it).
     """
 
     def __init__(self, service: Service, on_pass: Callable[[Drift], None] | None = None) -> None:
@@ -291,6 +307,8 @@ class Reconciler:
         self.on_pass = on_pass
         self._stop = threading.Event()
         self._due: dict[str, float] = {}
+        self._nudged: dict[str, float] = {}  # bucket -> when a nudge for it was taken (monotonic), until served
+        self._nudged_pass: dict[str, float] = {}  # bucket -> when its last pass for a nudge started (monotonic)
         self._thread = threading.Thread(target=self.run, name="fileproc-reconciler", daemon=True)
 
     def start(self) -> Reconciler:
@@ -315,20 +333,25 @@ class Reconciler:
                 self._stop.wait(settings.min_interval)
                 continue
             now = time.monotonic()
-            # Wake for the next bucket due, and at least every min_interval for new buckets a glob matches.
-            wait = min([settings.min_interval, *(due - now for due in self._due.values())])
+            # Wake for the next bucket due, at least every min_interval for new buckets a glob matches,
+            # and every second for nudges.
+            wait = min([settings.min_interval, NUDGE_POLL_SECONDS, *(due - now for due in self._due.values())])
             self._stop.wait(max(wait, 0.05))
 
     def run_due(self) -> list[Drift]:
-        """Reconcile every bucket that is due now (every bucket, the first time)."""
+        """Reconcile every bucket that is due now (every bucket, the first time; a nudged one, soon)."""
         settings = self.service.settings.reconcile
         scopes = watched_scopes(self.service)
         now = time.monotonic()
         self._due = {scope.bucket: self._due.get(scope.bucket, now) for scope in scopes}
+        self._take_nudges(now)
         done = []
         for scope in scopes:
             if self._stop.is_set() or self._due[scope.bucket] > time.monotonic():
                 continue
+            started = time.monotonic()
+            if scope.bucket in self._nudged:
+                self._nudged_pass[scope.bucket] = started
             try:
                 drift = reconcile_bucket(self.service, scope)
             except FileprocError as exc:  # the state database, usually: try again soon
@@ -336,13 +359,41 @@ class Reconciler:
                 self._due[scope.bucket] = time.monotonic() + settings.min_interval
                 continue
             self._due[scope.bucket] = time.monotonic() + next_interval(drift.cpu_ms / 1000, settings, len(scopes))
+            self._served(scope.bucket, started, drift)
             done.append(drift)
             if self.on_pass:
                 self.on_pass(drift)
         return done
 
+    def _take_nudges(self, now: float) -> None:
+        """Bring forward the buckets workers asked for, as far as ``min_interval`` allows."""
+        try:
+            asked = take_nudges(self.service.db)
+        except FileprocError as exc:  # the state database: the intervals still hold
+            log.debug("reconcile: cannot read nudges: %s", exc)
+            return
+        for bucket in asked:
+            if bucket not in self._due:
+                continue  # no pipeline watches it (any more)
+            # At most one listing per min_interval for nudges (besides the interval's own).
+            at = max(now, self._nudged_pass.get(bucket, -math.inf) + self.service.settings.reconcile.min_interval)
+            log.info("reconcile: %s: listing in %.0f s, as a worker asked (a job was superseded)", bucket, at - now)
+            self._nudged[bucket] = now  # (the latest: what it is about may be newer than an earlier one's)
+            self._due[bucket] = min(self._due[bucket], at)
+
+    def _served(self, bucket: str, started: float, drift: Drift) -> None:
+        """After a pass of a nudged bucket: done, unless it left objects too recent to judge that the nudge is about."""
+        nudged = self._nudged.get(bucket)
+        if nudged is None:
+            return
+        settle = recent_seconds(self.service.settings)
+        if drift.recent and not drift.error and started < nudged + settle:  # once more, when they can be judged
+            self._due[bucket] = min(self._due[bucket], nudged + settle)
+        else:
+            del self._nudged[bucket]
+
 
 __all__ = [
-    "BATCH", "RECENT_SECONDS", "Reconciler", "Scope", "next_interval", "recent_seconds", "reconcile_all",
-    "reconcile_bucket", "watched_prefix", "watched_scopes",
+    "BATCH", "NUDGE_POLL_SECONDS", "RECENT_SECONDS", "Reconciler", "Scope", "next_interval", "recent_seconds",
+    "reconcile_all", "reconcile_bucket", "watched_prefix", "watched_scopes",
 ]

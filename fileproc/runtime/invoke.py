@@ -8,6 +8,15 @@ plain picklable data: outputs, usage, the handler's return value, or the
 error, classified here because an exception object may not survive
 pickling. (A deployed function's runner is a fresh interpreter that builds
 its context itself: :mod:`fileproc.serverless.bootstrap`.)
+
+Before a step of an uploaded object runs, the object is checked: still
+there, still the version the notification named, not the pipeline's own
+output. A registered function's runner does it with the read it needs anyway
+(:func:`open_source`: one GET with ``If-Match``, whose answer the handler
+then reads), so a step costs one request to the store, not a HEAD and a GET.
+A runner that reads through its own client (a deployed function's boto3) is
+sent a HEAD's answer instead (:func:`head_source`, from :func:`plan_step`).
+Either way a step that must not run ends as a :class:`SourceSkip`.
 """
 
 from __future__ import annotations
@@ -15,12 +24,12 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import quote
 
-from fileproc.errors import ConfigError, kind_of
+from fileproc.errors import ConfigError, ObjectNotFound, StorageError, kind_of
 from fileproc.events import ObjectEvent
 from fileproc.functions import Context, FunctionSpec, InputObject, OutputWriter, step_outcome
 from fileproc.functions.aws import aws_region
@@ -58,14 +67,94 @@ class StepPlan:
         return {"Records": [self.event.to_record(region=self.region, configuration_id=self.pipeline.name)]}
 
 
+GONE = "the object no longer exists"
+SUPERSEDED = "superseded: the object changed since this notification"
+
+
+@dataclass(frozen=True)
+class SourceSkip:
+    """Why a step does not run on its object (picklable: a runner reports it to the worker).
+
+    ``changed``: the notified version is no longer current (its successor
+    gets a job of its own); ``current``: the object as it is now, when the
+    check saw it (a conditional read that failed did not: the worker asks).
+    """
+
+    reason: str
+    changed: bool = False
+    current: ObjectInfo | None = None
+
+
+class SourceSkipped(Exception):
+    """Raised by :func:`plan_step` when the HEAD it made says the step does not run."""
+
+    def __init__(self, skip: SourceSkip) -> None:
+        super().__init__(skip.reason)
+        self.skip = skip
+
+
+def source_verdict(info: ObjectInfo, event: ObjectEvent, pipeline: str) -> str | None:
+    """Why a step of ``pipeline`` for ``event`` does not run on the object ``info`` describes (None: it runs).
+
+    A notification with a version id names its version for the job's key; one
+    without is judged by its etag (dispatch supersedes by sequencer).
+    """
+    if info.metadata.get(PROVENANCE_PIPELINE) == pipeline:
+        return f"the object was written by pipeline {pipeline!r} itself"
+    if event.version_id is None and event.etag and info.etag != event.etag:
+        return SUPERSEDED
+    return None
+
+
+def open_source(storage: Storage, event: ObjectEvent, pipeline: str) -> tuple[ObjectInfo, IO[bytes]] | SourceSkip:
+    """The step's object checked and opened with one request, or why the step does not run.
+
+    Raises StorageError when the store fails (the step is retried as any failure).
+    """
+    etag = event.etag if event.version_id is None and event.etag else None
+    try:
+        found = storage.open_if(event.bucket, event.key, etag)
+    except ObjectNotFound:
+        return SourceSkip(GONE)
+    if found is None:
+        return SourceSkip(SUPERSEDED, changed=True)
+    reason = source_verdict(found[0], event, pipeline)
+    if reason is not None:
+        found[1].close()
+        return SourceSkip(reason, changed=reason == SUPERSEDED, current=found[0])
+    return found
+
+
+def head_source(storage: Storage, event: ObjectEvent, pipeline: str) -> ObjectInfo | SourceSkip:
+    """The step's object checked with a HEAD (for a runner that reads it through its own client)."""
+    try:
+        info = storage.head(event.bucket, event.key)
+    except ObjectNotFound:
+        return SourceSkip(GONE)
+    reason = source_verdict(info, event, pipeline)
+    if reason is not None:
+        return SourceSkip(reason, changed=reason == SUPERSEDED, current=info)
+    return info
+
+
 def plan_step(service: Service, request: StepRequest, spec: FunctionSpec) -> StepPlan:
-    """Where the step of ``request`` reads and writes (``spec``: the function the worker resolved for it)."""
+    """Where the step of ``request`` reads and writes (``spec``: the function the worker resolved for it).
+
+    A request whose source is still to be checked (``check_source``) is
+    checked here with a HEAD: SourceSkipped if the step must not run.
+    """
     pipeline = service.pipeline(request.pipeline)
     if pipeline is None:
         raise ConfigError(f"pipeline {request.pipeline!r} is no longer configured")
     step = pipeline.steps[request.step_index]
     event = ObjectEvent.from_dict(request.event)
-    source = request.source or ObjectInfo(event.bucket, event.key, event.size or 0, event.etag or "")
+    source = request.source
+    if request.check_source:
+        checked = head_source(service.storage, event, pipeline.name)
+        if isinstance(checked, SourceSkip):
+            raise SourceSkipped(checked)
+        source = checked
+    source = source or ObjectInfo(event.bucket, event.key, event.size or 0, event.etag or "")
     _, _, qualifier = step.function.partition(":")
     return StepPlan(
         pipeline=pipeline, step=step, event=event, source=source, region=aws_region(service.settings),
@@ -97,11 +186,23 @@ def invoke(service: Service, request: StepRequest, spec: FunctionSpec) -> dict[s
 
     ``spec`` is the function the worker resolved for the step.
     """
-    plan = plan_step(service, request, spec)
     storage = _runner_storage(service)
+    opened: IO[bytes] | None = None
+    if request.check_source:  # one conditional read: the check, and the handler's input
+        event = ObjectEvent.from_dict(request.event)
+        try:
+            checked = open_source(storage, event, request.pipeline)
+        except StorageError as exc:
+            return {"error": _error(exc), "result": None, "outputs": [], "bytes_read": 0, "bytes_written": 0}
+        if isinstance(checked, SourceSkip):
+            return {"skipped": checked, "error": None, "result": None, "outputs": [], "bytes_read": 0,
+                    "bytes_written": 0}
+        info, opened = checked
+        request = replace(request, source=info, check_source=False)
+    plan = plan_step(service, request, spec)
     scratch = Path(request.scratch_dir)  # made only if the step uses it: most never do
     writer = OutputWriter(storage, plan.output_bucket, plan.output_key, plan.provenance)
-    reader = InputObject(storage, plan.source, scratch)
+    reader = InputObject(storage, plan.source, scratch, opened)
     context = Context(
         aws_request_id=request.request_id,
         function_name=spec.name,
@@ -123,10 +224,15 @@ def invoke(service: Service, request: StepRequest, spec: FunctionSpec) -> dict[s
     try:  # the scratch folder is removed by the worker (runner.execute), however the step ends
         outcome["result"] = _plain(spec.handler(plan.lambda_event(), context))
     except Exception as exc:  # reported to the worker, which decides
-        outcome["error"] = {"kind": kind_of(exc), "type": type(exc).__name__,
-                            "message": str(exc) or type(exc).__name__,
-                            "traceback": "".join(traceback.format_exception(exc))[-8000:]}
+        outcome["error"] = _error(exc)
+    finally:
+        reader.close()  # the input it was given and never read
     return step_outcome(outcome, writer, reader)
+
+
+def _error(exc: Exception) -> dict[str, Any]:
+    return {"kind": kind_of(exc), "type": type(exc).__name__, "message": str(exc) or type(exc).__name__,
+            "traceback": "".join(traceback.format_exception(exc))[-8000:]}
 
 
 def _plain(value: Any) -> Any:
@@ -140,4 +246,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-__all__ = ["StepPlan", "invoke", "plan_step"]
+__all__ = [
+    "GONE", "SUPERSEDED", "SourceSkip", "SourceSkipped", "StepPlan", "head_source", "invoke", "open_source",
+    "plan_step", "source_verdict",
+]

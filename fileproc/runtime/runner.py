@@ -3,8 +3,9 @@
 The whole path in one place::
 
     start_step (transaction 1: claim, lease, attempt)
-      -> is the object still the notified version? (a HEAD)
-      -> run the handler in its own process, renewing the lease meanwhile
+      -> run the handler in its own process, renewing the lease meanwhile; its runner first
+         checks that the object is still the notified version, with the one conditional
+         read the handler's input comes from (runtime/invoke.py: open_source)
     finish_step (transaction 2: attempt, outputs, usage, what becomes of the job)
       -> send the next step (or nothing: the outbox covers a lost send)
 
@@ -33,14 +34,16 @@ from fileproc.functions import PROGRESS_FILE, FunctionSpec
 from fileproc.functions.kinds import StepPolicy
 from fileproc.functions.steps import ChildResult, StepRequest, failed_start
 from fileproc.objects import event_for
-from fileproc.rules import PROVENANCE_PIPELINE, Step
+from fileproc.rules import Step
 from fileproc.runtime import leases, outbox
 from fileproc.runtime.cleanup import Cleanup, remove_earlier_outputs
+from fileproc.runtime.invoke import GONE, SUPERSEDED, SourceSkip, SourceSkipped, source_verdict
 from fileproc.runtime.metering import attempt_metering
 from fileproc.runtime.pool import pool
 from fileproc.runtime.slots import ReservedSlot
 from fileproc.service import Service
 from fileproc.state import AttemptStatus, DatabaseUnavailable, Job, JobStatus, Output, Send, StepEnd, StepStart
+from fileproc.state.nudges import nudge
 from fileproc.storage import ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -109,24 +112,12 @@ def run_step(service: Service, job_id: int, step_index: int, worker: str) -> Out
             return end.cleaned(remove_earlier_outputs(service, job))
         except StorageError as exc:
             return end.failure(kind_of(exc), str(exc), ChildResult(False))
-    try:
-        info = service.storage.head(event.bucket, event.key) if event.is_creation else None
-    except ObjectNotFound:
-        return end.skip("the object no longer exists")
-    except StorageError as exc:
-        return end.failure(kind_of(exc), str(exc), ChildResult(False))
-    if info is not None:
-        if info.metadata.get(PROVENANCE_PIPELINE) == job.pipeline:
-            return end.skip(f"the object was written by pipeline {job.pipeline!r} itself")
-        if event.version_id is None and event.etag and info.etag != event.etag:
-            outcome = end.skip("superseded: the object changed since this notification")
-            _submit_current(service, event, info)
-            return outcome
-
     # Named after this worker's pid, so a worker starting later knows whose folder it was.
     scratch = service.settings.data_dir / "scratch" / f"{os.getpid()}.{request_id}"
-    request = StepRequest(request_id, pipeline.name, step_index, job.event, info, limits.timeout,
-                          limits.memory_mb, str(scratch))
+    # An uploaded object is checked before its handler runs (gone, superseded, our own output):
+    # by the runner's one conditional read, or the worker's HEAD for a runner with its own client.
+    request = StepRequest(request_id, pipeline.name, step_index, job.event, None, limits.timeout,
+                          limits.memory_mb, str(scratch), check_source=event.is_creation)
     progress = _Progress(service, job_id, step_index, attempt_id, scratch)
     slot = ReservedSlot(service.db, spec, request_id, limits.timeout + lease)
     if not slot.take():
@@ -140,8 +131,41 @@ def run_step(service: Service, job_id: int, step_index: int, worker: str) -> Out
             # The lease is kept until the end is recorded: a result that finds the database away
             # waits for it without its step being taken over meanwhile (the end lets go of it).
             end.lease = held
+            skipped = (result.value or {}).get("skipped") if result.ok else None
+            if isinstance(skipped, SourceSkip):
+                return _skip_source(service, end, event, skipped)
             return end.from_result(result)
     return end.late(result)
+
+
+def _skip_source(service: Service, end: _Ender, event: ObjectEvent, skip: SourceSkip) -> Outcome:
+    """End a step whose object was gone, superseded or the pipeline's own output, as its check found.
+
+    A conditional read that found another version does not say which: a HEAD
+    does (rarely needed), judged as the check would have judged it.
+    """
+    current = skip.current
+    if skip.changed and current is None:
+        try:
+            current = service.storage.head(event.bucket, event.key)
+        except ObjectNotFound:
+            return end.skip(GONE)
+        except StorageError as exc:  # superseded still; the nudged listing finds the current version
+            log.warning("job %s: cannot ask which version of %s/%s is current: %s", end.job.id, event.bucket,
+                        event.key, exc)
+        if current is not None:
+            verdict = source_verdict(current, event, end.job.pipeline)
+            if verdict is None:  # changed back to the notified bytes meanwhile: run it again
+                return end.failure("transient", "the object changed while the step started", ChildResult(False))
+            skip = SourceSkip(verdict, changed=verdict == SUPERSEDED, current=current)
+    outcome = end.skip(skip.reason)
+    if skip.changed:
+        if current is not None:
+            _submit_current(service, event, current)
+        # The store may have named the wrong key (versitygw under load): another object's
+        # notification is then lost too. Its bucket is listed soon rather than at the interval.
+        nudge(service.db, event.bucket)
+    return outcome
 
 
 def _submit_current(service: Service, event: ObjectEvent, info: ObjectInfo) -> None:
@@ -174,6 +198,8 @@ def execute(service: Service, request: StepRequest, *, cancel: threading.Event,
     kind = service.functions.kind(spec)
     try:
         start = kind.start(spec, request)
+    except SourceSkipped as skipped:  # its HEAD says the step does not run (a kind whose runner has its own client)
+        return ChildResult(True, value={"skipped": skipped.skip, "error": None, "result": None, "outputs": []})
     except FileprocError as exc:  # a deployed version whose package will not install, say
         return failed_start(exc, kind_of(exc))
     key = (spec.name, spec.version, request.memory_mb)

@@ -42,6 +42,7 @@ from fileproc.state import (  # noqa: F401 (their tables)
     invocations,
     logtotals,
     metrictotals,
+    nudges,
     saved_events,
     schedules,
     steps,

@@ -126,6 +126,19 @@ class Storage(abc.ABC):
         check_key(key)
         return self._do_read(bucket, key, version_id or None)[1]
 
+    def open_if(self, bucket: str, key: str, etag: str | None) -> tuple[ObjectInfo, IO[bytes]] | None:
+        """The object's info and a stream of its bytes if its etag is still ``etag``; None if it changed.
+
+        One request on S3 (a GET with ``If-Match``): a reader learns in one
+        answer whether the object is still the version it was told about, what
+        it holds (size, content type, metadata: HEAD's headers) and its bytes.
+        ``etag`` None reads whatever is current. Raises ObjectNotFound when the
+        object is gone. Close the stream when done, read or not.
+        """
+        check_bucket_name(bucket)
+        check_key(key)
+        return self._do_read_if(bucket, key, etag or None)
+
     def download(self, bucket: str, key: str, path: Path, version_id: str | None = None) -> ObjectInfo:
         """Copy the object to a local file, streaming. Returns what was read."""
         check_bucket_name(bucket)
@@ -197,6 +210,14 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def _do_read(self, bucket: str, key: str, version_id: str | None) -> tuple[ObjectInfo, IO[bytes]]:
         """The object's info and a stream of exactly the bytes it describes."""
+
+    def _do_read_if(self, bucket: str, key: str, etag: str | None) -> tuple[ObjectInfo, IO[bytes]] | None:
+        """:meth:`open_if`; this default reads and compares (a store with conditional reads asks it instead)."""
+        info, stream = self._do_read(bucket, key, None)
+        if etag is not None and info.etag != etag:
+            stream.close()
+            return None
+        return info, stream
 
     @abc.abstractmethod
     def _do_put(self, bucket: str, key: str, source: PutSource, content_type: str,

@@ -10,6 +10,9 @@ credentials.
 The HTTP client gives up quickly (a few seconds for a dead endpoint) so a
 step fails and is retried by the runtime instead of hanging a worker.
 
+A conditional read (``open_if``) is one GET with ``If-Match``: the store's
+412 (PreconditionFailed) means another version is current, and is no error.
+
 Versions: reads pass ``version_id`` to the store; on a versioned bucket
 ``head``, ``download`` and ``put`` report the version id. A version the store
 does not have is ObjectNotFound, whatever the store calls it (NoSuchVersion,
@@ -159,6 +162,24 @@ class S3Storage(Storage):
         info = _info_from_headers(bucket, key, response.headers)
         raw = _ResponseStream(response, self._raise, bucket, key)
         return info, io.BufferedReader(raw, buffer_size=CHUNK)
+
+    def _do_read_if(self, bucket: str, key: str, etag: str | None) -> tuple[ObjectInfo, IO[bytes]] | None:
+        if etag is None:
+            return self._do_read(bucket, key, None)
+        try:
+            response = self._client.get_object(bucket, key, request_headers={"If-Match": f'"{etag}"'})
+        except S3Error as exc:
+            if exc.code == "PreconditionFailed":  # 412: another version is current now
+                return None
+            self._raise(exc, bucket, key)
+        except Exception as exc:
+            self._raise(exc, bucket, key)
+        info = _info_from_headers(bucket, key, response.headers)
+        stream = io.BufferedReader(_ResponseStream(response, self._raise, bucket, key), buffer_size=CHUNK)
+        if info.etag != etag:  # a store that ignores If-Match
+            stream.close()
+            return None
+        return info, stream
 
     def _do_list(self, bucket: str, prefix: str, *, possible: bool) -> Iterator[ObjectInfo]:
         try:
