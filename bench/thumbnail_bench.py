@@ -1,18 +1,24 @@
-"""Thumbnail bench: the handler's reduced-scale JPEG decode against a full decode.
+"""Thumbnail bench: the handler against the minimal Pillow work, and against a full decode.
 
 Run from the repository root (``-m`` puts it on ``sys.path``)::
 
     /work/venv/bin/python -m bench.thumbnail_bench
     /work/venv/bin/python -m bench.thumbnail_bench --runs 30 --size 1024 --format jpeg
+    /work/venv/bin/python -m bench.thumbnail_bench --megapixels 2 --size 1024,512,256   # bench/pipeline's photo
 
-Both variants read the same photo-like 12 MP JPEG from a LocalStorage, make
-one thumbnail of the same size and format, and write it back:
+The variants read the same photo-like JPEG (12 MP by default), make the same
+thumbnails (one per ``--size``, each from the one before) and write them:
 
 - ``handler``: the real ``thumbnail`` handler (draft decode at 1/2..1/8 scale,
-  then resample);
+  then resample), reading and writing through a LocalStorage;
+- ``minimal``: the Pillow code a user would write for the same outputs
+  (open the file, ``draft``, ``thumbnail``, save to a file);
 - ``full decode``: ``Image.open`` + ``load`` at full size, then ``resize``.
 
-Times are medians over ``--runs`` alternating runs in this process. Peak
+Times (wall and CPU) are medians over ``--runs`` alternating runs in this
+process; ``handler / minimal`` is what the handler costs beyond the work
+itself, and the report says whether their thumbnails are byte for byte the
+same. Peak
 memory is measured once per variant in a fresh child process, because a
 process's peak RSS only ever rises and the allocator keeps freed memory, so
 the variant measured second would be judged by the first one's leftovers.
@@ -49,7 +55,7 @@ class Setup:
     storage: LocalStorage
     scratch: Path
     key: str
-    size: int
+    sizes: tuple[int, ...]
     format: str
     quality: int = 85
 
@@ -73,49 +79,78 @@ def photo_jpeg(megapixels: float, grain: float = 0.25) -> bytes:
     return buffer.getvalue()
 
 
-def prepare(root: Path, data: bytes, size: int, fmt: str) -> Setup:
+def prepare(root: Path, data: bytes, sizes: tuple[int, ...], fmt: str) -> Setup:
     storage = LocalStorage(root / "buckets", tmp_dir=root / "tmp")
     storage.ensure_bucket(BUCKET)
     storage.put(BUCKET, "photo.jpg", data, content_type="image/jpeg")
-    return Setup(storage, root / "scratch", "photo.jpg", size, fmt)
+    return Setup(storage, root / "scratch", "photo.jpg", sizes, fmt)
 
 
 def run_handler(setup: Setup) -> None:
     event, context = invocation(
-        setup.storage, BUCKET, setup.key, setup.scratch, function_name="thumbnail",
-        params={"sizes": [setup.size], "format": setup.format, "quality": setup.quality},
+        setup.storage, BUCKET, setup.key, setup.scratch, function_name="thumbnail", out_bucket=BUCKET,
+        out_prefix="handler/", params={"sizes": list(setup.sizes), "format": setup.format, "quality": setup.quality},
     )
     handler(event, context)
+
+
+def run_minimal(setup: Setup) -> None:
+    """What a user would write for the same thumbnails, on the same files (the bucket's folder)."""
+    folder = setup.storage.root / BUCKET
+    fmt = FORMATS[setup.format]
+    options = {"optimize": True} if fmt.pillow == "JPEG" else {}  # the handler's JPEG setting
+    (folder / "minimal").mkdir(exist_ok=True)
+    with Image.open(folder / setup.key) as image:
+        image.draft("RGB", (max(setup.sizes) * 2, max(setup.sizes) * 2))  # as thumbnail() itself asks
+        for size in sorted(setup.sizes, reverse=True):
+            image.thumbnail((size, size))
+            image.save(folder / "minimal" / f"thumb-{size}.{fmt.ext}", fmt.pillow, quality=setup.quality, **options)
 
 
 def run_full_decode(setup: Setup) -> None:
     """What a thumbnailer without draft mode does: decode every pixel, then shrink."""
     with setup.storage.open(BUCKET, setup.key) as stream:
-        image = Image.open(stream)
+        image: Image.Image = Image.open(stream)
         image.load()
-    scale = setup.size / max(image.size)
-    small = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
     fmt = FORMATS[setup.format]
-    buffer = io.BytesIO()
-    small.save(buffer, fmt.pillow, quality=setup.quality)
-    setup.storage.put(BUCKET, f"baseline/thumb-{setup.size}.{fmt.ext}", buffer.getvalue(),
-                      content_type=fmt.content_type)
+    for size in sorted(setup.sizes, reverse=True):
+        scale = size / max(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
+        buffer = io.BytesIO()
+        image.save(buffer, fmt.pillow, quality=setup.quality)
+        setup.storage.put(BUCKET, f"baseline/thumb-{size}.{fmt.ext}", buffer.getvalue(),
+                          content_type=fmt.content_type)
 
 
-VARIANTS: dict[str, Callable[[Setup], None]] = {"handler": run_handler, "full decode": run_full_decode}
+VARIANTS: dict[str, Callable[[Setup], None]] = {"handler": run_handler, "minimal": run_minimal,
+                                                 "full decode": run_full_decode}
 
 
-def time_variants(setup: Setup, runs: int) -> dict[str, list[float]]:
-    """Milliseconds per run of each variant, alternating so both see the same machine state."""
+def time_variants(setup: Setup, runs: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and CPU milliseconds per run of each variant, alternating so all see the same machine state."""
     for run in VARIANTS.values():
         run(setup)  # warm-up: plugin imports, encoder set-up, page cache
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    cpu: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for _ in range(runs):
         for name, run in VARIANTS.items():
-            start = time.perf_counter()
+            # Each timed run follows an untimed one of the same variant: one run just after the full
+            # decode (which frees a 12 MP image, whose pages the allocator gives back) would pay page
+            # faults the others do not.
+            run(setup)
+            start, start_cpu = time.perf_counter(), time.process_time()
             run(setup)
             times[name].append((time.perf_counter() - start) * 1000)
-    return times
+            cpu[name].append((time.process_time() - start_cpu) * 1000)
+    return times, cpu
+
+
+def same_thumbnails(setup: Setup) -> tuple[int, int]:
+    """(identical, compared): the handler's files against the minimal work's, byte for byte."""
+    folder, ext = setup.storage.root / BUCKET, FORMATS[setup.format].ext
+    pairs = [(folder / "handler" / f"thumb-{size}.{ext}", folder / "minimal" / f"thumb-{size}.{ext}")
+             for size in setup.sizes]
+    return sum(a.read_bytes() == b.read_bytes() for a, b in pairs), len(pairs)
 
 
 # --- peak memory, in a child process per variant ----------------------------------------------
@@ -128,10 +163,10 @@ def _proc_status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def peak_in_child(variant: str, input_path: Path, size: int, fmt: str) -> float | None:
+def peak_in_child(variant: str, input_path: Path, sizes: tuple[int, ...], fmt: str) -> float | None:
     """MiB the variant's run added to the child's peak RSS, or None where unmeasurable."""
     command = [sys.executable, "-m", "bench.thumbnail_bench", "--peak-of", variant,
-               "--input", str(input_path), "--size", str(size), "--format", fmt]
+               "--input", str(input_path), "--size", ",".join(map(str, sizes)), "--format", fmt]
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         print(f"peak memory of {variant!r} not measured: {done.stderr.strip()[-500:]}", file=sys.stderr)
@@ -140,12 +175,12 @@ def peak_in_child(variant: str, input_path: Path, size: int, fmt: str) -> float 
     return float(value) if value != "n/a" else None
 
 
-def measure_peak(variant: str, input_path: Path, size: int, fmt: str) -> str:
+def measure_peak(variant: str, input_path: Path, sizes: tuple[int, ...], fmt: str) -> str:
     """Child side: run ``variant`` once; return the rise of peak RSS in MiB (or ``n/a``)."""
     with tempfile.TemporaryDirectory() as tmp:
-        warm = prepare(Path(tmp) / "warm", photo_jpeg(0.01), size, fmt)
+        warm = prepare(Path(tmp) / "warm", photo_jpeg(0.01), sizes, fmt)
         VARIANTS[variant](warm)  # load plugins and encoders before measuring
-        setup = prepare(Path(tmp) / "real", input_path.read_bytes(), size, fmt)
+        setup = prepare(Path(tmp) / "real", input_path.read_bytes(), sizes, fmt)
         gc.collect()
         try:
             Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak (VmHWM) to now
@@ -159,17 +194,28 @@ def measure_peak(variant: str, input_path: Path, size: int, fmt: str) -> str:
 # --- report -------------------------------------------------------------------------------------
 
 
-def report(times: dict[str, list[float]], peaks: dict[str, float | None], title: str) -> str:
-    rows = [title, f"{'variant':<16}{'median ms':>12}{'min ms':>10}{'peak MiB':>10}"]
+def report(times: dict[str, list[float]], cpu: dict[str, list[float]], peaks: dict[str, float | None],
+           same: tuple[int, int], title: str) -> str:
+    rows = [title, f"{'variant':<22}{'median ms':>12}{'min ms':>10}{'CPU ms':>10}{'peak MiB':>10}"]
     for name, values in times.items():
         peak = peaks[name]
         peak_text = f"{peak:.1f}" if peak is not None else "n/a"
-        rows.append(f"{name:<16}{statistics.median(values):>12.1f}{min(values):>10.1f}{peak_text:>10}")
-    time_ratio = statistics.median(times["full decode"]) / statistics.median(times["handler"])
-    full_peak, handler_peak = peaks["full decode"], peaks["handler"]
-    peak_ratio = f"{full_peak / handler_peak:.1f}x" if full_peak and handler_peak else "n/a"
-    rows.append(f"{'full / handler':<16}{time_ratio:>11.1f}x{'':>10}{peak_ratio:>10}")
+        rows.append(f"{name:<22}{statistics.median(values):>12.1f}{min(values):>10.1f}"
+                    f"{statistics.median(cpu[name]):>10.1f}{peak_text:>10}")
+
+    def ratio(a: str, b: str) -> str:
+        peak_a, peak_b = peaks[a], peaks[b]
+        peak_ratio = f"{peak_a / peak_b:.2f}x" if peak_a and peak_b else "n/a"
+        return (f"{a + ' / ' + b:<22}{statistics.median(times[a]) / statistics.median(times[b]):>11.2f}x"
+                f"{'':>10}{statistics.median(cpu[a]) / statistics.median(cpu[b]):>9.2f}x{peak_ratio:>10}")
+
+    rows += [ratio("handler", "minimal"), ratio("full decode", "handler"),
+             f"handler and minimal thumbnails byte for byte the same: {same[0]} of {same[1]}"]
     return "\n".join(rows)
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(","))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -177,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=15, help="timed runs per variant (default 15)")
     parser.add_argument("--megapixels", type=float, default=12.0, help="size of the test photo (default 12)")
     parser.add_argument("--grain", type=float, default=0.25, help="noise in the photo, 0..1 (default 0.25)")
-    parser.add_argument("--size", type=int, default=256, help="thumbnail's longest edge in px (default 256)")
+    parser.add_argument("--size", type=_sizes, default=(256,),
+                        help="thumbnails' longest edge in px, comma-separated for several (default 256)")
     parser.add_argument("--format", default="webp", choices=sorted(FORMATS), help="output format (default webp)")
     parser.add_argument("--peak-of", choices=sorted(VARIANTS), help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
@@ -195,10 +242,11 @@ def main(argv: list[str] | None = None) -> None:
         with Image.open(input_path) as image:
             width, height = image.size
         peaks = {name: peak_in_child(name, input_path, args.size, args.format) for name in VARIANTS}
-        times = time_variants(setup, args.runs)
+        times, cpu = time_variants(setup, args.runs)
+        same = same_thumbnails(setup)
     title = (f"thumbnail bench: {width}x{height} JPEG ({width * height / 1e6:.1f} MP, {len(data) / 1e6:.1f} MB)"
-             f" -> {args.size} px {args.format}, {args.runs} runs each")
-    print(report(times, peaks, title))
+             f" -> {','.join(map(str, args.size))} px {args.format}, {args.runs} runs each")
+    print(report(times, cpu, peaks, same, title))
 
 
 if __name__ == "__main__":

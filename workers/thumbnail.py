@@ -29,6 +29,7 @@ decompression bomb) fails it with ``InvalidInput``.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import shutil
 import struct
@@ -524,12 +525,39 @@ def _encode(image: Image.Image, icc: bytes | None, exif: Image.Exif | None, para
     return buffer.getvalue()
 
 
+KEEP_FREED_MEMORY = 128 * 1024 * 1024
+"""How much freed memory a runner keeps for its next photo (glibc's ``M_TRIM_THRESHOLD``).
+
+By default glibc gives a decoded photo's memory back to the kernel when it is
+freed (large blocks are mapped apart, and the heap's top is trimmed), and the
+next photo takes it again page by page: 4,000 page faults, 8-18 ms of a 2 MP
+photo's 150 ms. A runner makes one thumbnail after another, so it keeps that
+memory instead: between steps it holds what its photos needed (about 30 MB
+more for 2 MP photos, 70 MB for 12 MP ones at 1024 px) until it is stopped."""
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+_MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's largest: bigger blocks are still mapped apart, and given back
+
+
+def keep_freed_memory() -> bool:
+    """Make this process keep freed memory for reuse (:data:`KEEP_FREED_MEMORY`); False where not glibc."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (macOS has no mallopt)
+        return False
+    # A fixed mmap threshold also stops glibc raising it on its own, which is what trimming follows.
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, KEEP_FREED_MEMORY))
+
+
 def warm() -> None:
     """Called once in each new runner, before its first event (see ``fileproc.runtime.pool``).
 
     Pillow loads its format plugins and sets up each codec on first use: 25-30 ms
-    that would otherwise land on the first thumbnail a runner makes.
+    that would otherwise land on the first thumbnail a runner makes. And the
+    runner keeps freed memory for the next photo (:func:`keep_freed_memory`):
+    process-wide, so here and not in the handler, which other code may call.
     """
+    keep_freed_memory()
     Image.init()
     buffer = io.BytesIO()
     Image.new("RGB", (64, 48), "teal").save(buffer, "JPEG")
