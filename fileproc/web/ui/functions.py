@@ -30,7 +30,7 @@ from fileproc.serverless.destinations import redrive
 from fileproc.service import Service
 from fileproc.state import saved_events as saved
 from fileproc.state.deployments import LIVE, FunctionVersion, dead_letters, list_versions, set_alias
-from fileproc.state.function_activity import attempts_since, recent_invocations, summaries
+from fileproc.state.function_activity import FunctionSummary, attempts_since, recent_invocations, summaries
 from fileproc.web.context import ServiceDep
 from fileproc.web.ui.charts import bars, lines
 from fileproc.web.ui.monitoring import WINDOWS, monitoring
@@ -55,13 +55,7 @@ class Row:
     timeout: float
     concurrency: int | None
     versions: int
-    last_invoked: datetime | None
-    invocations: int
-    errors: int
-
-    @property
-    def error_rate(self) -> float | None:
-        return self.errors / self.invocations if self.invocations else None
+    ran: FunctionSummary  # its last day
 
 
 def function_rows(service: Service) -> list[Row]:
@@ -71,19 +65,18 @@ def function_rows(service: Service) -> list[Row]:
     for version in list_versions(service.db):
         deployed.setdefault(version.function, []).append(version)
     rows = []
+
+    def day(name: str) -> FunctionSummary:
+        return ran.get(name) or FunctionSummary(name, None, 0, 0)
+
     for name, versions in sorted(deployed.items()):
         live = next((v for v in versions if LIVE in v.aliases), versions[-1])
-        summary = ran.get(name)
         rows.append(Row(name, "deployed", live, {a: v.version for v in versions for a in v.aliases}, live.memory_mb,
-                        live.timeout, live.concurrency, len(versions), summary.last_invoked if summary else None,
-                        summary.invocations if summary else 0, summary.errors if summary else 0))
+                        live.timeout, live.concurrency, len(versions), day(name)))
     for name, spec in sorted(service.functions.registry.specs().items()):
         if name in deployed:
             continue
-        summary = ran.get(name)
-        rows.append(Row(name, "built-in", None, {}, spec.memory_mb, spec.timeout, spec.concurrency, 0,
-                        summary.last_invoked if summary else None, summary.invocations if summary else 0,
-                        summary.errors if summary else 0))
+        rows.append(Row(name, "built-in", None, {}, spec.memory_mb, spec.timeout, spec.concurrency, 0, day(name)))
     return rows
 
 
