@@ -21,17 +21,8 @@ from selenium.webdriver.support import expected_conditions as seen
 from tests.procs import Process, fileproc, wait_healthy, write_config
 from tests.servers import free_port
 from tests.test_ui_browser import ADMIN, Site, chrome
+from tests.test_ui_functions import HANDLER
 
-HANDLER = '''
-def handler(event, context):
-    key = event["Records"][0]["s3"]["object"]["key"]
-    print("looking at", key)
-    if "bad" in key:
-        raise ValueError("cannot take " + key)
-    return {"seen": key, "version": VERSION}
-
-VERSION = "one"
-'''
 NARROW = 400
 PAGES = ["/ui", "/ui/jobs", "/ui/functions", "/ui/functions/echo", "/ui/usage", "/ui/pipelines", "/ui/why",
          "/ui/streams", "/ui/search"]

@@ -33,7 +33,7 @@ from fileproc.serverless.environment import environment
 from fileproc.serverless.lambda_runtime import LambdaHandler
 from fileproc.serverless.names import looks_deployed, split
 from fileproc.serverless.stepping import DEPLOYED
-from fileproc.state.deployments import FunctionVersion, list_versions, resolve
+from fileproc.state.deployments import FunctionVersion, function_names, resolve
 
 if TYPE_CHECKING:
     from fileproc.service import Service
@@ -62,7 +62,7 @@ class Catalog:
 
     def queues(self) -> list[str]:
         """The queue of every function deployed now (asks the database)."""
-        return sorted({queue_of(version.function) for version in list_versions(self.service.db)})
+        return [queue_of(name) for name in function_names(self.service.db)]
 
     def __init__(self, service: Service) -> None:
         self.service = service

@@ -150,6 +150,12 @@ def list_versions(db: Database, function: str | None = None) -> list[FunctionVer
         return [_version_of(r, sorted(pointed.get((r.function, r.version), []))) for r in rows]
 
 
+def function_names(db: Database) -> list[str]:
+    """The name of every function with a version deployed (a worker asks every second: names only)."""
+    with db.reading() as s:
+        return list(s.scalars(select(FunctionVersionRow.function).distinct().order_by(FunctionVersionRow.function)))
+
+
 def dead_letters(db: Database, function: str | None = None, *, replayed: bool = False) -> list[dict[str, Any]]:
     """Dead-letter records (of ``function``), oldest first; those not replayed yet unless ``replayed``."""
     from fileproc.state.models import DeadLetterRow
@@ -303,6 +309,6 @@ def runner_counts(db: Database, fresh_seconds: float) -> dict[tuple[str, str], i
         return {(function, state): int(total or 0) for function, state, total in rows}
 
 
-__all__ = ["LIVE", "FunctionVersion", "add_version", "dead_letters", "delete_function", "forget_runners", "give_slot",
-           "list_versions", "mark_replayed", "new_token", "provisioned_functions", "report_runners", "resolve",
-           "runner_counts", "set_alias", "take_slot", "token_matches"]
+__all__ = ["LIVE", "FunctionVersion", "add_version", "dead_letters", "delete_function", "forget_runners",
+           "function_names", "give_slot", "list_versions", "mark_replayed", "new_token", "provisioned_functions",
+           "report_runners", "resolve", "runner_counts", "set_alias", "take_slot", "token_matches"]
