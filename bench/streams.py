@@ -153,7 +153,7 @@ def embedded(service: Service, handlers: Any, args: argparse.Namespace) -> None:
     start = time.perf_counter()
     poller.start()
     while not _caught_up(client, STREAM_PREFIX + "redis", "fileproc-redis"):
-        time.sleep(0.005)
+        time.sleep(0.01)
     ours = time.perf_counter() - start
     poller.stop()
     print(f"embedded Redis, {args.records:,} records, batches of 100:")

@@ -48,6 +48,7 @@ class EchoKind:
 
     name = "echo"
     report_level = logging.INFO
+    step_scratch = True
 
     def __init__(self) -> None:
         self.started: list[str] = []

@@ -64,6 +64,16 @@ def partial(event, context):
             done.append(value["n"])
     return {"done": done, "failed": len(failures), "batchItemFailures": failures}
 
+def flaky(event, context):
+    """Fails a batch holding a value with "flaky" the first time this runner sees it (its /tmp remembers)."""
+    values = _values(event)
+    for v in values:
+        marker = f"/tmp/flaky-{v['n']}"
+        if v.get("flaky") and not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError("flaky")
+    return {"values": values}
+
 def window(event, context):
     """Sums values per tumbling window; the final invocation returns the total."""
     state = dict(event.get("state") or {})
@@ -183,6 +193,35 @@ def test_partial_batch_failures_retry_from_the_first_failed_record(stream_env: A
     runs = lines(service, name)
     assert (runs[0]["done"], runs[0]["failed"]) == ([0, 1, 2, 3, 4, 5], 1)
     assert runs[1]["done"] == [6, 7, 8, 9]  # from the failed record on, once more; nothing before it again
+
+
+def test_batches_sent_ahead_never_run_before_a_failed_batch_before_them_succeeded(stream_env: Any) -> None:
+    # 60 records waiting in batches of 5: each next batch is sent to the runner while the one before it runs.
+    service, name = stream_env("flaky", batch_size=5)
+    values = [{"n": i} for i in range(60)]
+    for flaky in (12, 37):
+        values[flaky]["flaky"] = True
+    put(service, name, values)
+    stream_env.start(service, name)
+    wait_for(lambda: sum(len(x["values"]) for x in lines(service, name)) >= 60, timeout=60)
+    time.sleep(0.3)
+    assert [v["n"] for x in lines(service, name) for v in x["values"]] == list(range(60))  # in order, once each
+    jobs = service.db.list_jobs(bucket=f"stream:{name}", limit=100)
+    failed = sorted(job.key.rsplit("/", 1)[1] for job in jobs if job.status == "failed")
+    assert len(failed) == 2  # the two failures recorded; the batches behind them were not run (nor recorded)
+    assert admin.status(service, name)[0]["partitions"][0]["lag_records"] == 0
+
+
+def test_batch_item_failures_hold_the_batches_sent_ahead_until_retried(stream_env: Any) -> None:
+    service, name = stream_env("partial", batch_size=5, report_batch_item_failures=True)
+    values = [{"n": i} for i in range(30)]
+    values[7]["bad"] = True
+    put(service, name, values)
+    stream_env.start(service, name)
+    wait_for(lambda: sum(len(x["done"]) for x in lines(service, name)) >= 30, timeout=30)
+    runs = lines(service, name)
+    assert [n for x in runs for n in x["done"]] == list(range(30))
+    assert (runs[1]["done"], runs[1]["failed"], runs[2]["done"]) == ([5, 6], 1, [7, 8, 9])
 
 
 def test_a_filter_skips_records_and_counts_them(stream_env: Any) -> None:

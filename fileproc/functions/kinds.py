@@ -68,6 +68,8 @@ class FunctionKind(Protocol):
     name: str
     report_level: int
     """The level of a step's REPORT line in the worker's log (``logging.INFO``, or ``DEBUG`` to keep it quiet)."""
+    step_scratch: bool
+    """Whether its runners may use the step's scratch folder (``StepRequest.scratch_dir``), removed after each step."""
 
     def start(self, spec: FunctionSpec, request: StepRequest) -> RunnerStart:
         """How the runner of ``spec`` for ``request`` starts; FileprocError if it cannot (the step fails with it)."""

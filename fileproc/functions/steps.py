@@ -53,6 +53,7 @@ class ChildResult:
     left_running: int = 0  # processes the step started and left running when it returned (killed then)
     duration_s: float = 0.0  # duration_ms before rounding (billing rounds it up)
     output: str | None = None  # what a spawned runner wrote in a step it did not report (it died, or raised)
+    not_run: bool = False  # chained behind a step that failed (or ended its runner): never started
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,12 @@ import functools
 import json
 import logging
 import os
+import random
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from fileproc.functions.batches import RecordBatch
 from fileproc.functions.steps import ChildResult, StepRequest
 from fileproc.rules import Match, Output, Pipeline, Step
 from fileproc.runtime.metering import attempt_metering
-from fileproc.runtime.runner import execute, limits_for
+from fileproc.runtime.runner import Execution, limits_for
 from fileproc.runtime.slots import ReservedSlot
 from fileproc.service import Service
 from fileproc.state import AttemptStatus, JobStatus
@@ -91,6 +92,7 @@ class Invocation:
     cold: bool | None = None
     job_id: int | None = None
     version: str | None = None
+    not_run: bool = False  # chained behind an invocation that failed: never started (nothing to record)
 
 
 def invoke_event(service: Service, function: str, event: dict[str, Any] | RecordBatch, *, trigger: str, what: str,
@@ -111,53 +113,118 @@ def invoke_event(service: Service, function: str, event: dict[str, Any] | Record
     succeeded is recorded behind the caller (its ``job_id`` is then None);
     one that failed always now. FunctionNotFound if there is no such function.
     """
-    step = Step(function=function, retries=0)
-    spec = service.spec(step)  # FunctionNotFound: the caller says where the name came from
-    limits = limits_for(spec, step)
-    request_id = request_id or str(uuid.uuid4())
-    slot = ReservedSlot(service.db, spec, request_id, limits.timeout + service.settings.runtime.lease_seconds)
-    if not slot.take():
-        return Invocation(request_id, False, throttled=True,
-                          error={"errorType": "TooManyRequestsException",
-                                 "errorMessage": f"all {spec.concurrency} of {spec.name!r}'s reserved concurrency "
-                                                 "in use"})
-    placeholder = ObjectEvent(bucket=trigger, key=what, event_name="s3:ObjectCreated:Put", size=0, etag="",
-                              source="event")
-    scratch = _scratch_root(str(service.settings.data_dir), os.getcwd()) / f"{os.getpid()}.{request_id}"
-    request = StepRequest(request_id, pipeline_name(function), 0, placeholder.to_dict(), None, limits.timeout,
-                          limits.memory_mb, str(scratch), payload=event)
-    started = datetime.now(UTC)
-    try:
-        result = execute(service, request, cancel=threading.Event(), spec=spec)
-    finally:
-        slot.give()
-    kind = service.functions.kind(spec)
-    value = result.value or {}
-    error, attempt_status, reason, traceback = _failure(spec.name, result, limits.memory_mb)
-    metering = attempt_metering(request_id, result, limits.memory_mb, value.get("log"), spec.name,
-                                level=kind.report_level)
-    version = None if spec.version == "$LATEST" else spec.version
-    done = Invoked(
-        pipeline=pipeline_name(function), bucket=trigger, key=what, version=request_id,
-        event=summary or {}, function=spec.name, worker=worker, started_at=started,
-        job_status=JobStatus.FAILED if error else JobStatus.SUCCEEDED, attempt_status=attempt_status,
-        error=reason, traceback=traceback, result=_kept(value.get("result")) if not error else None,
-        duration_ms=result.duration_ms, peak_memory_kb=result.peak_memory_kb, cold_start=result.cold,
-        recycled=result.recycled, version_ran=version, **metering)
-    if recorder is not None and error is None:
-        recorder.put(done)
-        job_id = None
-    else:
-        job_id, _ = service.db.record_invocation(done)
-    return Invocation(request_id, error is None, value.get("result") if error is None else None, error,
-                      duration_ms=result.duration_ms, cold=result.cold, job_id=job_id, version=version)
+    return EventCall(service, function, event, trigger=trigger, what=what, worker=worker, summary=summary,
+                     request_id=request_id, recorder=recorder).start().recorded()
+
+
+class EventCall:
+    """:func:`invoke_event` in parts, so a stream's lane prepares its next batch's invocation while one runs:
+    made (resolved and ready to send), :meth:`start` (sent to a runner), :meth:`ended` (how it ended, at once),
+    :meth:`recorded` (metered, logged and recorded)."""
+
+    def __init__(self, service: Service, function: str, event: dict[str, Any] | RecordBatch, *, trigger: str,
+                 what: str, worker: str = "", summary: dict[str, Any] | None = None, request_id: str | None = None,
+                 recorder: Recorder | None = None) -> None:
+        step = Step(function=function, retries=0)
+        self.service, self.function, self.trigger, self.what = service, function, trigger, what
+        self.worker, self.summary, self.recorder = worker, summary, recorder
+        self.spec = service.spec(step)  # FunctionNotFound: the caller says where the name came from
+        self.limits = limits_for(self.spec, step)
+        self.request_id = request_id or new_request_id()
+        placeholder = ObjectEvent(bucket=trigger, key=what, event_name="s3:ObjectCreated:Put", size=0, etag="",
+                                  source="event")
+        data_dir = str(service.settings.data_dir)
+        scratch = _scratch_root(data_dir, "" if os.path.isabs(data_dir) else os.getcwd()) / \
+            f"{os.getpid()}.{self.request_id}"
+        request = StepRequest(self.request_id, pipeline_name(function), 0, placeholder.to_dict(), None,
+                              self.limits.timeout, self.limits.memory_mb, str(scratch), payload=event)
+        self.execution = Execution(service, request, cancel=threading.Event(), spec=self.spec)
+        self.started = datetime.now(UTC)
+        self._slot: ReservedSlot | None = None
+        self._error: tuple[dict[str, Any] | None, str, str | None, str | None] = (None, "", None, None)
+        self._ended: Invocation | None = None
+        self._recorded: Invocation | None = None
+
+    def start(self, *, after: EventCall | None = None, item_failures: bool = False) -> EventCall:
+        """Send it to a warm runner of its function, if its reserved concurrency has room (else it is throttled).
+
+        ``after``: sent now to that invocation's runner, to run the moment it ended if it succeeded
+        (``item_failures``: a batch item failure in its result is a failure), else not at all (``not_run``)."""
+        spec = self.spec
+        self._slot = ReservedSlot(self.service.db, spec, self.request_id,
+                                  self.limits.timeout + self.service.settings.runtime.lease_seconds)
+        if not self._slot.take():
+            self._slot = None
+            self._ended = self._recorded = Invocation(
+                self.request_id, False, throttled=True,
+                error={"errorType": "TooManyRequestsException",
+                       "errorMessage": f"all {spec.concurrency} of {spec.name!r}'s reserved concurrency in use"})
+            return self
+        self.started = datetime.now(UTC)
+        try:
+            self.execution.start(after=after.execution if after is not None else None, item_failures=item_failures)
+        except BaseException:
+            self._slot.give()
+            raise
+        return self
+
+    def ended(self) -> Invocation:
+        """How it ended (waiting for it): not yet recorded (no ``job_id``)."""
+        if self._ended is None:
+            assert self._slot is not None, "an invocation is started before it ends"
+            try:
+                result = self.execution.result()
+            finally:
+                self._slot.give()
+            if result.not_run:
+                self._ended = self._recorded = Invocation(self.request_id, False, not_run=True, error={
+                    "errorType": "NotRun", "errorMessage": result.error or "not run"})
+                return self._ended
+            value = result.value or {}
+            self._error = _failure(self.spec.name, result, self.limits.memory_mb)
+            error = self._error[0]
+            self._ended = Invocation(self.request_id, error is None, value.get("result") if error is None else None,
+                                     error, duration_ms=result.duration_ms, cold=result.cold,
+                                     version=None if self.spec.version == "$LATEST" else self.spec.version)
+        return self._ended
+
+    def recorded(self) -> Invocation:
+        """How it ended, once metered, logged and recorded (behind the caller by its recorder, if it
+        succeeded and has one)."""
+        if self._recorded is not None:
+            return self._recorded
+        ended = self.ended()
+        result = self.execution.result()
+        spec, value = self.spec, result.value or {}
+        error, attempt_status, reason, traceback = self._error
+        metering = attempt_metering(self.request_id, result, self.limits.memory_mb, value.get("log"), spec.name,
+                                    level=self.service.functions.kind(spec).report_level)
+        done = Invoked(
+            pipeline=pipeline_name(self.function), bucket=self.trigger, key=self.what, version=self.request_id,
+            event=self.summary or {}, function=spec.name, worker=self.worker, started_at=self.started,
+            job_status=JobStatus.FAILED if error else JobStatus.SUCCEEDED, attempt_status=attempt_status,
+            error=reason, traceback=traceback, result=_kept(value.get("result")) if not error else None,
+            duration_ms=result.duration_ms, peak_memory_kb=result.peak_memory_kb, cold_start=result.cold,
+            recycled=result.recycled, version_ran=ended.version, **metering)
+        if self.recorder is not None and error is None:
+            self.recorder.put(done)
+            self._recorded = ended
+        else:
+            job_id, _ = self.service.db.record_invocation(done)
+            self._recorded = replace(ended, job_id=job_id)
+        return self._recorded
+
+
+GROUP_SECONDS = 0.01
+"""A :class:`Recorder` writes at most one transaction this often (what waits meanwhile goes in the next)."""
 
 
 class Recorder:
     """Invocations recorded behind their caller, many per transaction, in the order they were put.
 
-    A stream's lane runs hundreds of batches a second, and a transaction of
-    its own for each one's record cost it a quarter of its time. The caller
+    A stream's lane runs up to a thousand batches a second, and a
+    transaction of its own for each one's record cost it a quarter of its
+    time (one each 10 ms costs a twentieth). The caller
     commits what an invocation consumed only once it is recorded
     (:meth:`after`), so a worker lost with records not yet written runs those
     batches again: nothing is committed unrecorded. A write that fails (the
@@ -201,9 +268,15 @@ class Recorder:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        last = 0.0
         while True:
             with self._changed:
                 self._changed.wait_for(lambda: self._queued or self._closed)
+                # Group commit: at most one transaction each GROUP_SECONDS, with what came meanwhile.
+                left = last + GROUP_SECONDS - time.monotonic()
+                if left > 0 and not self._closed:
+                    self._changed.wait_for(lambda: self._closed, left)
+                last = time.monotonic()
                 if self._closed:
                     if self._queued:
                         log.warning("%d invocation(s) not recorded: the recorder closed first (what they consumed "
@@ -233,6 +306,15 @@ class Recorder:
                 time.sleep(pause)
                 pause = min(pause * 2, 5.0)
         return True
+
+
+_ids = random.Random(os.urandom(32))
+
+
+def new_request_id() -> str:
+    """A new UUID4 for an invocation: from a generator seeded once, not a system call per id (whose release
+    of the interpreter lock a busy stream's other threads take for as long as they like)."""
+    return str(uuid.UUID(int=_ids.getrandbits(128), version=4))
 
 
 @functools.lru_cache(maxsize=16)
@@ -270,4 +352,4 @@ def _failure(function: str, result: ChildResult, memory_mb: int
     return None, AttemptStatus.SUCCEEDED, None, None
 
 
-__all__ = ["PREFIX", "EventInvocations", "Invocation", "Recorder", "invoke_event", "pipeline_name"]
+__all__ = ["PREFIX", "EventCall", "EventInvocations", "Invocation", "Recorder", "invoke_event", "pipeline_name"]

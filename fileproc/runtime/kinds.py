@@ -37,6 +37,7 @@ class RegisteredKind:
 
     name = REGISTERED
     report_level = logging.DEBUG  # a built-in's REPORT line only when debugging: the console shows jobs
+    step_scratch = True  # (context.scratch_dir)
 
     def __init__(self, service: Service) -> None:
         self.service = service
@@ -86,7 +87,8 @@ def runner_store(settings: Settings) -> dict[str, Any]:
         return {"backend": "s3", "endpoint": settings.storage.endpoint, "secure": settings.storage.secure,
                 "access_key": settings.storage.access_key.get_secret_value(),
                 "secret_key": settings.storage.secret_key.get_secret_value(), "region": settings.storage.region or None}
-    return dict(_local_store(str(settings.buckets_dir), os.getcwd()))
+    buckets = str(settings.buckets_dir)
+    return dict(_local_store(buckets, "" if os.path.isabs(buckets) else os.getcwd()))
 
 
 @functools.lru_cache(maxsize=16)

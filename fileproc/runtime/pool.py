@@ -71,7 +71,7 @@ from typing import Any
 
 from fileproc.functions.steps import ChildResult
 from fileproc.runtime import wire
-from fileproc.runtime.runner_loop import Retire, Work, detach_inherited_pipes_and_sockets, serve
+from fileproc.runtime.runner_loop import Chained, Retire, Work, detach_inherited_pipes_and_sockets, serve
 from fileproc.sandbox.procfs import high_water_mark
 
 MAX_IDLE = 4
@@ -129,6 +129,32 @@ class _Runner:
         return str(key[0] if isinstance(key, tuple) and key else key)
 
 
+@dataclass
+class Running:
+    """A step sent to its runner (:meth:`RunnerPool.start`), until :meth:`result` says how it ended."""
+
+    pool: RunnerPool
+    runner: _Runner
+    started: float  # (monotonic) when it was asked for (or, chained, when the one before it ended): its timeout
+    timeout: float
+    cold: bool
+    cancel: threading.Event | None
+    behind: Running | None = None  # chained: the step its runner runs first
+    next: Running | None = None  # the step chained behind this one
+    inherited: bool = False  # chained: the runner went on to it (the step before it did not end the runner)
+    finished: bool = False  # its end was waited for (how it ended, or an error)
+    _result: ChildResult | None = None
+
+    def result(self) -> ChildResult:
+        """Wait for the step to end (at most its timeout) and give the runner back, or stop it."""
+        if self._result is None:
+            try:
+                self._result = self.pool._ended(self)
+            finally:
+                self.finished = True
+        return self._result
+
+
 class RunnerPool:
     """Warm runners of one worker process, by key (a function and its memory limit)."""
 
@@ -154,6 +180,17 @@ class RunnerPool:
         runner) at once. The runner is stopped once idle for ``idle_seconds``
         after it (unless it is provisioned).
         """
+        return self.start(key, owner, work, request, timeout=timeout, memory_mb=memory_mb, cancel=cancel,
+                          warm=warm, spawn=spawn, idle_seconds=idle_seconds).result()
+
+    def start(self, key: Hashable, owner: object, work: Work | None, request: Any, *, timeout: float,
+              memory_mb: int, cancel: threading.Event | None = None, warm: Callable[[], None] | None = None,
+              spawn: Spawn | None = None, idle_seconds: float = IDLE_SECONDS, after: Running | None = None,
+              item_failures: bool = False) -> Running:
+        """:meth:`run` in two halves: ``request`` sent to a runner now, its result waited for by
+        :meth:`Running.result` (which must be called: until then the runner is this step's)."""
+        if after is not None:
+            return self._chain(after, request, timeout, cancel, item_failures)
         started = time.monotonic()
         message = pickle.dumps(request)
         runner = self._take(key, owner, spawn)
@@ -171,13 +208,40 @@ class RunnerPool:
         runner.idle_seconds = idle_seconds  # (once no longer provisioned, if it is)
         self._spare_seconds = idle_seconds  # an interpreter started ahead lives as long as an idle runner
         runner.steps += 1
+        return Running(self, runner, started, timeout, cold, cancel)
+
+    def _chain(self, after: Running, request: Any, timeout: float, cancel: threading.Event | None,
+               item_failures: bool) -> Running:
+        """``request`` sent now to ``after``'s runner, which runs it once ``after`` ended, only if that succeeded
+        (:class:`~fileproc.runtime.runner_loop.Chained`): a stream's next batch, so its runner never waits."""
+        if after.next is not None or after.finished:
+            raise ValueError("a step is chained behind one still running, and only one")
+        running = Running(self, after.runner, 0.0, timeout, False, cancel, behind=after)
         try:
-            reply = wire.receive(runner.sock, started + timeout, cancel)
+            wire.send(after.runner.sock, pickle.dumps(Chained(request, item_failures)))
+        except OSError:  # its runner died: the step before it will say so
+            running.finished, running._result = True, _not_run("its runner is gone")
+            return running
+        after.next = running
+        after.runner.steps += 1
+        return running
+
+    def _ended(self, running: Running) -> ChildResult:
+        behind = running.behind
+        if behind is not None:
+            if not behind.finished:
+                behind.result()
+            if not running.inherited:
+                return _not_run("the step before it ended its runner (it timed out, crashed or was replaced)")
+            running.started = time.monotonic()
+        runner, timeout = running.runner, running.timeout
+        try:
+            reply = wire.receive(runner.sock, running.started + timeout, running.cancel)
         except BaseException:  # this worker is being stopped mid-step: so is the step
             self._stop(runner)
             raise
-        elapsed = time.monotonic() - started
-        common: dict[str, Any] = {"duration_ms": int(elapsed * 1000), "duration_s": elapsed, "cold": cold,
+        elapsed = time.monotonic() - running.started
+        common: dict[str, Any] = {"duration_ms": int(elapsed * 1000), "duration_s": elapsed, "cold": running.cold,
                                   "runner_pid": runner.pid}
         if reply is wire.CANCELLED or reply is wire.TIMED_OUT:
             common["peak_memory_kb"] = high_water_mark(runner.pid)  # reset when the step started
@@ -196,17 +260,20 @@ class RunnerPool:
                                **common)
         assert isinstance(reply, bytes)
         payload = pickle.loads(reply)
-        if not payload["ok"] and runner.output is not None:  # it raised past its own capture: what it wrote
+        not_run = payload.get("not_run", False)
+        if not payload["ok"] and not not_run and runner.output is not None:  # it raised past its own capture
             common["output"] = wire.read_output_text(runner.output)
         recycled = payload.get("recycle")
         if recycled:
             self._stop(runner)
+        elif running.next is not None:  # the runner goes on to the step chained behind this one
+            running.next.inherited = True
         else:
             self._keep(runner)
         return ChildResult(
             ok=payload["ok"], value=payload.get("value"), error_type=payload.get("error_type"),
             error=payload.get("error"), peak_memory_kb=payload.get("peak_memory_kb", 0), recycled=recycled,
-            left_running=payload.get("left_running", 0), **common,
+            left_running=payload.get("left_running", 0), not_run=not_run, **common,
         )
 
     def close(self, *, spares: bool = True) -> None:
@@ -531,6 +598,10 @@ def _forget_inherited_runners() -> None:
     # A runner is a fork of the worker: close its copies of its siblings' sockets,
     # which would otherwise keep them open after the worker closes them.
     _pool._forget_if_forked()
+
+
+def _not_run(why: str) -> ChildResult:
+    return ChildResult(False, error_type="NotRun", error=f"not run: {why}", not_run=True)
 
 
 def _how_it_died(status: int | None) -> str:

@@ -39,7 +39,7 @@ from fileproc.runtime import leases, outbox
 from fileproc.runtime.cleanup import Cleanup, remove_earlier_outputs
 from fileproc.runtime.invoke import GONE, SUPERSEDED, SourceSkip, SourceSkipped, source_verdict
 from fileproc.runtime.metering import attempt_metering
-from fileproc.runtime.pool import pool
+from fileproc.runtime.pool import Running, pool
 from fileproc.runtime.slots import ReservedSlot
 from fileproc.service import Service
 from fileproc.state import AttemptStatus, DatabaseUnavailable, Job, JobStatus, Output, Send, StepEnd, StepStart
@@ -190,30 +190,69 @@ def execute(service: Service, request: StepRequest, *, cancel: threading.Event,
     ``spec`` is the function the worker resolved for this step (a deployed
     function's runners are per version); its kind says how a runner starts.
     """
-    if spec is None:
-        pipeline = service.pipeline(request.pipeline)
-        if pipeline is None:
-            raise FunctionNotFound(f"pipeline {request.pipeline!r} is no longer configured")
-        spec = service.spec(pipeline.steps[request.step_index])
-    kind = service.functions.kind(spec)
-    try:
-        start = kind.start(spec, request)
-    except SourceSkipped as skipped:  # its HEAD says the step does not run (a kind whose runner has its own client)
-        return ChildResult(True, value={"skipped": skipped.skip, "error": None, "result": None, "outputs": []})
-    except FileprocError as exc:  # a deployed version whose package will not install, say
-        return failed_start(exc, kind_of(exc))
-    key = (spec.name, spec.version, request.memory_mb)
-    try:
-        result = pool().run(key, service, start.work, start.payload, warm=start.warm, spawn=start.spawn,
-                            timeout=request.timeout, memory_mb=request.memory_mb, cancel=cancel,
-                            idle_seconds=service.settings.runtime.idle_seconds)
-    finally:
-        # A step killed from outside (timeout, lost lease) cannot clean up after itself.
-        shutil.rmtree(request.scratch_dir, ignore_errors=True)
-    if result.recycled and result.runner_pid:  # the runner is gone: so is its private TMPDIR
-        shutil.rmtree(service.settings.data_dir.resolve() / "scratch" / f"{result.runner_pid}.tmp",
-                      ignore_errors=True)
-    return kind.unfinished(spec, result, request)
+    return Execution(service, request, cancel=cancel, spec=spec).start().result()
+
+
+class Execution:
+    """:func:`execute` in three parts, so a stream's lane can prepare its next batch while one runs: made
+    (what the runner will be sent), :meth:`start` (sent), :meth:`result` (ended)."""
+
+    def __init__(self, service: Service, request: StepRequest, *, cancel: threading.Event,
+                 spec: FunctionSpec | None = None) -> None:
+        if spec is None:
+            pipeline = service.pipeline(request.pipeline)
+            if pipeline is None:
+                raise FunctionNotFound(f"pipeline {request.pipeline!r} is no longer configured")
+            spec = service.spec(pipeline.steps[request.step_index])
+        self.service, self.request, self.cancel, self.spec = service, request, cancel, spec
+        self.kind = service.functions.kind(spec)
+        self._running: Running | None = None
+        self._result: ChildResult | None = None
+        try:
+            self._start = self.kind.start(spec, request)
+        except SourceSkipped as skipped:  # its HEAD says the step does not run (a kind whose runner has its own client)
+            self._result = ChildResult(True, value={"skipped": skipped.skip, "error": None, "result": None,
+                                                    "outputs": []})
+        except FileprocError as exc:  # a deployed version whose package will not install, say
+            self._result = failed_start(exc, kind_of(exc))
+
+    def start(self, *, after: Execution | None = None, item_failures: bool = False) -> Execution:
+        """Send it to a runner; ``after``: chained behind that one, on its runner, run only if it succeeded
+        (:meth:`fileproc.runtime.pool.RunnerPool.start`; ``item_failures``: a batch item failure is a failure)."""
+        if self._result is None and self._running is None:
+            request, start = self.request, self._start
+            behind = after._running if after is not None else None
+            if after is not None and behind is None:  # (that one never started: nor does this one)
+                self._result = ChildResult(False, error_type="NotRun", error="not run: the step before it did not "
+                                           "start", not_run=True)
+                return self
+            try:
+                self._running = pool().start(
+                    (self.spec.name, self.spec.version, request.memory_mb), self.service, start.work, start.payload,
+                    warm=start.warm, spawn=start.spawn, timeout=request.timeout, memory_mb=request.memory_mb,
+                    cancel=self.cancel, idle_seconds=self.service.settings.runtime.idle_seconds, after=behind,
+                    item_failures=item_failures)
+            except BaseException:
+                if self.kind.step_scratch:
+                    shutil.rmtree(request.scratch_dir, ignore_errors=True)
+                raise
+        return self
+
+    def result(self) -> ChildResult:
+        """How it ended (waiting for it if it runs)."""
+        if self._result is not None:
+            return self._result
+        assert self._running is not None, "an execution is started before its result is asked for"
+        try:
+            result = self._running.result()
+        finally:
+            if self.kind.step_scratch:  # a step killed from outside (timeout, lost lease) cannot clean up after itself
+                shutil.rmtree(self.request.scratch_dir, ignore_errors=True)
+        if result.recycled and result.runner_pid:  # the runner is gone: so is its private TMPDIR
+            shutil.rmtree(self.service.settings.data_dir.resolve() / "scratch" / f"{result.runner_pid}.tmp",
+                          ignore_errors=True)
+        self._result = self.kind.unfinished(self.spec, result, self.request)
+        return self._result
 
 
 THROTTLED = "throttled"

@@ -45,6 +45,35 @@ class Retire:
     reason: str
 
 
+@dataclass(frozen=True)
+class Chained:
+    """A step sent while the one before it still runs (a stream's next batch): run only if that one
+    succeeded, else answered at once with ``{"ok": False, "not_run": True}``.
+
+    Succeeded: ``work`` returned without raising, no ``error`` in what it
+    returned, and, with ``item_failures``, no ``batchItemFailures`` in the
+    handler's ``result`` (Lambda's partial batch response). A stream's lane
+    judges a batch by the same rule, so the next one runs only when the lane
+    would have sent it anyway.
+    """
+
+    request: Any
+    item_failures: bool = False
+
+
+def succeeded(payload: dict[str, Any], item_failures: bool) -> bool:
+    """Whether a step's reply is a success by :class:`Chained`'s rule."""
+    if not payload.get("ok"):
+        return False
+    value = payload.get("value")
+    if not isinstance(value, dict):
+        return True
+    if value.get("error") is not None:
+        return False
+    result = value.get("result")
+    return not (item_failures and isinstance(result, dict) and result.get("batchItemFailures"))
+
+
 def serve(sock: socket.socket, work: Work, warm: Callable[[], None] | None, memory_mb: int) -> None:
     """The runner's life: warm up, then run steps until told to stop (EOF) or replaced.
 
@@ -66,14 +95,29 @@ def serve(sock: socket.socket, work: Work, warm: Callable[[], None] | None, memo
     # the hard limit (see _leak), so every step gets its full allowance.
     hard = (new["VmSize"] + 2 * limit) * 1024
     held = new  # what the runner holds between steps (it does nothing while idle: read once per step)
+    last: dict[str, Any] = {"ok": True}  # the reply to the step before (a chained step runs only after a success)
     while True:
         data = read_message(sock)
         if data is None:
             return
+        try:
+            message = pickle.loads(data)
+        except Exception as exc:  # reported as the step's failure
+            last = {"ok": False, "error_type": type(exc).__name__, "error": f"the step cannot be read: {exc}",
+                    "peak_memory_kb": 0, "recycle": None}
+            send(sock, _reply(last))
+            continue
+        if isinstance(message, Chained):
+            if not succeeded(last, message.item_failures):
+                last = {"ok": False, "not_run": True, "error_type": "NotRun",
+                        "error": "not run: the step before it failed", "peak_memory_kb": 0, "recycle": None}
+                send(sock, _reply(last))
+                continue
+            message = message.request
         limit_address_space((held["VmSize"] + limit) * 1024, hard)
         procfs.reset_peak()
         children_peak = procfs.children_peak()
-        payload = _step(work, data, memory_mb)
+        payload = last = _step(work, message, memory_mb)
         payload["left_running"] = reap_descendants()
         held = procfs.memory()
         payload["peak_memory_kb"] = procfs.peak(held, children_peak)
@@ -83,11 +127,11 @@ def serve(sock: socket.socket, work: Work, warm: Callable[[], None] | None, memo
             return
 
 
-def _step(work: Work, data: bytes, memory_mb: int) -> dict[str, Any]:
+def _step(work: Work, request: Any, memory_mb: int) -> dict[str, Any]:
     """Run one step: its outcome, and why the runner must be replaced after it (``recycle``, or None)."""
     recycle: str | None = None
     try:
-        value = work(pickle.loads(data))
+        value = work(request)
         if isinstance(value, Retire):
             value, recycle = value.value, value.reason
         payload: dict[str, Any] = {"ok": True, "value": value}

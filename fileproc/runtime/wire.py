@@ -81,8 +81,8 @@ def receive(sock: socket.socket, deadline: float, cancel: threading.Event | None
         ready, _, _ = select.select([sock], [], [], min(remaining, _TICK))
         if not ready:
             continue
-        try:
-            chunk = sock.recv(1 << 20)
+        try:  # (never past this reply: the next one, of a step chained behind it, may follow at once)
+            chunk = sock.recv(min(1 << 20, (needed or _HEADER.size) - len(buffer)))
         except ConnectionResetError:
             return None
         if not chunk:

@@ -82,16 +82,18 @@ class LambdaHandler:
         self.tmp_root = tmp_root
         self._spawns: dict[int, Spawn] = {}
         self._prepared = False
+        self._checked = 0.0
 
     def prepare(self, storage: Storage) -> None:
         """In the worker, before a runner starts: the version's package and requirements on this host (once)."""
-        if self._prepared and self.folder.is_dir():
+        if self._prepared and (time.monotonic() - self._checked < 1.0 or self.folder.is_dir()):
+            self._checked = time.monotonic()  # (looked for at most once a second: a stream calls this a lot)
             return
         from fileproc.serverless import packages
 
         packages.install(storage, self.package_bucket, self.version.package_key, self.folder,
                          self.version.requirements, sha256=self.version.package_sha256)
-        self._prepared = True
+        self._prepared, self._checked = True, time.monotonic()
 
     def spawn(self, memory_mb: int, storage: dict[str, Any]) -> Spawn:
         """How a new runner of this version starts: a fresh interpreter, Lambda's environment, its setup.

@@ -40,6 +40,7 @@ class DeployedKind:
 
     name = DEPLOYED
     report_level = logging.INFO  # as Lambda's REPORT goes to CloudWatch
+    step_scratch = False  # (a runner's scratch is its own folder's)
 
     def __init__(self, service: Service) -> None:
         self.service = service

@@ -76,19 +76,24 @@ class Failures:
         self.service, self.mapping, self.poller = service, mapping, poller
 
     def process(self, partition: str, batch: list[Record], window: Windowed | None,
-                stopping: threading.Event) -> bool:
-        """True once every record of ``batch`` is done (run or given up); False if stopped before."""
+                stopping: threading.Event, first: Invocation | None = None) -> bool:
+        """True once every record of ``batch`` is done (run or given up); False if stopped before.
+
+        ``first``: how the batch's first invocation ended, if the caller ran it already."""
         todo: list[tuple[list[Record], int]] = [(batch, 0)]  # (records, failures so far)
         while todo:
             records, failures = todo.pop(0)
-            event = window.event(records) if window is not None else self.poller.event_of(records)
-            invocation = self.poller.run_batch(partition, records, event)
+            if first is not None:
+                invocation, first = first, None
+            else:
+                event = window.event(records) if window is not None else self.poller.event_of(records)
+                invocation = self.poller.run_batch(partition, records, event)
             if invocation.throttled:
                 if stopping.wait(0.2):
                     return False
                 todo.insert(0, (records, failures))
                 continue
-            failed_from = self._failed_from(records, invocation)
+            failed_from = self.failed_from(records, invocation)
             if failed_from is None:  # all done
                 if window is not None:
                     window.carry(invocation.result)
@@ -115,7 +120,7 @@ class Failures:
             todo.insert(0, (records, failures))
         return True
 
-    def _failed_from(self, records: list[Record], invocation: Invocation) -> int | None:
+    def failed_from(self, records: list[Record], invocation: Invocation) -> int | None:
         """Index of the first record to run again (None: the batch succeeded)."""
         if not invocation.ok:
             return 0

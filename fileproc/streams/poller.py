@@ -17,18 +17,19 @@ it runs again, and only it (at least once, as on Lambda).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from fileproc.errors import FileprocError
 from fileproc.functions.aws import aws_region
 from fileproc.functions.batches import RecordBatch
 from fileproc.intake.queued import submit_notifications
-from fileproc.runtime.direct import Invocation, Recorder, invoke_event
+from fileproc.runtime.direct import EventCall, Invocation, Recorder
 from fileproc.state.streams import PartitionCounts, save_lag, save_partitions
 from fileproc.streams import events
 from fileproc.streams.engines import open_source
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 SAVE_EVERY = 1.0  # seconds between writes of the partitions' counts
 LAG_EVERY = 30.0  # seconds between samples of the lag (the dashboard's chart)
 MAX_BUFFERED_BATCHES = 4  # per lane: the poller waits before reading more
+CHAINED = 2  # per lane: batches sent to the runner at once, each chained behind the one before it
+READ_BATCHES = 4  # batches read at most per poll (a lane keeps a batch waiting, to prepare while one runs)
 
 
 class Positions:
@@ -55,11 +58,11 @@ class Positions:
         self._done: set[str] = set()
         self._lock = threading.Lock()
 
-    def add(self, position: str, *, done: bool = False) -> None:
+    def add(self, positions: list[str], *, done: tuple[str, ...] | set[str] = ()) -> None:
+        """Records taken, in order (``done``: those of them done already, such as records filtered out)."""
         with self._lock:
-            self._order.append(position)
-            if done:
-                self._done.add(position)
+            self._order.extend(positions)
+            self._done.update(done)
 
     def done(self, positions: list[str]) -> None:
         with self._lock:
@@ -82,21 +85,20 @@ class Poller:
     """Consumes one mapping until stopped (a thread of its own, plus one per lane)."""
 
     def __init__(self, service: Service, mapping: StreamMapping, *, worker: str, embedded_url: str | None = None,
-                 source: StreamSource | None = None,
-                 invoke: Callable[..., Invocation] = invoke_event) -> None:
+                 source: StreamSource | None = None) -> None:
         self.service, self.mapping, self.worker = service, mapping, worker
         self.source = source or open_source(mapping, embedded_url=embedded_url, consumer=worker)
         self.region = aws_region(service.settings)
         self.arn = events.stream_arn(self.region, getattr(self.source, "stream_name", mapping.name))
         self.filter = compile_filters(mapping.filter)
         self.failures = Failures(service, mapping, self)
-        self.invoke = invoke
         self.recorder: Recorder | None = None  # while running: the invocations' records, written behind the lanes
         self.positions: dict[str, Positions] = {}
         self.lanes: dict[str, list[Lane]] = {}
         self.counts: dict[str, PartitionCounts] = {}
         self.counts_lock = threading.Lock()
         self.stopping = threading.Event()
+        self.room = threading.Event()  # set by a lane taking a batch: the poller may read more
         self._thread: threading.Thread | None = None
 
     # -- life ---------------------------------------------------------------------------
@@ -128,10 +130,12 @@ class Poller:
                 self._sample_lag()
                 sampled = time.monotonic()
             if self._backlogged():
-                time.sleep(0.005)
+                self.room.clear()
+                if self._backlogged():  # (checked again once cleared: a lane taking a batch meanwhile sets it)
+                    self.room.wait(0.05)
                 continue
             try:
-                records = self.source.poll(self.mapping.batch_size, 0.1)
+                records = self.source.poll(self.mapping.batch_size * READ_BATCHES, 0.1)
             except FileprocError as exc:  # the engine went away: keep trying (less and less often), say so
                 self.note_error("", str(exc))
                 log.warning("stream %s: %s; trying again in %.0f s", self.mapping.name, exc, pause)
@@ -167,23 +171,31 @@ class Poller:
 
     def _take(self, records: list[Record]) -> None:
         """Hand polled records to their partitions' lanes (each lane gets its share at once)."""
-        shares: dict[Lane, list[Record]] = {}
-        for record in records:
-            positions = self.positions.get(record.partition)
+        for partition, group in itertools.groupby(records, key=attrgetter("partition")):
+            taken = list(group)
+            positions = self.positions.get(partition)
             if positions is None:
-                positions = self.positions[record.partition] = Positions()
-                self.lanes[record.partition] = [Lane(self, record.partition, i).start()
-                                                for i in range(self.mapping.parallelization_factor)]
-            if not self.filter.matches_all and not self.filter.matches(
-                    record_document(record, self.mapping.engine, topic=getattr(self.source, "topic", None))):
-                positions.add(record.position, done=True)
-                self.count(record.partition, filtered=1)
+                positions = self.positions[partition] = Positions()
+                self.lanes[partition] = [Lane(self, partition, i).start()
+                                         for i in range(self.mapping.parallelization_factor)]
+            skipped: set[str] = set()
+            if not self.filter.matches_all:
+                topic = getattr(self.source, "topic", None)
+                skipped = {r.position for r in taken
+                           if not self.filter.matches(record_document(r, self.mapping.engine, topic=topic))}
+                if skipped:
+                    self.count(partition, filtered=len(skipped))
+            positions.add([r.position for r in taken], done=skipped)
+            kept = [r for r in taken if r.position not in skipped] if skipped else taken
+            lanes = self.lanes[partition]
+            if len(lanes) == 1:
+                lanes[0].put(kept)
                 continue
-            positions.add(record.position)
-            lanes = self.lanes[record.partition]
-            shares.setdefault(lanes[hash(record.order_key) % len(lanes)], []).append(record)
-        for lane, share in shares.items():
-            lane.put(share)
+            shares: dict[Lane, list[Record]] = {}
+            for record in kept:
+                shares.setdefault(lanes[hash(record.order_key) % len(lanes)], []).append(record)
+            for lane, share in shares.items():
+                lane.put(share)
 
     def _backlogged(self) -> bool:
         return any(lane.backlog() > MAX_BUFFERED_BATCHES * self.mapping.batch_size
@@ -280,21 +292,38 @@ class Poller:
         """Run the function on one batch (its event built already) and count it."""
         if self.mapping.kind == "notifications":
             return self._submit(partition, records)
-        first, last = records[0].position if records else "-", records[-1].position if records else "-"
         try:
-            invocation = self.invoke(
-                self.service, self.mapping.function, event, trigger=f"stream:{self.mapping.name}",
-                what=f"{events.shard_id(partition)}/{first}-{last}", worker=self.worker,
-                summary={"stream": self.mapping.name, "partition": partition, "first": first, "last": last,
-                         "records": len(records)}, recorder=self.recorder)
+            call = self.prepare_batch(partition, records, event).start()
         except FileprocError as exc:  # no such function (yet), the database away: a failure like any, retried
-            invocation = Invocation("", False, error={"errorType": type(exc).__name__, "errorMessage": str(exc)})
+            return self._failed(partition, exc)
+        return self.end_batch(partition, records, call)
+
+    def prepare_batch(self, partition: str, records: list[Record], event: RecordBatch | None = None) -> EventCall:
+        """The invocation of one batch, ready to start (FileprocError: no such function, say)."""
+        first, last = records[0].position if records else "-", records[-1].position if records else "-"
+        return EventCall(
+            self.service, self.mapping.function, event or self.event_of(records), trigger=f"stream:{self.mapping.name}",
+            what=f"{events.shard_id(partition)}/{first}-{last}", worker=self.worker,
+            summary={"stream": self.mapping.name, "partition": partition, "first": first, "last": last,
+                     "records": len(records)}, recorder=self.recorder)
+
+    def end_batch(self, partition: str, records: list[Record], call: EventCall) -> Invocation:
+        """A batch's invocation once it ended: recorded and counted."""
+        try:
+            invocation = call.recorded()
+        except FileprocError as exc:  # the database away while recording a failure: a failure, retried
+            return self._failed(partition, exc)
         self.count(partition, batches=1, records=len(records) if invocation.ok else 0,
                    errors=0 if invocation.ok else 1)
         if not invocation.ok and invocation.error:
             self.note_error(partition, f"{invocation.error.get('errorType')}: {invocation.error.get('errorMessage')}")
         return invocation
 
+    def _failed(self, partition: str, exc: FileprocError) -> Invocation:
+        error = {"errorType": type(exc).__name__, "errorMessage": str(exc)}
+        self.count(partition, batches=1, errors=1)
+        self.note_error(partition, f"{error['errorType']}: {error['errorMessage']}")
+        return Invocation("", False, error=error)
 
     def _submit(self, partition: str, records: list[Record]) -> Invocation:
         """A batch of bucket notifications: recorded as jobs through the one intake path (no function runs)."""
@@ -342,29 +371,117 @@ class Lane(threading.Thread):
 
     def run(self) -> None:
         held: Record | None = None  # a record of the next tumbling window, kept for the next batch
-        while not self.stopping.is_set():
-            batch, held = self._next_batch(held)
-            if self.window is not None:
-                self.window.maybe_close(batch[0] if batch else held)
-            if not batch:
+        # Without a tumbling window (whose state goes from one invocation to the next), full batches waiting
+        # are sent to the runner while the one before them runs, each chained behind the one before it: the
+        # runner starts one the moment the one before it succeeded (by the lane's rule) and never otherwise.
+        # So a batch still never starts before the one before it ended well, and the runner never waits
+        # for the lane's bookkeeping.
+        ahead = self.window is None and self.mapping.kind != "notifications"
+        sent: deque[tuple[list[Record], EventCall]] = deque()  # batches sent, in order, not yet ended
+        try:
+            while True:
+                if not sent:
+                    if self.stopping.is_set():
+                        return
+                    batch, held = self._next_batch(held)
+                    if self.window is not None:
+                        self.window.maybe_close(batch[0] if batch else held)
+                    if not batch:
+                        continue
+                    begun = self._begin(batch) if ahead else None
+                    if begun is None:
+                        if not self._process(batch):
+                            return
+                        continue
+                    sent.append(begun)
+                while len(sent) < CHAINED and not self.stopping.is_set():
+                    following = self._waiting_batch()
+                    begun = self._begin(following, behind=sent[-1][1]) if following is not None else None
+                    if begun is None:
+                        if following is not None:
+                            self.unget(following)
+                        break
+                    sent.append(begun)
+                batch, call = sent.popleft()
+                self.in_flight = len(batch)
+                ended = call.ended()
+                if ended.not_run or not (ended.ok and self.poller.failures.failed_from(batch, ended) is None):
+                    self._not_run_behind(sent)  # (the runner judges a batch as the lane does: none of them ran)
+                    if ended.not_run:  # (its runner ended with the one before it) it goes back first in line
+                        self.unget(batch)
+                        continue
+                if not self._process(batch, self.poller.end_batch(self.partition, batch, call)):
+                    return
+        finally:
+            for _, call in sent:  # (stopped by an unexpected error) their runner is given back
+                call.ended()
+
+    def _not_run_behind(self, sent: deque[tuple[list[Record], EventCall]]) -> None:
+        """The batches chained behind one that failed: told "not run" by the runner, back first in line, in order."""
+        back = []
+        while sent:
+            batch, call = sent.popleft()
+            if call.ended().not_run:
+                back.append(batch)
                 continue
-            self.in_flight = len(batch)
-            try:
-                done = self.poller.failures.process(self.partition, batch, self.window, self.stopping)
-            except Exception:
-                log.exception("stream %s: batch of %s failed unexpectedly", self.mapping.name, self.partition)
-                done = False
-            self.in_flight = 0
-            if not done:  # stopped mid-retry: nothing of this batch is committed, it runs again elsewhere
-                return
+            log.error("stream %s: a batch of %s ran after the one before it failed", self.mapping.name,
+                      self.partition)
+            self.poller.end_batch(self.partition, batch, call)
             self.poller.done(self.partition, [r.position for r in batch])
+        for batch in reversed(back):
+            self.unget(batch)
+
+    def _process(self, batch: list[Record], first: Invocation | None = None) -> bool:
+        """Run ``batch`` to its end (``first``: how its first invocation ended); False if stopped first."""
+        self.in_flight = len(batch)
+        try:
+            done = self.poller.failures.process(self.partition, batch, self.window, self.stopping, first=first)
+        except Exception:
+            log.exception("stream %s: batch of %s failed unexpectedly", self.mapping.name, self.partition)
+            done = False
+        self.in_flight = 0
+        if done:
+            self.poller.done(self.partition, [r.position for r in batch])
+        return done  # (not done: stopped mid-retry; nothing of it is committed, it runs again elsewhere)
+
+    def _begin(self, batch: list[Record], *, behind: EventCall | None = None) -> tuple[list[Record], EventCall] | None:
+        """``batch``'s invocation started (``behind``: chained behind that one); None if it cannot be here
+        (no such function, or one with reserved concurrency behind another): it runs the usual way."""
+        try:
+            call = self.poller.prepare_batch(self.partition, batch)
+            if behind is not None and call.spec.concurrency is not None:
+                return None
+            call.start(after=behind, item_failures=self.mapping.report_batch_item_failures)
+        except FileprocError:
+            return None
+        return batch, call
+
+    def _waiting_batch(self) -> list[Record] | None:
+        """A full batch, if one is waiting already (taken from the lane)."""
+        with self.arrived:
+            size = self.mapping.batch_size
+            if len(self.records) < size:
+                return None
+            take = self.records.popleft
+            self.poller.room.set()
+            return [take() for _ in range(size)]
+
+    def unget(self, batch: list[Record]) -> None:
+        """Put a batch taken ahead back first in line."""
+        with self.arrived:
+            self.records.extendleft(reversed(batch))
 
     def _next_batch(self, held: Record | None) -> tuple[list[Record], Record | None]:
         """Up to batch_size records: what came within batch_window of the first (never two windows' records)."""
+        self.poller.room.set()
         batch: list[Record] = [held] if held is not None else []
         deadline = time.monotonic() + self.mapping.batch_window
         window = self.window.of(held) if self.window is not None and held is not None else None
         with self.arrived:
+            if self.window is None and len(self.records) >= self.mapping.batch_size - len(batch):  # a full batch
+                take = self.records.popleft
+                batch.extend(take() for _ in range(self.mapping.batch_size - len(batch)))
+                return batch, None
             while len(batch) < self.mapping.batch_size and not self.stopping.is_set():
                 if not self.records:
                     left = deadline - time.monotonic() if batch else 0.2
