@@ -7,7 +7,9 @@ not run is seen not to have.
 
 from __future__ import annotations
 
+import gc
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +106,18 @@ def test_only_one_step_is_chained_behind_another(run: Any) -> None:
     run("ok", "b", 2, after=first)
     with pytest.raises(ValueError, match="only one"):
         run("ok", "c", 3, after=first)
+
+
+def test_a_long_chain_keeps_no_step_that_ended(tmp_path: Path) -> None:
+    owner, last, first = object(), None, None
+    for n in range(20):  # as a busy stream's lane does: each step chained behind the one before it
+        running = pool().start(("chained", "1", 64), owner, work, ("ok", str(tmp_path / "m"), n), timeout=30,
+                               memory_mb=64, after=last)
+        if last is not None:
+            assert last.result().ok
+        first = first or weakref.ref(running)
+        last = running
+    assert last is not None and last.result().value["result"] == 19
+    gc.collect()
+    assert first() is None  # (a chain of every step a runner ran would hold each one's result)
+    pool().close(spares=False)

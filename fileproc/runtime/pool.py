@@ -5,7 +5,10 @@ worker process forks a *runner* (cold start); the runner calls the function
 module's ``warm()`` hook, if it has one, so its libraries are initialised
 before the first event, then runs steps sent to it over a socket, one at a
 time, until it is replaced. Each worker process has its own pool (a forked
-process never uses its parent's runners).
+process never uses its parent's runners). A step may be sent while the one
+before it still runs, chained behind it on its runner (a stream's next
+batch: :meth:`RunnerPool.start` with ``after``), which starts it only if
+that one succeeded.
 
 A runner keeps everything a step ran in a process of its own had before:
 
@@ -227,7 +230,7 @@ class RunnerPool:
         return running
 
     def _ended(self, running: Running) -> ChildResult:
-        behind = running.behind
+        behind, running.behind = running.behind, None  # (no chain of every step a runner ran kept alive)
         if behind is not None:
             if not behind.finished:
                 behind.result()
@@ -267,7 +270,7 @@ class RunnerPool:
         if recycled:
             self._stop(runner)
         elif running.next is not None:  # the runner goes on to the step chained behind this one
-            running.next.inherited = True
+            running.next.inherited, running.next = True, None
         else:
             self._keep(runner)
         return ChildResult(

@@ -6,6 +6,8 @@ step gets a memory limit (``RLIMIT_AS``) on top of what the runner holds
 when it starts, its peak memory measured, and whatever it left running
 killed (:mod:`fileproc.sandbox`'s limits, procfs and reaper); a runner that
 kept too much (a leak) or is otherwise unfit says so in its reply, and ends.
+A step sent :class:`Chained` behind the one before it runs only if that one
+succeeded.
 """
 
 from __future__ import annotations

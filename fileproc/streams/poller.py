@@ -6,13 +6,19 @@ commits. A lane (:class:`Lane`, a thread) builds batches (``batch_size``
 records, or what came within ``batch_window`` seconds, never across a
 tumbling window) and runs them one after another, so a partition's records
 run in order; with ``parallelization_factor`` N a partition has N lanes and
-a record goes to the lane of its key, so each key keeps its order.
+a record goes to the lane of its key, so each key keeps its order. While a
+batch runs, the next full batch is already sent to the same runner, queued
+behind it (:class:`fileproc.runtime.runner_loop.Chained`): the runner starts
+it the moment the one before succeeded, by the rule the lane judges a batch
+by, and never otherwise; so the runner does not wait for the lane's
+bookkeeping between batches.
 
 A partition's committed position only moves past a record once it and every
 record before it is done (:class:`Positions`): run by a batch that
 succeeded, filtered out, or given up with its dead letter recorded
-(:mod:`.failures`). A worker killed mid-batch commits nothing of that batch:
-it runs again, and only it (at least once, as on Lambda).
+(:mod:`.failures`). A worker killed mid-batch commits nothing of the batches
+it had in flight (the one running, and the one queued behind it): they run
+again, and only they (at least once, as on Lambda).
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ SAVE_EVERY = 1.0  # seconds between writes of the partitions' counts
 LAG_EVERY = 30.0  # seconds between samples of the lag (the dashboard's chart)
 MAX_BUFFERED_BATCHES = 4  # per lane: the poller waits before reading more
 CHAINED = 2  # per lane: batches sent to the runner at once, each chained behind the one before it
-READ_BATCHES = 4  # batches read at most per poll (a lane keeps a batch waiting, to prepare while one runs)
+READ_BATCHES = 4  # batches read at most per poll (a lane keeps full batches waiting, to send behind the one running)
 
 
 class Positions:
@@ -463,8 +469,14 @@ class Lane(threading.Thread):
             if len(self.records) < size:
                 return None
             take = self.records.popleft
+            taken = [take() for _ in range(size)]
+            self._made_room()
+            return taken
+
+    def _made_room(self) -> None:
+        """Wake the poller once this lane's backlog is short enough for it to read more."""
+        if len(self.records) <= MAX_BUFFERED_BATCHES * self.mapping.batch_size:
             self.poller.room.set()
-            return [take() for _ in range(size)]
 
     def unget(self, batch: list[Record]) -> None:
         """Put a batch taken ahead back first in line."""
@@ -473,7 +485,7 @@ class Lane(threading.Thread):
 
     def _next_batch(self, held: Record | None) -> tuple[list[Record], Record | None]:
         """Up to batch_size records: what came within batch_window of the first (never two windows' records)."""
-        self.poller.room.set()
+        self._made_room()
         batch: list[Record] = [held] if held is not None else []
         deadline = time.monotonic() + self.mapping.batch_window
         window = self.window.of(held) if self.window is not None and held is not None else None
