@@ -118,9 +118,9 @@ def invoke_event(service: Service, function: str, event: dict[str, Any] | Record
 
 
 class EventCall:
-    """:func:`invoke_event` in parts, so a stream's lane prepares its next batch's invocation while one runs:
-    made (resolved and ready to send), :meth:`start` (sent to a runner), :meth:`ended` (how it ended, at once),
-    :meth:`recorded` (metered, logged and recorded)."""
+    """:func:`invoke_event` in parts, so a stream's lane can send its next batch's invocation behind the one
+    running: made (resolved and ready to send), :meth:`start` (sent to a runner), :meth:`ended` (how it ended,
+    at once), :meth:`recorded` (metered, logged and recorded)."""
 
     def __init__(self, service: Service, function: str, event: dict[str, Any] | RecordBatch, *, trigger: str,
                  what: str, worker: str = "", summary: dict[str, Any] | None = None, request_id: str | None = None,
@@ -222,9 +222,10 @@ GROUP_SECONDS = 0.01
 class Recorder:
     """Invocations recorded behind their caller, many per transaction, in the order they were put.
 
-    A stream's lane runs up to a thousand batches a second, and a
-    transaction of its own for each one's record cost it a quarter of its
-    time (one each 10 ms costs a twentieth). The caller
+    A stream's lane runs up to a thousand batches a second: a transaction of
+    its own for each one's record cost a quarter of the lane's time, and one
+    each :data:`GROUP_SECONDS` cuts the recorder's CPU per batch from 0.31 ms
+    to 0.12 (bench/streams). The caller
     commits what an invocation consumed only once it is recorded
     (:meth:`after`), so a worker lost with records not yet written runs those
     batches again: nothing is committed unrecorded. A write that fails (the

@@ -230,10 +230,11 @@ class RunnerPool:
         return running
 
     def _ended(self, running: Running) -> ChildResult:
-        behind, running.behind = running.behind, None  # (no chain of every step a runner ran kept alive)
+        behind = running.behind
         if behind is not None:
             if not behind.finished:
                 behind.result()
+            running.behind = None  # (no chain of every step a runner ran kept alive)
             if not running.inherited:
                 return _not_run("the step before it ended its runner (it timed out, crashed or was replaced)")
             running.started = time.monotonic()

@@ -194,7 +194,7 @@ def execute(service: Service, request: StepRequest, *, cancel: threading.Event,
 
 
 class Execution:
-    """:func:`execute` in three parts, so a stream's lane can prepare its next batch while one runs: made
+    """:func:`execute` in three parts, so a stream's lane can send its next batch behind the one running: made
     (what the runner will be sent), :meth:`start` (sent), :meth:`result` (ended)."""
 
     def __init__(self, service: Service, request: StepRequest, *, cancel: threading.Event,

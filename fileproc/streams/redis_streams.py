@@ -147,7 +147,7 @@ class RedisStreamSource:
             self._delivered.append(entry_id)
             if fields is None:  # trimmed since it was delivered: nothing to give
                 continue
-            if len(fields) == 2 and fields[0] == b"data":  # what fileproc puts: {data} or {data, key}
+            if len(fields) == 2 and fields[0] == b"data":  # what fileproc puts without a key: {data}
                 out.append(Record(PARTITION, entry_id, fields[1], None, int(entry_id.partition("-")[0]) / 1000))
             else:
                 out.append(record_of(entry_id, dict(zip(fields[::2], fields[1::2], strict=True))))
