@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 SAVE_EVERY = 1.0  # seconds between writes of the partitions' counts
 LAG_EVERY = 30.0  # seconds between samples of the lag (the dashboard's chart)
+RETRY_AWAY_MAX = 5.0  # seconds at most between tries of an engine gone away (it is read again within this)
 MAX_BUFFERED_BATCHES = 4  # per lane: the poller waits before reading more
 CHAINED = 2  # per lane: batches sent to the runner at once, each chained behind the one before it
 READ_BATCHES = 4  # batches read at most per poll (a lane keeps full batches waiting, to send behind the one running)
@@ -104,7 +105,7 @@ class Poller:
         self.counts: dict[str, PartitionCounts] = {}
         self.counts_lock = threading.Lock()
         self.stopping = threading.Event()
-        self.room = threading.Event()  # set by a lane taking a batch: the poller may read more
+        self.wake = threading.Event()  # set once a lane has room for more, or a batch is done (to commit)
         self._thread: threading.Thread | None = None
 
     # -- life ---------------------------------------------------------------------------
@@ -136,9 +137,9 @@ class Poller:
                 self._sample_lag()
                 sampled = time.monotonic()
             if self._backlogged():
-                self.room.clear()
+                self.wake.clear()
                 if self._backlogged():  # (checked again once cleared: a lane taking a batch meanwhile sets it)
-                    self.room.wait(0.05)
+                    self.wake.wait(0.05)
                 continue
             try:
                 records = self.source.poll(self.mapping.batch_size * READ_BATCHES, 0.1)
@@ -146,7 +147,7 @@ class Poller:
                 self.note_error("", str(exc))
                 log.warning("stream %s: %s; trying again in %.0f s", self.mapping.name, exc, pause)
                 self.stopping.wait(pause)
-                pause = min(pause * 2, 30.0)
+                pause = min(pause * 2, RETRY_AWAY_MAX)
                 continue
             pause = 1.0
             self._take(records)
@@ -170,7 +171,7 @@ class Poller:
                 self.note_error("", str(exc))
                 self._save()
                 self.stopping.wait(pause)
-                pause = min(pause * 2, 30.0)
+                pause = min(pause * 2, RETRY_AWAY_MAX)
         return False
 
     # -- records in -------------------------------------------------------------------------
@@ -246,6 +247,7 @@ class Poller:
         found = self.positions.get(partition)
         if found is not None:
             found.done(positions)
+            self.wake.set()  # committed at once (a worker lost then repeats only the batches it had in flight)
 
     # -- counts -----------------------------------------------------------------------------
 
@@ -476,7 +478,7 @@ class Lane(threading.Thread):
     def _made_room(self) -> None:
         """Wake the poller once this lane's backlog is short enough for it to read more."""
         if len(self.records) <= MAX_BUFFERED_BATCHES * self.mapping.batch_size:
-            self.poller.room.set()
+            self.poller.wake.set()
 
     def unget(self, batch: list[Record]) -> None:
         """Put a batch taken ahead back first in line."""
