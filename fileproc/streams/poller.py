@@ -462,6 +462,9 @@ class Lane(threading.Thread):
             call.start(after=behind, item_failures=self.mapping.report_batch_item_failures)
         except FileprocError:
             return None
+        except Exception:  # (a bug: the usual way logs it again, and the lane goes on)
+            log.exception("stream %s: the batch of %s cannot be sent ahead", self.mapping.name, self.partition)
+            return None
         return batch, call
 
     def _waiting_batch(self) -> list[Record] | None:
