@@ -225,7 +225,7 @@ class Recorder:
     A stream's lane runs up to a thousand batches a second: a transaction of
     its own for each one's record cost a quarter of the lane's time, and one
     each :data:`GROUP_SECONDS` cuts the recorder's CPU per batch from 0.31 ms
-    to 0.12 (bench/streams). The caller
+    to 0.11-0.17 (bench/streams). The caller
     commits what an invocation consumed only once it is recorded
     (:meth:`after`), so a worker lost with records not yet written runs those
     batches again: nothing is committed unrecorded. A write that fails (the
