@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -322,6 +323,20 @@ def test_a_runner_started_by_a_thread_that_ended_stays_warm(tmp_path: Path) -> N
     first, second = found
     assert first.ok and second.ok, (first.error, second.error)
     assert first.cold and second.cold is False
+
+
+def test_a_package_folder_removed_under_a_busy_function_is_installed_again(stream_env: Any) -> None:
+    from fileproc.rules import Step
+    from fileproc.runtime.direct import invoke_event
+
+    service, _ = stream_env("record")
+    assert invoke_event(service, "record", {"Records": []}, trigger="t", what="first").ok
+    folder = service.spec(Step(function="record")).handler.folder
+    shutil.rmtree(folder)
+    for n in range(15):  # invoked again and again, as a stream's batches are, for 1.5 s
+        assert invoke_event(service, "record", {"Records": []}, trigger="t", what=str(n)).ok
+        time.sleep(0.1)
+    assert (folder / "code" / "app.py").is_file()  # looked for at most once a second, and installed again
 
 
 def test_a_dead_letter_replays_its_records_from_the_stream_once_the_function_is_fixed(

@@ -86,9 +86,13 @@ class LambdaHandler:
 
     def prepare(self, storage: Storage) -> None:
         """In the worker, before a runner starts: the version's package and requirements on this host (once)."""
-        if self._prepared and (time.monotonic() - self._checked < 1.0 or self.folder.is_dir()):
-            self._checked = time.monotonic()  # (looked for at most once a second: a stream calls this a lot)
-            return
+        if self._prepared:  # its folder looked for at most once a second (a stream's batches call this a lot)
+            now = time.monotonic()
+            if now - self._checked < 1.0:
+                return
+            if self.folder.is_dir():
+                self._checked = now
+                return
         from fileproc.serverless import packages
 
         packages.install(storage, self.package_bucket, self.version.package_key, self.folder,
