@@ -31,6 +31,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench.proctree import descendants
+
 NOOP = "def handler(event, context):\n    return {'ok': True}\n"
 TOKEN = "bench-admin-token-0123456789"
 
@@ -45,26 +47,6 @@ def pss_kb(pid: int) -> int:
         if line.startswith("Pss:"):
             return int(line.split()[1])
     return 0
-
-
-def descendants(root: int) -> list[int]:
-    """``root`` and every process below it."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rpartition(")")[2].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
 
 
 def name_of(pid: int) -> str:

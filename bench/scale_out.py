@@ -59,6 +59,7 @@ from pathlib import Path
 
 import redis
 
+from bench.proctree import descendants
 from fileproc.state import Job
 from tests.chaos import Deployment, deployment, upload_in_threads, worker_pid
 from tests.netns import Host, lab
@@ -99,20 +100,6 @@ def _stat(pid: int) -> list[str] | None:
         return None
 
 
-def _descendants(root: int) -> list[int]:
-    """``root`` and every live process below it."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (fields := _stat(int(entry))) is not None:
-            parents.setdefault(int(fields[1]), []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(parents.get(pid, []))
-    return found
-
-
 def tree_cpu(root: int) -> float:
     """CPU seconds used by ``root``'s process tree so far: the live ones' own and their reaped children's.
 
@@ -120,7 +107,7 @@ def tree_cpu(root: int) -> float:
     reaped-children counters, so the difference of two readings stays right.
     """
     ticks = 0
-    for pid in _descendants(root):
+    for pid in descendants(root):
         fields = _stat(pid)
         if fields is not None:
             ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
