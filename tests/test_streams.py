@@ -184,14 +184,19 @@ def test_a_poison_record_is_isolated_by_bisection_and_given_up_alone(stream_env:
     assert "poison record" in letter["error"]
 
 
-def test_partial_batch_failures_retry_from_the_first_failed_record(stream_env: Any) -> None:
-    service, name = stream_env("partial", batch_size=10, report_batch_item_failures=True)
-    values = [{"n": i} for i in range(10)]
-    values[6]["bad"] = True
+def partial_runs(stream_env: Any, count: int, bad: int, batch_size: int) -> list[Any]:
+    """What each invocation of ``partial`` returned on ``count`` records whose record ``bad`` fails once."""
+    service, name = stream_env("partial", batch_size=batch_size, report_batch_item_failures=True)
+    values = [{"n": i} for i in range(count)]
+    values[bad]["bad"] = True
     put(service, name, values)
     stream_env.start(service, name)
-    wait_for(lambda: sum(len(x["done"]) for x in lines(service, name)) >= 10, timeout=30)
-    runs = lines(service, name)
+    wait_for(lambda: sum(len(x["done"]) for x in lines(service, name)) >= count, timeout=30)
+    return lines(service, name)
+
+
+def test_partial_batch_failures_retry_from_the_first_failed_record(stream_env: Any) -> None:
+    runs = partial_runs(stream_env, 10, bad=6, batch_size=10)
     assert (runs[0]["done"], runs[0]["failed"]) == ([0, 1, 2, 3, 4, 5], 1)
     assert runs[1]["done"] == [6, 7, 8, 9]  # from the failed record on, once more; nothing before it again
 
@@ -214,13 +219,7 @@ def test_batches_sent_ahead_never_run_before_a_failed_batch_before_them_succeede
 
 
 def test_batch_item_failures_hold_the_batches_sent_ahead_until_retried(stream_env: Any) -> None:
-    service, name = stream_env("partial", batch_size=5, report_batch_item_failures=True)
-    values = [{"n": i} for i in range(30)]
-    values[7]["bad"] = True
-    put(service, name, values)
-    stream_env.start(service, name)
-    wait_for(lambda: sum(len(x["done"]) for x in lines(service, name)) >= 30, timeout=30)
-    runs = lines(service, name)
+    runs = partial_runs(stream_env, 30, bad=7, batch_size=5)
     assert [n for x in runs for n in x["done"]] == list(range(30))
     assert (runs[1]["done"], runs[1]["failed"], runs[2]["done"]) == ([5, 6], 1, [7, 8, 9])
 
