@@ -223,7 +223,7 @@ class RunnerPool:
         try:
             wire.send(after.runner.sock, pickle.dumps(Chained(request, item_failures)))
         except OSError:  # its runner died: the step before it will say so
-            running.finished, running._result = True, _not_run("its runner is gone")
+            running.finished, running._result = True, not_run("its runner is gone")
             return running
         after.next = running
         after.runner.steps += 1
@@ -236,7 +236,7 @@ class RunnerPool:
                 behind.result()
             running.behind = None  # (no chain of every step a runner ran kept alive)
             if not running.inherited:
-                return _not_run("the step before it ended its runner (it timed out, crashed or was replaced)")
+                return not_run("the step before it ended its runner (it timed out, crashed or was replaced)")
             running.started = time.monotonic()
         runner, timeout = running.runner, running.timeout
         try:
@@ -264,8 +264,8 @@ class RunnerPool:
                                **common)
         assert isinstance(reply, bytes)
         payload = pickle.loads(reply)
-        not_run = payload.get("not_run", False)
-        if not payload["ok"] and not not_run and runner.output is not None:  # it raised past its own capture
+        skipped = payload.get("not_run", False)  # (chained behind a failure: the runner never started it)
+        if not payload["ok"] and not skipped and runner.output is not None:  # it raised past its own capture
             common["output"] = wire.read_output_text(runner.output)
         recycled = payload.get("recycle")
         if recycled:
@@ -277,7 +277,7 @@ class RunnerPool:
         return ChildResult(
             ok=payload["ok"], value=payload.get("value"), error_type=payload.get("error_type"),
             error=payload.get("error"), peak_memory_kb=payload.get("peak_memory_kb", 0), recycled=recycled,
-            left_running=payload.get("left_running", 0), not_run=not_run, **common,
+            left_running=payload.get("left_running", 0), not_run=skipped, **common,
         )
 
     def close(self, *, spares: bool = True) -> None:
@@ -604,7 +604,8 @@ def _forget_inherited_runners() -> None:
     _pool._forget_if_forked()
 
 
-def _not_run(why: str) -> ChildResult:
+def not_run(why: str) -> ChildResult:
+    """The result of a chained step that never started, and ``why``."""
     return ChildResult(False, error_type="NotRun", error=f"not run: {why}", not_run=True)
 
 
@@ -662,5 +663,5 @@ def share_memory_with_pool() -> None:
 
 os.register_at_fork(after_in_child=_pool._after_fork_in_child)
 
-__all__ = ["IDLE_SECONDS", "MAX_IDLE", "PROVISIONED", "WARM", "Retire", "RunnerPool", "Spawn", "pool",
-           "share_memory_with_pool", "warm_hook"]
+__all__ = ["IDLE_SECONDS", "MAX_IDLE", "PROVISIONED", "WARM", "Retire", "RunnerPool", "Running", "Spawn", "not_run",
+           "pool", "share_memory_with_pool", "warm_hook"]

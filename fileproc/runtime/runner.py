@@ -39,7 +39,7 @@ from fileproc.runtime import leases, outbox
 from fileproc.runtime.cleanup import Cleanup, remove_earlier_outputs
 from fileproc.runtime.invoke import GONE, SUPERSEDED, SourceSkip, SourceSkipped, source_verdict
 from fileproc.runtime.metering import attempt_metering
-from fileproc.runtime.pool import Running, pool
+from fileproc.runtime.pool import Running, not_run, pool
 from fileproc.runtime.slots import ReservedSlot
 from fileproc.service import Service
 from fileproc.state import AttemptStatus, DatabaseUnavailable, Job, JobStatus, Output, Send, StepEnd, StepStart
@@ -223,8 +223,7 @@ class Execution:
             request, start = self.request, self._start
             behind = after._running if after is not None else None
             if after is not None and behind is None:  # (that one never started: nor does this one)
-                self._result = ChildResult(False, error_type="NotRun", error="not run: the step before it did not "
-                                           "start", not_run=True)
+                self._result = not_run("the step before it did not start")
                 return self
             try:
                 self._running = pool().start(
