@@ -200,3 +200,39 @@ def test_what_the_host_allows_is_what_doctor_says() -> None:
     assert f"[{'ok ' if scopes_signals() or switches_users() else 'off'}] isolation: signals" in out
     assert f"[{'ok ' if switches_users() else 'off'}] isolation: user" in out
     assert "isolation: processes: at most 1024 processes" in out
+
+
+FORGED_REPLY = '''
+import os, pickle, struct, sys
+
+class Harm:
+    def __reduce__(self):  # what the worker would call while unpickling
+        return (os.system, (f"touch {os.environ['MARKER']}",))
+
+def forge(event, context):
+    sock = int(sys.argv[2])  # the runner's socket to its worker (its argv: module, descriptor, worker's pid)
+    data = pickle.dumps({"ok": True, "value": Harm()})
+    os.write(sock, struct.pack("!Q", len(data)) + data)
+    return {"sent": True}
+
+def fine(event, context):
+    return {"fine": True}
+'''
+
+
+def test_a_reply_a_function_forges_on_its_runners_socket_runs_nothing_in_the_worker(tmp_path: Path) -> None:
+    from fileproc.runtime.direct import invoke_event
+    from tests.test_lambda import deploy, make_config, service_for
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "app.py").write_text(FORGED_REPLY)
+    marker = tmp_path / "worker-ran-this"
+    config = make_config(tmp_path, [{"function": "forge"}])
+    deploy(config, code, "forge", "app.forge", "--env", f"MARKER={marker}")
+    deploy(config, code, "fine", "app.fine")
+    service = service_for(config)
+    forged = invoke_event(service, "forge", {}, trigger="test", what="forged")
+    assert not forged.ok and "not plain data" in (forged.error or {}).get("errorMessage", "")
+    assert not marker.exists()  # the worker built nothing the function named
+    assert invoke_event(service, "fine", {}, trigger="test", what="after").result == {"fine": True}

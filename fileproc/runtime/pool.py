@@ -60,6 +60,7 @@ between them, :mod:`.wire`; the limits, memory readings and reaping,
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pickle
 import signal
@@ -263,7 +264,12 @@ class RunnerPool:
                                recycled=f"crashed ({reason})", peak_memory_kb=peak, output=runner.unreported,
                                **common)
         assert isinstance(reply, bytes)
-        payload = pickle.loads(reply)
+        payload = _decoded(reply, plain=runner.spawn is not None)
+        if payload is None:  # a deployed function wrote its own "reply": the runner is not to be trusted again
+            status, peak = self._stop(runner)
+            return ChildResult(False, error_type="StepCrashed", error="the step's process sent a reply that is "
+                               "not plain data (the function wrote to its runner's socket)", recycled="bad reply",
+                               peak_memory_kb=peak, output=runner.unreported, **common)
         skipped = payload.get("not_run", False)  # (chained behind a failure: the runner never started it)
         if not payload["ok"] and not skipped and runner.output is not None:  # it raised past its own capture
             common["output"] = wire.read_output_text(runner.output)
@@ -602,6 +608,24 @@ def _forget_inherited_runners() -> None:
     # A runner is a fork of the worker: close its copies of its siblings' sockets,
     # which would otherwise keep them open after the worker closes them.
     _pool._forget_if_forked()
+
+
+class _PlainData(pickle.Unpickler):
+    """Reads plain data only (dicts, lists, text, numbers...): no class or function is ever looked up."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
+
+
+def _decoded(reply: bytes, *, plain: bool) -> dict[str, Any] | None:
+    """A runner's reply. A spawned runner's (a deployed function's: the function's code shares its process, and
+    may write to its socket) is read as plain data only, never as objects the worker would build (a pickle
+    names any function to call); None if it is not a reply."""
+    try:
+        payload = _PlainData(io.BytesIO(reply)).load() if plain else pickle.loads(reply)
+    except Exception:
+        return None
+    return payload if isinstance(payload, dict) and "ok" in payload else None
 
 
 def not_run(why: str) -> ChildResult:
