@@ -8,8 +8,10 @@ build the event, call the same handler in-process, commit), on the same
 records, one after the other:
 
 - ``embedded``: the embedded default's Redis (a real ``redis-server``, started
-  as ``fileproc serve`` starts it), redis-py; also records/s put in batches of
-  500 (``fileproc.streams.admin.put``, what the API does);
+  as ``fileproc serve`` starts it), redis-py, ``--pairs`` rounds of both loops
+  on new records, each loop timed from its first batch (fileproc's from its
+  first commit: its runner started) and the median ratio; also records/s put
+  in batches of 500 (``fileproc.streams.admin.put``, what the API does);
 - ``kafka``: a real Kafka broker (``FILEPROC_KAFKA_LIBS``, see .ci/kafka.sh),
   one partition, confluent-kafka;
 - ``latency`` (both engines): a record put every 20 ms with ``batch_window =
@@ -20,7 +22,7 @@ records, one after the other:
 - ``memory``: the poller process's RSS (and its runners') while three
   embedded streams are consumed, sampled every ``--records`` records.
 
-    python -m bench.streams [--records 50000] [--latency 200] [--parts embedded,kafka,http]
+    python -m bench.streams [--records 50000] [--pairs 3] [--latency 200] [--parts embedded,kafka,http]
     python -m bench.streams --parts memory --records 1000000 --rounds 10    # 10 million records
 """
 
@@ -137,30 +139,57 @@ def _caught_up(client: Any, key: str, group: str) -> bool:
     return bool(found and newest) and found["last-delivered-id"] == newest[0][0] and not found["pending"]
 
 
-def embedded(service: Service, handlers: Any, args: argparse.Namespace) -> None:
-    client = redis.Redis.from_url(redis_py_url(_own(service)))
-    payloads = [(None, json.dumps({"v": i}).encode()) for i in range(args.records)]
-    start = time.perf_counter()
-    for i in range(0, len(payloads), 500):
-        admin.put(service, "redis", payloads[i:i + 500])
-    ingest = len(payloads) / (time.perf_counter() - start)
-    with client.pipeline(transaction=False) as pipe:  # the plain loop's own copy of the records
-        for _, data in payloads:
-            pipe.xadd(STREAM_PREFIX + "plain", {"data": data})
-        pipe.execute()
-    plain = plain_redis_loop(client, STREAM_PREFIX + "plain", args.records, handlers.kinesis)
+def _committed(client: Any, key: str, group: str) -> int:
+    """How many records ``group`` committed (the ``v`` of the record at its position, plus one; 0: none)."""
+    found = {g["name"]: g for g in client.xinfo_groups(key)}.get(group.encode())
+    at = client.xrange(key, min=found["last-delivered-id"], max=found["last-delivered-id"]) if found else []
+    return json.loads(at[0][1][b"data"])["v"] + 1 if at else 0
+
+
+def _poller_rate(service: Service, client: Any, records: int) -> float:
+    """Records/s of fileproc's poller through ``records`` records put already: timed from its first commit (the
+    runner started and warm: the latency part times a cold path) to its last, as the plain loop is timed from
+    its first read."""
+    key = STREAM_PREFIX + "redis"
+    before = _committed(client, key, "fileproc-redis")
     poller = Poller(service, admin.mapping(service, "redis"), worker="bench", embedded_url=_own(service))
-    start = time.perf_counter()
     poller.start()
-    while not _caught_up(client, STREAM_PREFIX + "redis", "fileproc-redis"):
-        time.sleep(0.01)
-    ours = time.perf_counter() - start
-    poller.stop()
-    print(f"embedded Redis, {args.records:,} records, batches of 100:")
-    print(f"  plain redis-py loop, handler in-process   {args.records / plain:>10,.0f} records/s")
-    print(f"  fileproc poller, deployed handler         {args.records / ours:>10,.0f} records/s"
-          f"   ratio {plain / ours:.2f}")
-    print(f"  put in batches of 500 (admin.put)         {ingest:>10,.0f} records/s")
+    try:
+        while (first := _committed(client, key, "fileproc-redis")) == before:
+            time.sleep(0.001)
+        start = time.perf_counter()
+        while not _caught_up(client, key, "fileproc-redis"):
+            time.sleep(0.01)
+        return (before + records - first) / (time.perf_counter() - start)
+    finally:
+        poller.stop()
+
+
+def embedded(service: Service, handlers: Any, args: argparse.Namespace) -> None:
+    """``--pairs`` rounds of the plain loop then fileproc's, each on ``--records`` new records; the medians."""
+    client = redis.Redis.from_url(redis_py_url(_own(service)))
+    print(f"embedded Redis, {args.records:,} records a round, batches of 100:")
+    plains, ours, ingests = [], [], []
+    for round_ in range(args.pairs):
+        payloads = [(None, json.dumps({"v": round_ * args.records + i}).encode()) for i in range(args.records)]
+        start = time.perf_counter()
+        for i in range(0, len(payloads), 500):
+            admin.put(service, "redis", payloads[i:i + 500])
+        ingests.append(len(payloads) / (time.perf_counter() - start))
+        with client.pipeline(transaction=False) as pipe:  # the plain loop's own copy of the records
+            for _, data in payloads:
+                pipe.xadd(STREAM_PREFIX + "plain", {"data": data})
+            pipe.execute()
+        plains.append(args.records / plain_redis_loop(client, STREAM_PREFIX + "plain", args.records,
+                                                      handlers.kinesis))
+        ours.append(_poller_rate(service, client, args.records))
+        print(f"  round {round_ + 1}: plain {plains[-1]:,.0f} records/s, fileproc {ours[-1]:,.0f}, "
+              f"ratio {ours[-1] / plains[-1]:.2f}")
+    plain, mine = statistics.median(plains), statistics.median(ours)
+    print(f"  plain redis-py loop, handler in-process   {plain:>10,.0f} records/s (median)")
+    print(f"  fileproc poller, deployed handler         {mine:>10,.0f} records/s (median)"
+          f"   ratio {statistics.median(o / p for o, p in zip(ours, plains, strict=True)):.2f} (median of the rounds')")
+    print(f"  put in batches of 500 (admin.put)         {statistics.median(ingests):>10,.0f} records/s")
     print(f"  put -> handler started: {_latency(service, 'redis', args.latency)}")
 
 
@@ -311,6 +340,7 @@ def main() -> None:
     parser.add_argument("--latency", type=int, default=200, help="records put one by one for the latency figures")
     parser.add_argument("--parts", default="embedded,kafka,http")
     parser.add_argument("--rounds", type=int, default=10, help="memory: rounds of --records records")
+    parser.add_argument("--pairs", type=int, default=3, help="embedded: rounds of the plain loop then fileproc's")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
