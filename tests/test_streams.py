@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import os
 import shutil
 import time
 import uuid
@@ -74,6 +75,10 @@ def flaky(event, context):
             open(marker, "w").close()
             raise RuntimeError("flaky")
     return {"values": values}
+
+def cpus(event, context):
+    """The CPUs this invocation's process may run on."""
+    return {"cpus": sorted(os.sched_getaffinity(0))}
 
 def window(event, context):
     """Sums values per tumbling window; the final invocation returns the total."""
@@ -150,6 +155,21 @@ def test_a_batch_reaches_the_handler_as_kinesis_event_and_is_committed_after_it_
     assert job.status == "succeeded" and job.pipeline == "_event.shape"
     full = service.db.get_job(job.id)
     assert full is not None and "REPORT RequestId:" in (full.attempts[0].log or "")
+
+
+def test_a_streams_threads_share_one_cpu_and_its_function_may_use_every_cpu_of_the_worker(
+        stream_env: Any) -> None:
+    service, name = stream_env("cpus", batch_size=10)
+    put(service, name, [{"n": 1}])
+    poller = stream_env.start(service, name)
+    wait_for(lambda: lines(service, name), timeout=30)
+    allowed = sorted(os.sched_getaffinity(0))
+    assert lines(service, name) == [{"cpus": allowed}], "the runner, started by a lane, was given every CPU back"
+    threads = [poller._thread, *poller.lanes["0"]]
+    assert poller.recorder is not None
+    ids = [t.native_id for t in threads if t is not None] + [poller.recorder.thread_id]
+    if len(allowed) > 1:
+        assert {tuple(os.sched_getaffinity(i)) for i in ids if i is not None} == {(poller.cpu,)}
 
 
 def test_records_run_in_order_in_batches_and_a_restart_resumes_after_the_last_commit(stream_env: Any) -> None:

@@ -241,19 +241,29 @@ class Recorder:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
+    @property
+    def thread_id(self) -> int | None:
+        """The writer thread's ``native_id``."""
+        return self._thread.native_id
+
     def put(self, done: Invoked) -> None:
         with self._changed:
-            self._queued.append(done)
-            self._changed.notify_all()
+            self._queue(done)
 
     def after(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once every invocation put before it is recorded (at once if none is waiting)."""
         with self._changed:
             if self._queued or self._writing:
-                self._queued.append(callback)
-                self._changed.notify_all()
+                self._queue(callback)
                 return
         callback()
+
+    def _queue(self, item: Invoked | Callable[[], None]) -> None:
+        # The writer is woken by the first item only: it takes what came meanwhile when its group is due, and
+        # a wake-up per item cost a busy stream's worker a switch of threads per batch for nothing.
+        self._queued.append(item)
+        if len(self._queued) == 1:
+            self._changed.notify_all()
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until everything put so far is recorded (False: not within ``timeout``)."""

@@ -74,7 +74,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fileproc.functions.steps import ChildResult
-from fileproc.runtime import wire
+from fileproc.runtime import cpus, wire
 from fileproc.runtime.runner_loop import Chained, Retire, Work, detach_inherited_pipes_and_sockets, serve
 from fileproc.sandbox.procfs import high_water_mark
 
@@ -542,6 +542,7 @@ def _start(key: Hashable, owner: object, work: Work | None, warm: Callable[[], N
     if pid == 0:  # the runner
         code = 0
         try:
+            cpus.free(0)  # (forked by a thread kept on one CPU, it would run only there)
             ours.close()
             _serve(theirs, work, warm, memory_mb)
         except BaseException:
@@ -582,6 +583,7 @@ def _spawn(spawn: Spawn, *, setup: bool = True) -> _Runner:
         raise
     finally:
         theirs.close()
+    cpus.free(child.pid)  # (started by a thread kept on one CPU, it would run only there)
     # The pool reaps its runners itself (os.wait4, for their peak memory): the Popen object must
     # neither reap it nor warn about it when it goes.
     child.returncode = 0

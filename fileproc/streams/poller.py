@@ -35,6 +35,7 @@ from fileproc.errors import FileprocError
 from fileproc.functions.aws import aws_region
 from fileproc.functions.batches import RecordBatch
 from fileproc.intake.queued import submit_notifications
+from fileproc.runtime import cpus
 from fileproc.runtime.direct import EventCall, Invocation, Recorder
 from fileproc.state.streams import PartitionCounts, save_lag, save_partitions
 from fileproc.streams import events
@@ -106,6 +107,7 @@ class Poller:
         self.counts_lock = threading.Lock()
         self.stopping = threading.Event()
         self.wake = threading.Event()  # set once a lane has room for more, or a batch is done (to commit)
+        self.cpu = cpus.streams_cpu()  # its threads' one CPU (see fileproc.runtime.cpus)
         self._thread: threading.Thread | None = None
 
     # -- life ---------------------------------------------------------------------------
@@ -122,9 +124,11 @@ class Poller:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        cpus.keep_on_one(threading.get_native_id(), self.cpu)
         if not self._started():
             return
         recorder = self.recorder = Recorder(self.service, name=f"stream-{self.mapping.name}-records")
+        cpus.keep_on_one(recorder.thread_id, self.cpu)
         log.info("stream %s: consuming it (%s) for %s", self.mapping.name, self.mapping.engine,
                  self.mapping.function or "the pipelines its notifications match")
         saved, sampled, pause = time.monotonic(), 0.0, 1.0
@@ -378,6 +382,7 @@ class Lane(threading.Thread):
             self.arrived.notify()
 
     def run(self) -> None:
+        cpus.keep_on_one(threading.get_native_id(), self.poller.cpu)
         held: Record | None = None  # a record of the next tumbling window, kept for the next batch
         # Without a tumbling window (whose state goes from one invocation to the next), full batches waiting
         # are sent to the runner while the one before them runs, each chained behind the one before it: the
