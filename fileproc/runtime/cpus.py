@@ -5,9 +5,9 @@ share the interpreter lock and hand it to one another a few times per batch.
 Left to the scheduler they spread over the CPUs, and each hand-off wakes a
 thread on another CPU: on a virtual machine, an exit to the hypervisor.
 Kept on one CPU of the process's (:func:`keep_on_one`), they hand it off in
-place: on this 2-CPU machine a stream consumed 0.76-1.01 of the plain
-loop's records/s against 0.53-0.79 spread (bench/streams, the embedded
-part). Only one of them runs Python at a time anyway.
+place: on a 2-CPU VM a stream consumed 0.76-1.01 of the plain loop's
+records/s against 0.53-0.79 spread (bench/streams, the embedded part;
+bench/README.md). Only one of them runs Python at a time anyway.
 
 A process started from such a thread would inherit its CPU: a runner is
 given all of the process's CPUs back as it starts (:func:`free`), so the

@@ -124,9 +124,10 @@ class Poller:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        cpus.keep_on_one(threading.get_native_id(), self.cpu)
         if not self._started():
             return
+        cpus.keep_on_one(threading.get_native_id(), self.cpu)  # (once started: an engine's client's own threads,
+        # librdkafka's, started by it, run on any CPU)
         recorder = self.recorder = Recorder(self.service, name=f"stream-{self.mapping.name}-records")
         cpus.keep_on_one(recorder.thread_id, self.cpu)
         log.info("stream %s: consuming it (%s) for %s", self.mapping.name, self.mapping.engine,
